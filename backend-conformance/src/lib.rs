@@ -1,0 +1,47 @@
+//! The conformance suite every tidemark [`PersistBackend`] runs.
+//!
+//! Each property is one `pub async fn` taking a [`BackendFactory`] (which
+//! opens handles on one shared storage location); [`conformance_tests!`]
+//! expands the whole list into named `#[tokio::test]`s, so a backend's
+//! `tests/conformance.rs` is a few lines.
+
+#![warn(missing_docs)]
+
+use async_trait::async_trait;
+use tidemark_storage_types::PersistBackend;
+
+/// Opens handles on one storage location (a memory registry name, a Postgres
+/// schema, an S3 prefix). Every handle sees the same shards, so properties
+/// can race writers through separate handles.
+#[async_trait]
+pub trait BackendFactory: Send + Sync + 'static {
+    /// The backend type.
+    type Backend: PersistBackend<u64>;
+
+    /// A new handle on this factory's storage location.
+    async fn open_handle(&self) -> Self::Backend;
+}
+
+/// Reads the environment variable naming an external test service.
+///
+/// - Set: returns its value.
+/// - Unset outside CI: prints a loud `SKIPPED` line naming the test and the
+///   variable, and returns `None` (the caller returns early).
+/// - Unset with `CI=true`: panics, so CI never passes without the service.
+pub fn service_env(variable: &str, test_name: &str) -> Option<String> {
+    match std::env::var(variable) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ => {
+            let in_ci = std::env::var("CI").is_ok_and(|ci| ci == "true" || ci == "1");
+            if in_ci {
+                panic!(
+                    "{variable} is not set but CI=true: the service {test_name} needs is missing"
+                );
+            }
+            eprintln!(
+                "SKIPPED {test_name}: {variable} is not set (run the README test command to start the service)"
+            );
+            None
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! In-memory PersistBackend for tidemark (the embedded default)

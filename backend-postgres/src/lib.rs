@@ -1,0 +1,1 @@
+//! PostgreSQL PersistBackend for tidemark (sqlx)

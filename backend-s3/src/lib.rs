@@ -1,0 +1,1 @@
+//! S3 PersistBackend for tidemark (aws-sdk-s3)

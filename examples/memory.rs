@@ -1,0 +1,2 @@
+//! Placeholder until the memory example is written.
+fn main() {}

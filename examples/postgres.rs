@@ -1,0 +1,2 @@
+//! Placeholder until the postgres example is written.
+fn main() {}

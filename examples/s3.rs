@@ -1,0 +1,2 @@
+//! Placeholder until the s3 example is written.
+fn main() {}

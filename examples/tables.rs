@@ -1,0 +1,2 @@
+//! Placeholder until the tables example is written.
+fn main() {}

@@ -1,0 +1,2 @@
+//! The `tidemark` command line.
+fn main() {}

@@ -1,0 +1,229 @@
+//! The [`PersistBackend`] contract: durable, versioned shards.
+
+use std::fmt::{self, Debug};
+
+use async_trait::async_trait;
+use timely::progress::Antichain;
+
+use crate::errors::BackendError;
+use crate::ids::{IdempotencyToken, ShardId};
+use crate::row::Row;
+use crate::time::{Diff, Update, display_frontier};
+
+/// A shard's read frontier (`since`) and write frontier (`upper`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardFrontiers<T> {
+    /// Times not `>= since` may have been compacted.
+    pub since: Antichain<T>,
+    /// Every update at a time not `>= upper` is final.
+    pub upper: Antichain<T>,
+}
+
+/// An expectation failure of
+/// [`compare_and_append`](PersistBackend::compare_and_append): the shard's
+/// upper was not the expected one, and nothing was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpperMismatch<T> {
+    /// The upper the caller expected.
+    pub expected: Antichain<T>,
+    /// The shard's upper when the append was attempted.
+    pub current: Antichain<T>,
+}
+
+impl<T: fmt::Display> fmt::Display for UpperMismatch<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "upper mismatch: expected={} current={}",
+            display_frontier(&self.expected),
+            display_frontier(&self.current)
+        )
+    }
+}
+
+/// What a physical compaction did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompactionStats {
+    /// Stored updates before.
+    pub updates_before: u64,
+    /// Stored updates after.
+    pub updates_after: u64,
+    /// Stored bytes before (as the backend accounts them).
+    pub bytes_before: u64,
+    /// Stored bytes after.
+    pub bytes_after: u64,
+}
+
+/// How much a shard stores right now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardUsage {
+    /// Stored updates (after the backend's own consolidation, before
+    /// compaction to since).
+    pub updates: u64,
+    /// Stored bytes, as the backend accounts them.
+    pub bytes: u64,
+}
+
+/// Durable storage of shards: collections of `(Row, T, Diff)` with a since
+/// and an upper.
+///
+/// # Frontiers
+///
+/// See [the `time` module](crate::time) for what since and upper mean. A new
+/// shard has `since = upper = [T::minimum()]`.
+///
+/// # Contract
+///
+/// - **Handles share storage.** Every handle a backend's constructor returns
+///   for the same location (name, database schema, bucket prefix) sees the
+///   same shards; operations through different handles are linearizable
+///   with each other.
+/// - **Frontiers never move backward.** `upper` only advances, by
+///   [`compare_and_append`](Self::compare_and_append); `since` only
+///   advances, by [`downgrade_since`](Self::downgrade_since) (which joins)
+///   and [`finalize`](Self::finalize). `since` may be ahead of `upper`.
+/// - **`compare_and_append` is linearizable and atomic.** Of several
+///   concurrent appends with the same `expected_upper`, at most one
+///   succeeds. An append either writes all its updates and sets the upper,
+///   or writes nothing. An expectation failure is the value
+///   `Ok(Err(UpperMismatch))`, never an error.
+/// - **Idempotency.** A `compare_and_append` retried with the same token
+///   after an indeterminate outcome, and with the same expected and new
+///   upper, answers `Ok(Ok(()))` if the first attempt applied, and is applied
+///   at most once. Backends remember at least the most recent 128 tokens per
+///   shard.
+/// - **Reads are consistent.** A snapshot or fetch sees all or none of each
+///   append.
+/// - **Compaction is invisible.** `snapshot(as_of)` equals the logical
+///   compaction of every update ever appended, to `as_of`, whatever physical
+///   compaction has run; `fetch` returns times advanced by the since.
+/// - **Finalized shards stay sealed.** After [`finalize`](Self::finalize),
+///   `since = upper = []` forever (opening it again reports that) and its
+///   data is gone; it is no longer listed by
+///   [`list_shards`](Self::list_shards).
+///
+/// # Errors
+///
+/// Every method returns [`BackendError`]:
+/// - [`BackendError::InvalidUsage`] for calls that break the contract (an
+///   unknown shard, updates outside the append bounds, a new upper behind
+///   the expected one, an unreadable `as_of`, an invalid fetch range,
+///   waiting past the empty frontier). Nothing happened.
+/// - [`BackendError::Determinate`] when the operation definitely did not
+///   happen (connection refused, bad credentials, missing database or
+///   bucket, a serialization conflict, corrupted stored data).
+/// - [`BackendError::Indeterminate`] otherwise: the operation may have
+///   happened. Retry policy belongs to the caller; retry a
+///   `compare_and_append` only with the same idempotency token.
+///
+/// # Wrappers
+///
+/// A backend that wraps another (fault injection, latency) must forward
+/// every method explicitly: this trait has no default methods, so that a
+/// new method cannot be inherited silently.
+#[async_trait]
+pub trait PersistBackend<T>: Debug + Send + Sync + 'static {
+    /// Creates the shard if it does not exist (`since = upper = [minimum]`)
+    /// and returns its frontiers. Idempotent: opening an existing shard
+    /// changes nothing.
+    async fn open(&self, shard: ShardId) -> Result<ShardFrontiers<T>, BackendError>;
+
+    /// A linearizable read of the shard's since and upper.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidUsage::UnknownShard` if the shard was never opened.
+    async fn frontiers(&self, shard: ShardId) -> Result<ShardFrontiers<T>, BackendError>;
+
+    /// Atomically: iff the shard's upper equals `expected_upper`, adds
+    /// `updates` and sets the upper to `new_upper`.
+    ///
+    /// Every update time must be in `[expected_upper, new_upper)`:
+    /// `expected_upper <= time` and not `new_upper <= time`. An empty
+    /// `updates` with a greater `new_upper` just advances the upper; an empty
+    /// `new_upper` seals the shard. Updates need not be consolidated or
+    /// sorted.
+    ///
+    /// Returns `Ok(Err(mismatch))` with the current upper if the upper was
+    /// not `expected_upper` (nothing written), unless `token` was already
+    /// applied with these bounds, in which case it returns `Ok(Ok(()))`
+    /// without writing again.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidUsage` (nothing written) for an unknown shard, an update
+    /// outside the bounds, or `new_upper` behind `expected_upper`.
+    async fn compare_and_append(
+        &self,
+        shard: ShardId,
+        updates: Vec<Update<T>>,
+        expected_upper: Antichain<T>,
+        new_upper: Antichain<T>,
+        token: IdempotencyToken,
+    ) -> Result<Result<(), UpperMismatch<T>>, BackendError>;
+
+    /// The consolidated contents at `as_of`: each row with the sum of the
+    /// diffs of its updates at times `<= as_of`, rows with a zero sum
+    /// omitted, sorted by row.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidUsage::AsOfNotReadable` unless `since <= as_of` and not
+    /// `upper <= as_of`.
+    async fn snapshot(&self, shard: ShardId, as_of: &T) -> Result<Vec<(Row, Diff)>, BackendError>;
+
+    /// The updates with times in `[lower, upper)` after advancing every time
+    /// by the shard's since, consolidated and sorted by `(time, row)`.
+    ///
+    /// Lets listeners and sinks follow a shard: fetch `[since, upper)` first,
+    /// then each new `[previous upper, new upper)`.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidUsage::FetchRangeInvalid` unless `lower <= upper` and `upper`
+    /// is not beyond the shard's upper (only final data can be fetched).
+    async fn fetch(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<T>,
+        upper: &Antichain<T>,
+    ) -> Result<Vec<Update<T>>, BackendError>;
+
+    /// Waits until the shard's upper is not `<= frontier` (some write moved
+    /// it past `frontier`) and returns that upper. Returns at once if it
+    /// already is. Cancellation safe; no timeout of its own.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidUsage::WaitPastEmptyFrontier` if `frontier` is empty.
+    async fn wait_for_upper_past(
+        &self,
+        shard: ShardId,
+        frontier: &Antichain<T>,
+    ) -> Result<Antichain<T>, BackendError>;
+
+    /// Logical compaction: sets `since` to the join of the current since and
+    /// `new_since` (a `new_since` behind the current one changes nothing) and
+    /// returns the resulting since. Reads before the new since become invalid;
+    /// physical compaction may then rewrite times to it.
+    async fn downgrade_since(
+        &self,
+        shard: ShardId,
+        new_since: &Antichain<T>,
+    ) -> Result<Antichain<T>, BackendError>;
+
+    /// Physical compaction: rewrites stored updates at times not beyond since
+    /// to since, consolidated, so the shard stores fewer updates. Changes no
+    /// read result. Returns what it did.
+    async fn compact(&self, shard: ShardId) -> Result<CompactionStats, BackendError>;
+
+    /// What the shard stores right now.
+    async fn usage(&self, shard: ShardId) -> Result<ShardUsage, BackendError>;
+
+    /// Seals the shard (`since = upper = []`) and deletes its data.
+    /// Idempotent. A finalized shard is no longer listed.
+    async fn finalize(&self, shard: ShardId) -> Result<(), BackendError>;
+
+    /// Every shard that has been opened and not finalized, sorted.
+    async fn list_shards(&self) -> Result<Vec<ShardId>, BackendError>;
+}

@@ -1,0 +1,42 @@
+//! Core types of tidemark: identifiers, rows, timestamps and frontiers, read
+//! policies, collection and export descriptions, errors, the
+//! [`PersistBackend`] contract and the batch codec.
+//!
+//! Every other tidemark crate builds on these. Frontier semantics (since,
+//! upper, what is readable) are stated in [`time`].
+
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod batch_codec;
+pub mod description;
+pub mod errors;
+pub mod ids;
+pub mod read_policy;
+pub mod row;
+pub mod time;
+
+pub use backend::{CompactionStats, PersistBackend, ShardFrontiers, ShardUsage, UpperMismatch};
+pub use batch_codec::{Batch, BatchDecodeError, decode_batch, encode_batch};
+pub use description::{
+    CollectionDescription, DataSource, ExportDescription, IngestionDescription, LoadGenerator,
+    SinkConnection, SourceConnection, StorageParameters,
+};
+pub use errors::{
+    BackendError, DeterminateError, DeterminateKind, IdParseError, IndeterminateError,
+    InvalidUsage, RowDecodeError, RowValidationError, StorageError,
+};
+pub use ids::{GlobalId, IdempotencyToken, ShardId, StorageInstanceId};
+pub use read_policy::{LagFn, ReadPolicy};
+pub use row::{ColumnType, Datum, DatumIter, RelationDesc, Row, ScalarType};
+pub use time::{
+    Codec64, Diff, StorageTimestamp, Update, display_frontier, frontier_time, readable_at,
+    step_back_frontier,
+};
+
+/// Re-exports of the timely and differential types that appear in this
+/// crate's API, so users need not match versions themselves.
+pub mod reexports {
+    pub use differential_dataflow;
+    pub use timely;
+}
