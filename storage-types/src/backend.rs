@@ -227,3 +227,78 @@ pub trait PersistBackend<T>: Debug + Send + Sync + 'static {
     /// Every shard that has been opened and not finalized, sorted.
     async fn list_shards(&self) -> Result<Vec<ShardId>, BackendError>;
 }
+
+/// A shared handle forwards every method, so `Arc<dyn PersistBackend<T>>`
+/// (what `tidemark::open` returns) is itself a backend.
+#[async_trait]
+impl<T, B> PersistBackend<T> for std::sync::Arc<B>
+where
+    T: Send + Sync + 'static,
+    B: PersistBackend<T> + ?Sized,
+{
+    async fn open(&self, shard: ShardId) -> Result<ShardFrontiers<T>, BackendError> {
+        (**self).open(shard).await
+    }
+
+    async fn frontiers(&self, shard: ShardId) -> Result<ShardFrontiers<T>, BackendError> {
+        (**self).frontiers(shard).await
+    }
+
+    async fn compare_and_append(
+        &self,
+        shard: ShardId,
+        updates: Vec<Update<T>>,
+        expected_upper: Antichain<T>,
+        new_upper: Antichain<T>,
+        token: IdempotencyToken,
+    ) -> Result<Result<(), UpperMismatch<T>>, BackendError> {
+        (**self)
+            .compare_and_append(shard, updates, expected_upper, new_upper, token)
+            .await
+    }
+
+    async fn snapshot(&self, shard: ShardId, as_of: &T) -> Result<Vec<(Row, Diff)>, BackendError> {
+        (**self).snapshot(shard, as_of).await
+    }
+
+    async fn fetch(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<T>,
+        upper: &Antichain<T>,
+    ) -> Result<Vec<Update<T>>, BackendError> {
+        (**self).fetch(shard, lower, upper).await
+    }
+
+    async fn wait_for_upper_past(
+        &self,
+        shard: ShardId,
+        frontier: &Antichain<T>,
+    ) -> Result<Antichain<T>, BackendError> {
+        (**self).wait_for_upper_past(shard, frontier).await
+    }
+
+    async fn downgrade_since(
+        &self,
+        shard: ShardId,
+        new_since: &Antichain<T>,
+    ) -> Result<Antichain<T>, BackendError> {
+        (**self).downgrade_since(shard, new_since).await
+    }
+
+    async fn compact(&self, shard: ShardId) -> Result<CompactionStats, BackendError> {
+        (**self).compact(shard).await
+    }
+
+    async fn usage(&self, shard: ShardId) -> Result<ShardUsage, BackendError> {
+        (**self).usage(shard).await
+    }
+
+    async fn finalize(&self, shard: ShardId) -> Result<(), BackendError> {
+        (**self).finalize(shard).await
+    }
+
+    async fn list_shards(&self) -> Result<Vec<ShardId>, BackendError> {
+        (**self).list_shards().await
+    }
+}
