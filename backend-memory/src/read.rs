@@ -1,0 +1,250 @@
+//! Snapshots and fetches, computed from a [`ReadView`] without the shard's
+//! lock.
+
+use differential_dataflow::consolidation::{consolidate, consolidate_updates};
+use tidemark_storage_types::{
+    Diff, InvalidUsage, Row, ShardId, StorageTimestamp, Update, display_frontier, readable_at,
+};
+use timely::PartialOrder;
+use timely::progress::Antichain;
+
+use crate::shard::ReadView;
+
+/// The consolidated contents at `as_of`: each row with the sum of its diffs
+/// at times `<= as_of`, zero sums omitted, sorted by row.
+///
+/// Each batch is sorted by row, so the collected `(row, diff)` pairs are one
+/// sorted run per batch; the stable sort inside `consolidate` merges runs,
+/// so a compacted shard (one batch) costs a linear pass.
+///
+/// # Errors
+///
+/// [`InvalidUsage::AsOfNotReadable`] unless `since <= as_of` and not
+/// `upper <= as_of`.
+pub fn snapshot<T: StorageTimestamp>(
+    shard: ShardId,
+    view: &ReadView<T>,
+    as_of: &T,
+) -> Result<Vec<(Row, Diff)>, InvalidUsage> {
+    if !readable_at(&view.since, &view.upper, as_of) {
+        return Err(InvalidUsage::AsOfNotReadable {
+            shard,
+            as_of: as_of.to_string(),
+            since: display_frontier(&view.since).to_string(),
+            upper: display_frontier(&view.upper).to_string(),
+        });
+    }
+    let capacity = view.batches.iter().map(|batch| batch.len()).sum();
+    let mut contents = Vec::with_capacity(capacity);
+    for batch in &view.batches {
+        contents.extend(
+            batch
+                .updates()
+                .iter()
+                .filter(|(_, time, _)| time.less_equal(as_of))
+                .map(|(row, _, diff)| (row.clone(), *diff)),
+        );
+    }
+    consolidate(&mut contents);
+    Ok(contents)
+}
+
+/// The updates with times in `[lower, upper)` after advancing every time by
+/// the since, consolidated and sorted by `(time, row)`.
+///
+/// The range applies to the advanced times: physical compaction may already
+/// have advanced a stored time to an earlier since, and advancing again to
+/// the current since gives the same time either way, so the answer does not
+/// depend on what compaction has run. An empty since means nothing can be
+/// read again: the answer is empty.
+///
+/// # Errors
+///
+/// [`InvalidUsage::FetchRangeInvalid`] unless `lower <= upper` and `upper`
+/// is not beyond the shard's upper.
+pub fn fetch<T: StorageTimestamp>(
+    shard: ShardId,
+    view: &ReadView<T>,
+    lower: &Antichain<T>,
+    upper: &Antichain<T>,
+) -> Result<Vec<Update<T>>, InvalidUsage> {
+    if !PartialOrder::less_equal(lower, upper) || !PartialOrder::less_equal(upper, &view.upper) {
+        return Err(InvalidUsage::FetchRangeInvalid {
+            shard,
+            lower: display_frontier(lower).to_string(),
+            upper: display_frontier(upper).to_string(),
+            shard_upper: display_frontier(&view.upper).to_string(),
+        });
+    }
+    if view.since.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut updates = Vec::new();
+    for batch in &view.batches {
+        for (row, time, diff) in batch.updates() {
+            let mut time = *time;
+            time.advance_by(view.since.borrow());
+            if lower.less_equal(&time) && !upper.less_equal(&time) {
+                updates.push((time, row.clone(), *diff));
+            }
+        }
+    }
+    consolidate_updates(&mut updates);
+    Ok(updates
+        .into_iter()
+        .map(|(time, row, diff)| Update::new(row, time, diff))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tidemark_storage_types::Datum;
+
+    use super::*;
+    use crate::spine::Batch;
+
+    fn row(value: i64) -> Row {
+        Row::pack([Datum::Int64(value)])
+    }
+
+    fn view(since: u64, upper: u64, batches: &[&[(i64, u64, Diff)]]) -> ReadView<u64> {
+        ReadView {
+            since: Antichain::from_elem(since),
+            upper: Antichain::from_elem(upper),
+            batches: batches
+                .iter()
+                .map(|updates| {
+                    Arc::new(Batch::from_unsorted(
+                        updates
+                            .iter()
+                            .map(|&(value, time, diff)| (row(value), time, diff))
+                            .collect(),
+                    ))
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn snapshot_sums_across_batches_up_to_as_of() {
+        let shard = ShardId::new();
+        let view = view(
+            0,
+            10,
+            &[&[(1, 0, 1), (2, 1, 1), (3, 5, 1)], &[(1, 2, 1), (2, 3, -1)]],
+        );
+        assert_eq!(snapshot(shard, &view, &0).unwrap(), vec![(row(1), 1)]);
+        assert_eq!(
+            snapshot(shard, &view, &1).unwrap(),
+            vec![(row(1), 1), (row(2), 1)]
+        );
+        assert_eq!(snapshot(shard, &view, &4).unwrap(), vec![(row(1), 2)]);
+        assert_eq!(
+            snapshot(shard, &view, &9).unwrap(),
+            vec![(row(1), 2), (row(3), 1)]
+        );
+    }
+
+    #[test]
+    fn snapshot_rejects_unreadable_times() {
+        let shard = ShardId::new();
+        let view = view(3, 6, &[]);
+        for as_of in [2, 6, 7] {
+            let err = snapshot(shard, &view, &as_of).unwrap_err();
+            assert!(
+                matches!(err, InvalidUsage::AsOfNotReadable { .. }),
+                "as_of {as_of}: {err}"
+            );
+        }
+        assert_eq!(
+            snapshot(shard, &view, &7).unwrap_err().to_string(),
+            format!("as_of 7 is not readable: shard={shard} since=[3] upper=[6]")
+        );
+        assert!(snapshot(shard, &view, &3).unwrap().is_empty());
+    }
+
+    #[test]
+    fn fetch_advances_by_since_and_orders_by_time() {
+        let shard = ShardId::new();
+        let view = view(
+            2,
+            10,
+            &[&[(5, 0, 1), (1, 1, 1), (4, 3, 1)], &[(1, 2, 1), (2, 3, 1)]],
+        );
+        let all = fetch(
+            shard,
+            &view,
+            &Antichain::from_elem(0),
+            &Antichain::from_elem(10),
+        )
+        .unwrap();
+        assert_eq!(
+            all,
+            vec![
+                Update::new(row(1), 2, 2),
+                Update::new(row(5), 2, 1),
+                Update::new(row(2), 3, 1),
+                Update::new(row(4), 3, 1),
+            ]
+        );
+        let later = fetch(
+            shard,
+            &view,
+            &Antichain::from_elem(3),
+            &Antichain::from_elem(4),
+        )
+        .unwrap();
+        assert_eq!(later, all[2..].to_vec());
+        let before_since = fetch(
+            shard,
+            &view,
+            &Antichain::from_elem(0),
+            &Antichain::from_elem(2),
+        )
+        .unwrap();
+        assert!(before_since.is_empty(), "every time was advanced to 2");
+    }
+
+    #[test]
+    fn fetch_rejects_ranges_beyond_the_upper_or_inverted() {
+        let shard = ShardId::new();
+        let view = view(0, 5, &[]);
+        let ranges = [
+            (Antichain::from_elem(3), Antichain::from_elem(2)),
+            (Antichain::from_elem(0), Antichain::from_elem(6)),
+            (Antichain::from_elem(0), Antichain::new()),
+        ];
+        for (lower, upper) in ranges {
+            let err = fetch(shard, &view, &lower, &upper).unwrap_err();
+            assert!(
+                matches!(err, InvalidUsage::FetchRangeInvalid { .. }),
+                "{err}"
+            );
+        }
+        let err = fetch(
+            shard,
+            &view,
+            &Antichain::from_elem(0),
+            &Antichain::from_elem(6),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "fetch range is not within the written data: shard={shard} lower=[0] upper=[6] shard_upper=[5]"
+            )
+        );
+        assert!(
+            fetch(
+                shard,
+                &view,
+                &Antichain::from_elem(5),
+                &Antichain::from_elem(5)
+            )
+            .unwrap()
+            .is_empty()
+        );
+    }
+}

@@ -1,0 +1,357 @@
+//! One shard: its frontiers, stored updates and applied tokens behind one
+//! lock, and a watch channel that publishes its upper.
+//!
+//! Every operation that checks state and then writes holds the shard's lock
+//! across both, which makes operations on one shard linearizable. Nothing
+//! awaits while holding the lock. Reads take a [`ReadView`] (frontiers plus
+//! shared batches) under the lock and do their work after releasing it.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use differential_dataflow::lattice::Lattice;
+use tidemark_storage_types::{
+    BackendError, CompactionStats, IdempotencyToken, InvalidUsage, ShardFrontiers, ShardId,
+    ShardUsage, StorageTimestamp, Update, UpperMismatch, display_frontier,
+};
+use timely::PartialOrder;
+use timely::progress::Antichain;
+use tokio::sync::watch;
+
+use crate::spine::{Batch, Spine};
+use crate::tokens::{AppliedTokens, REMEMBERED_APPENDS};
+
+/// A consistent view of a shard for a read: taken under the lock, so it
+/// holds all or none of each append.
+#[derive(Debug)]
+pub struct ReadView<T> {
+    /// The since when the view was taken.
+    pub since: Antichain<T>,
+    /// The upper when the view was taken.
+    pub upper: Antichain<T>,
+    /// Every stored batch.
+    pub batches: Vec<Arc<Batch<T>>>,
+}
+
+#[derive(Debug)]
+struct ShardState<T> {
+    since: Antichain<T>,
+    upper: Antichain<T>,
+    spine: Spine<T>,
+    tokens: AppliedTokens<T>,
+    finalized: bool,
+}
+
+/// One shard of a memory store.
+#[derive(Debug)]
+pub struct Shard<T> {
+    id: ShardId,
+    state: Mutex<ShardState<T>>,
+    /// Publishes the upper. SUBTLE: only ever sent while holding `state`'s
+    /// lock, right after the upper changed, so a waiter never sees an upper
+    /// older than one a reader already observed.
+    upper_watch: watch::Sender<Antichain<T>>,
+}
+
+impl<T: StorageTimestamp> Shard<T> {
+    /// A new shard with `since = upper = [minimum]`.
+    pub fn new(id: ShardId) -> Self {
+        let minimum = Antichain::from_elem(T::minimum());
+        Shard {
+            id,
+            state: Mutex::new(ShardState {
+                since: minimum.clone(),
+                upper: minimum.clone(),
+                spine: Spine::default(),
+                tokens: AppliedTokens::with_capacity(REMEMBERED_APPENDS),
+                finalized: false,
+            }),
+            upper_watch: watch::Sender::new(minimum),
+        }
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, ShardState<T>>, BackendError> {
+        self.state.lock().map_err(|_| {
+            BackendError::indeterminate(format!(
+                "memory shard state was poisoned by a panic during an earlier operation: shard={}",
+                self.id
+            ))
+        })
+    }
+
+    /// The shard's since and upper.
+    pub fn frontiers(&self) -> Result<ShardFrontiers<T>, BackendError> {
+        let state = self.lock()?;
+        Ok(ShardFrontiers {
+            since: state.since.clone(),
+            upper: state.upper.clone(),
+        })
+    }
+
+    /// Whether the shard was finalized.
+    pub fn is_finalized(&self) -> bool {
+        // A poisoned lock still tells whether finalize completed: it sets the
+        // flag last.
+        match self.state.lock() {
+            Ok(state) => state.finalized,
+            Err(poisoned) => poisoned.into_inner().finalized,
+        }
+    }
+
+    /// Checks that `new_upper` is not behind `expected_upper` and that every
+    /// update time is in `[expected_upper, new_upper)`.
+    fn validate_append(
+        &self,
+        updates: &[Update<T>],
+        expected_upper: &Antichain<T>,
+        new_upper: &Antichain<T>,
+    ) -> Result<(), InvalidUsage> {
+        if !PartialOrder::less_equal(expected_upper, new_upper) {
+            return Err(InvalidUsage::UpperRegression {
+                shard: self.id,
+                expected_upper: display_frontier(expected_upper).to_string(),
+                new_upper: display_frontier(new_upper).to_string(),
+            });
+        }
+        let outside = updates
+            .iter()
+            .find(|update| {
+                !expected_upper.less_equal(&update.timestamp)
+                    || new_upper.less_equal(&update.timestamp)
+            })
+            .map(|update| update.timestamp);
+        if let Some(time) = outside {
+            return Err(InvalidUsage::UpdateOutsideBounds {
+                shard: self.id,
+                time: time.to_string(),
+                expected_upper: display_frontier(expected_upper).to_string(),
+                new_upper: display_frontier(new_upper).to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Iff the upper is `expected_upper`, stores `updates` and sets the upper
+    /// to `new_upper`; a token already applied with these bounds answers
+    /// success without writing. See
+    /// [`PersistBackend::compare_and_append`](tidemark_storage_types::PersistBackend::compare_and_append).
+    pub fn compare_and_append(
+        &self,
+        updates: Vec<Update<T>>,
+        expected_upper: Antichain<T>,
+        new_upper: Antichain<T>,
+        token: IdempotencyToken,
+    ) -> Result<Result<(), UpperMismatch<T>>, BackendError> {
+        self.validate_append(&updates, &expected_upper, &new_upper)?;
+        // Sorting and consolidating needs no state: do it before taking the
+        // lock so concurrent readers and writers wait less.
+        let batch = Batch::from_unsorted(
+            updates
+                .into_iter()
+                .map(|update| (update.row, update.timestamp, update.diff))
+                .collect(),
+        );
+
+        let mut state = self.lock()?;
+        // SUBTLE: the token check comes before the upper check. A retry of an
+        // append that applied finds the upper already moved past its
+        // expected upper, and must answer success, not a mismatch.
+        if state.tokens.applied(&token, &expected_upper, &new_upper) {
+            return Ok(Ok(()));
+        }
+        if state.upper != expected_upper {
+            return Ok(Err(UpperMismatch {
+                expected: expected_upper,
+                current: state.upper.clone(),
+            }));
+        }
+        state.spine.insert(batch);
+        state.upper = new_upper.clone();
+        state
+            .tokens
+            .record(token, expected_upper, new_upper.clone());
+        self.upper_watch.send_replace(new_upper);
+        Ok(Ok(()))
+    }
+
+    /// The frontiers and shared batches, for a read done without the lock.
+    pub fn read_view(&self) -> Result<ReadView<T>, BackendError> {
+        let state = self.lock()?;
+        Ok(ReadView {
+            since: state.since.clone(),
+            upper: state.upper.clone(),
+            batches: state.spine.batches(),
+        })
+    }
+
+    /// A receiver of the shard's upper.
+    pub fn subscribe_upper(&self) -> watch::Receiver<Antichain<T>> {
+        self.upper_watch.subscribe()
+    }
+
+    /// Sets since to its join with `new_since` and returns it.
+    pub fn downgrade_since(&self, new_since: &Antichain<T>) -> Result<Antichain<T>, BackendError> {
+        let mut state = self.lock()?;
+        state.since = state.since.join(new_since);
+        Ok(state.since.clone())
+    }
+
+    /// Physical compaction to the current since.
+    pub fn compact(&self) -> Result<CompactionStats, BackendError> {
+        let mut state = self.lock()?;
+        let before = state.spine.usage();
+        let since = state.since.clone();
+        state.spine.compact_to(&since);
+        let after = state.spine.usage();
+        Ok(CompactionStats {
+            updates_before: before.updates,
+            updates_after: after.updates,
+            bytes_before: before.bytes,
+            bytes_after: after.bytes,
+        })
+    }
+
+    /// What the shard stores.
+    pub fn usage(&self) -> Result<ShardUsage, BackendError> {
+        let usage = self.lock()?.spine.usage();
+        Ok(ShardUsage {
+            updates: usage.updates,
+            bytes: usage.bytes,
+        })
+    }
+
+    /// Seals the shard and drops its data. Applied tokens are kept (they are
+    /// bounded), so a retry of an append that applied before the shard was
+    /// finalized still answers success.
+    pub fn finalize(&self) -> Result<(), BackendError> {
+        let mut state = self.lock()?;
+        state.since = Antichain::new();
+        state.upper = Antichain::new();
+        state.spine.clear();
+        state.finalized = true;
+        self.upper_watch.send_replace(Antichain::new());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tidemark_storage_types::{Datum, Row};
+
+    use super::*;
+
+    fn update(value: i64, time: u64, diff: i64) -> Update<u64> {
+        Update::new(Row::pack([Datum::Int64(value)]), time, diff)
+    }
+
+    fn frontier(time: u64) -> Antichain<u64> {
+        Antichain::from_elem(time)
+    }
+
+    #[test]
+    fn append_checks_bounds_before_anything_is_written() {
+        let shard = Shard::<u64>::new(ShardId::new());
+        let token = IdempotencyToken::new();
+        let equal_bounds = shard.compare_and_append(vec![], frontier(0), frontier(0), token);
+        assert!(
+            equal_bounds.is_ok(),
+            "an equal new upper is not a regression"
+        );
+        let err = shard
+            .compare_and_append(vec![], frontier(3), frontier(2), IdempotencyToken::new())
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BackendError::InvalidUsage(InvalidUsage::UpperRegression { .. })
+            ),
+            "{err}"
+        );
+        let err = shard
+            .compare_and_append(
+                vec![update(1, 0, 1), update(2, 5, 1)],
+                frontier(0),
+                frontier(5),
+                IdempotencyToken::new(),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("update at time 5"), "{err}");
+        assert_eq!(shard.usage().unwrap(), ShardUsage::default());
+        assert_eq!(shard.frontiers().unwrap().upper, frontier(0));
+    }
+
+    #[test]
+    fn a_retried_append_applies_once() {
+        let shard = Shard::<u64>::new(ShardId::new());
+        let token = IdempotencyToken::new();
+        let append = |token| {
+            shard
+                .compare_and_append(vec![update(1, 0, 1)], frontier(0), frontier(1), token)
+                .unwrap()
+        };
+        assert_eq!(append(token), Ok(()));
+        assert_eq!(append(token), Ok(()), "the retry answers success");
+        assert_eq!(shard.usage().unwrap().updates, 1, "and writes nothing");
+        assert_eq!(
+            append(IdempotencyToken::new()),
+            Err(UpperMismatch {
+                expected: frontier(0),
+                current: frontier(1)
+            }),
+            "another token with the same bounds is a different write"
+        );
+    }
+
+    #[test]
+    fn appends_publish_the_upper_and_finalize_publishes_empty() {
+        let shard = Shard::<u64>::new(ShardId::new());
+        let receiver = shard.subscribe_upper();
+        assert_eq!(*receiver.borrow(), frontier(0));
+        shard
+            .compare_and_append(vec![], frontier(0), frontier(4), IdempotencyToken::new())
+            .unwrap()
+            .unwrap();
+        assert_eq!(*receiver.borrow(), frontier(4));
+        shard.finalize().unwrap();
+        assert!(receiver.borrow().is_empty());
+        assert!(shard.is_finalized());
+        let frontiers = shard.frontiers().unwrap();
+        assert!(frontiers.since.is_empty() && frontiers.upper.is_empty());
+    }
+
+    #[test]
+    fn since_only_moves_forward() {
+        let shard = Shard::<u64>::new(ShardId::new());
+        assert_eq!(shard.downgrade_since(&frontier(5)).unwrap(), frontier(5));
+        assert_eq!(shard.downgrade_since(&frontier(2)).unwrap(), frontier(5));
+        assert_eq!(
+            shard.downgrade_since(&Antichain::new()).unwrap(),
+            Antichain::new()
+        );
+        assert_eq!(
+            shard.downgrade_since(&frontier(9)).unwrap(),
+            Antichain::new()
+        );
+    }
+
+    #[test]
+    fn compaction_reports_what_it_reclaimed() {
+        let shard = Shard::<u64>::new(ShardId::new());
+        for time in 0..10u64 {
+            shard
+                .compare_and_append(
+                    vec![update(1, time, 1), update(2, time, 1), update(2, time, -1)],
+                    frontier(time),
+                    frontier(time + 1),
+                    IdempotencyToken::new(),
+                )
+                .unwrap()
+                .unwrap();
+        }
+        shard.downgrade_since(&frontier(10)).unwrap();
+        let stats = shard.compact().unwrap();
+        assert_eq!(stats.updates_before, 10);
+        assert_eq!(stats.updates_after, 1);
+        assert_eq!(stats.bytes_before, 10 * stats.bytes_after);
+        assert_eq!(shard.usage().unwrap().updates, 1);
+    }
+}

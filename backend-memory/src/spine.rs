@@ -1,0 +1,332 @@
+//! A shard's stored updates: immutable, sorted, consolidated batches merged
+//! size-tiered, like differential dataflow's spine.
+//!
+//! # Invariants
+//!
+//! - Every [`Batch`] is sorted by `(row, time)` and consolidated: no two of
+//!   its updates share a row and a time, and no diff is zero.
+//! - The [`Spine`] keeps batches oldest first and never stores an empty one.
+//!   After every insertion each batch holds at least twice as many updates as
+//!   the next newer one, so a spine of `n` updates has at most
+//!   `log2(n) + 1` batches, and each update is merged `O(log n)` times over
+//!   its life (every merge it takes part in grows its batch by at least half).
+//!
+//! Merging never advances times: that is physical compaction's job
+//! ([`Spine::compact_to`]), so that [`usage`](Spine::usage) before a
+//! compaction shows what compaction will reclaim.
+
+use std::sync::Arc;
+
+use differential_dataflow::consolidation::consolidate_updates;
+use differential_dataflow::lattice::Lattice;
+use tidemark_storage_types::{Diff, Row};
+use timely::progress::{Antichain, Timestamp};
+
+/// Bytes accounted per update on top of its row's encoding: 8 for the time
+/// and 8 for the diff.
+pub const BYTES_PER_UPDATE: u64 = 16;
+
+/// The bytes an update with this row is accounted as.
+fn update_bytes(row: &Row) -> u64 {
+    row.byte_len() as u64 + BYTES_PER_UPDATE
+}
+
+/// An immutable run of updates, sorted by `(row, time)` and consolidated.
+///
+/// Readers share batches by `Arc`, so a snapshot can work on a consistent set
+/// of batches without holding the shard's lock.
+#[derive(Debug)]
+pub struct Batch<T> {
+    updates: Vec<(Row, T, Diff)>,
+    bytes: u64,
+}
+
+impl<T: Ord> Batch<T> {
+    /// Sorts and consolidates `updates` into a batch.
+    pub fn from_unsorted(mut updates: Vec<(Row, T, Diff)>) -> Self {
+        consolidate_updates(&mut updates);
+        let bytes = updates.iter().map(|(row, _, _)| update_bytes(row)).sum();
+        Batch { updates, bytes }
+    }
+
+    /// The updates, sorted by `(row, time)`.
+    pub fn updates(&self) -> &[(Row, T, Diff)] {
+        &self.updates
+    }
+
+    /// The number of updates.
+    pub fn len(&self) -> usize {
+        self.updates.len()
+    }
+
+    /// Whether the batch holds no update.
+    pub fn is_empty(&self) -> bool {
+        self.updates.is_empty()
+    }
+
+    /// The bytes the batch is accounted as (row bytes plus
+    /// [`BYTES_PER_UPDATE`] per update).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+/// The updates of a shared batch, without copying when no reader holds it.
+fn take_updates<T: Clone>(batch: Arc<Batch<T>>) -> Vec<(Row, T, Diff)> {
+    match Arc::try_unwrap(batch) {
+        Ok(batch) => batch.updates,
+        Err(shared) => shared.updates.clone(),
+    }
+}
+
+/// Merges two batches into one sorted, consolidated batch.
+///
+/// The concatenation is two sorted runs, which the stable sort merges in
+/// linear time; `consolidate_updates` then finds the result already sorted
+/// and only sums equal `(row, time)` pairs and drops zeros.
+fn merge<T: Ord + Clone>(older: Arc<Batch<T>>, newer: Arc<Batch<T>>) -> Batch<T> {
+    let mut updates = take_updates(older);
+    updates.extend(take_updates(newer));
+    updates.sort_by(|left, right| (&left.0, &left.1).cmp(&(&right.0, &right.1)));
+    Batch::from_unsorted(updates)
+}
+
+/// What a spine stores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpineUsage {
+    /// Stored updates.
+    pub updates: u64,
+    /// Stored bytes (row bytes plus [`BYTES_PER_UPDATE`] per update).
+    pub bytes: u64,
+}
+
+/// Batches of a shard, oldest (and largest) first.
+#[derive(Debug)]
+pub struct Spine<T> {
+    batches: Vec<Arc<Batch<T>>>,
+}
+
+impl<T> Default for Spine<T> {
+    fn default() -> Self {
+        Spine {
+            batches: Vec::new(),
+        }
+    }
+}
+
+impl<T: Timestamp + Lattice> Spine<T> {
+    /// Adds a batch and merges until every batch is at least twice the size
+    /// of the next newer one. An empty batch is not stored.
+    pub fn insert(&mut self, batch: Batch<T>) {
+        if batch.is_empty() {
+            return;
+        }
+        self.batches.push(Arc::new(batch));
+        self.restore_tiers();
+    }
+
+    fn restore_tiers(&mut self) {
+        while let [.., older, newer] = self.batches.as_slice() {
+            if older.len() >= 2 * newer.len() {
+                break;
+            }
+            let newer = self.batches.pop().expect("matched two batches");
+            let older = self.batches.pop().expect("matched two batches");
+            let merged = merge(older, newer);
+            if !merged.is_empty() {
+                self.batches.push(Arc::new(merged));
+            }
+        }
+    }
+
+    /// The batches, shared, for a read that runs without the shard's lock.
+    pub fn batches(&self) -> Vec<Arc<Batch<T>>> {
+        self.batches.clone()
+    }
+
+    /// The number of batches.
+    #[cfg(test)]
+    pub fn batch_count(&self) -> usize {
+        self.batches.len()
+    }
+
+    /// What the spine stores.
+    pub fn usage(&self) -> SpineUsage {
+        self.batches
+            .iter()
+            .fold(SpineUsage::default(), |usage, batch| SpineUsage {
+                updates: usage.updates + batch.len() as u64,
+                bytes: usage.bytes + batch.bytes(),
+            })
+    }
+
+    /// Physical compaction: advances every time by `since`, consolidates,
+    /// and keeps the result as one batch. An empty `since` means nothing can
+    /// be read again, so every update is dropped.
+    pub fn compact_to(&mut self, since: &Antichain<T>) {
+        if since.is_empty() {
+            self.clear();
+            return;
+        }
+        let mut updates = Vec::with_capacity(self.usage().updates as usize);
+        for batch in self.batches.drain(..) {
+            updates.extend(take_updates(batch));
+        }
+        for (_, time, _) in updates.iter_mut() {
+            time.advance_by(since.borrow());
+        }
+        let compacted = Batch::from_unsorted(updates);
+        if !compacted.is_empty() {
+            self.batches.push(Arc::new(compacted));
+        }
+    }
+
+    /// Drops every update.
+    pub fn clear(&mut self) {
+        self.batches.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tidemark_storage_types::Datum;
+
+    use super::*;
+
+    fn row(value: i64) -> Row {
+        Row::pack([Datum::Int64(value)])
+    }
+
+    fn batch(updates: &[(i64, u64, Diff)]) -> Batch<u64> {
+        Batch::from_unsorted(
+            updates
+                .iter()
+                .map(|&(value, time, diff)| (row(value), time, diff))
+                .collect(),
+        )
+    }
+
+    /// Every update of the spine, consolidated, as plain values.
+    fn contents(spine: &Spine<u64>) -> Vec<(Row, u64, Diff)> {
+        let mut all: Vec<_> = spine
+            .batches()
+            .iter()
+            .flat_map(|batch| batch.updates().to_vec())
+            .collect();
+        consolidate_updates(&mut all);
+        all
+    }
+
+    fn assert_tiers(spine: &Spine<u64>) {
+        for pair in spine.batches().windows(2) {
+            assert!(
+                pair[0].len() >= 2 * pair[1].len(),
+                "older batch of {} updates next to newer batch of {}",
+                pair[0].len(),
+                pair[1].len()
+            );
+        }
+        for batch in spine.batches() {
+            assert!(!batch.is_empty(), "spine stores an empty batch");
+            let mut sorted = batch.updates().to_vec();
+            consolidate_updates(&mut sorted);
+            assert_eq!(
+                sorted,
+                batch.updates(),
+                "batch is not sorted and consolidated"
+            );
+        }
+    }
+
+    #[test]
+    fn batches_are_sorted_and_consolidated() {
+        let batch = batch(&[(3, 1, 1), (1, 2, 1), (3, 1, 2), (2, 0, 1), (2, 0, -1)]);
+        assert_eq!(
+            batch.updates(),
+            &[(row(1), 2, 1), (row(3), 1, 3)],
+            "sorted by row then time, equal (row, time) summed, zeros dropped"
+        );
+        assert_eq!(
+            batch.bytes(),
+            2 * (row(1).byte_len() as u64 + BYTES_PER_UPDATE)
+        );
+    }
+
+    #[test]
+    fn batch_count_stays_logarithmic_and_contents_are_kept() {
+        let mut spine = Spine::default();
+        let mut model = Vec::new();
+        for time in 0..1000u64 {
+            let value = (time % 37) as i64;
+            let diff = if time % 3 == 0 { -1 } else { 1 };
+            spine.insert(batch(&[(value, time, diff), (value + 100, time, 1)]));
+            model.push((row(value), time, diff));
+            model.push((row(value + 100), time, 1));
+            assert_tiers(&spine);
+            let updates = spine.usage().updates as f64;
+            let bound = updates.log2().floor() as usize + 1;
+            assert!(
+                spine.batch_count() <= bound,
+                "{} batches for {updates} updates",
+                spine.batch_count()
+            );
+        }
+        consolidate_updates(&mut model);
+        assert_eq!(contents(&spine), model);
+    }
+
+    #[test]
+    fn merges_that_cancel_out_leave_no_empty_batch() {
+        let mut spine = Spine::default();
+        spine.insert(batch(&[(1, 5, 1), (2, 5, 1)]));
+        spine.insert(batch(&[(1, 5, -1), (2, 5, -1)]));
+        assert_eq!(spine.batch_count(), 0);
+        assert_eq!(spine.usage(), SpineUsage::default());
+        spine.insert(batch(&[]));
+        assert_eq!(spine.batch_count(), 0);
+    }
+
+    #[test]
+    fn merging_keeps_batches_other_readers_hold() {
+        let mut spine = Spine::default();
+        spine.insert(batch(&[(1, 0, 1), (2, 0, 1)]));
+        let held = spine.batches();
+        spine.insert(batch(&[(1, 1, 1), (3, 1, 1)]));
+        assert_eq!(spine.batch_count(), 1, "equal sizes merge");
+        assert_eq!(held[0].updates(), &[(row(1), 0, 1), (row(2), 0, 1)]);
+        assert_eq!(spine.usage().updates, 4);
+    }
+
+    #[test]
+    fn compaction_advances_times_and_leaves_one_batch() {
+        let mut spine = Spine::default();
+        for time in 0..64u64 {
+            spine.insert(batch(&[(1, time, 1), ((time % 4) as i64, time, 1)]));
+            spine.insert(batch(&[((time % 4) as i64, time, -1)]));
+        }
+        spine.insert(batch(&[(9, 70, 1)]));
+        let before = spine.usage();
+        spine.compact_to(&Antichain::from_elem(60));
+        let after = spine.usage();
+        assert_eq!(spine.batch_count(), 1);
+        assert!(after.updates < before.updates, "{before:?} -> {after:?}");
+        assert_eq!(
+            contents(&spine),
+            [
+                vec![(row(1), 60, 61)],
+                (61..64).map(|time| (row(1), time, 1)).collect(),
+                vec![(row(9), 70, 1)],
+            ]
+            .concat()
+        );
+    }
+
+    #[test]
+    fn compaction_to_the_empty_since_drops_everything() {
+        let mut spine = Spine::default();
+        spine.insert(batch(&[(1, 0, 1)]));
+        spine.compact_to(&Antichain::new());
+        assert_eq!(spine.batch_count(), 0);
+        assert_eq!(spine.usage(), SpineUsage::default());
+    }
+}
