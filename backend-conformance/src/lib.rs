@@ -1,11 +1,39 @@
 //! The conformance suite every tidemark [`PersistBackend`] runs.
 //!
-//! Each property is one `pub async fn` taking a [`BackendFactory`] (which
-//! opens handles on one shared storage location); [`conformance_tests!`]
-//! expands the whole list into named `#[tokio::test]`s, so a backend's
-//! `tests/conformance.rs` is a few lines.
+//! Each property is one `pub async fn name<F: BackendFactory>(factory: &F)`
+//! that checks ONE promise of the [`PersistBackend`] contract, on a fresh
+//! [`ShardId`](tidemark_storage_types::ShardId) so properties never collide
+//! even on shared storage. [`conformance_tests!`] expands the whole list into
+//! named `#[tokio::test]`s, so a backend's `tests/conformance.rs` is a few
+//! lines and a failure names the property.
+//!
+//! The properties are grouped by theme: [`open`], [`unknown`], [`datums`],
+//! [`append`], [`read`], [`wait`], [`since`], [`compaction`], [`finalize`],
+//! [`concurrency`], [`idempotency`], [`size`], [`model`] and
+//! [`fault_tolerance`]. [`faults`] holds [`FaultyBackend`], a seeded
+//! fault-injection wrapper any backend can be put behind.
+//!
+//! Properties need a multi-threaded tokio runtime (the macro provides one):
+//! racing writers run on separate tasks, and the model property drives
+//! proptest from inside the runtime.
 
 #![warn(missing_docs)]
+
+pub mod append;
+pub mod compaction;
+pub mod concurrency;
+pub mod datums;
+pub mod finalize;
+pub mod idempotency;
+pub mod open;
+pub mod read;
+pub mod since;
+pub mod size;
+pub mod unknown;
+pub mod wait;
+
+mod macros;
+mod support;
 
 use async_trait::async_trait;
 use tidemark_storage_types::PersistBackend;
