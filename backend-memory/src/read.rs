@@ -13,9 +13,10 @@ use crate::shard::ReadView;
 /// The consolidated contents at `as_of`: each row with the sum of its diffs
 /// at times `<= as_of`, zero sums omitted, sorted by row.
 ///
-/// Each batch is sorted by row, so the collected `(row, diff)` pairs are one
-/// sorted run per batch; the stable sort inside `consolidate` merges runs,
-/// so a compacted shard (one batch) costs a linear pass.
+/// Each batch is sorted by row, so the pairs collected from one batch are
+/// sorted by row already: a compacted shard (one batch) only needs equal
+/// neighbours summed, one linear pass. Several batches are several sorted
+/// runs, which the stable sort inside `consolidate` merges.
 ///
 /// # Errors
 ///
@@ -45,8 +46,35 @@ pub fn snapshot<T: StorageTimestamp>(
                 .map(|(row, _, diff)| (row.clone(), *diff)),
         );
     }
-    consolidate(&mut contents);
+    if view.batches.len() == 1 {
+        sum_sorted_neighbours(&mut contents);
+    } else {
+        consolidate(&mut contents);
+    }
     Ok(contents)
+}
+
+/// Consolidates pairs already sorted by row: sums the diffs of equal
+/// neighbours and drops zero sums. Gives what `consolidate` gives, without
+/// its sort.
+fn sum_sorted_neighbours(contents: &mut Vec<(Row, Diff)>) {
+    debug_assert!(contents.windows(2).all(|pair| pair[0].0 <= pair[1].0));
+    let mut kept = 0;
+    for index in 0..contents.len() {
+        if kept > 0 && contents[kept - 1].0 == contents[index].0 {
+            contents[kept - 1].1 += contents[index].1;
+            continue;
+        }
+        if kept > 0 && contents[kept - 1].1 == 0 {
+            kept -= 1;
+        }
+        contents.swap(kept, index);
+        kept += 1;
+    }
+    if kept > 0 && contents[kept - 1].1 == 0 {
+        kept -= 1;
+    }
+    contents.truncate(kept);
 }
 
 /// The updates with times in `[lower, upper)` after advancing every time by
@@ -144,6 +172,45 @@ mod tests {
         assert_eq!(
             snapshot(shard, &view, &9).unwrap(),
             vec![(row(1), 2), (row(3), 1)]
+        );
+    }
+
+    #[test]
+    fn summing_sorted_neighbours_equals_consolidating() {
+        let mut state = 3u64;
+        for _ in 0..300 {
+            let mut pairs: Vec<(Row, Diff)> = (0..(state % 9))
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    (
+                        row(((state >> 33) % 4) as i64),
+                        ((state >> 40) % 3) as i64 - 1,
+                    )
+                })
+                .collect();
+            pairs.sort_by(|left, right| left.0.cmp(&right.0));
+            let mut expected = pairs.clone();
+            consolidate(&mut expected);
+            sum_sorted_neighbours(&mut pairs);
+            assert_eq!(pairs, expected);
+        }
+    }
+
+    #[test]
+    fn a_single_batch_snapshot_sums_a_row_over_times() {
+        let shard = ShardId::new();
+        let view = view(
+            0,
+            10,
+            &[&[(1, 0, 1), (1, 1, -1), (2, 0, 1), (2, 2, 2), (3, 1, 1)]],
+        );
+        assert_eq!(
+            snapshot(shard, &view, &2).unwrap(),
+            vec![(row(2), 3), (row(3), 1)]
+        );
+        assert_eq!(
+            snapshot(shard, &view, &0).unwrap(),
+            vec![(row(1), 1), (row(2), 1)]
         );
     }
 

@@ -15,6 +15,7 @@
 //! ([`Spine::compact_to`]), so that [`usage`](Spine::usage) before a
 //! compaction shows what compaction will reclaim.
 
+use std::cmp::Ordering;
 use std::sync::Arc;
 
 use differential_dataflow::consolidation::consolidate_updates;
@@ -49,6 +50,28 @@ impl<T: Ord> Batch<T> {
         Batch { updates, bytes }
     }
 
+    /// Copies every row into a fresh allocation, in batch order, so that a
+    /// read walking the batch touches memory in address order instead of
+    /// the order the rows arrived in. Worth it for the one large batch
+    /// compaction leaves, which snapshots read in full.
+    fn repack_rows(&mut self) {
+        let mut previous: Option<Row> = None;
+        for (row, _, _) in self.updates.iter_mut() {
+            match &previous {
+                // The same row at several times keeps one allocation.
+                Some(repacked) if repacked == row => *row = repacked.clone(),
+                _ => {
+                    // The bytes came from a valid row, so this always
+                    // succeeds; were it ever to fail, the old row stays.
+                    if let Ok(repacked) = Row::from_bytes(row.as_bytes()) {
+                        *row = repacked;
+                    }
+                    previous = Some(row.clone());
+                }
+            }
+        }
+    }
+
     /// The updates, sorted by `(row, time)`.
     pub fn updates(&self) -> &[(Row, T, Diff)] {
         &self.updates
@@ -79,16 +102,39 @@ fn take_updates<T: Clone>(batch: Arc<Batch<T>>) -> Vec<(Row, T, Diff)> {
     }
 }
 
-/// Merges two batches into one sorted, consolidated batch.
-///
-/// The concatenation is two sorted runs, which the stable sort merges in
-/// linear time; `consolidate_updates` then finds the result already sorted
-/// and only sums equal `(row, time)` pairs and drops zeros.
+/// Merges two batches into one sorted, consolidated batch, in one linear
+/// pass: both inputs are sorted by `(row, time)` and consolidated, so equal
+/// keys meet at the heads of the two runs. (Sorting the concatenation and
+/// calling `consolidate_updates` gives the same batch, which the tests
+/// check, at about three times the cost.)
 fn merge<T: Ord + Clone>(older: Arc<Batch<T>>, newer: Arc<Batch<T>>) -> Batch<T> {
-    let mut updates = take_updates(older);
-    updates.extend(take_updates(newer));
-    updates.sort_by(|left, right| (&left.0, &left.1).cmp(&(&right.0, &right.1)));
-    Batch::from_unsorted(updates)
+    let mut merged = Vec::with_capacity(older.len() + newer.len());
+    let mut bytes = older.bytes() + newer.bytes();
+    let mut older = take_updates(older).into_iter().peekable();
+    let mut newer = take_updates(newer).into_iter().peekable();
+    while let (Some(from_older), Some(from_newer)) = (older.peek(), newer.peek()) {
+        match (&from_older.0, &from_older.1).cmp(&(&from_newer.0, &from_newer.1)) {
+            Ordering::Less => merged.extend(older.next()),
+            Ordering::Greater => merged.extend(newer.next()),
+            Ordering::Equal => {
+                let (row, time, older_diff) = older.next().expect("peeked");
+                let (_, _, newer_diff) = newer.next().expect("peeked");
+                let diff = older_diff + newer_diff;
+                if diff == 0 {
+                    bytes -= 2 * update_bytes(&row);
+                } else {
+                    bytes -= update_bytes(&row);
+                    merged.push((row, time, diff));
+                }
+            }
+        }
+    }
+    merged.extend(older);
+    merged.extend(newer);
+    Batch {
+        updates: merged,
+        bytes,
+    }
 }
 
 /// What a spine stores.
@@ -175,7 +221,8 @@ impl<T: Timestamp + Lattice> Spine<T> {
         for (_, time, _) in updates.iter_mut() {
             time.advance_by(since.borrow());
         }
-        let compacted = Batch::from_unsorted(updates);
+        let mut compacted = Batch::from_unsorted(updates);
+        compacted.repack_rows();
         if !compacted.is_empty() {
             self.batches.push(Arc::new(compacted));
         }
@@ -273,6 +320,28 @@ mod tests {
         }
         consolidate_updates(&mut model);
         assert_eq!(contents(&spine), model);
+    }
+
+    #[test]
+    fn merging_equals_consolidating_the_concatenation() {
+        let mut state = 1u64;
+        let mut next = |bound: u64| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (state >> 33) % bound
+        };
+        for _ in 0..200 {
+            let mut random_updates = |count| -> Vec<(i64, u64, Diff)> {
+                (0..count)
+                    .map(|_| (next(6) as i64, next(4), next(5) as i64 - 2))
+                    .collect()
+            };
+            let older = random_updates(12);
+            let newer = random_updates(7);
+            let merged = merge(Arc::new(batch(&older)), Arc::new(batch(&newer)));
+            let expected = batch(&[older, newer].concat());
+            assert_eq!(merged.updates(), expected.updates());
+            assert_eq!(merged.bytes(), expected.bytes());
+        }
     }
 
     #[test]
