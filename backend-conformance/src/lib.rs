@@ -23,6 +23,8 @@ pub mod append;
 pub mod compaction;
 pub mod concurrency;
 pub mod datums;
+pub mod fault_tolerance;
+pub mod faults;
 pub mod finalize;
 pub mod idempotency;
 pub mod open;
@@ -37,6 +39,8 @@ mod support;
 
 use async_trait::async_trait;
 use tidemark_storage_types::PersistBackend;
+
+pub use faults::FaultyBackend;
 
 /// Opens handles on one storage location (a memory registry name, a Postgres
 /// schema, an S3 prefix). Every handle sees the same shards, so properties

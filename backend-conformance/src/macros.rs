@@ -111,6 +111,11 @@ macro_rules! conformance_tests {
             idempotency::token_is_remembered_across_127_later_appends,
             idempotency::fresh_token_after_retry_appends_normally,
             size::million_update_append_and_snapshot,
+            fault_tolerance::faulty_appends_with_token_retries_lose_and_duplicate_nothing,
+            fault_tolerance::racing_faulty_writers_lose_and_duplicate_nothing,
+            fault_tolerance::determinate_faults_never_apply,
+            fault_tolerance::indeterminate_faults_after_the_call_did_apply,
+            fault_tolerance::fault_injection_is_reproducible_from_the_seed,
         );
     };
     (@properties $make:path; $($module:ident :: $property:ident),* $(,)?) => {

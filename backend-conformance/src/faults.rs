@@ -1,0 +1,423 @@
+//! [`FaultyBackend`]: a seeded fault-injection wrapper around any
+//! [`PersistBackend<u64>`].
+//!
+//! Every call may fail in one of two ways, each with a configured
+//! probability per [`Operation`]:
+//!
+//! - **before** the call: the wrapped backend is never called and the caller
+//!   gets a [`BackendError::Determinate`] (kind
+//!   [`DeterminateKind::Unavailable`]): nothing happened, as when a
+//!   connection is refused.
+//! - **after** the call: the wrapped backend did the operation, but the
+//!   caller gets a [`BackendError::Indeterminate`], as when the response of a
+//!   committed write is lost.
+//!
+//! The faults come from a [`StdRng`] seeded by the caller, never from
+//! ambient randomness: a single caller issuing the same calls sees the same
+//! faults on every run.
+//!
+//! ```
+//! use tidemark_backend_conformance::faults::{FaultRates, FaultyBackend, Operation};
+//! # fn wrap<B: tidemark_storage_types::PersistBackend<u64>>(inner: B) -> Result<(), Box<dyn std::error::Error>> {
+//! let faulty = FaultyBackend::new(inner, 42)
+//!     .with_rates_for_all(FaultRates::new(0.1, 0.1)?)
+//!     .with_rates(Operation::ListShards, FaultRates::NONE);
+//! # let _ = faulty; Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use thiserror::Error;
+use tidemark_storage_types::{
+    BackendError, CompactionStats, DeterminateKind, Diff, IdempotencyToken, PersistBackend, Row,
+    ShardFrontiers, ShardId, ShardUsage, Update, UpperMismatch,
+};
+use timely::progress::Antichain;
+
+/// One method of [`PersistBackend`], to configure and count faults by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Operation {
+    /// [`PersistBackend::open`].
+    Open,
+    /// [`PersistBackend::frontiers`].
+    Frontiers,
+    /// [`PersistBackend::compare_and_append`].
+    CompareAndAppend,
+    /// [`PersistBackend::snapshot`].
+    Snapshot,
+    /// [`PersistBackend::fetch`].
+    Fetch,
+    /// [`PersistBackend::wait_for_upper_past`].
+    WaitForUpperPast,
+    /// [`PersistBackend::downgrade_since`].
+    DowngradeSince,
+    /// [`PersistBackend::compact`].
+    Compact,
+    /// [`PersistBackend::usage`].
+    Usage,
+    /// [`PersistBackend::finalize`].
+    Finalize,
+    /// [`PersistBackend::list_shards`].
+    ListShards,
+}
+
+impl Operation {
+    /// Every operation.
+    pub const ALL: [Operation; 11] = [
+        Operation::Open,
+        Operation::Frontiers,
+        Operation::CompareAndAppend,
+        Operation::Snapshot,
+        Operation::Fetch,
+        Operation::WaitForUpperPast,
+        Operation::DowngradeSince,
+        Operation::Compact,
+        Operation::Usage,
+        Operation::Finalize,
+        Operation::ListShards,
+    ];
+
+    /// The method's name.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Open => "open",
+            Operation::Frontiers => "frontiers",
+            Operation::CompareAndAppend => "compare_and_append",
+            Operation::Snapshot => "snapshot",
+            Operation::Fetch => "fetch",
+            Operation::WaitForUpperPast => "wait_for_upper_past",
+            Operation::DowngradeSince => "downgrade_since",
+            Operation::Compact => "compact",
+            Operation::Usage => "usage",
+            Operation::Finalize => "finalize",
+            Operation::ListShards => "list_shards",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A fault probability that is not in `[0, 1]`.
+#[derive(Clone, Copy, Debug, PartialEq, Error)]
+#[error("fault rate must be a probability between 0 and 1: rate={rate}")]
+pub struct InvalidFaultRate {
+    /// The rejected value.
+    pub rate: f64,
+}
+
+/// How often one operation fails before and after the call.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FaultRates {
+    before: f64,
+    after: f64,
+}
+
+impl FaultRates {
+    /// No faults.
+    pub const NONE: FaultRates = FaultRates {
+        before: 0.0,
+        after: 0.0,
+    };
+
+    /// Fails with probability `before` before the call (determinate, nothing
+    /// happened) and, when the call was made, with probability `after` after
+    /// it (indeterminate, it happened).
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidFaultRate`] if either is not a probability in `[0, 1]`.
+    pub fn new(before: f64, after: f64) -> Result<FaultRates, InvalidFaultRate> {
+        for rate in [before, after] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(InvalidFaultRate { rate });
+            }
+        }
+        Ok(FaultRates { before, after })
+    }
+
+    /// The probability of a fault before the call.
+    #[must_use]
+    pub fn before(&self) -> f64 {
+        self.before
+    }
+
+    /// The probability of a fault after the call.
+    #[must_use]
+    pub fn after(&self) -> f64 {
+        self.after
+    }
+}
+
+/// How many calls of one operation a [`FaultyBackend`] saw and faulted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Calls received.
+    pub calls: u64,
+    /// Calls failed before reaching the wrapped backend (determinate).
+    pub failed_before: u64,
+    /// Calls that reached the wrapped backend, succeeded there, and were
+    /// reported as indeterminate failures.
+    pub failed_after: u64,
+}
+
+impl FaultCounts {
+    fn add(&mut self, other: FaultCounts) {
+        self.calls += other.calls;
+        self.failed_before += other.failed_before;
+        self.failed_after += other.failed_after;
+    }
+}
+
+/// A [`PersistBackend<u64>`] that forwards every call to `inner`, failing
+/// some of them with seeded probabilities (see [the module](self)).
+pub struct FaultyBackend<B> {
+    inner: B,
+    seed: u64,
+    rates: BTreeMap<Operation, FaultRates>,
+    rng: Mutex<StdRng>,
+    counts: Mutex<BTreeMap<Operation, FaultCounts>>,
+}
+
+impl<B> FaultyBackend<B> {
+    /// Wraps `inner` with no faults configured; faults will be drawn from an
+    /// RNG seeded with `seed`.
+    pub fn new(inner: B, seed: u64) -> FaultyBackend<B> {
+        FaultyBackend {
+            inner,
+            seed,
+            rates: BTreeMap::new(),
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            counts: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Sets the fault rates of one operation.
+    #[must_use]
+    pub fn with_rates(mut self, operation: Operation, rates: FaultRates) -> FaultyBackend<B> {
+        self.rates.insert(operation, rates);
+        self
+    }
+
+    /// Sets the fault rates of every operation.
+    #[must_use]
+    pub fn with_rates_for_all(mut self, rates: FaultRates) -> FaultyBackend<B> {
+        for operation in Operation::ALL {
+            self.rates.insert(operation, rates);
+        }
+        self
+    }
+
+    /// The wrapped backend, to observe what really happened.
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
+
+    /// What happened to the calls of one operation so far.
+    #[must_use]
+    pub fn counts(&self, operation: Operation) -> FaultCounts {
+        let counts = self.counts.lock().expect("fault counts lock poisoned");
+        counts.get(&operation).copied().unwrap_or_default()
+    }
+
+    /// What happened to all calls so far.
+    #[must_use]
+    pub fn total_counts(&self) -> FaultCounts {
+        let counts = self.counts.lock().expect("fault counts lock poisoned");
+        let mut total = FaultCounts::default();
+        for operation_counts in counts.values() {
+            total.add(*operation_counts);
+        }
+        total
+    }
+
+    fn rates(&self, operation: Operation) -> FaultRates {
+        self.rates
+            .get(&operation)
+            .copied()
+            .unwrap_or(FaultRates::NONE)
+    }
+
+    fn draw(&self, probability: f64) -> bool {
+        let mut rng = self.rng.lock().expect("fault rng lock poisoned");
+        rng.random_bool(probability)
+    }
+
+    fn count(&self, operation: Operation, update: impl FnOnce(&mut FaultCounts)) {
+        let mut counts = self.counts.lock().expect("fault counts lock poisoned");
+        update(counts.entry(operation).or_default());
+    }
+
+    /// Runs `call` (which makes the real call when awaited) between the two
+    /// fault draws.
+    async fn run<V, Fut>(
+        &self,
+        operation: Operation,
+        call: impl FnOnce() -> Fut,
+    ) -> Result<V, BackendError>
+    where
+        Fut: Future<Output = Result<V, BackendError>>,
+    {
+        let rates = self.rates(operation);
+        self.count(operation, |counts| counts.calls += 1);
+        if self.draw(rates.before) {
+            self.count(operation, |counts| counts.failed_before += 1);
+            return Err(BackendError::determinate(
+                DeterminateKind::Unavailable,
+                format!("injected fault before the call, it was not made: operation={operation}"),
+            ));
+        }
+        // SUBTLE: the real call is made (and awaited) before the second draw,
+        // so an after-fault always reports a call that did happen.
+        let result = call().await;
+        match result {
+            Ok(_) if self.draw(rates.after) => {
+                self.count(operation, |counts| counts.failed_after += 1);
+                Err(BackendError::indeterminate(format!(
+                    "injected fault after the call, it was made but its response lost: operation={operation}"
+                )))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<B: fmt::Debug> fmt::Debug for FaultyBackend<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FaultyBackend")
+            .field("inner", &self.inner)
+            .field("seed", &self.seed)
+            .field("rates", &self.rates)
+            .finish_non_exhaustive()
+    }
+}
+
+#[deny(clippy::missing_trait_methods)]
+#[async_trait]
+impl<B: PersistBackend<u64>> PersistBackend<u64> for FaultyBackend<B> {
+    async fn open(&self, shard: ShardId) -> Result<ShardFrontiers<u64>, BackendError> {
+        self.run(Operation::Open, || self.inner.open(shard)).await
+    }
+
+    async fn frontiers(&self, shard: ShardId) -> Result<ShardFrontiers<u64>, BackendError> {
+        self.run(Operation::Frontiers, || self.inner.frontiers(shard))
+            .await
+    }
+
+    async fn compare_and_append(
+        &self,
+        shard: ShardId,
+        updates: Vec<Update<u64>>,
+        expected_upper: Antichain<u64>,
+        new_upper: Antichain<u64>,
+        token: IdempotencyToken,
+    ) -> Result<Result<(), UpperMismatch<u64>>, BackendError> {
+        self.run(Operation::CompareAndAppend, || {
+            self.inner
+                .compare_and_append(shard, updates, expected_upper, new_upper, token)
+        })
+        .await
+    }
+
+    async fn snapshot(
+        &self,
+        shard: ShardId,
+        as_of: &u64,
+    ) -> Result<Vec<(Row, Diff)>, BackendError> {
+        self.run(Operation::Snapshot, || self.inner.snapshot(shard, as_of))
+            .await
+    }
+
+    async fn fetch(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<u64>,
+        upper: &Antichain<u64>,
+    ) -> Result<Vec<Update<u64>>, BackendError> {
+        self.run(Operation::Fetch, || self.inner.fetch(shard, lower, upper))
+            .await
+    }
+
+    async fn wait_for_upper_past(
+        &self,
+        shard: ShardId,
+        frontier: &Antichain<u64>,
+    ) -> Result<Antichain<u64>, BackendError> {
+        self.run(Operation::WaitForUpperPast, || {
+            self.inner.wait_for_upper_past(shard, frontier)
+        })
+        .await
+    }
+
+    async fn downgrade_since(
+        &self,
+        shard: ShardId,
+        new_since: &Antichain<u64>,
+    ) -> Result<Antichain<u64>, BackendError> {
+        self.run(Operation::DowngradeSince, || {
+            self.inner.downgrade_since(shard, new_since)
+        })
+        .await
+    }
+
+    async fn compact(&self, shard: ShardId) -> Result<CompactionStats, BackendError> {
+        self.run(Operation::Compact, || self.inner.compact(shard))
+            .await
+    }
+
+    async fn usage(&self, shard: ShardId) -> Result<ShardUsage, BackendError> {
+        self.run(Operation::Usage, || self.inner.usage(shard)).await
+    }
+
+    async fn finalize(&self, shard: ShardId) -> Result<(), BackendError> {
+        self.run(Operation::Finalize, || self.inner.finalize(shard))
+            .await
+    }
+
+    async fn list_shards(&self) -> Result<Vec<ShardId>, BackendError> {
+        self.run(Operation::ListShards, || self.inner.list_shards())
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_outside_zero_to_one_are_rejected() {
+        assert_eq!(
+            FaultRates::new(-0.1, 0.0),
+            Err(InvalidFaultRate { rate: -0.1 })
+        );
+        assert_eq!(
+            FaultRates::new(0.0, 1.5),
+            Err(InvalidFaultRate { rate: 1.5 })
+        );
+        assert!(FaultRates::new(f64::NAN, 0.0).is_err());
+        let rates = FaultRates::new(0.0, 1.0).expect("valid rates");
+        assert_eq!((rates.before(), rates.after()), (0.0, 1.0));
+        assert!(
+            InvalidFaultRate { rate: 2.0 }
+                .to_string()
+                .ends_with("rate=2")
+        );
+    }
+
+    #[test]
+    fn operation_names_are_the_method_names() {
+        let names: Vec<_> = Operation::ALL.iter().map(|op| op.to_string()).collect();
+        assert_eq!(names.len(), 11);
+        assert!(names.contains(&"compare_and_append".to_string()));
+        assert!(names.contains(&"wait_for_upper_past".to_string()));
+    }
+}
