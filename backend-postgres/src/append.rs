@@ -1,0 +1,357 @@
+//! `compare_and_append`: the upper check, the data, the new upper and the
+//! idempotency token commit together, or nothing does.
+//!
+//! # Two write paths
+//!
+//! - **Small batches** (fewer than `copy_threshold` updates): one statement.
+//!   `UPDATE shards SET upper = new WHERE shard_id = $1 AND upper = expected`
+//!   takes the shard row's lock; in `READ COMMITTED` a concurrent writer's
+//!   committed change makes PostgreSQL re-check the `WHERE` on the newest
+//!   row version, so of several racing appends with the same expected upper
+//!   only the first matches. The inserts (an `UNNEST` of array parameters),
+//!   the token record and the `NOTIFY` are data-modifying CTEs that only act
+//!   when that `UPDATE` matched. One round trip.
+//! - **Large batches**: a transaction that locks the shard row with `SELECT
+//!   ... FOR UPDATE`, checks the upper, streams the updates with binary
+//!   `COPY`, then runs the same statement (with no inline updates) to move
+//!   the upper and record the token, and commits.
+//!
+//! # When the upper did not match
+//!
+//! Then nothing was written, and the append re-reads the shard: an applied
+//! token with the same bounds answers success (a retry of an append whose
+//! first attempt committed but whose answer was lost); otherwise the answer
+//! is an [`UpperMismatch`] with the current upper.
+
+use differential_dataflow::consolidation::consolidate_updates;
+use sqlx::{Connection, PgConnection};
+use tidemark_storage_types::{
+    BackendError, IdempotencyToken, InvalidUsage, Row, ShardId, StorageTimestamp, Update,
+    UpperMismatch, display_frontier,
+};
+use timely::PartialOrder;
+use timely::progress::Antichain;
+
+use crate::PostgresBackend;
+use crate::errors::statement_error;
+use crate::frontier::{decode_frontier, encode_frontier};
+use crate::read::{context, read_shard_row, unknown_shard};
+use crate::schema::TOKENS_KEPT_PER_SHARD;
+
+/// Advances the upper, records the token, inserts the inline updates and
+/// notifies waiters, iff the shard's upper is the expected one. Returns one
+/// row when it applied, none otherwise.
+const APPEND_STATEMENT: &str = "
+WITH advanced AS (
+    UPDATE shards SET upper = $3, append_seq = append_seq + 1
+    WHERE shard_id = $1 AND upper IS NOT DISTINCT FROM $2 AND NOT finalized
+    RETURNING append_seq
+),
+written AS (
+    INSERT INTO updates (shard_id, ts, row_bytes, diff)
+    SELECT $1, batch.ts, batch.row_bytes, batch.diff
+    FROM unnest($5::BIGINT[], $6::BYTEA[], $7::BIGINT[]) AS batch(ts, row_bytes, diff)
+    WHERE EXISTS (SELECT 1 FROM advanced)
+),
+recorded AS (
+    INSERT INTO append_tokens (shard_id, token, expected_upper, new_upper, append_seq)
+    SELECT $1, $4, $2, $3, append_seq FROM advanced
+    ON CONFLICT (shard_id, token) DO UPDATE
+    SET expected_upper = excluded.expected_upper,
+        new_upper = excluded.new_upper,
+        append_seq = excluded.append_seq
+),
+pruned AS (
+    DELETE FROM append_tokens
+    WHERE shard_id = $1 AND append_seq <= (SELECT append_seq FROM advanced) - $8
+)
+SELECT append_seq, pg_notify($9, $10) FROM advanced";
+
+/// The outcome of one write attempt.
+enum Attempt {
+    Applied,
+    UpperDidNotMatch,
+}
+
+/// The updates as parallel columns, the form both write paths send.
+struct Columns<'a> {
+    times: Vec<i64>,
+    rows: Vec<&'a [u8]>,
+    diffs: Vec<i64>,
+}
+
+pub(crate) async fn compare_and_append<T: StorageTimestamp>(
+    backend: &PostgresBackend,
+    shard: ShardId,
+    updates: Vec<Update<T>>,
+    expected_upper: Antichain<T>,
+    new_upper: Antichain<T>,
+    token: IdempotencyToken,
+) -> Result<Result<(), UpperMismatch<T>>, BackendError> {
+    validate_bounds(shard, &updates, &expected_upper, &new_upper)?;
+    let mut consolidated: Vec<(Row, T, i64)> = updates
+        .into_iter()
+        .map(|update| (update.row, update.timestamp, update.diff))
+        .collect();
+    consolidate_updates(&mut consolidated);
+    let columns = Columns {
+        times: consolidated.iter().map(|(_, t, _)| t.encode()).collect(),
+        rows: consolidated
+            .iter()
+            .map(|(row, _, _)| row.as_bytes())
+            .collect(),
+        diffs: consolidated.iter().map(|(_, _, diff)| *diff).collect(),
+    };
+    let expected_code = encode_frontier(&expected_upper);
+    let new_code = encode_frontier(&new_upper);
+    let context = context(backend, shard);
+    let mut conn = backend.acquire().await?;
+    // The upper only moves forward, so this loop runs a second write
+    // attempt at most once per time the upper reaches `expected_upper`
+    // between an attempt and its re-read: in practice once.
+    loop {
+        let attempt = if columns.times.len() >= backend.config().copy_threshold {
+            append_by_copy(
+                backend,
+                &mut conn,
+                shard,
+                &columns,
+                expected_code,
+                new_code,
+                token,
+                &context,
+            )
+            .await?
+        } else {
+            append_in_one_statement(
+                backend,
+                &mut conn,
+                shard,
+                &columns,
+                expected_code,
+                new_code,
+                token,
+                &context,
+            )
+            .await?
+        };
+        if let Attempt::Applied = attempt {
+            return Ok(Ok(()));
+        }
+        // Nothing was written. Find out why, from a fresh snapshot.
+        let row = read_shard_row(&mut conn, shard, false, &context)
+            .await?
+            .ok_or_else(|| unknown_shard(shard))?;
+        if token_applied(&mut conn, shard, token, expected_code, new_code, &context).await? {
+            return Ok(Ok(()));
+        }
+        if row.upper != expected_code {
+            return Ok(Err(UpperMismatch {
+                expected: expected_upper,
+                current: decode_frontier(row.upper),
+            }));
+        }
+        if row.finalized {
+            // Appending nothing to the empty upper of a finalized shard:
+            // there is nothing to write, and the upper already is `[]`.
+            return Ok(Ok(()));
+        }
+        // The upper reached `expected_upper` after the attempt: try again.
+    }
+}
+
+/// Checks the call against the contract before anything is sent.
+fn validate_bounds<T: StorageTimestamp>(
+    shard: ShardId,
+    updates: &[Update<T>],
+    expected_upper: &Antichain<T>,
+    new_upper: &Antichain<T>,
+) -> Result<(), BackendError> {
+    if !PartialOrder::less_equal(expected_upper, new_upper) {
+        return Err(BackendError::InvalidUsage(InvalidUsage::UpperRegression {
+            shard,
+            expected_upper: display_frontier(expected_upper).to_string(),
+            new_upper: display_frontier(new_upper).to_string(),
+        }));
+    }
+    for update in updates {
+        if !expected_upper.less_equal(&update.timestamp) || new_upper.less_equal(&update.timestamp)
+        {
+            return Err(BackendError::InvalidUsage(
+                InvalidUsage::UpdateOutsideBounds {
+                    shard,
+                    time: update.timestamp.to_string(),
+                    expected_upper: display_frontier(expected_upper).to_string(),
+                    new_upper: display_frontier(new_upper).to_string(),
+                },
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Runs [`APPEND_STATEMENT`] with `columns` inline.
+#[allow(clippy::too_many_arguments)]
+async fn run_append_statement(
+    backend: &PostgresBackend,
+    conn: &mut PgConnection,
+    shard: ShardId,
+    columns: &Columns<'_>,
+    expected_code: Option<i64>,
+    new_code: Option<i64>,
+    token: IdempotencyToken,
+    context: &str,
+) -> Result<Attempt, BackendError> {
+    let applied: Option<(i64, ())> = sqlx::query_as(APPEND_STATEMENT)
+        .bind(shard.0)
+        .bind(expected_code)
+        .bind(new_code)
+        .bind(token.0)
+        .bind(&columns.times)
+        .bind(&columns.rows)
+        .bind(&columns.diffs)
+        .bind(TOKENS_KEPT_PER_SHARD)
+        .bind(backend.shared.watch.channel())
+        .bind(shard.0.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|err| statement_error(err, context))?;
+    Ok(match applied {
+        Some(_) => Attempt::Applied,
+        None => Attempt::UpperDidNotMatch,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn append_in_one_statement(
+    backend: &PostgresBackend,
+    conn: &mut PgConnection,
+    shard: ShardId,
+    columns: &Columns<'_>,
+    expected_code: Option<i64>,
+    new_code: Option<i64>,
+    token: IdempotencyToken,
+    context: &str,
+) -> Result<Attempt, BackendError> {
+    run_append_statement(
+        backend,
+        conn,
+        shard,
+        columns,
+        expected_code,
+        new_code,
+        token,
+        context,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn append_by_copy(
+    backend: &PostgresBackend,
+    conn: &mut PgConnection,
+    shard: ShardId,
+    columns: &Columns<'_>,
+    expected_code: Option<i64>,
+    new_code: Option<i64>,
+    token: IdempotencyToken,
+    context: &str,
+) -> Result<Attempt, BackendError> {
+    let fail = |err| statement_error(err, context);
+    let mut tx = conn.begin().await.map_err(fail)?;
+    // SUBTLE: the row lock is taken before the upper is checked and held
+    // until commit, so no other append can move the upper between the check
+    // and the final statement.
+    let Some(row) = read_shard_row(&mut tx, shard, true, context).await? else {
+        return Ok(Attempt::UpperDidNotMatch);
+    };
+    if row.finalized || row.upper != expected_code {
+        return Ok(Attempt::UpperDidNotMatch);
+    }
+    let mut copy = tx
+        .copy_in_raw("COPY updates (shard_id, ts, row_bytes, diff) FROM STDIN (FORMAT binary)")
+        .await
+        .map_err(fail)?;
+    for chunk in encode_copy_binary(shard, columns) {
+        copy.send(chunk).await.map_err(fail)?;
+    }
+    copy.finish().await.map_err(fail)?;
+    let no_inline_updates = Columns {
+        times: Vec::new(),
+        rows: Vec::new(),
+        diffs: Vec::new(),
+    };
+    let attempt = run_append_statement(
+        backend,
+        &mut tx,
+        shard,
+        &no_inline_updates,
+        expected_code,
+        new_code,
+        token,
+        context,
+    )
+    .await?;
+    if let Attempt::UpperDidNotMatch = attempt {
+        // Impossible while the row lock is held; roll back rather than
+        // commit data without its upper.
+        return Err(BackendError::indeterminate(format!(
+            "shard upper changed while its row was locked: {context}"
+        )));
+    }
+    tx.commit().await.map_err(fail)?;
+    Ok(Attempt::Applied)
+}
+
+/// The binary `COPY` stream for `(shard_id, ts, row_bytes, diff)`, in
+/// chunks of about 1 MiB.
+fn encode_copy_binary(shard: ShardId, columns: &Columns<'_>) -> Vec<Vec<u8>> {
+    const CHUNK: usize = 1 << 20;
+    let mut chunks = Vec::new();
+    let mut buffer = Vec::with_capacity(CHUNK + 1024);
+    buffer.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    buffer.extend_from_slice(&0i32.to_be_bytes()); // flags
+    buffer.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+    let shard_bytes = shard.0.as_bytes();
+    for ((time, row), diff) in columns.times.iter().zip(&columns.rows).zip(&columns.diffs) {
+        buffer.extend_from_slice(&4i16.to_be_bytes());
+        buffer.extend_from_slice(&16i32.to_be_bytes());
+        buffer.extend_from_slice(shard_bytes);
+        buffer.extend_from_slice(&8i32.to_be_bytes());
+        buffer.extend_from_slice(&time.to_be_bytes());
+        let row_len = i32::try_from(row.len()).unwrap_or(i32::MAX);
+        buffer.extend_from_slice(&row_len.to_be_bytes());
+        buffer.extend_from_slice(row);
+        buffer.extend_from_slice(&8i32.to_be_bytes());
+        buffer.extend_from_slice(&diff.to_be_bytes());
+        if buffer.len() >= CHUNK {
+            chunks.push(std::mem::replace(
+                &mut buffer,
+                Vec::with_capacity(CHUNK + 1024),
+            ));
+        }
+    }
+    buffer.extend_from_slice(&(-1i16).to_be_bytes());
+    chunks.push(buffer);
+    chunks
+}
+
+/// Whether `token` was applied with these bounds (a committed append).
+async fn token_applied(
+    conn: &mut PgConnection,
+    shard: ShardId,
+    token: IdempotencyToken,
+    expected_code: Option<i64>,
+    new_code: Option<i64>,
+    context: &str,
+) -> Result<bool, BackendError> {
+    let recorded: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
+        "SELECT expected_upper, new_upper FROM append_tokens WHERE shard_id = $1 AND token = $2",
+    )
+    .bind(shard.0)
+    .bind(token.0)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|err| statement_error(err, context))?;
+    Ok(recorded == Some((expected_code, new_code)))
+}

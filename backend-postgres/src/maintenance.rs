@@ -1,0 +1,154 @@
+//! Logical compaction (`downgrade_since`), physical compaction (`compact`)
+//! and `finalize`.
+
+use sqlx::{Connection, PgConnection};
+use tidemark_storage_types::{BackendError, CompactionStats, ShardId, StorageTimestamp};
+use timely::progress::Antichain;
+
+use crate::PostgresBackend;
+use crate::errors::statement_error;
+use crate::frontier::{decode_frontier, encode_frontier};
+use crate::read::{context, read_shard_row, unknown_shard};
+
+pub(crate) async fn downgrade_since<T: StorageTimestamp>(
+    backend: &PostgresBackend,
+    shard: ShardId,
+    new_since: &Antichain<T>,
+) -> Result<Antichain<T>, BackendError> {
+    let context = context(backend, shard);
+    let mut conn = backend.acquire().await?;
+    // The join of two totally ordered frontiers is the later one; the empty
+    // frontier (NULL) is the latest of all.
+    let since: Option<Option<i64>> = sqlx::query_scalar(
+        "UPDATE shards
+         SET since = CASE WHEN since IS NULL OR $2::BIGINT IS NULL THEN NULL ELSE greatest(since, $2) END
+         WHERE shard_id = $1
+         RETURNING since",
+    )
+    .bind(shard.0)
+    .bind(encode_frontier(new_since))
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|err| statement_error(err, &context))?;
+    let since = since.ok_or_else(|| unknown_shard(shard))?;
+    Ok(decode_frontier(since))
+}
+
+/// Stored updates and bytes of a shard, as [`usage`](crate::read::usage)
+/// counts them.
+async fn stored(
+    conn: &mut PgConnection,
+    shard: ShardId,
+    context: &str,
+) -> Result<(u64, u64), BackendError> {
+    let (updates, bytes): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), coalesce(sum(octet_length(row_bytes) + 16), 0)::BIGINT
+         FROM updates WHERE shard_id = $1",
+    )
+    .bind(shard.0)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|err| statement_error(err, context))?;
+    Ok((
+        u64::try_from(updates).unwrap_or(0),
+        u64::try_from(bytes).unwrap_or(0),
+    ))
+}
+
+pub(crate) async fn compact(
+    backend: &PostgresBackend,
+    shard: ShardId,
+) -> Result<CompactionStats, BackendError> {
+    let context = context(backend, shard);
+    let fail = |err| statement_error(err, &context);
+    let mut conn = backend.acquire().await?;
+    let mut tx = conn.begin().await.map_err(fail)?;
+    // SUBTLE: the shard row lock keeps appends out while the rewrite runs:
+    // with since ahead of upper, an append may add updates at times not
+    // beyond since, which this transaction must either see whole or not at
+    // all.
+    let row = read_shard_row(&mut tx, shard, true, &context)
+        .await?
+        .ok_or_else(|| unknown_shard(shard))?;
+    let (updates_before, bytes_before) = stored(&mut tx, shard, &context).await?;
+    match row.since {
+        Some(since) => {
+            // One statement: the delete and the consolidated insert read the
+            // same snapshot.
+            sqlx::query(
+                "WITH removed AS (
+                    DELETE FROM updates WHERE shard_id = $1 AND ts <= $2
+                    RETURNING row_bytes, diff
+                 )
+                 INSERT INTO updates (shard_id, ts, row_bytes, diff)
+                 SELECT $1, $2, row_bytes, sum(diff)::BIGINT FROM removed
+                 GROUP BY row_bytes HAVING sum(diff) <> 0",
+            )
+            .bind(shard.0)
+            .bind(since)
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
+        }
+        None => {
+            // An empty since: no read is valid ever again, so nothing stored
+            // can be observed.
+            sqlx::query("DELETE FROM updates WHERE shard_id = $1")
+                .bind(shard.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(fail)?;
+        }
+    }
+    let (updates_after, bytes_after) = stored(&mut tx, shard, &context).await?;
+    tx.commit().await.map_err(fail)?;
+    Ok(CompactionStats {
+        updates_before,
+        updates_after,
+        bytes_before,
+        bytes_after,
+    })
+}
+
+pub(crate) async fn finalize(
+    backend: &PostgresBackend,
+    shard: ShardId,
+) -> Result<(), BackendError> {
+    let context = context(backend, shard);
+    let fail = |err| statement_error(err, &context);
+    let mut conn = backend.acquire().await?;
+    let mut tx = conn.begin().await.map_err(fail)?;
+    let row = read_shard_row(&mut tx, shard, true, &context)
+        .await?
+        .ok_or_else(|| unknown_shard(shard))?;
+    if row.finalized {
+        return Ok(());
+    }
+    sqlx::query("DELETE FROM updates WHERE shard_id = $1")
+        .bind(shard.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(fail)?;
+    sqlx::query("DELETE FROM append_tokens WHERE shard_id = $1")
+        .bind(shard.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(fail)?;
+    // The row stays as a sealed tombstone: opening the shard again reports
+    // since = upper = [] instead of creating a fresh, writable shard.
+    sqlx::query(
+        "UPDATE shards SET since = NULL, upper = NULL, finalized = true WHERE shard_id = $1",
+    )
+    .bind(shard.0)
+    .execute(&mut *tx)
+    .await
+    .map_err(fail)?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(backend.shared.watch.channel())
+        .bind(shard.0.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(fail)?;
+    tx.commit().await.map_err(fail)?;
+    Ok(())
+}
