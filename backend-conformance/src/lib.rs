@@ -27,6 +27,7 @@ pub mod fault_tolerance;
 pub mod faults;
 pub mod finalize;
 pub mod idempotency;
+pub mod model;
 pub mod open;
 pub mod read;
 pub mod since;

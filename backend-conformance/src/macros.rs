@@ -111,6 +111,7 @@ macro_rules! conformance_tests {
             idempotency::token_is_remembered_across_127_later_appends,
             idempotency::fresh_token_after_retry_appends_normally,
             size::million_update_append_and_snapshot,
+            model::random_operations_match_the_model,
             fault_tolerance::faulty_appends_with_token_retries_lose_and_duplicate_nothing,
             fault_tolerance::racing_faulty_writers_lose_and_duplicate_nothing,
             fault_tolerance::determinate_faults_never_apply,
