@@ -645,3 +645,53 @@ async fn compaction_shrinks_storage_and_keeps_reads() {
     assert!(stats.bytes_after < stats.bytes_before, "{stats:?}");
     assert_eq!(backend.snapshot(shard, &99).await.unwrap(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_racing_a_writer_see_whole_appends() {
+    let backend = fresh_backend("atomic-reads");
+    let shard = ShardId::new();
+    open(&backend, shard).await;
+    let appends = 300u64;
+    let writer = {
+        let handle = MemoryBackend::open(backend.name());
+        tokio::spawn(async move {
+            for time in 0..appends {
+                // Two rows per append: a reader that saw part of an append
+                // would count them differently.
+                append(
+                    &handle,
+                    shard,
+                    vec![(1, time, 1), (2, time, 1)],
+                    time,
+                    time + 1,
+                )
+                .await
+                .unwrap();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let reader = MemoryBackend::open(backend.name());
+    let mut observed_upper = 0;
+    while observed_upper < appends {
+        let upper = PersistBackend::<u64>::frontiers(&reader, shard)
+            .await
+            .unwrap()
+            .upper
+            .elements()[0];
+        assert!(upper >= observed_upper, "the upper moved backward");
+        observed_upper = upper;
+        if upper == 0 {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        let count = upper as i64;
+        assert_eq!(
+            reader.snapshot(shard, &(upper - 1)).await.unwrap(),
+            vec![(row(1), count), (row(2), count)],
+            "as of {}",
+            upper - 1
+        );
+    }
+    writer.await.unwrap();
+}
