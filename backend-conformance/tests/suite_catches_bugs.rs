@@ -1,0 +1,266 @@
+//! The suite checks itself: a backend broken in one way (the memory backend
+//! behind a wrapper that breaks one promise) must fail the property about
+//! that promise. A property that passes on a broken backend is worthless.
+
+use std::future::Future;
+
+use async_trait::async_trait;
+use tidemark_backend_conformance::{
+    BackendFactory, append, compaction, concurrency, idempotency, model, read, since, unknown, wait,
+};
+use tidemark_backend_memory::MemoryBackend;
+use tidemark_storage_types::{
+    BackendError, CompactionStats, Diff, IdempotencyToken, InvalidUsage, PersistBackend, Row,
+    ShardFrontiers, ShardId, ShardUsage, Update, UpperMismatch,
+};
+use timely::progress::Antichain;
+
+/// One way to break the contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mutation {
+    /// Every append attempt gets a fresh token: retries apply twice or
+    /// mismatch.
+    IgnoresIdempotencyToken,
+    /// Snapshots come back in reverse order.
+    ReversedSnapshot,
+    /// Waits return the current upper without waiting.
+    WaitReturnsAtOnce,
+    /// `downgrade_since` reports the requested since, even a regression.
+    SinceRegresses,
+    /// A lost race is reported as a success.
+    MismatchReportedAsSuccess,
+    /// A fetch beyond the upper returns what there is instead of an error.
+    FetchBeyondUpperAllowed,
+    /// A read of an unknown shard creates it.
+    UnknownShardCreated,
+    /// The last update of every append with more than one is dropped.
+    DropsLastUpdate,
+    /// Compaction reports doing nothing.
+    CompactionStatsEmpty,
+    /// Updates outside the append bounds are silently dropped.
+    OutOfBoundsUpdatesDropped,
+}
+
+#[derive(Debug)]
+struct MutantBackend {
+    inner: MemoryBackend,
+    mutation: Mutation,
+}
+
+#[deny(clippy::missing_trait_methods)]
+#[async_trait]
+impl PersistBackend<u64> for MutantBackend {
+    async fn open(&self, shard: ShardId) -> Result<ShardFrontiers<u64>, BackendError> {
+        self.inner.open(shard).await
+    }
+
+    async fn frontiers(&self, shard: ShardId) -> Result<ShardFrontiers<u64>, BackendError> {
+        let result = self.inner.frontiers(shard).await;
+        match result {
+            Err(BackendError::InvalidUsage(InvalidUsage::UnknownShard { .. }))
+                if self.mutation == Mutation::UnknownShardCreated =>
+            {
+                self.inner.open(shard).await
+            }
+            other => other,
+        }
+    }
+
+    async fn compare_and_append(
+        &self,
+        shard: ShardId,
+        mut updates: Vec<Update<u64>>,
+        expected_upper: Antichain<u64>,
+        new_upper: Antichain<u64>,
+        mut token: IdempotencyToken,
+    ) -> Result<Result<(), UpperMismatch<u64>>, BackendError> {
+        match self.mutation {
+            Mutation::IgnoresIdempotencyToken => token = IdempotencyToken::new(),
+            Mutation::DropsLastUpdate if updates.len() > 1 => {
+                updates.pop();
+            }
+            Mutation::OutOfBoundsUpdatesDropped => updates.retain(|update| {
+                expected_upper.less_equal(&update.timestamp)
+                    && !new_upper.less_equal(&update.timestamp)
+            }),
+            _ => {}
+        }
+        let result = self
+            .inner
+            .compare_and_append(shard, updates, expected_upper, new_upper, token)
+            .await;
+        match result {
+            Ok(Err(_)) if self.mutation == Mutation::MismatchReportedAsSuccess => Ok(Ok(())),
+            other => other,
+        }
+    }
+
+    async fn snapshot(
+        &self,
+        shard: ShardId,
+        as_of: &u64,
+    ) -> Result<Vec<(Row, Diff)>, BackendError> {
+        let mut rows = self.inner.snapshot(shard, as_of).await?;
+        if self.mutation == Mutation::ReversedSnapshot {
+            rows.reverse();
+        }
+        Ok(rows)
+    }
+
+    async fn fetch(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<u64>,
+        upper: &Antichain<u64>,
+    ) -> Result<Vec<Update<u64>>, BackendError> {
+        let result = self.inner.fetch(shard, lower, upper).await;
+        match result {
+            Err(BackendError::InvalidUsage(InvalidUsage::FetchRangeInvalid { .. }))
+                if self.mutation == Mutation::FetchBeyondUpperAllowed =>
+            {
+                let shard_upper = self.inner.frontiers(shard).await?.upper;
+                self.inner.fetch(shard, lower, &shard_upper).await
+            }
+            other => other,
+        }
+    }
+
+    async fn wait_for_upper_past(
+        &self,
+        shard: ShardId,
+        frontier: &Antichain<u64>,
+    ) -> Result<Antichain<u64>, BackendError> {
+        if self.mutation == Mutation::WaitReturnsAtOnce && !frontier.is_empty() {
+            return Ok(self.inner.frontiers(shard).await?.upper);
+        }
+        self.inner.wait_for_upper_past(shard, frontier).await
+    }
+
+    async fn downgrade_since(
+        &self,
+        shard: ShardId,
+        new_since: &Antichain<u64>,
+    ) -> Result<Antichain<u64>, BackendError> {
+        let since = self.inner.downgrade_since(shard, new_since).await?;
+        if self.mutation == Mutation::SinceRegresses {
+            return Ok(new_since.clone());
+        }
+        Ok(since)
+    }
+
+    async fn compact(&self, shard: ShardId) -> Result<CompactionStats, BackendError> {
+        let stats = PersistBackend::<u64>::compact(&self.inner, shard).await?;
+        if self.mutation == Mutation::CompactionStatsEmpty {
+            return Ok(CompactionStats::default());
+        }
+        Ok(stats)
+    }
+
+    async fn usage(&self, shard: ShardId) -> Result<ShardUsage, BackendError> {
+        PersistBackend::<u64>::usage(&self.inner, shard).await
+    }
+
+    async fn finalize(&self, shard: ShardId) -> Result<(), BackendError> {
+        PersistBackend::<u64>::finalize(&self.inner, shard).await
+    }
+
+    async fn list_shards(&self) -> Result<Vec<ShardId>, BackendError> {
+        PersistBackend::<u64>::list_shards(&self.inner).await
+    }
+}
+
+struct MutantFactory {
+    name: String,
+    mutation: Mutation,
+}
+
+#[async_trait]
+impl BackendFactory for MutantFactory {
+    type Backend = MutantBackend;
+
+    async fn open_handle(&self) -> MutantBackend {
+        MutantBackend {
+            inner: MemoryBackend::open(&self.name),
+            mutation: self.mutation,
+        }
+    }
+}
+
+/// Runs `property` on a backend with `mutation` and checks it fails.
+async fn assert_caught<Fut>(mutation: Mutation, property: impl FnOnce(MutantFactory) -> Fut)
+where
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let factory = MutantFactory {
+        name: format!("mutant-{}", ShardId::new()),
+        mutation,
+    };
+    let outcome = tokio::spawn(property(factory)).await;
+    match outcome {
+        Err(err) if err.is_panic() => {}
+        other => panic!("the suite did not catch {mutation:?}: {other:?}"),
+    }
+}
+
+macro_rules! caught_by {
+    ($test:ident, $mutation:ident, $($property:tt)+) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            assert_caught(Mutation::$mutation, |factory| async move {
+                $($property)+(&factory).await
+            })
+            .await;
+        }
+    };
+}
+
+caught_by!(
+    ignored_tokens_are_caught,
+    IgnoresIdempotencyToken,
+    idempotency::retry_with_same_token_after_success_applies_once
+);
+caught_by!(
+    unsorted_snapshots_are_caught,
+    ReversedSnapshot,
+    read::snapshot_is_consolidated_and_sorted
+);
+caught_by!(
+    waits_that_do_not_wait_are_caught,
+    WaitReturnsAtOnce,
+    wait::wait_wakes_when_another_handle_appends
+);
+caught_by!(
+    since_regressions_are_caught,
+    SinceRegresses,
+    since::downgrade_to_earlier_since_returns_current
+);
+caught_by!(
+    lost_races_reported_as_wins_are_caught,
+    MismatchReportedAsSuccess,
+    concurrency::racing_writers_exactly_one_wins_each_round
+);
+caught_by!(
+    fetches_beyond_the_upper_are_caught,
+    FetchBeyondUpperAllowed,
+    read::fetch_beyond_shard_upper_is_rejected
+);
+caught_by!(
+    reads_that_create_shards_are_caught,
+    UnknownShardCreated,
+    unknown::frontiers_of_unknown_shard_is_rejected
+);
+caught_by!(
+    lost_updates_are_caught_by_the_model,
+    DropsLastUpdate,
+    model::random_operations_match_the_model
+);
+caught_by!(
+    empty_compaction_stats_are_caught,
+    CompactionStatsEmpty,
+    compaction::compaction_reduces_stored_updates
+);
+caught_by!(
+    dropped_out_of_bounds_updates_are_caught,
+    OutOfBoundsUpdatesDropped,
+    append::update_at_or_beyond_new_upper_is_rejected
+);
