@@ -272,9 +272,11 @@ impl PostgresConfig {
         // SUBTLE: every statement names its tables unqualified and relies on
         // this search_path; the schema name was validated as a plain
         // lowercase identifier, so it needs no quoting here.
-        Ok(options
-            .options([("search_path", self.schema.as_str())])
-            .application_name("tidemark"))
+        let options = options.options([("search_path", self.schema.as_str())]);
+        Ok(match options.get_application_name() {
+            Some(_) => options,
+            None => options.application_name("tidemark"),
+        })
     }
 }
 

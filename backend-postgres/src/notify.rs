@@ -85,7 +85,13 @@ impl UpperWatch {
             .acquire_timeout(config.connect_timeout)
             .max_lifetime(None)
             .idle_timeout(None)
-            .connect_lazy_with(options.application_name("tidemark-listener"));
+            .connect_lazy_with({
+                let name = format!(
+                    "{}-listener",
+                    options.get_application_name().unwrap_or("tidemark")
+                );
+                options.application_name(&name)
+            });
         UpperWatch {
             channel: channel_name(&config.schema),
             listener_pool,
