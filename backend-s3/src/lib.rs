@@ -1,1 +1,450 @@
-//! S3 PersistBackend for tidemark (aws-sdk-s3)
+//! An S3 [`PersistBackend`]: shards as write-once batch objects plus one
+//! state object per shard, committed by compare-and-swap with S3 conditional
+//! writes. No second database is needed.
+//!
+//! # Layout
+//!
+//! ```text
+//! PREFIX/shards/SHARD/state           since, upper, batch list, recent tokens, retired parts
+//! PREFIX/shards/SHARD/batches/UUID    write-once, checksummed batch parts
+//! PREFIX/live/SHARD                   marks a shard as listed
+//! PREFIX/conditional-write-probe      checked at build
+//! ```
+//!
+//! # Protocol
+//!
+//! Every change to a shard reads its state object (or uses the one this
+//! handle last wrote), computes the next state, and writes it with
+//! `If-Match: ETAG`; a new shard's state is written with `If-None-Match: *`.
+//! S3 applies a conditional write atomically, so of several writers that
+//! read the same state at most one commits: 412 means the race was lost
+//! (re-read, decide again), 409 means a concurrent conditional write was in
+//! progress (nothing applied; re-read and retry). Every state carries a
+//! sequence number one above the state it replaced, so no two versions have
+//! the same ETag. Reads (frontiers, snapshots, fetches) GET the state
+//! object, which S3 serves strongly consistent. Why this is linearizable is
+//! written down in `docs/decisions/030-s3-state-protocol.md`.
+//!
+//! # Frontiers
+//!
+//! A shard's `upper` says which times are final (every update at a time `t`
+//! with not `upper <= t` has been written), its `since` which times are
+//! readable (`since <= as_of`, not `upper <= as_of`); empty upper = sealed,
+//! empty since = unreadable. See [`tidemark_storage_types::time`].
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), tidemark_storage_types::BackendError> {
+//! use tidemark_backend_s3::S3Backend;
+//! use tidemark_storage_types::{PersistBackend, ShardId};
+//! let backend = S3Backend::from_url("s3://my-bucket/tidemark?region=eu-west-1").await?;
+//! let frontiers = PersistBackend::<u64>::open(&backend, ShardId::new()).await?;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod append;
+mod clock;
+mod codec;
+mod compaction;
+mod config;
+mod errors;
+mod gc;
+mod keys;
+mod read;
+mod shards;
+mod state;
+mod store;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_credential_types::Credentials;
+use aws_sdk_s3::config::Region;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use tidemark_storage_types::{
+    BackendError, CompactionStats, DeterminateKind, Diff, IdempotencyToken, InvalidUsage,
+    PersistBackend, Row, ShardFrontiers, ShardId, ShardUsage, StorageTimestamp, Update,
+    UpperMismatch,
+};
+use timely::progress::Antichain;
+
+pub use crate::clock::{Clock, ManualClock, SystemClock};
+pub use crate::config::{S3Config, S3Credentials, URL_PARAMETERS};
+pub use crate::gc::GcStats;
+use crate::keys::Keys;
+use crate::state::ShardState;
+use crate::store::{Condition, ConditionalPut, Store};
+
+/// Conditional writes refused in a row before a state change gives up with
+/// `Determinate(Conflict)` (each refusal means another writer made progress,
+/// or a concurrent write was in flight).
+const MAX_STATE_ATTEMPTS: usize = 64;
+
+/// A handle on the shards under one bucket prefix. Cheap to clone; clones
+/// share a cache of the states this handle last wrote.
+#[derive(Clone)]
+pub struct S3Backend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    config: S3Config,
+    clock: Arc<dyn Clock>,
+    /// The state (and ETag) this handle last read or committed, per shard.
+    /// Only a starting guess for writes: a conditional write on a stale ETag
+    /// is refused, and every read that answers a caller is a fresh GET.
+    cache: Mutex<HashMap<ShardId, CachedState>>,
+}
+
+#[derive(Clone)]
+struct CachedState {
+    state: Arc<ShardState>,
+    etag: String,
+}
+
+impl fmt::Debug for S3Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Backend")
+            .field("bucket", &self.inner.store.bucket)
+            .field("prefix", &self.inner.store.keys.prefix())
+            .field("endpoint", &self.inner.config.endpoint)
+            .finish()
+    }
+}
+
+/// What a state change decided, given the state it saw.
+pub(crate) enum Step<R> {
+    /// Nothing to write; answer `R`. Only trusted on a freshly read state.
+    Done(R),
+    /// Write this state; answer `R` if it commits.
+    Write(ShardState, R),
+}
+
+impl S3Backend {
+    /// Opens the backend a `s3://BUCKET/PREFIX?endpoint=...&region=...&path_style=true`
+    /// URL names, with credentials from the standard chain.
+    ///
+    /// # Errors
+    ///
+    /// As [`S3Config::from_url`] and [`S3Config::build`]; unknown URL
+    /// parameters are `Determinate(InvalidConfig)` naming them.
+    pub async fn from_url(url: &str) -> Result<Self, BackendError> {
+        S3Config::from_url(url)?.build().await
+    }
+
+    /// The configuration this backend was built with.
+    #[must_use]
+    pub fn config(&self) -> &S3Config {
+        &self.inner.config
+    }
+
+    /// The underlying client (for tooling and tests that look at the bucket).
+    #[must_use]
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.inner.store.client
+    }
+
+    pub(crate) async fn connect(config: S3Config) -> Result<Self, BackendError> {
+        config.validate()?;
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(region) = &config.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(credentials) = &config.credentials {
+            loader = loader.credentials_provider(Credentials::new(
+                credentials.access_key_id.clone(),
+                credentials.secret_access_key.clone(),
+                credentials.session_token.clone(),
+                None,
+                "tidemark-config",
+            ));
+        }
+        let shared = loader.load().await;
+        let mut builder = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(config.path_style)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(config.connect_timeout)
+                    .operation_timeout(config.operation_timeout)
+                    .build(),
+            )
+            .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts));
+        if shared.region().is_none() {
+            builder = builder.region(Region::new("us-east-1"));
+        }
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.endpoint_url(endpoint);
+        }
+        let store = Store {
+            client: aws_sdk_s3::Client::from_conf(builder.build()),
+            bucket: config.bucket.clone(),
+            keys: Keys::new(&config.prefix),
+        };
+        let clock = config
+            .clock
+            .clone()
+            .unwrap_or_else(|| Arc::new(SystemClock) as Arc<dyn Clock>);
+        verify_conditional_writes(&store).await?;
+        Ok(S3Backend {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                clock,
+                cache: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub(crate) fn clock(&self) -> &dyn Clock {
+        self.inner.clock.as_ref()
+    }
+
+    fn cached(&self, shard: ShardId) -> Option<CachedState> {
+        self.inner
+            .cache
+            .lock()
+            .expect("state cache lock poisoned")
+            .get(&shard)
+            .cloned()
+    }
+
+    fn remember(&self, shard: ShardId, state: Arc<ShardState>, etag: String) {
+        let mut cache = self.inner.cache.lock().expect("state cache lock poisoned");
+        // Keep the newest state if another task of this handle committed a
+        // later one meanwhile.
+        let newer_cached = cache
+            .get(&shard)
+            .is_some_and(|cached| cached.state.seqno > state.seqno);
+        if !newer_cached {
+            cache.insert(shard, CachedState { state, etag });
+        }
+    }
+
+    fn forget(&self, shard: ShardId) {
+        self.inner
+            .cache
+            .lock()
+            .expect("state cache lock poisoned")
+            .remove(&shard);
+    }
+
+    /// Reads a shard's state from S3 (and caches it).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidUsage(UnknownShard)` if the shard has no state.
+    pub(crate) async fn read_state(&self, shard: ShardId) -> Result<Arc<ShardState>, BackendError> {
+        Ok(self.read_state_and_etag(shard).await?.0)
+    }
+
+    async fn read_state_and_etag(
+        &self,
+        shard: ShardId,
+    ) -> Result<(Arc<ShardState>, String), BackendError> {
+        match self.inner.store.get_state(shard).await? {
+            Some((state, etag)) => {
+                let state = Arc::new(state);
+                self.remember(shard, Arc::clone(&state), etag.clone());
+                Ok((state, etag))
+            }
+            None => {
+                self.forget(shard);
+                Err(InvalidUsage::UnknownShard { shard }.into())
+            }
+        }
+    }
+
+    /// Changes a shard's state by compare-and-swap.
+    ///
+    /// `decide` sees a state and whether it was just read from S3. It may
+    /// start from this handle's cached state (`use_cache`): a write decided
+    /// on a stale state is refused by its `If-Match` and decided again on a
+    /// fresh one, and a [`Step::Done`] on a cached state is re-decided on a
+    /// fresh one, so every answer is linearizable.
+    ///
+    /// Returns the answer and the state it was decided on (the committed
+    /// state after a write).
+    ///
+    /// # Errors
+    ///
+    /// What `decide` returns; `Determinate(Conflict)` after
+    /// [`MAX_STATE_ATTEMPTS`] refused writes; S3 failures (an indeterminate
+    /// one leaves the outcome of the last write unknown).
+    pub(crate) async fn update_state<R>(
+        &self,
+        shard: ShardId,
+        use_cache: bool,
+        mut decide: impl FnMut(&ShardState, bool) -> Result<Step<R>, BackendError>,
+    ) -> Result<(R, Arc<ShardState>), BackendError> {
+        let mut current = if use_cache { self.cached(shard) } else { None };
+        let mut refused = 0;
+        loop {
+            let (state, etag, fresh) = match current.take() {
+                Some(cached) => (cached.state, cached.etag, false),
+                None => {
+                    let (state, etag) = self.read_state_and_etag(shard).await?;
+                    (state, etag, true)
+                }
+            };
+            match decide(&state, fresh)? {
+                Step::Done(answer) if fresh => return Ok((answer, state)),
+                Step::Done(_) => continue,
+                Step::Write(mut next, answer) => {
+                    next.seqno = state.seqno + 1;
+                    match self.inner.store.replace_state(shard, &next, &etag).await {
+                        Ok(ConditionalPut::Written(new_etag)) => {
+                            let next = Arc::new(next);
+                            self.remember(shard, Arc::clone(&next), new_etag);
+                            return Ok((answer, next));
+                        }
+                        Ok(ConditionalPut::Refused) => {
+                            refused += 1;
+                            if refused >= MAX_STATE_ATTEMPTS {
+                                return Err(BackendError::determinate(
+                                    DeterminateKind::Conflict,
+                                    format!(
+                                        "shard state changed under every attempt, giving up: shard={shard} attempts={refused}"
+                                    ),
+                                ));
+                            }
+                        }
+                        Err(err) => {
+                            // SUBTLE: the write may have applied; the next
+                            // operation must start from a fresh read.
+                            self.forget(shard);
+                            return Err(err);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Refuses a store that does not enforce conditional writes: a put-if-absent
+/// of an existing object, and a put-if-match with a wrong ETag, must both be
+/// refused with 412. Without that, two writers could both "win" an append.
+async fn verify_conditional_writes(store: &Store) -> Result<(), BackendError> {
+    let key = store.keys.probe();
+    let body = || b"tidemark conditional write probe".to_vec();
+    // The first put may find the marker already there (412): either way it
+    // exists afterwards.
+    store
+        .put_conditional("probe_conditional_writes", &key, body(), Condition::Absent)
+        .await?;
+    let unsupported = |condition: &str| {
+        BackendError::determinate(
+            DeterminateKind::Unsupported,
+            format!(
+                "the s3 store ignores conditional writes ({condition}), so appends would not be safe: bucket={} key={key}",
+                store.bucket
+            ),
+        )
+    };
+    match store
+        .put_conditional("probe_conditional_writes", &key, body(), Condition::Absent)
+        .await?
+    {
+        ConditionalPut::Refused => {}
+        ConditionalPut::Written(_) => {
+            return Err(unsupported("If-None-Match: * overwrote an existing object"));
+        }
+    }
+    match store
+        .put_conditional(
+            "probe_conditional_writes",
+            &key,
+            body(),
+            Condition::Matches("\"tidemark-no-such-etag\""),
+        )
+        .await?
+    {
+        ConditionalPut::Refused => Ok(()),
+        ConditionalPut::Written(_) => Err(unsupported("If-Match with a wrong etag was accepted")),
+    }
+}
+
+#[async_trait]
+impl<T: StorageTimestamp> PersistBackend<T> for S3Backend {
+    async fn open(&self, shard: ShardId) -> Result<ShardFrontiers<T>, BackendError> {
+        self.open_shard::<T>(shard).await
+    }
+
+    async fn frontiers(&self, shard: ShardId) -> Result<ShardFrontiers<T>, BackendError> {
+        let state = self.read_state(shard).await?;
+        Ok(shards::frontiers_of(&state))
+    }
+
+    async fn compare_and_append(
+        &self,
+        shard: ShardId,
+        updates: Vec<Update<T>>,
+        expected_upper: Antichain<T>,
+        new_upper: Antichain<T>,
+        token: IdempotencyToken,
+    ) -> Result<Result<(), UpperMismatch<T>>, BackendError> {
+        self.append(shard, updates, expected_upper, new_upper, token)
+            .await
+    }
+
+    async fn snapshot(&self, shard: ShardId, as_of: &T) -> Result<Vec<(Row, Diff)>, BackendError> {
+        self.read_snapshot(shard, as_of).await
+    }
+
+    async fn fetch(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<T>,
+        upper: &Antichain<T>,
+    ) -> Result<Vec<Update<T>>, BackendError> {
+        self.read_range(shard, lower, upper).await
+    }
+
+    async fn wait_for_upper_past(
+        &self,
+        shard: ShardId,
+        frontier: &Antichain<T>,
+    ) -> Result<Antichain<T>, BackendError> {
+        self.poll_upper_past(shard, frontier).await
+    }
+
+    async fn downgrade_since(
+        &self,
+        shard: ShardId,
+        new_since: &Antichain<T>,
+    ) -> Result<Antichain<T>, BackendError> {
+        self.raise_since(shard, new_since).await
+    }
+
+    async fn compact(&self, shard: ShardId) -> Result<CompactionStats, BackendError> {
+        self.compact_shard::<T>(shard).await
+    }
+
+    async fn usage(&self, shard: ShardId) -> Result<ShardUsage, BackendError> {
+        let state = self.read_state(shard).await?;
+        Ok(ShardUsage {
+            updates: state.stored_updates(),
+            bytes: state.stored_bytes(),
+        })
+    }
+
+    async fn finalize(&self, shard: ShardId) -> Result<(), BackendError> {
+        self.finalize_shard(shard).await
+    }
+
+    async fn list_shards(&self) -> Result<Vec<ShardId>, BackendError> {
+        self.listed_shards().await
+    }
+}

@@ -1,0 +1,373 @@
+//! Physical compaction: merge batches size-tiered, advancing times to the
+//! since, and commit by the same compare-and-swap as appends.
+//!
+//! # Which batches are rewritten
+//!
+//! - **Tiers.** Batches are kept oldest first; walking back from the newest,
+//!   a batch joins the run being merged while it holds fewer than twice the
+//!   updates of the run so far. After a compaction every batch holds at
+//!   least twice the updates of all newer ones together, so a shard of `n`
+//!   updates has `O(log n)` batches, and an update is rewritten `O(log n)`
+//!   times by tiering over its life (the batch it lives in grows by at
+//!   least half, before consolidation, each time it is rewritten).
+//! - **Since.** A batch that still holds times below the since that were not
+//!   advanced (`max(lower, batch since) < since` and `batch since < upper`)
+//!   is rewritten too, so compaction reclaims what logical compaction
+//!   allows. Once the since passes a batch's upper and the batch has been
+//!   rewritten, it is never rewritten for the since again.
+//!
+//! Adjacent selected batches are merged into one batch (time order is kept:
+//! batches cover consecutive time ranges).
+//!
+//! # Deleting replaced parts
+//!
+//! Replaced parts are not deleted at once: the committed state lists them as
+//! retired with the time, and they are deleted by a later compaction or
+//! [`gc`](crate::S3Backend::gc) once the grace period has passed, so readers
+//! holding the older state can finish.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use tidemark_storage_types::{BackendError, CompactionStats, Diff, Row, ShardId, StorageTimestamp};
+use uuid::Uuid;
+
+use crate::clock::epoch_millis;
+use crate::codec::{EncodedPart, advance_time, encode_parts};
+use crate::state::{BatchRef, RetiredPart, ShardState, decode_frontier, frontier_le};
+use crate::{S3Backend, Step};
+
+/// A run of adjacent batches `[start, end)` to merge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Run {
+    pub start: usize,
+    pub end: usize,
+}
+
+/// Picks the runs of batches to rewrite.
+pub(crate) fn plan_runs(state: &ShardState) -> Vec<Run> {
+    let count = state.batches.len();
+    let mut selected = vec![false; count];
+    // Tiers, from the newest batch back.
+    if count >= 2 {
+        let mut start = count - 1;
+        let mut run_updates = state.batches[start].updates();
+        while start > 0 && state.batches[start - 1].updates() < 2 * run_updates {
+            start -= 1;
+            run_updates += state.batches[start].updates();
+        }
+        if count - start >= 2 {
+            selected[start..].iter_mut().for_each(|flag| *flag = true);
+        }
+    }
+    // Batches holding times below the since that were never advanced.
+    for (index, batch) in state.batches.iter().enumerate() {
+        if holds_unadvanced_times(batch, state) {
+            selected[index] = true;
+        }
+    }
+    let mut runs = Vec::new();
+    let mut index = 0;
+    while index < count {
+        if selected[index] {
+            let start = index;
+            while index < count && selected[index] {
+                index += 1;
+            }
+            runs.push(Run { start, end: index });
+        } else {
+            index += 1;
+        }
+    }
+    runs
+}
+
+/// Whether the batch may hold two different times that the shard's since
+/// would advance to one.
+fn holds_unadvanced_times(batch: &BatchRef, state: &ShardState) -> bool {
+    let Some(since) = state.since else {
+        return false;
+    };
+    let Some(batch_since) = batch.since else {
+        return false;
+    };
+    // Times in the batch are >= max(lower, batch since).
+    let least = batch
+        .lower
+        .map_or(batch_since, |lower| lower.max(batch_since));
+    // Every time is already the batch since: advancing merges nothing.
+    let all_at_batch_since = frontier_le(batch.upper, Some(batch_since));
+    batch_since < since && least < since && !all_at_batch_since
+}
+
+/// The merged replacement of one run.
+struct Merged {
+    run: Run,
+    replaced: Vec<BatchRef>,
+    batch: BatchRef,
+    parts: Vec<EncodedPart>,
+}
+
+impl S3Backend {
+    pub(crate) async fn compact_shard<T: StorageTimestamp>(
+        &self,
+        shard: ShardId,
+    ) -> Result<CompactionStats, BackendError> {
+        let state = self.read_state(shard).await?;
+        let before = CompactionStats {
+            updates_before: state.stored_updates(),
+            updates_after: state.stored_updates(),
+            bytes_before: state.stored_bytes(),
+            bytes_after: state.stored_bytes(),
+        };
+        let expired = self.delete_expired_retired(shard, &state).await?;
+        let runs = if state.finalized {
+            Vec::new()
+        } else {
+            plan_runs(&state)
+        };
+        if runs.is_empty() && expired.is_empty() {
+            return Ok(before);
+        }
+
+        let mut merged = Vec::new();
+        for run in runs {
+            match self.merge_run::<T>(shard, &state, run).await? {
+                Some(result) => merged.push(result),
+                // A part vanished: another compaction replaced these batches.
+                None => {
+                    for done in &merged {
+                        self.discard_parts(shard, &done.parts).await;
+                    }
+                    return Ok(before);
+                }
+            }
+        }
+
+        let now_ms = epoch_millis(self.clock().now());
+        let outcome = self
+            .update_state(shard, false, |current, _fresh| {
+                let Some(next) = replace_runs(current, &merged, &expired, now_ms) else {
+                    return Ok(Step::Done(false));
+                };
+                Ok(Step::Write(next, true))
+            })
+            .await;
+        match outcome {
+            Ok((true, committed)) => Ok(CompactionStats {
+                updates_before: before.updates_before,
+                updates_after: committed.stored_updates(),
+                bytes_before: before.bytes_before,
+                bytes_after: committed.stored_bytes(),
+            }),
+            Ok((false, _)) => {
+                for done in &merged {
+                    self.discard_parts(shard, &done.parts).await;
+                }
+                Ok(before)
+            }
+            Err(err) => {
+                // SUBTLE: as for appends, only a determinate failure proves
+                // the new parts are unreferenced.
+                if err.is_determinate() {
+                    for done in &merged {
+                        self.discard_parts(shard, &done.parts).await;
+                    }
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Reads a run's parts, advances times to the state's since,
+    /// consolidates and writes the result as new parts. `None` if a part is
+    /// gone.
+    async fn merge_run<T: StorageTimestamp>(
+        &self,
+        shard: ShardId,
+        state: &ShardState,
+        run: Run,
+    ) -> Result<Option<Merged>, BackendError> {
+        let replaced: Vec<BatchRef> = state.batches[run.start..run.end].to_vec();
+        let since = state.since;
+        let parts = replaced
+            .iter()
+            .flat_map(|batch| batch.parts.iter().cloned())
+            .collect();
+        let loaded = self
+            .load_parts::<T, _, _>(shard, parts, move |updates| {
+                updates
+                    .into_iter()
+                    .map(|update| {
+                        (
+                            update.row,
+                            advance_time(update.timestamp, since),
+                            update.diff,
+                        )
+                    })
+                    .collect::<Vec<(Row, T, Diff)>>()
+            })
+            .await?;
+        let Ok(runs) = loaded else {
+            return Ok(None);
+        };
+        let updates: Vec<(Row, T, Diff)> = runs.into_iter().flatten().collect();
+        let first = replaced.first().expect("runs are not empty");
+        let last = replaced.last().expect("runs are not empty");
+        let (batch, parts) = encode_parts(
+            updates,
+            &decode_frontier(first.lower),
+            &decode_frontier(last.upper),
+            &decode_frontier(since),
+            self.config().part_size_bytes,
+        );
+        // SUBTLE: the merged parts are written before the state that
+        // references them.
+        self.upload_parts(shard, &parts).await?;
+        Ok(Some(Merged {
+            run,
+            replaced,
+            batch,
+            parts,
+        }))
+    }
+
+    /// Deletes retired parts whose grace period has passed; returns their ids
+    /// (to drop from the state).
+    pub(crate) async fn delete_expired_retired(
+        &self,
+        shard: ShardId,
+        state: &ShardState,
+    ) -> Result<HashSet<Uuid>, BackendError> {
+        let grace = self.config().grace_period;
+        let now = self.clock().now();
+        let expired: HashSet<Uuid> = state
+            .retired
+            .iter()
+            .filter(|retired| {
+                let retired_at =
+                    std::time::UNIX_EPOCH + Duration::from_millis(retired.retired_at_ms);
+                now.duration_since(retired_at).is_ok_and(|age| age >= grace)
+            })
+            .map(|retired| retired.id)
+            .collect();
+        if !expired.is_empty() {
+            let store = self.store();
+            let keys = expired
+                .iter()
+                .map(|id| store.keys.part(shard, *id))
+                .collect();
+            store.delete_many("delete_retired_parts", keys).await?;
+        }
+        Ok(expired)
+    }
+}
+
+/// The state with each merged run replaced by its batch (the run's batches
+/// found by identity, wherever they now are), the replaced parts retired,
+/// and the expired retired parts dropped. `None` if some run's batches are
+/// no longer in the state (another compaction replaced them).
+fn replace_runs(
+    current: &ShardState,
+    merged: &[Merged],
+    expired: &HashSet<Uuid>,
+    now_ms: u64,
+) -> Option<ShardState> {
+    let mut next = current.successor();
+    for result in merged {
+        let position = next
+            .batches
+            .windows(result.replaced.len())
+            .position(|window| window == result.replaced.as_slice())?;
+        let end = position + result.replaced.len();
+        let replacement: Vec<BatchRef> = if result.batch.parts.is_empty() {
+            Vec::new()
+        } else {
+            vec![result.batch.clone()]
+        };
+        next.batches.splice(position..end, replacement);
+        debug_assert!(result.run.end > result.run.start);
+        next.retired.extend(
+            result
+                .replaced
+                .iter()
+                .flat_map(|batch| batch.parts.iter())
+                .map(|part| RetiredPart {
+                    id: part.id,
+                    retired_at_ms: now_ms,
+                }),
+        );
+    }
+    next.retired
+        .retain(|retired| !expired.contains(&retired.id));
+    Some(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::PartRef;
+
+    fn batch(lower: i64, upper: i64, since: i64, updates: u64) -> BatchRef {
+        BatchRef {
+            lower: Some(lower),
+            upper: Some(upper),
+            since: Some(since),
+            parts: vec![PartRef {
+                id: Uuid::new_v4(),
+                updates,
+                bytes: updates * 10,
+            }],
+        }
+    }
+
+    fn state(since: i64, batches: Vec<BatchRef>) -> ShardState {
+        let mut state = ShardState::new_shard::<u64>();
+        state.since = Some(since);
+        state.batches = batches;
+        state
+    }
+
+    #[test]
+    fn tiers_merge_the_newest_comparable_batches() {
+        // 100 >= 2 * (10 + 5 + 5): the big batch stays.
+        let shard = state(
+            0,
+            vec![
+                batch(0, 1, 0, 100),
+                batch(1, 2, 1, 10),
+                batch(2, 3, 2, 5),
+                batch(3, 4, 3, 5),
+            ],
+        );
+        assert_eq!(plan_runs(&shard), vec![Run { start: 1, end: 4 }]);
+        // Already tiered: nothing to do.
+        let shard = state(0, vec![batch(0, 1, 0, 100), batch(1, 2, 1, 10)]);
+        assert_eq!(plan_runs(&shard), vec![]);
+    }
+
+    #[test]
+    fn batches_with_unadvanced_times_below_since_are_rewritten() {
+        let shard = state(10, vec![batch(0, 5, 0, 100), batch(5, 20, 5, 10)]);
+        assert_eq!(plan_runs(&shard), vec![Run { start: 0, end: 2 }]);
+        // Already advanced to since 10 and entirely below it: left alone.
+        let shard = state(12, vec![batch(0, 10, 10, 100), batch(10, 20, 12, 10)]);
+        assert_eq!(plan_runs(&shard), vec![]);
+    }
+
+    #[test]
+    fn replacing_a_vanished_run_gives_up() {
+        let old = state(0, vec![batch(0, 1, 0, 1), batch(1, 2, 1, 1)]);
+        let merged = Merged {
+            run: Run { start: 0, end: 2 },
+            replaced: old.batches.clone(),
+            batch: batch(0, 2, 0, 2),
+            parts: Vec::new(),
+        };
+        let next = replace_runs(&old, std::slice::from_ref(&merged), &HashSet::new(), 7).unwrap();
+        assert_eq!(next.batches, vec![merged.batch.clone()]);
+        assert_eq!(next.retired.len(), 2);
+        let other = state(0, vec![batch(0, 2, 0, 2)]);
+        assert!(replace_runs(&other, &[merged], &HashSet::new(), 7).is_none());
+    }
+}

@@ -1,0 +1,445 @@
+//! Configuration of the S3 backend: plain data with `Default`, built from
+//! the environment, a URL, or `with_*` calls, and turned into a backend by
+//! the fallible [`S3Config::build`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tidemark_storage_types::{BackendError, DeterminateKind};
+
+use crate::S3Backend;
+use crate::clock::Clock;
+
+/// The URL query parameters [`S3Config::from_url`] accepts.
+pub const URL_PARAMETERS: &[&str] = &["endpoint", "region", "path_style"];
+
+/// Credentials given explicitly instead of the standard chain. `Debug`
+/// never shows the secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct S3Credentials {
+    /// The access key id.
+    pub access_key_id: String,
+    /// The secret access key.
+    pub secret_access_key: String,
+    /// A session token, for temporary credentials.
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// How to reach a bucket and how to lay shards out in it.
+///
+/// ```
+/// use std::time::Duration;
+/// use tidemark_backend_s3::S3Config;
+/// let config = S3Config::new("my-bucket")
+///     .with_prefix("tidemark/prod")
+///     .with_endpoint("http://127.0.0.1:9000")
+///     .with_path_style(true)
+///     .with_grace_period(Duration::from_secs(600));
+/// assert_eq!(config.bucket, "my-bucket");
+/// let from_url = S3Config::from_url("s3://my-bucket/tidemark/prod?endpoint=http://127.0.0.1:9000&path_style=true").unwrap();
+/// assert_eq!(from_url.prefix, "tidemark/prod");
+/// assert!(S3Config::from_url("s3://b/p?colour=blue").unwrap_err().to_string().contains("colour"));
+/// ```
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct S3Config {
+    /// The bucket. It must exist.
+    pub bucket: String,
+    /// Key prefix under which everything is stored (may be empty).
+    pub prefix: String,
+    /// A custom endpoint (an S3-compatible server); `None` for AWS.
+    pub endpoint: Option<String>,
+    /// The region; `None` takes it from the standard chain, then `us-east-1`.
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), which most
+    /// S3-compatible servers need.
+    pub path_style: bool,
+    /// Explicit credentials; `None` uses the standard chain (environment,
+    /// profile, web identity, container and instance metadata).
+    pub credentials: Option<S3Credentials>,
+    /// How long to wait for a connection.
+    pub connect_timeout: Duration,
+    /// How long one request may take in all.
+    pub operation_timeout: Duration,
+    /// Attempts per request made by the SDK itself (1 = no SDK retries:
+    /// retry policy belongs to the caller).
+    pub max_attempts: u32,
+    /// How long an unreferenced batch part is kept before it is deleted.
+    /// Must exceed the time a reader may hold an old state and the time an
+    /// append takes, and the clock skew between processes.
+    pub grace_period: Duration,
+    /// Batches larger than this are split into parts of about this size.
+    pub part_size_bytes: usize,
+    /// Parts fetched or written at once.
+    pub concurrency: usize,
+    /// First delay between polls of a shard's upper.
+    pub poll_interval_min: Duration,
+    /// Longest delay between polls of a shard's upper.
+    pub poll_interval_max: Duration,
+    /// The clock for grace periods; `None` is the system clock.
+    #[serde(skip)]
+    pub clock: Option<Arc<dyn Clock>>,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            bucket: String::new(),
+            prefix: String::new(),
+            endpoint: None,
+            region: None,
+            path_style: false,
+            credentials: None,
+            connect_timeout: Duration::from_secs(5),
+            operation_timeout: Duration::from_secs(30),
+            max_attempts: 1,
+            grace_period: Duration::from_secs(15 * 60),
+            part_size_bytes: 8 << 20,
+            concurrency: 16,
+            poll_interval_min: Duration::from_millis(5),
+            poll_interval_max: Duration::from_millis(500),
+            clock: None,
+        }
+    }
+}
+
+fn invalid(message: String) -> BackendError {
+    BackendError::determinate(DeterminateKind::InvalidConfig, message)
+}
+
+fn parse_bool(name: &str, value: &str) -> Result<bool, BackendError> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(invalid(format!(
+            "{name} must be true or false: value={value:?}"
+        ))),
+    }
+}
+
+impl S3Config {
+    /// Defaults for `bucket`.
+    #[must_use]
+    pub fn new(bucket: impl Into<String>) -> Self {
+        S3Config {
+            bucket: bucket.into(),
+            ..S3Config::default()
+        }
+    }
+
+    /// Reads `TIDEMARK_S3_BUCKET`, `TIDEMARK_S3_PREFIX`,
+    /// `TIDEMARK_S3_ENDPOINT`, `TIDEMARK_S3_REGION` and
+    /// `TIDEMARK_S3_PATH_STYLE`; unset variables keep their defaults.
+    /// Credentials come from the standard chain (`AWS_ACCESS_KEY_ID`, ...).
+    ///
+    /// # Errors
+    ///
+    /// `Determinate(InvalidConfig)` if `TIDEMARK_S3_PATH_STYLE` is not a
+    /// boolean.
+    pub fn from_env() -> Result<Self, BackendError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        let mut config = S3Config::default();
+        if let Some(bucket) = var("TIDEMARK_S3_BUCKET") {
+            config.bucket = bucket;
+        }
+        if let Some(prefix) = var("TIDEMARK_S3_PREFIX") {
+            config.prefix = prefix;
+        }
+        config.endpoint = var("TIDEMARK_S3_ENDPOINT");
+        config.region = var("TIDEMARK_S3_REGION");
+        if let Some(path_style) = var("TIDEMARK_S3_PATH_STYLE") {
+            config.path_style = parse_bool("TIDEMARK_S3_PATH_STYLE", &path_style)?;
+        }
+        Ok(config)
+    }
+
+    /// Parses `s3://BUCKET/PREFIX?endpoint=URL&region=NAME&path_style=BOOL`.
+    ///
+    /// # Errors
+    ///
+    /// `Determinate(InvalidConfig)` for a malformed URL, another scheme, a
+    /// missing bucket, a bad value, or unknown parameters (all named).
+    pub fn from_url(url: &str) -> Result<Self, BackendError> {
+        let parsed = url::Url::parse(url)
+            .map_err(|err| invalid(format!("malformed s3 url: error={err} url={url:?}")))?;
+        if parsed.scheme() != "s3" {
+            return Err(invalid(format!(
+                "s3 url must start with s3://: scheme={:?}",
+                parsed.scheme()
+            )));
+        }
+        let bucket = parsed.host_str().unwrap_or_default();
+        if bucket.is_empty() {
+            return Err(invalid(format!("s3 url names no bucket: url={url:?}")));
+        }
+        let mut config = S3Config::new(bucket);
+        config.prefix = parsed.path().trim_matches('/').to_string();
+        let mut unknown = Vec::new();
+        for (name, value) in parsed.query_pairs() {
+            match name.as_ref() {
+                "endpoint" => config.endpoint = Some(value.into_owned()),
+                "region" => config.region = Some(value.into_owned()),
+                "path_style" => config.path_style = parse_bool("path_style", &value)?,
+                _ => unknown.push(name.into_owned()),
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(invalid(format!(
+                "unknown s3 url parameters: unknown={} known={}",
+                unknown.join(","),
+                URL_PARAMETERS.join(",")
+            )));
+        }
+        Ok(config)
+    }
+
+    /// Sets the bucket.
+    #[must_use]
+    pub fn with_bucket(mut self, bucket: impl Into<String>) -> Self {
+        self.bucket = bucket.into();
+        self
+    }
+
+    /// Sets the key prefix.
+    #[must_use]
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets a custom endpoint.
+    #[must_use]
+    pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// Sets the region.
+    #[must_use]
+    pub fn with_region(mut self, region: impl Into<String>) -> Self {
+        self.region = Some(region.into());
+        self
+    }
+
+    /// Chooses path-style addressing.
+    #[must_use]
+    pub fn with_path_style(mut self, path_style: bool) -> Self {
+        self.path_style = path_style;
+        self
+    }
+
+    /// Uses these credentials instead of the standard chain.
+    #[must_use]
+    pub fn with_credentials(
+        mut self,
+        access_key_id: impl Into<String>,
+        secret_access_key: impl Into<String>,
+    ) -> Self {
+        self.credentials = Some(S3Credentials {
+            access_key_id: access_key_id.into(),
+            secret_access_key: secret_access_key.into(),
+            session_token: None,
+        });
+        self
+    }
+
+    /// Sets the connect timeout.
+    #[must_use]
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the whole-request timeout.
+    #[must_use]
+    pub fn with_operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = timeout;
+        self
+    }
+
+    /// Sets the SDK's attempts per request.
+    #[must_use]
+    pub fn with_max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// Sets the grace period before unreferenced parts are deleted.
+    #[must_use]
+    pub fn with_grace_period(mut self, grace_period: Duration) -> Self {
+        self.grace_period = grace_period;
+        self
+    }
+
+    /// Sets the part size.
+    #[must_use]
+    pub fn with_part_size_bytes(mut self, bytes: usize) -> Self {
+        self.part_size_bytes = bytes;
+        self
+    }
+
+    /// Sets how many parts are fetched or written at once.
+    #[must_use]
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// Sets the bounds of the upper-poll backoff.
+    #[must_use]
+    pub fn with_poll_interval(mut self, min: Duration, max: Duration) -> Self {
+        self.poll_interval_min = min;
+        self.poll_interval_max = max;
+        self
+    }
+
+    /// Sets the clock used for grace periods.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Checks the settings that need no network.
+    ///
+    /// # Errors
+    ///
+    /// `Determinate(InvalidConfig)` naming the bad setting.
+    pub fn validate(&self) -> Result<(), BackendError> {
+        if self.bucket.is_empty() {
+            return Err(invalid(
+                "s3 bucket is not set: set TIDEMARK_S3_BUCKET or name it in the url".to_string(),
+            ));
+        }
+        if self.bucket.contains('/') || self.bucket.chars().any(char::is_whitespace) {
+            return Err(invalid(format!(
+                "s3 bucket name is not valid: bucket={:?}",
+                self.bucket
+            )));
+        }
+        if self.max_attempts == 0 {
+            return Err(invalid(
+                "max_attempts must be at least 1: max_attempts=0".to_string(),
+            ));
+        }
+        if self.part_size_bytes < 1024 {
+            return Err(invalid(format!(
+                "part_size_bytes must be at least 1024: part_size_bytes={}",
+                self.part_size_bytes
+            )));
+        }
+        if self.concurrency == 0 {
+            return Err(invalid(
+                "concurrency must be at least 1: concurrency=0".to_string(),
+            ));
+        }
+        if self.poll_interval_min.is_zero() || self.poll_interval_max < self.poll_interval_min {
+            return Err(invalid(format!(
+                "poll intervals must satisfy 0 < min <= max: min={:?} max={:?}",
+                self.poll_interval_min, self.poll_interval_max
+            )));
+        }
+        Ok(())
+    }
+
+    /// Connects, checks that the bucket is reachable and that it enforces
+    /// conditional writes, and returns the backend.
+    ///
+    /// # Errors
+    ///
+    /// - `Determinate(InvalidConfig)` for a bad setting.
+    /// - `Determinate(NotFound)` if the bucket does not exist.
+    /// - `Determinate(Unauthorized)` if the credentials are refused.
+    /// - `Determinate(Unavailable)` if the endpoint cannot be reached.
+    /// - `Determinate(Unsupported)` if the store ignores conditional writes
+    ///   (appends would not be safe).
+    /// - `Indeterminate` for timeouts and server errors.
+    pub async fn build(self) -> Result<S3Backend, BackendError> {
+        S3Backend::connect(self).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_and_unknown_parameters_are_named() {
+        let config = S3Config::from_url(
+            "s3://bucket/a/b/?endpoint=http://h:1&region=eu-west-1&path_style=true",
+        )
+        .unwrap();
+        assert_eq!(config.bucket, "bucket");
+        assert_eq!(config.prefix, "a/b");
+        assert_eq!(config.endpoint.as_deref(), Some("http://h:1"));
+        assert_eq!(config.region.as_deref(), Some("eu-west-1"));
+        assert!(config.path_style);
+
+        let err = S3Config::from_url("s3://bucket/p?colour=red&size=2&region=x").unwrap_err();
+        assert_eq!(err.determinate_kind(), Some(DeterminateKind::InvalidConfig));
+        let text = err.to_string();
+        assert!(text.contains("colour") && text.contains("size"), "{text}");
+
+        for bad in [
+            "http://bucket/p",
+            "s3:///p",
+            "not a url",
+            "s3://b/p?path_style=maybe",
+        ] {
+            let err = S3Config::from_url(bad).unwrap_err();
+            assert_eq!(
+                err.determinate_kind(),
+                Some(DeterminateKind::InvalidConfig),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        assert!(S3Config::new("b").validate().is_ok());
+        let cases = [
+            (S3Config::default(), "bucket is not set"),
+            (S3Config::new("b").with_max_attempts(0), "max_attempts"),
+            (
+                S3Config::new("b").with_part_size_bytes(10),
+                "part_size_bytes",
+            ),
+            (S3Config::new("b").with_concurrency(0), "concurrency"),
+            (
+                S3Config::new("b")
+                    .with_poll_interval(Duration::from_secs(2), Duration::from_secs(1)),
+                "poll intervals",
+            ),
+        ];
+        for (config, expected) in cases {
+            let err = config.validate().unwrap_err();
+            assert!(err.to_string().contains(expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn credentials_are_redacted() {
+        let config = S3Config::new("b").with_credentials("AKID", "very-secret");
+        let text = format!("{config:?}");
+        assert!(
+            text.contains("AKID") && !text.contains("very-secret"),
+            "{text}"
+        );
+    }
+}

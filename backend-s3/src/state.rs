@@ -1,0 +1,301 @@
+//! A shard's state object: since, upper, the batches that hold its data,
+//! the recent idempotency tokens, and the parts waiting out their grace
+//! period.
+//!
+//! Frontiers are stored encoded: a totally ordered antichain is empty or one
+//! time, and [`Codec64`] maps times to `i64` preserving order, so a frontier
+//! is an `Option<i64>` (`None` = empty) and the state can be compared and
+//! updated without knowing the timestamp type.
+//!
+//! The state is JSON. Every committed state carries a `seqno` one greater
+//! than the state it replaced, so no two versions of a shard's state have the
+//! same bytes (and so the same ETag): a compare-and-swap on the ETag can never
+//! succeed against an older version that happens to look like the current
+//! one.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+use tidemark_storage_types::{BackendError, Codec64, DeterminateKind, IdempotencyToken};
+use timely::progress::{Antichain, Timestamp};
+use uuid::Uuid;
+
+/// The state format this code writes and reads.
+pub(crate) const STATE_FORMAT: u32 = 1;
+
+/// How many applied idempotency tokens a shard remembers (the contract asks
+/// for at least 128).
+pub(crate) const REMEMBERED_TOKENS: usize = 256;
+
+/// A frontier of a totally ordered time, encoded: `None` is the empty
+/// frontier.
+pub(crate) type EncodedFrontier = Option<i64>;
+
+/// Encodes a totally ordered frontier.
+pub(crate) fn encode_frontier<T: Codec64>(frontier: &Antichain<T>) -> EncodedFrontier {
+    frontier.elements().first().map(Codec64::encode)
+}
+
+/// Decodes a frontier [`encode_frontier`] produced.
+pub(crate) fn decode_frontier<T: Codec64 + Timestamp>(frontier: EncodedFrontier) -> Antichain<T> {
+    match frontier {
+        Some(time) => Antichain::from_elem(T::decode(time)),
+        None => Antichain::new(),
+    }
+}
+
+/// Whether `frontier <= time` (some element of the frontier is `<= time`).
+pub(crate) fn frontier_le_time(frontier: EncodedFrontier, time: i64) -> bool {
+    frontier.is_some_and(|element| element <= time)
+}
+
+/// Whether frontier `left <= right` in the antichain order (the empty
+/// frontier is the greatest).
+pub(crate) fn frontier_le(left: EncodedFrontier, right: EncodedFrontier) -> bool {
+    match (left, right) {
+        (_, None) => true,
+        (None, Some(_)) => false,
+        (Some(left), Some(right)) => left <= right,
+    }
+}
+
+/// The join of two frontiers (the later of the two).
+pub(crate) fn frontier_join(left: EncodedFrontier, right: EncodedFrontier) -> EncodedFrontier {
+    if frontier_le(left, right) {
+        right
+    } else {
+        left
+    }
+}
+
+/// One part of a batch: a write-once object holding a contiguous run of the
+/// batch's updates (sorted by row, then time).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PartRef {
+    /// The object is `PREFIX/shards/SHARD/batches/ID`.
+    pub id: Uuid,
+    /// Updates in the part.
+    pub updates: u64,
+    /// Encoded size of the part object.
+    pub bytes: u64,
+}
+
+/// A batch: the updates of one append, or the merge of adjacent batches.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct BatchRef {
+    /// Every (original) update time is `>= lower`.
+    pub lower: EncodedFrontier,
+    /// Every (original) update time is not `>= upper`.
+    pub upper: EncodedFrontier,
+    /// Times were advanced by this frontier when the batch was written.
+    pub since: EncodedFrontier,
+    /// The batch's parts, in `(row, time)` order.
+    pub parts: Vec<PartRef>,
+}
+
+impl BatchRef {
+    /// Updates in the batch.
+    pub(crate) fn updates(&self) -> u64 {
+        self.parts.iter().map(|part| part.updates).sum()
+    }
+
+    /// Encoded bytes of the batch.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.parts.iter().map(|part| part.bytes).sum()
+    }
+}
+
+/// An idempotency token that was applied, with the bounds of its append.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AppliedToken {
+    pub token: Uuid,
+    pub expected_upper: EncodedFrontier,
+    pub new_upper: EncodedFrontier,
+}
+
+/// A part no batch references any more, waiting out the grace period
+/// before it is deleted (readers holding an older state may still fetch it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RetiredPart {
+    pub id: Uuid,
+    /// When it was unreferenced, in milliseconds since the Unix epoch.
+    pub retired_at_ms: u64,
+}
+
+/// The durable state of a shard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ShardState {
+    pub format: u32,
+    /// One more than the version this state replaced.
+    pub seqno: u64,
+    pub since: EncodedFrontier,
+    pub upper: EncodedFrontier,
+    /// Set by finalize: the shard is sealed and its data gone.
+    pub finalized: bool,
+    /// Batches, oldest (lowest times) first.
+    pub batches: Vec<BatchRef>,
+    /// Recently applied tokens, oldest first.
+    pub tokens: VecDeque<AppliedToken>,
+    /// Unreferenced parts not yet deleted.
+    pub retired: Vec<RetiredPart>,
+}
+
+impl ShardState {
+    /// The state of a new shard: `since = upper = [minimum]`, no data.
+    pub(crate) fn new_shard<T: Timestamp + Codec64>() -> Self {
+        let minimum = Some(T::minimum().encode());
+        ShardState {
+            format: STATE_FORMAT,
+            seqno: 0,
+            since: minimum,
+            upper: minimum,
+            finalized: false,
+            batches: Vec::new(),
+            tokens: VecDeque::new(),
+            retired: Vec::new(),
+        }
+    }
+
+    /// The state that replaces this one: the same contents, the next seqno.
+    pub(crate) fn successor(&self) -> Self {
+        let mut next = self.clone();
+        next.seqno += 1;
+        next
+    }
+
+    /// Whether `token` was applied with these bounds.
+    pub(crate) fn token_applied(
+        &self,
+        token: IdempotencyToken,
+        expected_upper: EncodedFrontier,
+        new_upper: EncodedFrontier,
+    ) -> bool {
+        self.tokens.iter().any(|applied| {
+            applied.token == token.0
+                && applied.expected_upper == expected_upper
+                && applied.new_upper == new_upper
+        })
+    }
+
+    /// Remembers an applied token, forgetting the oldest beyond
+    /// [`REMEMBERED_TOKENS`].
+    pub(crate) fn remember_token(
+        &mut self,
+        token: IdempotencyToken,
+        expected_upper: EncodedFrontier,
+        new_upper: EncodedFrontier,
+    ) {
+        self.tokens.push_back(AppliedToken {
+            token: token.0,
+            expected_upper,
+            new_upper,
+        });
+        while self.tokens.len() > REMEMBERED_TOKENS {
+            self.tokens.pop_front();
+        }
+    }
+
+    /// Every part the batches reference.
+    pub(crate) fn referenced_parts(&self) -> impl Iterator<Item = &PartRef> {
+        self.batches.iter().flat_map(|batch| batch.parts.iter())
+    }
+
+    /// Stored updates.
+    pub(crate) fn stored_updates(&self) -> u64 {
+        self.batches.iter().map(BatchRef::updates).sum()
+    }
+
+    /// Stored bytes (encoded part sizes).
+    pub(crate) fn stored_bytes(&self) -> u64 {
+        self.batches.iter().map(BatchRef::bytes).sum()
+    }
+
+    /// The state as stored.
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("shard state serializes")
+    }
+
+    /// Reads a stored state; `key` names the object in the error.
+    ///
+    /// # Errors
+    ///
+    /// `Determinate(Corrupted)` naming the key if the bytes are not a state
+    /// of a known format.
+    pub(crate) fn from_bytes(key: &str, bytes: &[u8]) -> Result<Self, BackendError> {
+        let state: ShardState = serde_json::from_slice(bytes).map_err(|err| {
+            BackendError::determinate(
+                DeterminateKind::Corrupted,
+                format!("shard state object is not valid: key={key} error={err}"),
+            )
+        })?;
+        if state.format != STATE_FORMAT {
+            return Err(BackendError::determinate(
+                DeterminateKind::Corrupted,
+                format!(
+                    "shard state has an unknown format: key={key} format={} supported={STATE_FORMAT}",
+                    state.format
+                ),
+            ));
+        }
+        Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frontier_order_treats_empty_as_greatest() {
+        assert!(frontier_le(Some(1), Some(2)));
+        assert!(!frontier_le(Some(3), Some(2)));
+        assert!(frontier_le(Some(3), None));
+        assert!(!frontier_le(None, Some(3)));
+        assert_eq!(frontier_join(Some(1), Some(4)), Some(4));
+        assert_eq!(frontier_join(None, Some(4)), None);
+        assert!(frontier_le_time(Some(2), 2));
+        assert!(!frontier_le_time(None, i64::MAX));
+        let frontier = Antichain::from_elem(9u64);
+        assert_eq!(decode_frontier::<u64>(encode_frontier(&frontier)), frontier);
+        assert_eq!(decode_frontier::<u64>(None), Antichain::new());
+    }
+
+    #[test]
+    fn tokens_are_bounded_and_matched_with_bounds() {
+        let mut state = ShardState::new_shard::<u64>();
+        let first = IdempotencyToken::new();
+        state.remember_token(first, Some(0), Some(1));
+        assert!(state.token_applied(first, Some(0), Some(1)));
+        assert!(!state.token_applied(first, Some(0), Some(2)));
+        for _ in 0..REMEMBERED_TOKENS {
+            state.remember_token(IdempotencyToken::new(), Some(1), Some(2));
+        }
+        assert_eq!(state.tokens.len(), REMEMBERED_TOKENS);
+        assert!(!state.token_applied(first, Some(0), Some(1)));
+    }
+
+    #[test]
+    fn round_trip_and_corruption() {
+        let mut state = ShardState::new_shard::<u64>().successor();
+        state.batches.push(BatchRef {
+            lower: Some(0),
+            upper: Some(5),
+            since: Some(0),
+            parts: vec![PartRef {
+                id: Uuid::new_v4(),
+                updates: 3,
+                bytes: 99,
+            }],
+        });
+        let bytes = state.to_bytes();
+        assert_eq!(ShardState::from_bytes("k", &bytes).unwrap(), state);
+        assert_eq!(state.stored_updates(), 3);
+        let err = ShardState::from_bytes("some/key", &bytes[..10]).unwrap_err();
+        assert_eq!(err.determinate_kind(), Some(DeterminateKind::Corrupted));
+        assert!(err.to_string().contains("some/key"), "{err}");
+        let mut future = state.clone();
+        future.format = 99;
+        let err = ShardState::from_bytes("k", &future.to_bytes()).unwrap_err();
+        assert!(err.to_string().contains("unknown format"), "{err}");
+    }
+}
