@@ -17,7 +17,7 @@ use timely::PartialOrder;
 use timely::progress::Antichain;
 use tokio::sync::watch;
 
-use crate::spine::{Batch, Spine};
+use crate::spine::{Batch, Spine, compact_batches};
 use crate::tokens::{AppliedTokens, REMEMBERED_APPENDS};
 
 /// A consistent view of a shard for a read: taken under the lock, so it
@@ -196,11 +196,26 @@ impl<T: StorageTimestamp> Shard<T> {
     }
 
     /// Physical compaction to the current since.
+    ///
+    /// The expensive part runs without the lock, on the batches and since
+    /// read under it, so appends and reads go on meanwhile. The result
+    /// replaces those batches only if no merge rewrote them in between;
+    /// otherwise the compaction is redone under the lock. Compacting to a
+    /// since read earlier is still correct: it is never ahead of the current
+    /// since.
     pub fn compact(&self) -> Result<CompactionStats, BackendError> {
+        let (input, since) = {
+            let state = self.lock()?;
+            (state.spine.batches(), state.since.clone())
+        };
+        let compacted = compact_batches(input.clone(), &since);
+
         let mut state = self.lock()?;
         let before = state.spine.usage();
-        let since = state.since.clone();
-        state.spine.compact_to(&since);
+        if !state.spine.replace_compacted(&input, compacted) {
+            let since = state.since.clone();
+            state.spine.compact_to(&since);
+        }
         let after = state.spine.usage();
         Ok(CompactionStats {
             updates_before: before.updates,

@@ -137,6 +137,28 @@ fn merge<T: Ord + Clone>(older: Arc<Batch<T>>, newer: Arc<Batch<T>>) -> Batch<T>
     }
 }
 
+/// Advances every time of `batches` by `since` and consolidates them into
+/// one batch with freshly allocated rows. An empty `since` means nothing can
+/// be read again: the result is empty.
+pub fn compact_batches<T: Timestamp + Lattice>(
+    batches: Vec<Arc<Batch<T>>>,
+    since: &Antichain<T>,
+) -> Batch<T> {
+    if since.is_empty() {
+        return Batch::from_unsorted(Vec::new());
+    }
+    let mut updates = Vec::with_capacity(batches.iter().map(|batch| batch.len()).sum());
+    for batch in batches {
+        updates.extend(take_updates(batch));
+    }
+    for (_, time, _) in updates.iter_mut() {
+        time.advance_by(since.borrow());
+    }
+    let mut compacted = Batch::from_unsorted(updates);
+    compacted.repack_rows();
+    compacted
+}
+
 /// What a spine stores.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SpineUsage {
@@ -210,22 +232,38 @@ impl<T: Timestamp + Lattice> Spine<T> {
     /// and keeps the result as one batch. An empty `since` means nothing can
     /// be read again, so every update is dropped.
     pub fn compact_to(&mut self, since: &Antichain<T>) {
-        if since.is_empty() {
-            self.clear();
-            return;
-        }
-        let mut updates = Vec::with_capacity(self.usage().updates as usize);
-        for batch in self.batches.drain(..) {
-            updates.extend(take_updates(batch));
-        }
-        for (_, time, _) in updates.iter_mut() {
-            time.advance_by(since.borrow());
-        }
-        let mut compacted = Batch::from_unsorted(updates);
-        compacted.repack_rows();
+        let batches = std::mem::take(&mut self.batches);
+        let compacted = compact_batches(batches, since);
         if !compacted.is_empty() {
             self.batches.push(Arc::new(compacted));
         }
+    }
+
+    /// Replaces `input`, if it is still the oldest part of the spine, by
+    /// `compacted` (made from it by [`compact_batches`]), keeping every
+    /// batch added since. Returns `false`, changing nothing, if a merge
+    /// rewrote any batch of `input` meanwhile.
+    pub fn replace_compacted(&mut self, input: &[Arc<Batch<T>>], compacted: Batch<T>) -> bool {
+        let unchanged = self.batches.len() >= input.len()
+            && input
+                .iter()
+                .zip(&self.batches)
+                .all(|(taken, current)| Arc::ptr_eq(taken, current));
+        if !unchanged {
+            return false;
+        }
+        let newer = self.batches.split_off(input.len());
+        self.batches.clear();
+        if !compacted.is_empty() {
+            self.batches.push(Arc::new(compacted));
+        }
+        // The compacted batch may be smaller than what it replaced: merge
+        // newer batches into it as the tiers require.
+        for batch in newer {
+            self.batches.push(batch);
+            self.restore_tiers();
+        }
+        true
     }
 
     /// Drops every update.
@@ -388,6 +426,44 @@ mod tests {
             ]
             .concat()
         );
+    }
+
+    #[test]
+    fn a_compaction_done_aside_keeps_batches_added_meanwhile() {
+        let mut spine = Spine::default();
+        for time in 0..8u64 {
+            spine.insert(batch(&[(1, time, 1), (time as i64, time, 1)]));
+        }
+        let input = spine.batches();
+        let compacted = compact_batches(input.clone(), &Antichain::from_elem(8));
+        // An append that does not touch the taken batches: a batch of one
+        // update next to batches of at least two.
+        spine.insert(batch(&[(5, 9, 1)]));
+        assert!(spine.replace_compacted(&input, compacted));
+        assert_tiers(&spine);
+        let mut expected = vec![(row(1), 8, 9), (row(5), 9, 1)];
+        expected.extend((0..8).filter(|v| *v != 1).map(|v| (row(v), 8, 1)));
+        consolidate_updates(&mut expected);
+        assert_eq!(contents(&spine), expected);
+    }
+
+    #[test]
+    fn a_compaction_done_aside_is_dropped_when_a_merge_rewrote_its_input() {
+        let mut spine = Spine::default();
+        spine.insert(batch(&[(1, 0, 1), (2, 0, 1)]));
+        spine.insert(batch(&[(1, 1, 1)]));
+        assert_eq!(spine.batch_count(), 2);
+        let input = spine.batches();
+        let compacted = compact_batches(input.clone(), &Antichain::from_elem(1));
+        spine.insert(batch(&[(2, 2, 1)]));
+        assert_eq!(
+            spine.batch_count(),
+            1,
+            "the append merged the taken batches"
+        );
+        let before = contents(&spine);
+        assert!(!spine.replace_compacted(&input, compacted));
+        assert_eq!(contents(&spine), before, "nothing changed");
     }
 
     #[test]

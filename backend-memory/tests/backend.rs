@@ -695,3 +695,60 @@ async fn readers_racing_a_writer_see_whole_appends() {
     }
     writer.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_racing_appends_loses_nothing() {
+    let backend = fresh_backend("compact-race");
+    let shard = ShardId::new();
+    open(&backend, shard).await;
+    let appends = 400u64;
+    let writer = {
+        let handle = MemoryBackend::open(backend.name());
+        tokio::spawn(async move {
+            for time in 0..appends {
+                let value = (time % 7) as i64;
+                append(
+                    &handle,
+                    shard,
+                    vec![(value, time, 1), (100, time, 1)],
+                    time,
+                    time + 1,
+                )
+                .await
+                .unwrap();
+                handle
+                    .downgrade_since(shard, &frontier(time.saturating_sub(3)))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let compactor = MemoryBackend::open(backend.name());
+    let mut compactions = 0;
+    while !writer.is_finished() {
+        PersistBackend::<u64>::compact(&compactor, shard)
+            .await
+            .unwrap();
+        compactions += 1;
+        tokio::task::yield_now().await;
+    }
+    writer.await.unwrap();
+    assert!(compactions > 0);
+    let mut expected: Vec<_> = (0..7i64)
+        .map(|value| {
+            let count = (0..appends)
+                .filter(|time| (time % 7) as i64 == value)
+                .count();
+            (row(value), count as i64)
+        })
+        .collect();
+    expected.push((row(100), appends as i64));
+    assert_eq!(
+        backend.snapshot(shard, &(appends - 1)).await.unwrap(),
+        expected
+    );
+    let stats = PersistBackend::<u64>::compact(&backend, shard)
+        .await
+        .unwrap();
+    assert!(stats.updates_after <= 8 + 2 * 3, "{stats:?}");
+}
