@@ -38,6 +38,12 @@ pub fn snapshot<T: StorageTimestamp>(
     let capacity = view.batches.iter().map(|batch| batch.len()).sum();
     let mut contents = Vec::with_capacity(capacity);
     for batch in &view.batches {
+        if batch
+            .time_bounds()
+            .is_none_or(|(earliest, _)| !earliest.less_equal(as_of))
+        {
+            continue;
+        }
         contents.extend(
             batch
                 .updates()
@@ -109,6 +115,18 @@ pub fn fetch<T: StorageTimestamp>(
     }
     let mut updates = Vec::new();
     for batch in &view.batches {
+        // Advancing is monotone, so the batch's advanced times lie between
+        // its advanced bounds: skip batches entirely outside the range (a
+        // listener fetching the newest times reads only the newest batches).
+        let Some((earliest, latest)) = batch.time_bounds() else {
+            continue;
+        };
+        let (mut earliest, mut latest) = (*earliest, *latest);
+        earliest.advance_by(view.since.borrow());
+        latest.advance_by(view.since.borrow());
+        if upper.less_equal(&earliest) || !lower.less_equal(&latest) {
+            continue;
+        }
         for (row, time, diff) in batch.updates() {
             let mut time = *time;
             time.advance_by(view.since.borrow());
@@ -272,6 +290,44 @@ mod tests {
         )
         .unwrap();
         assert!(before_since.is_empty(), "every time was advanced to 2");
+    }
+
+    #[test]
+    fn fetch_reads_exactly_the_batches_its_range_needs() {
+        let shard = ShardId::new();
+        let view = view(
+            4,
+            9,
+            &[
+                &[(1, 0, 1), (2, 2, 1)],
+                &[(3, 3, 1), (4, 5, 1)],
+                &[(5, 6, 1), (6, 8, 1)],
+            ],
+        );
+        let fetched = |lower, upper| {
+            fetch(
+                shard,
+                &view,
+                &Antichain::from_elem(lower),
+                &Antichain::from_elem(upper),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            fetched(5, 7),
+            vec![Update::new(row(4), 5, 1), Update::new(row(5), 6, 1)]
+        );
+        assert_eq!(
+            fetched(0, 5),
+            vec![
+                Update::new(row(1), 4, 1),
+                Update::new(row(2), 4, 1),
+                Update::new(row(3), 4, 1),
+            ]
+        );
+        assert_eq!(fetched(8, 9), vec![Update::new(row(6), 8, 1)]);
+        assert!(fetched(7, 8).is_empty());
+        assert_eq!(snapshot(shard, &view, &4).unwrap().len(), 3);
     }
 
     #[test]

@@ -40,14 +40,32 @@ fn update_bytes(row: &Row) -> u64 {
 pub struct Batch<T> {
     updates: Vec<(Row, T, Diff)>,
     bytes: u64,
+    /// Every time of the batch is in `[earliest, latest]` (`None` when the
+    /// batch is empty). May be wider than the times present.
+    time_bounds: Option<(T, T)>,
 }
 
-impl<T: Ord> Batch<T> {
+impl<T: Ord + Clone> Batch<T> {
     /// Sorts and consolidates `updates` into a batch.
     pub fn from_unsorted(mut updates: Vec<(Row, T, Diff)>) -> Self {
         consolidate_updates(&mut updates);
         let bytes = updates.iter().map(|(row, _, _)| update_bytes(row)).sum();
-        Batch { updates, bytes }
+        let earliest = updates.iter().map(|(_, time, _)| time).min();
+        let latest = updates.iter().map(|(_, time, _)| time).max();
+        let time_bounds = earliest.cloned().zip(latest.cloned());
+        Batch {
+            updates,
+            bytes,
+            time_bounds,
+        }
+    }
+
+    /// Bounds of the batch's times: every time is in `[earliest, latest]`.
+    /// `None` for an empty batch.
+    pub fn time_bounds(&self) -> Option<(&T, &T)> {
+        self.time_bounds
+            .as_ref()
+            .map(|(earliest, latest)| (earliest, latest))
     }
 
     /// Copies every row into a fresh allocation, in batch order, so that a
@@ -110,6 +128,15 @@ fn take_updates<T: Clone>(batch: Arc<Batch<T>>) -> Vec<(Row, T, Diff)> {
 fn merge<T: Ord + Clone>(older: Arc<Batch<T>>, newer: Arc<Batch<T>>) -> Batch<T> {
     let mut merged = Vec::with_capacity(older.len() + newer.len());
     let mut bytes = older.bytes() + newer.bytes();
+    // Conservative: updates that cancel out may leave the bounds wider than
+    // the times present, which only costs a read a batch it could skip.
+    let time_bounds = match (older.time_bounds.clone(), newer.time_bounds.clone()) {
+        (Some((older_earliest, older_latest)), Some((newer_earliest, newer_latest))) => Some((
+            older_earliest.min(newer_earliest),
+            older_latest.max(newer_latest),
+        )),
+        (bounds, None) | (None, bounds) => bounds,
+    };
     let mut older = take_updates(older).into_iter().peekable();
     let mut newer = take_updates(newer).into_iter().peekable();
     while let (Some(from_older), Some(from_newer)) = (older.peek(), newer.peek()) {
@@ -131,9 +158,11 @@ fn merge<T: Ord + Clone>(older: Arc<Batch<T>>, newer: Arc<Batch<T>>) -> Batch<T>
     }
     merged.extend(older);
     merged.extend(newer);
+    let time_bounds = if merged.is_empty() { None } else { time_bounds };
     Batch {
         updates: merged,
         bytes,
+        time_bounds,
     }
 }
 
@@ -379,6 +408,16 @@ mod tests {
             let expected = batch(&[older, newer].concat());
             assert_eq!(merged.updates(), expected.updates());
             assert_eq!(merged.bytes(), expected.bytes());
+            if let Some((earliest, latest)) = merged.time_bounds() {
+                assert!(
+                    merged
+                        .updates()
+                        .iter()
+                        .all(|(_, t, _)| earliest <= t && t <= latest)
+                );
+            } else {
+                assert!(merged.is_empty());
+            }
         }
     }
 
