@@ -152,6 +152,27 @@ impl S3Backend {
         &self.inner.store.client
     }
 
+    /// The keys of the part objects a shard's current state references, in
+    /// state order (for tooling and tests that inspect the bucket).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidUsage(UnknownShard)` if the shard has no state; S3 failures.
+    pub async fn part_keys(&self, shard: ShardId) -> Result<Vec<String>, BackendError> {
+        let state = self.read_state(shard).await?;
+        let keys = &self.inner.store.keys;
+        Ok(state
+            .referenced_parts()
+            .map(|part| keys.part(shard, part.id))
+            .collect())
+    }
+
+    /// The prefix under which a shard's part objects live.
+    #[must_use]
+    pub fn parts_prefix(&self, shard: ShardId) -> String {
+        self.inner.store.keys.batches_dir(shard)
+    }
+
     pub(crate) async fn connect(config: S3Config) -> Result<Self, BackendError> {
         config.validate()?;
         let mut loader = aws_config::defaults(BehaviorVersion::latest());

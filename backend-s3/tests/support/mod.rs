@@ -50,8 +50,9 @@ pub fn config_for(endpoint: &str, bucket: &str, prefix: &str) -> S3Config {
         .with_operation_timeout(Duration::from_secs(60))
 }
 
-/// Creates `bucket` if it does not exist.
-pub async fn ensure_bucket(endpoint: &str, bucket: &str) {
+/// A plain SDK client on the test server, for looking at (and tampering
+/// with) the bucket directly.
+pub fn raw_client(endpoint: &str) -> aws_sdk_s3::Client {
     let config = aws_sdk_s3::config::Builder::new()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
         .region(aws_sdk_s3::config::Region::new("us-east-1"))
@@ -65,7 +66,12 @@ pub async fn ensure_bucket(endpoint: &str, bucket: &str) {
             "tidemark-tests",
         ))
         .build();
-    let client = aws_sdk_s3::Client::from_conf(config);
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// Creates `bucket` if it does not exist.
+pub async fn ensure_bucket(endpoint: &str, bucket: &str) {
+    let client = raw_client(endpoint);
     if client.head_bucket().bucket(bucket).send().await.is_ok() {
         return;
     }
@@ -121,3 +127,5 @@ pub async fn make_factory_with_clock(
     factory.config = factory.config.with_clock(clock).with_grace_period(grace);
     Some(factory)
 }
+
+pub mod stub;

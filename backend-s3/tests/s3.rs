@@ -1,0 +1,551 @@
+//! S3-specific behaviour: corruption, compaction and gc against a real
+//! server, racing handles, and a store that breaks the rules.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::stub::{StubResponse, start_stub};
+use support::{
+    S3Factory, TEST_BUCKET, config_for, make_factory, make_factory_with_clock, raw_client,
+    test_endpoint,
+};
+use tidemark_backend_conformance::BackendFactory;
+use tidemark_backend_s3::{ManualClock, S3Backend, S3Config};
+use tidemark_storage_types::{
+    BackendError, Datum, DeterminateKind, IdempotencyToken, PersistBackend, Row, ShardId, Update,
+};
+use timely::progress::Antichain;
+
+fn row(value: i64) -> Row {
+    Row::pack([Datum::Int64(value), Datum::String("payload")])
+}
+
+fn frontier(time: u64) -> Antichain<u64> {
+    Antichain::from_elem(time)
+}
+
+/// Appends `updates` at `[lower, upper)`, expecting success.
+async fn append(
+    backend: &S3Backend,
+    shard: ShardId,
+    updates: Vec<Update<u64>>,
+    lower: u64,
+    upper: u64,
+) {
+    backend
+        .compare_and_append(
+            shard,
+            updates,
+            frontier(lower),
+            frontier(upper),
+            IdempotencyToken::new(),
+        )
+        .await
+        .expect("append request")
+        .expect("append upper matches");
+}
+
+/// Every key under `prefix`.
+async fn list_keys(endpoint: &str, prefix: &str) -> BTreeSet<String> {
+    let client = raw_client(endpoint);
+    let mut keys = BTreeSet::new();
+    let mut pages = client
+        .list_objects_v2()
+        .bucket(TEST_BUCKET)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.expect("list");
+        keys.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_string)),
+        );
+    }
+    keys
+}
+
+async fn endpoint_and_factory(test_name: &str) -> Option<(String, S3Factory)> {
+    let endpoint = test_endpoint(test_name)?;
+    let factory = make_factory(test_name).await?;
+    Some((endpoint, factory))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_part_is_detected_and_names_its_key() {
+    let Some((endpoint, factory)) = endpoint_and_factory("s3 corrupted part").await else {
+        return;
+    };
+    let backend = factory.open_handle().await;
+    let shard = ShardId::new();
+    PersistBackend::<u64>::open(&backend, shard).await.unwrap();
+    append(
+        &backend,
+        shard,
+        (0..50).map(|i| Update::new(row(i), 0, 1)).collect(),
+        0,
+        1,
+    )
+    .await;
+    let keys = backend.part_keys(shard).await.unwrap();
+    let key = keys.first().expect("one part").clone();
+
+    let client = raw_client(&endpoint);
+    let object = client
+        .get_object()
+        .bucket(TEST_BUCKET)
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
+    let mut bytes = object.body.collect().await.unwrap().into_bytes().to_vec();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    client
+        .put_object()
+        .bucket(TEST_BUCKET)
+        .key(&key)
+        .body(bytes.into())
+        .send()
+        .await
+        .unwrap();
+
+    let err = backend.snapshot(shard, &0).await.unwrap_err();
+    assert_eq!(
+        err.determinate_kind(),
+        Some(DeterminateKind::Corrupted),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(&key),
+        "error does not name the key {key}: {text}"
+    );
+    assert!(text.contains("checksum"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn part_deleted_under_a_reader_is_reported_after_rereading_state() {
+    let Some((endpoint, factory)) = endpoint_and_factory("s3 missing part").await else {
+        return;
+    };
+    let backend = factory.open_handle().await;
+    let shard = ShardId::new();
+    PersistBackend::<u64>::open(&backend, shard).await.unwrap();
+    append(&backend, shard, vec![Update::new(row(1), 0, 1)], 0, 1).await;
+    let key = backend.part_keys(shard).await.unwrap().remove(0);
+    raw_client(&endpoint)
+        .delete_object()
+        .bucket(TEST_BUCKET)
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
+    let err = backend.snapshot(shard, &0).await.unwrap_err();
+    assert_eq!(
+        err.determinate_kind(),
+        Some(DeterminateKind::Corrupted),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&key), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_batches_are_split_into_parts_and_read_back() {
+    let Some((_, factory)) = endpoint_and_factory("s3 multipart batch").await else {
+        return;
+    };
+    let backend = factory.open_handle().await;
+    let shard = ShardId::new();
+    PersistBackend::<u64>::open(&backend, shard).await.unwrap();
+    // About 30 bytes per update against 64 KiB parts: several parts.
+    let updates: Vec<_> = (0..20_000)
+        .map(|i| Update::new(row(i), (i % 5) as u64, 1))
+        .collect();
+    append(&backend, shard, updates, 0, 5).await;
+    let parts = backend.part_keys(shard).await.unwrap();
+    assert!(
+        parts.len() > 2,
+        "expected several parts, got {}",
+        parts.len()
+    );
+    let snapshot = backend.snapshot(shard, &4).await.unwrap();
+    assert_eq!(snapshot.len(), 20_000);
+    assert!(
+        snapshot.windows(2).all(|pair| pair[0].0 < pair[1].0),
+        "sorted by row"
+    );
+    assert_eq!(backend.snapshot(shard, &0).await.unwrap().len(), 4_000);
+    let fetched = backend
+        .fetch(shard, &frontier(2), &frontier(3))
+        .await
+        .unwrap();
+    assert_eq!(fetched.len(), 4_000);
+    assert!(fetched.iter().all(|update| update.timestamp == 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_and_gc_leave_no_unreferenced_parts_after_the_grace_period() {
+    let clock = Arc::new(ManualClock::starting_now());
+    let grace = Duration::from_secs(3600);
+    let Some(factory) = make_factory_with_clock("s3 compaction gc", clock.clone(), grace).await
+    else {
+        return;
+    };
+    let endpoint = test_endpoint("s3 compaction gc").expect("endpoint is set");
+    let backend = factory.open_handle().await;
+    let shard = ShardId::new();
+    PersistBackend::<u64>::open(&backend, shard).await.unwrap();
+    for time in 0..8u64 {
+        let updates = (0..10).map(|i| Update::new(row(i), time, 1)).collect();
+        append(&backend, shard, updates, time, time + 1).await;
+    }
+    let parts_prefix = backend.parts_prefix(shard);
+    assert_eq!(list_keys(&endpoint, &parts_prefix).await.len(), 8);
+
+    // An orphan, as a crashed append would leave it.
+    let orphan = format!("{parts_prefix}{}", uuid::Uuid::new_v4());
+    raw_client(&endpoint)
+        .put_object()
+        .bucket(TEST_BUCKET)
+        .key(&orphan)
+        .body(b"left behind".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+
+    backend.downgrade_since(shard, &frontier(7)).await.unwrap();
+    let stats = PersistBackend::<u64>::compact(&backend, shard)
+        .await
+        .unwrap();
+    assert_eq!(stats.updates_before, 80);
+    assert_eq!(stats.updates_after, 10, "ten rows, all at the since");
+    let referenced: BTreeSet<String> = backend
+        .part_keys(shard)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(referenced.len(), 1);
+
+    // Within the grace period nothing is deleted: replaced parts may still be
+    // read by holders of the older state.
+    let gc = backend.gc().await.unwrap();
+    assert_eq!(gc.parts_deleted, 0);
+    assert_eq!(list_keys(&endpoint, &parts_prefix).await.len(), 8 + 1 + 1);
+
+    clock.advance(grace + Duration::from_secs(60));
+    let gc = backend.gc().await.unwrap();
+    assert_eq!(gc.parts_deleted, 9, "eight replaced parts and the orphan");
+    assert_eq!(list_keys(&endpoint, &parts_prefix).await, referenced);
+
+    let snapshot = backend.snapshot(shard, &7).await.unwrap();
+    assert_eq!(snapshot, (0..10).map(|i| (row(i), 8)).collect::<Vec<_>>());
+    // Nothing left to do.
+    assert_eq!(backend.gc().await.unwrap().parts_deleted, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_deletes_retired_parts_once_the_grace_period_passed() {
+    let clock = Arc::new(ManualClock::starting_now());
+    let grace = Duration::from_secs(60);
+    let Some(factory) = make_factory_with_clock("s3 compaction retire", clock.clone(), grace).await
+    else {
+        return;
+    };
+    let endpoint = test_endpoint("s3 compaction retire").expect("endpoint is set");
+    let backend = factory.open_handle().await;
+    let shard = ShardId::new();
+    PersistBackend::<u64>::open(&backend, shard).await.unwrap();
+    for time in 0..4u64 {
+        append(
+            &backend,
+            shard,
+            vec![Update::new(row(time as i64), time, 1)],
+            time,
+            time + 1,
+        )
+        .await;
+    }
+    let originals = backend.part_keys(shard).await.unwrap();
+    PersistBackend::<u64>::compact(&backend, shard)
+        .await
+        .unwrap();
+    let merged = backend.part_keys(shard).await.unwrap();
+    assert_eq!(merged.len(), 1, "four equal batches merge into one");
+    clock.advance(grace * 2);
+    for time in 4..8u64 {
+        append(
+            &backend,
+            shard,
+            vec![Update::new(row(time as i64), time, 1)],
+            time,
+            time + 1,
+        )
+        .await;
+    }
+    PersistBackend::<u64>::compact(&backend, shard)
+        .await
+        .unwrap();
+    let listed = list_keys(&endpoint, &backend.parts_prefix(shard)).await;
+    let referenced = backend.part_keys(shard).await.unwrap();
+    assert_eq!(
+        referenced.len(),
+        1,
+        "the tail merge took in the older batch"
+    );
+    // The original parts are past their grace period and gone; the first
+    // merge's part was retired just now and waits out its own.
+    assert!(
+        originals.iter().all(|key| !listed.contains(key)),
+        "listed={listed:?}"
+    );
+    assert!(listed.contains(&merged[0]) && !referenced.contains(&merged[0]));
+    let snapshot = backend.snapshot(shard, &7).await.unwrap();
+    assert_eq!(snapshot, (0..8).map(|i| (row(i), 1)).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finalize_removes_every_part_and_the_listing() {
+    let Some((endpoint, factory)) = endpoint_and_factory("s3 finalize").await else {
+        return;
+    };
+    let backend = factory.open_handle().await;
+    let shard = ShardId::new();
+    PersistBackend::<u64>::open(&backend, shard).await.unwrap();
+    append(&backend, shard, vec![Update::new(row(1), 0, 1)], 0, 1).await;
+    PersistBackend::<u64>::finalize(&backend, shard)
+        .await
+        .unwrap();
+    assert!(
+        list_keys(&endpoint, &backend.parts_prefix(shard))
+            .await
+            .is_empty()
+    );
+    assert!(
+        PersistBackend::<u64>::list_shards(&backend)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let reopened = PersistBackend::<u64>::open(&backend, shard).await.unwrap();
+    assert!(reopened.since.is_empty() && reopened.upper.is_empty());
+    assert!(
+        PersistBackend::<u64>::list_shards(&backend)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_writers_on_separate_handles_never_lose_or_duplicate() {
+    let Some((_, factory)) = endpoint_and_factory("s3 racing writers").await else {
+        return;
+    };
+    let shard = ShardId::new();
+    let first = factory.open_handle().await;
+    PersistBackend::<u64>::open(&first, shard).await.unwrap();
+    let writers = 4;
+    let appends_each = 6;
+    let mut tasks = Vec::new();
+    for writer in 0..writers {
+        let backend = factory.open_handle().await;
+        tasks.push(tokio::spawn(async move {
+            let mut mismatches = 0;
+            let mut written = 0;
+            let mut upper = 0u64;
+            while written < appends_each {
+                let value = writer * 1000 + written;
+                let outcome = backend
+                    .compare_and_append(
+                        shard,
+                        vec![Update::new(row(value), upper, 1)],
+                        frontier(upper),
+                        frontier(upper + 1),
+                        IdempotencyToken::new(),
+                    )
+                    .await
+                    .expect("append request");
+                match outcome {
+                    Ok(()) => {
+                        written += 1;
+                        upper += 1;
+                    }
+                    Err(mismatch) => {
+                        mismatches += 1;
+                        upper = mismatch.current.elements()[0];
+                    }
+                }
+            }
+            mismatches
+        }));
+    }
+    let mut mismatches = 0;
+    for task in tasks {
+        mismatches += task.await.unwrap();
+    }
+    let total = (writers * appends_each) as u64;
+    let frontiers = PersistBackend::<u64>::frontiers(&first, shard)
+        .await
+        .unwrap();
+    assert_eq!(
+        frontiers.upper,
+        frontier(total),
+        "one time per successful append"
+    );
+    let snapshot = first.snapshot(shard, &(total - 1)).await.unwrap();
+    let expected: Vec<(Row, i64)> = {
+        let mut rows: Vec<_> = (0..writers)
+            .flat_map(|writer| (0..appends_each).map(move |i| (row(writer * 1000 + i), 1)))
+            .collect();
+        rows.sort();
+        rows
+    };
+    assert_eq!(snapshot, expected);
+    // Each time holds exactly one writer's row.
+    for time in 0..total {
+        let at = first
+            .fetch(shard, &frontier(time), &frontier(time + 1))
+            .await
+            .unwrap();
+        assert_eq!(at.len(), 1, "time {time}: {at:?}");
+    }
+    eprintln!("racing writers: {total} appends, {mismatches} lost races");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_that_ignores_conditional_writes_is_refused() {
+    let endpoint = start_stub(StubResponse::IgnoreConditions).await;
+    let err = config_for(&endpoint, "any-bucket", "p")
+        .build()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.determinate_kind(),
+        Some(DeterminateKind::Unsupported),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("conditional writes"), "{text}");
+    assert!(text.contains("appends would not be safe"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_are_unauthorized() {
+    let endpoint = start_stub(StubResponse::AccessDenied).await;
+    let err = config_for(&endpoint, "any-bucket", "p")
+        .build()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.determinate_kind(),
+        Some(DeterminateKind::Unauthorized),
+        "{err}"
+    );
+    assert!(err.to_string().contains("access denied"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_indeterminate() {
+    let endpoint = start_stub(StubResponse::Unavailable).await;
+    let err = config_for(&endpoint, "any-bucket", "p")
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BackendError::Indeterminate(_)), "{err}");
+    assert!(err.to_string().contains("status=503"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_bucket_is_not_found() {
+    let Some(endpoint) = test_endpoint("s3 missing bucket") else {
+        return;
+    };
+    let bucket = format!("tidemark-missing-{}", uuid::Uuid::new_v4().simple());
+    let err = config_for(&endpoint, &bucket, "p")
+        .build()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.determinate_kind(),
+        Some(DeterminateKind::NotFound),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("bucket does not exist") && text.contains(&bucket),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_endpoint_is_unavailable() {
+    // A port that was just free: nothing listens there.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let err = config_for(&endpoint, "any-bucket", "p")
+        .build()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.determinate_kind(),
+        Some(DeterminateKind::Unavailable),
+        "{err}"
+    );
+    assert!(err.to_string().contains("unreachable"), "{err}");
+}
+
+#[tokio::test]
+async fn unknown_url_parameters_are_named() {
+    let err =
+        S3Backend::from_url("s3://bucket/prefix?endpoint=http://127.0.0.1:1&regoin=x&colour=y")
+            .await
+            .unwrap_err();
+    assert_eq!(
+        err.determinate_kind(),
+        Some(DeterminateKind::InvalidConfig),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("regoin") && text.contains("colour"), "{text}");
+    let err = S3Backend::from_url("gs://bucket/prefix").await.unwrap_err();
+    assert_eq!(
+        err.determinate_kind(),
+        Some(DeterminateKind::InvalidConfig),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_url_opens_the_same_storage_as_the_builder() {
+    let Some((endpoint, factory)) = endpoint_and_factory("s3 from url").await else {
+        return;
+    };
+    let by_config = factory.open_handle().await;
+    let shard = ShardId::new();
+    PersistBackend::<u64>::open(&by_config, shard)
+        .await
+        .unwrap();
+    // The URL names no credentials; the test passes its dummies explicitly
+    // instead of relying on the environment chain.
+    let url = format!(
+        "s3://{TEST_BUCKET}/{}?endpoint={endpoint}&region=us-east-1&path_style=true",
+        factory.config.prefix
+    );
+    let config = S3Config::from_url(&url)
+        .unwrap()
+        .with_credentials(support::ACCESS_KEY_ID, support::SECRET_ACCESS_KEY);
+    let by_url = config.build().await.unwrap();
+    assert_eq!(
+        PersistBackend::<u64>::list_shards(&by_url).await.unwrap(),
+        vec![shard]
+    );
+}
