@@ -197,3 +197,16 @@ pub async fn appends_after_compaction_accumulate<F: BackendFactory>(factory: &F)
         );
     }
 }
+
+/// A new shard stores no updates, and usage counts what appends store.
+pub async fn usage_counts_stored_updates<F: BackendFactory>(factory: &F) {
+    let backend = factory.open_handle().await;
+    let shard = open_new_shard(&backend).await;
+    let empty = backend.usage(shard).await.expect("usage of a new shard");
+    assert_eq!(empty.updates, 0, "a new shard stores no updates: {empty:?}");
+    let updates = (0..5).map(|value| update(int_row(value), 0, 1)).collect();
+    append_ok(&backend, shard, updates, at(0), at(1)).await;
+    let written = backend.usage(shard).await.expect("usage after an append");
+    assert_eq!(written.updates, 5, "{written:?}");
+    assert!(written.bytes > empty.bytes, "{empty:?} then {written:?}");
+}

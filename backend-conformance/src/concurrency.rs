@@ -215,3 +215,90 @@ pub async fn reads_below_an_observed_upper_see_every_append<F: BackendFactory>(f
     writing.await.expect("writer panicked");
     assert!(observed_uppers.contains_key(&APPENDS));
 }
+
+/// The update the compaction race writes at `step`: rows that overlap and
+/// cancel across steps, so compaction has work to do.
+fn racing_compaction_update(step: u64) -> Vec<Update<u64>> {
+    vec![
+        update(keyed_row((step % 3) as i64, "churn"), step, 1),
+        update(keyed_row(((step + 1) % 3) as i64, "churn"), step, -1),
+        update(keyed_row(step as i64, "kept"), step, 1),
+    ]
+}
+
+/// Physical compaction running concurrently with appends, since downgrades
+/// and reads (each on its own handle and task) is invisible: every read at a
+/// readable time equals the model, during and after the race.
+pub async fn compaction_racing_appends_is_invisible<F: BackendFactory>(factory: &F) {
+    const APPENDS: u64 = 15;
+    let writer = factory.open_handle().await;
+    let compactor = factory.open_handle().await;
+    let reader = factory.open_handle().await;
+    let shard = open_new_shard(&writer).await;
+    let model_at = |as_of: u64, upper: u64| {
+        let written: Vec<_> = (0..upper).flat_map(racing_compaction_update).collect();
+        model_snapshot(&written, as_of)
+    };
+
+    let writing = tokio::spawn(async move {
+        for step in 0..APPENDS {
+            let updates = racing_compaction_update(step);
+            append_ok(&writer, shard, updates, at(step), at(step + 1)).await;
+            writer
+                .downgrade_since(shard, &at(step.saturating_sub(1)))
+                .await
+                .expect("downgrade_since");
+        }
+    });
+    let compacting = tokio::spawn(async move {
+        let mut passes = 0u32;
+        loop {
+            let upper = frontiers_of(&compactor, shard).await.upper;
+            compactor.compact(shard).await.expect("compact");
+            passes += 1;
+            if upper == at(APPENDS) {
+                return passes;
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+
+    loop {
+        let upper = *frontiers_of(&reader, shard)
+            .await
+            .upper
+            .as_option()
+            .expect("the writer never seals");
+        // The writer keeps the since at most at upper - 2, so upper - 1 is
+        // always readable.
+        if upper > 0 {
+            assert_eq!(
+                snapshot_of(&reader, shard, upper - 1).await,
+                model_at(upper - 1, upper),
+                "read at {} during the race",
+                upper - 1
+            );
+        }
+        if upper == APPENDS {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    writing.await.expect("writer panicked");
+    let passes = compacting.await.expect("compactor panicked");
+    assert!(passes >= 1);
+
+    reader.compact(shard).await.expect("final compact");
+    let since = APPENDS - 2;
+    assert_eq!(
+        frontiers_of(&reader, shard).await,
+        frontiers(at(since), at(APPENDS))
+    );
+    for as_of in since..APPENDS {
+        assert_eq!(
+            snapshot_of(&reader, shard, as_of).await,
+            model_at(as_of, APPENDS),
+            "read at {as_of} after the race"
+        );
+    }
+}

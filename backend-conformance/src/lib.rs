@@ -78,3 +78,79 @@ pub fn service_env(variable: &str, test_name: &str) -> Option<String> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// Every module of properties, with its source.
+    const PROPERTY_MODULES: [(&str, &str); 14] = [
+        ("open", include_str!("open.rs")),
+        ("unknown", include_str!("unknown.rs")),
+        ("datums", include_str!("datums.rs")),
+        ("append", include_str!("append.rs")),
+        ("read", include_str!("read.rs")),
+        ("wait", include_str!("wait.rs")),
+        ("since", include_str!("since.rs")),
+        ("compaction", include_str!("compaction.rs")),
+        ("finalize", include_str!("finalize.rs")),
+        ("concurrency", include_str!("concurrency.rs")),
+        ("idempotency", include_str!("idempotency.rs")),
+        ("size", include_str!("size.rs")),
+        ("model", include_str!("model.rs")),
+        ("fault_tolerance", include_str!("fault_tolerance.rs")),
+    ];
+
+    /// `module::property` for every `pub async fn property<F: BackendFactory>`.
+    fn declared_properties() -> Vec<String> {
+        let mut properties = Vec::new();
+        for (module, source) in PROPERTY_MODULES {
+            for line in source.lines() {
+                let Some(rest) = line.strip_prefix("pub async fn ") else {
+                    continue;
+                };
+                if let Some((name, _)) = rest.split_once("<F: BackendFactory>") {
+                    properties.push(format!("{module}::{name}"));
+                }
+            }
+        }
+        properties
+    }
+
+    /// `module::property` for every entry of the macro's list.
+    fn listed_properties() -> Vec<String> {
+        include_str!("macros.rs")
+            .lines()
+            .map(str::trim)
+            .filter_map(|line| line.strip_suffix(','))
+            .filter(|entry| {
+                entry.split_once("::").is_some_and(|(module, name)| {
+                    PROPERTY_MODULES.iter().any(|(known, _)| *known == module)
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())
+                })
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn every_property_is_in_the_macro_exactly_once() {
+        let declared = declared_properties();
+        let listed = listed_properties();
+        let listed_set: BTreeSet<_> = listed.iter().collect();
+        assert_eq!(listed.len(), listed_set.len(), "a property is listed twice");
+        let declared_set: BTreeSet<_> = declared.iter().collect();
+        assert_eq!(
+            declared.len(),
+            declared_set.len(),
+            "a property is declared twice"
+        );
+        assert_eq!(
+            declared_set, listed_set,
+            "the macro's list and the declared properties differ"
+        );
+        assert!(declared.len() >= 40, "only {} properties", declared.len());
+    }
+}

@@ -250,3 +250,53 @@ pub async fn sealed_shard_fetches_to_the_empty_frontier<F: BackendFactory>(facto
         vec![update(int_row(2), 90, 1)]
     );
 }
+
+/// Updates with a zero diff are accepted and change nothing a read returns.
+pub async fn zero_diff_updates_are_invisible<F: BackendFactory>(factory: &F) {
+    let backend = factory.open_handle().await;
+    let shard = open_new_shard(&backend).await;
+    let updates = vec![
+        update(int_row(1), 0, 0),
+        update(int_row(2), 1, 1),
+        update(int_row(2), 1, 0),
+    ];
+    append_ok(&backend, shard, updates, at(0), at(2)).await;
+    assert_eq!(snapshot_of(&backend, shard, 1).await, vec![(int_row(2), 1)]);
+    assert_eq!(
+        fetch_of(&backend, shard, &at(0), &at(2)).await,
+        vec![update(int_row(2), 1, 1)]
+    );
+}
+
+/// Diffs far beyond 32 bits sum exactly, across appends and compaction.
+pub async fn large_diffs_sum_exactly<F: BackendFactory>(factory: &F) {
+    let backend = factory.open_handle().await;
+    let shard = open_new_shard(&backend).await;
+    let big = 1i64 << 40;
+    let first = vec![
+        update(int_row(1), 0, big),
+        update(int_row(1), 1, big),
+        update(int_row(2), 0, -3 * big),
+    ];
+    let second = vec![
+        update(int_row(1), 2, big + 7),
+        update(int_row(2), 3, 3 * big),
+        update(int_row(3), 3, i64::MAX / 2),
+    ];
+    append_ok(&backend, shard, first.clone(), at(0), at(2)).await;
+    append_ok(&backend, shard, second.clone(), at(2), at(4)).await;
+    let all: Vec<_> = first.into_iter().chain(second).collect();
+    assert_eq!(
+        snapshot_of(&backend, shard, 3).await,
+        vec![(int_row(1), 3 * big + 7), (int_row(3), i64::MAX / 2)]
+    );
+    backend
+        .downgrade_since(shard, &at(3))
+        .await
+        .expect("downgrade_since");
+    backend.compact(shard).await.expect("compact");
+    assert_eq!(
+        snapshot_of(&backend, shard, 3).await,
+        model_snapshot(&all, 3)
+    );
+}

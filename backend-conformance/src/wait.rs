@@ -106,3 +106,34 @@ pub async fn wait_wakes_when_the_shard_is_sealed<F: BackendFactory>(factory: &F)
         .expect("wait_for_upper_past");
     assert_eq!(upper, sealed());
 }
+
+/// Waiting is cancellation safe: waits dropped before they finish leave the
+/// shard usable, and a later wait and append behave as usual.
+pub async fn cancelled_waits_leave_the_shard_usable<F: BackendFactory>(factory: &F) {
+    let waiter = Arc::new(factory.open_handle().await);
+    let writer = factory.open_handle().await;
+    let shard = open_new_shard(&writer).await;
+    for _ in 0..5 {
+        let cancelled = {
+            let waiter = Arc::clone(&waiter);
+            tokio::spawn(async move { waiter.wait_for_upper_past(shard, &at(0)).await })
+        };
+        tokio::task::yield_now().await;
+        cancelled.abort();
+        let outcome = cancelled.await;
+        assert!(
+            outcome.as_ref().is_err_and(|err| err.is_cancelled()),
+            "a wait returned while the upper was still [0]: {outcome:?}"
+        );
+    }
+    let waiting = {
+        let waiter = Arc::clone(&waiter);
+        tokio::spawn(async move { waiter.wait_for_upper_past(shard, &at(0)).await })
+    };
+    append_ok(&writer, shard, vec![update(int_row(1), 0, 1)], at(0), at(1)).await;
+    let upper = within_guard("wait after cancelled waits", waiting)
+        .await
+        .expect("wait task panicked")
+        .expect("wait_for_upper_past");
+    assert_eq!(upper, at(1));
+}
