@@ -6,7 +6,7 @@ use tidemark_storage_types::{IdempotencyToken, PersistBackend, UpperMismatch};
 use crate::BackendFactory;
 use crate::support::{
     append_ok, at, frontiers, frontiers_of, int_row, keyed_row, model_snapshot, open_new_shard,
-    snapshot_of, update,
+    sealed, snapshot_of, update,
 };
 
 /// Retrying an append that succeeded, with the same token and bounds,
@@ -126,4 +126,29 @@ pub async fn fresh_token_after_retry_appends_normally<F: BackendFactory>(factory
     let second = vec![update(int_row(1), 2, 1)];
     append_ok(&backend, shard, second, at(2), at(4)).await;
     assert_eq!(snapshot_of(&backend, shard, 3).await, vec![(int_row(1), 2)]);
+}
+
+/// A retried sealing append (new upper `[]`) is recognised by its token like
+/// any other: success, applied once, the shard stays sealed.
+pub async fn retry_of_a_sealing_append_answers_success<F: BackendFactory>(factory: &F) {
+    let backend = factory.open_handle().await;
+    let shard = open_new_shard(&backend).await;
+    let token = IdempotencyToken::new();
+    let updates = vec![update(int_row(1), 5, 1)];
+    for attempt in 0..2 {
+        let outcome = backend
+            .compare_and_append(shard, updates.clone(), at(0), sealed(), token)
+            .await
+            .expect("compare_and_append");
+        assert_eq!(
+            outcome,
+            Ok(()),
+            "sealing attempt {attempt} with the same token"
+        );
+    }
+    assert_eq!(
+        frontiers_of(&backend, shard).await,
+        frontiers(at(0), sealed())
+    );
+    assert_eq!(snapshot_of(&backend, shard, 9).await, vec![(int_row(1), 1)]);
 }

@@ -5,7 +5,7 @@ use tidemark_storage_types::{PersistBackend, ShardId};
 
 use crate::BackendFactory;
 use crate::support::{
-    append_ok, at, frontiers, frontiers_of, int_row, open_new_shard, snapshot_of, update,
+    append_ok, at, frontiers, frontiers_of, int_row, open_new_shard, sealed, snapshot_of, update,
 };
 
 /// A new shard starts at `since = upper = [0]`, and `frontiers` agrees with
@@ -121,4 +121,23 @@ pub async fn shards_are_isolated<F: BackendFactory>(factory: &F) {
     assert_eq!(frontiers_of(&backend, right).await, frontiers(at(0), at(1)));
     assert_eq!(snapshot_of(&backend, left, 2).await, vec![(int_row(1), 1)]);
     assert_eq!(snapshot_of(&backend, right, 0).await, vec![(int_row(2), 5)]);
+}
+
+/// Opening a sealed shard again does not unseal it: the upper stays `[]`
+/// and the data stays.
+pub async fn open_does_not_unseal_a_sealed_shard<F: BackendFactory>(factory: &F) {
+    let backend = factory.open_handle().await;
+    let other = factory.open_handle().await;
+    let shard = open_new_shard(&backend).await;
+    append_ok(
+        &backend,
+        shard,
+        vec![update(int_row(1), 2, 1)],
+        at(0),
+        sealed(),
+    )
+    .await;
+    let reopened = other.open(shard).await.expect("reopen a sealed shard");
+    assert_eq!(reopened, frontiers(at(0), sealed()));
+    assert_eq!(snapshot_of(&other, shard, 7).await, vec![(int_row(1), 1)]);
 }

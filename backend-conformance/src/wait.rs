@@ -137,3 +137,19 @@ pub async fn cancelled_waits_leave_the_shard_usable<F: BackendFactory>(factory: 
         .expect("wait_for_upper_past");
     assert_eq!(upper, at(1));
 }
+
+/// A wait on a sealed shard returns `[]` at once, whatever the frontier.
+pub async fn wait_on_a_sealed_shard_returns_at_once<F: BackendFactory>(factory: &F) {
+    let backend = factory.open_handle().await;
+    let shard = open_new_shard(&backend).await;
+    append_ok(&backend, shard, Vec::new(), at(0), sealed()).await;
+    for frontier in [at(0), at(u64::MAX)] {
+        let upper = within_guard(
+            "wait on a sealed shard",
+            backend.wait_for_upper_past(shard, &frontier),
+        )
+        .await
+        .expect("wait_for_upper_past");
+        assert_eq!(upper, sealed(), "waiting past {frontier:?}");
+    }
+}
