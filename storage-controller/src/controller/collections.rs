@@ -1,0 +1,403 @@
+//! Creating, appending to, reading and reconciling collections.
+
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
+
+use tidemark_storage_types::{
+    BackendError, CollectionDescription, DataSource, Diff, GlobalId, InvalidUsage, PersistBackend,
+    ReadPolicy, Row, ShardId, StorageError, StorageTimestamp,
+};
+use timely::progress::frontier::MutableAntichain;
+use timely::progress::{Antichain, ChangeBatch};
+use tokio::sync::oneshot;
+
+use super::Controller;
+use crate::protocol::{IngestionCommand, StorageCommand};
+use crate::state::{CollectionMetadata, CollectionState};
+use crate::subscribe::Subscription;
+use crate::worker::{ShardAppend, WorkerCommand};
+
+/// The collections `description` needs to exist.
+fn required_collections<T>(description: &CollectionDescription<T>) -> Vec<GlobalId> {
+    let mut required: Vec<GlobalId> = description.status_collection_id.into_iter().collect();
+    if let DataSource::Ingestion(ingestion) = &description.data_source {
+        required.extend(ingestion.remap_collection_id);
+        required.extend(ingestion.source_exports.iter().copied());
+    }
+    required
+}
+
+/// The collections `description` holds reads on.
+fn storage_dependencies<T>(description: &CollectionDescription<T>) -> Vec<GlobalId> {
+    match &description.data_source {
+        DataSource::Ingestion(ingestion) => ingestion.remap_collection_id.into_iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
+    /// Checks a batch of new collections and orders it so that every
+    /// storage dependency comes before its dependents.
+    fn validate_new_collections(
+        &self,
+        collections: Vec<(GlobalId, CollectionDescription<T>)>,
+    ) -> Result<Vec<(GlobalId, CollectionDescription<T>)>, StorageError> {
+        let mut batch: BTreeMap<GlobalId, CollectionDescription<T>> = BTreeMap::new();
+        for (id, description) in collections {
+            match batch.entry(id) {
+                Entry::Occupied(existing) if *existing.get() != description => {
+                    return Err(StorageError::SourceIdReused(id));
+                }
+                Entry::Occupied(_) => {}
+                Entry::Vacant(vacant) => {
+                    vacant.insert(description);
+                }
+            }
+        }
+        for (id, description) in &batch {
+            if let Some(existing) = self.collections.get(id)
+                && existing.description != *description
+            {
+                return Err(StorageError::SourceIdReused(*id));
+            }
+        }
+        batch.retain(|id, _| !self.collections.contains_key(id));
+        for (id, description) in &batch {
+            for required in required_collections(description) {
+                if !self.collections.contains_key(&required) && !batch.contains_key(&required) {
+                    return Err(StorageError::IdentifierMissing(required));
+                }
+            }
+            if let DataSource::Ingestion(ingestion) = &description.data_source
+                && !self.instances.contains_key(&ingestion.instance_id)
+            {
+                return Err(StorageError::IngestionInstanceMissing {
+                    storage_instance_id: ingestion.instance_id,
+                    ingestion_id: *id,
+                });
+            }
+        }
+        // Dependencies first; a cycle is refused.
+        let mut ordered = Vec::with_capacity(batch.len());
+        let mut placed: BTreeSet<GlobalId> = BTreeSet::new();
+        while !batch.is_empty() {
+            let ready: Vec<GlobalId> = batch
+                .iter()
+                .filter(|(_, description)| {
+                    storage_dependencies(description).iter().all(|dependency| {
+                        !batch.contains_key(dependency) || placed.contains(dependency)
+                    })
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            if ready.is_empty() {
+                let ids: Vec<String> = batch.keys().map(ToString::to_string).collect();
+                return Err(StorageError::InvalidUsage(format!(
+                    "storage dependencies form a cycle: {}",
+                    ids.join(", ")
+                )));
+            }
+            for id in ready {
+                let description = batch.remove(&id).expect("ready ids are in the batch");
+                placed.insert(id);
+                ordered.push((id, description));
+            }
+        }
+        Ok(ordered)
+    }
+
+    pub(crate) async fn create_collections_inner(
+        &mut self,
+        collections: Vec<(GlobalId, CollectionDescription<T>)>,
+    ) -> Result<(), StorageError> {
+        self.check_not_fenced()?;
+        let ordered = self.validate_new_collections(collections)?;
+        if ordered.is_empty() {
+            return Ok(());
+        }
+        let registrations = ordered
+            .iter()
+            .map(|(id, description)| (*id, description.since.clone()))
+            .collect();
+        let registered = self
+            .call_worker(|reply| WorkerCommand::Register {
+                collections: registrations,
+                reply,
+            })
+            .await?;
+        let shards: BTreeMap<GlobalId, _> = registered
+            .into_iter()
+            .map(|(id, shard, frontiers)| (id, (shard, frontiers)))
+            .collect();
+
+        let mut holds: BTreeMap<GlobalId, ChangeBatch<T>> = BTreeMap::new();
+        let mut ingestions = Vec::new();
+        for (id, description) in ordered {
+            let (shard, frontiers) = shards[&id].clone();
+            let dependencies = storage_dependencies(&description);
+            // SUBTLE: a hold on a dependency must not be behind the
+            // dependency's since (that would move its since back), so the
+            // collection starts at the join of its own and its
+            // dependencies' sinces.
+            let mut since = frontiers.since.clone();
+            for dependency in &dependencies {
+                let dependency_since = self.collections[dependency].since();
+                since = join(&since, &dependency_since);
+            }
+            for dependency in &dependencies {
+                holds
+                    .entry(*dependency)
+                    .or_default()
+                    .extend(since.iter().map(|time| (*time, 1)));
+            }
+            let mut read_capabilities = MutableAntichain::new();
+            read_capabilities.update_iter(since.iter().map(|time| (*time, 1)));
+            if matches!(description.data_source, DataSource::Ingestion(_)) {
+                ingestions.push(id);
+            }
+            let state = CollectionState {
+                description,
+                read_capabilities,
+                implied_capability: since.clone(),
+                read_policy: ReadPolicy::NoPolicy {
+                    initial_since: since,
+                },
+                write_frontier: frontiers.upper,
+                storage_dependencies: dependencies,
+                collection_metadata: CollectionMetadata { data_shard: shard },
+            };
+            self.collections.insert(id, state);
+            if timely::PartialOrder::less_than(&frontiers.since, &self.collections[&id].since()) {
+                // The shard lags the join above; bring it up.
+                let _ = self.worker.send(WorkerCommand::DowngradeSince {
+                    shard,
+                    since: self.collections[&id].since(),
+                });
+            }
+        }
+        self.update_read_capabilities_inner(&mut holds);
+        for id in ingestions {
+            self.send_ingestion(id);
+        }
+        Ok(())
+    }
+
+    /// Sends `CreateSources` for ingestion `id` to its instance.
+    fn send_ingestion(&mut self, id: GlobalId) {
+        let collection = &self.collections[&id];
+        let DataSource::Ingestion(ingestion) = &collection.description.data_source else {
+            return;
+        };
+        let mut outputs = vec![id];
+        outputs.extend(ingestion.source_exports.iter().copied());
+        let mut resume_upper = Antichain::new();
+        let mut data_shards = Vec::with_capacity(outputs.len());
+        for output in outputs {
+            let state = &self.collections[&output];
+            for time in state.write_frontier.elements() {
+                resume_upper.insert(*time);
+            }
+            data_shards.push((output, state.collection_metadata.data_shard));
+        }
+        let command = IngestionCommand {
+            id,
+            description: collection.description.clone(),
+            data_shards,
+            resume_upper,
+        };
+        let instance_id = ingestion.instance_id;
+        if let Some(instance) = self.instances.get_mut(&instance_id) {
+            instance.send(StorageCommand::CreateSources(vec![command]));
+        }
+    }
+
+    pub(crate) fn append_inner(
+        &mut self,
+        commands: Vec<crate::AppendCommand<T>>,
+    ) -> Result<oneshot::Receiver<Result<(), StorageError>>, StorageError> {
+        self.check_not_fenced()?;
+        let (reply, receiver) = oneshot::channel();
+        if commands.is_empty() {
+            let _ = reply.send(Ok(()));
+            return Ok(receiver);
+        }
+        let mut seen = BTreeSet::new();
+        let mut append_commands = Vec::with_capacity(commands.len());
+        for (id, updates, upper) in commands {
+            let collection = self
+                .collections
+                .get(&id)
+                .ok_or(StorageError::IdentifierMissing(id))?;
+            if !collection.description.data_source.is_controller_written() {
+                return Err(StorageError::InvalidUsage(format!(
+                    "only tables accept appends, this collection is written by its source: {id}"
+                )));
+            }
+            if !seen.insert(id) {
+                return Err(StorageError::InvalidUsage(format!(
+                    "append names the same collection twice: {id}"
+                )));
+            }
+            for update in &updates {
+                if update.timestamp >= upper {
+                    return Err(StorageError::UpdateBeyondUpper(id));
+                }
+                collection
+                    .description
+                    .desc
+                    .validate(&update.row)
+                    .map_err(|error| StorageError::InvalidRow { id, error })?;
+            }
+            append_commands.push(ShardAppend {
+                id,
+                shard: collection.collection_metadata.data_shard,
+                updates,
+                new_upper: Antichain::from_elem(upper),
+            });
+        }
+        self.worker
+            .send(WorkerCommand::Append {
+                commands: append_commands,
+                reply,
+            })
+            .map_err(|_| super::write_task_stopped())?;
+        Ok(receiver)
+    }
+
+    pub(crate) async fn snapshot_inner(
+        &self,
+        id: GlobalId,
+        as_of: T,
+    ) -> Result<Vec<(Row, Diff)>, StorageError> {
+        self.check_not_fenced()?;
+        let collection = self
+            .collections
+            .get(&id)
+            .ok_or(StorageError::IdentifierMissing(id))?;
+        if !collection.read_capabilities.frontier().less_equal(&as_of) {
+            return Err(StorageError::ReadBeforeSince(id));
+        }
+        let shard = collection.collection_metadata.data_shard;
+        read_snapshot(&*self.backend, id, shard, as_of).await
+    }
+
+    /// A [`Subscription`] to collection `id` from `as_of`: the snapshot at
+    /// `as_of`, then every later batch of updates with a progress message
+    /// after each. It holds a read capability on the collection (at the
+    /// times it has yet to read) until it is dropped; hold changes reach the
+    /// collection at the next [`process`](crate::StorageController::process).
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::IdentifierMissing`], [`StorageError::ReadBeforeSince`]
+    /// (`as_of` before the since), [`StorageError::Fenced`]. Later failures
+    /// are items of the stream.
+    pub fn subscribe(&mut self, id: GlobalId, as_of: T) -> Result<Subscription<T>, StorageError> {
+        self.check_not_fenced()?;
+        let collection = self
+            .collections
+            .get(&id)
+            .ok_or(StorageError::IdentifierMissing(id))?;
+        if !collection.read_capabilities.frontier().less_equal(&as_of) {
+            return Err(StorageError::ReadBeforeSince(id));
+        }
+        let shard = collection.collection_metadata.data_shard;
+        let mut hold = BTreeMap::from([(id, ChangeBatch::new_from(as_of, 1))]);
+        self.update_read_capabilities_inner(&mut hold);
+        Ok(Subscription::start(
+            std::sync::Arc::clone(&self.backend),
+            id,
+            shard,
+            as_of,
+            self.internal_sender.clone(),
+        ))
+    }
+
+    pub(crate) async fn migrate_collections_inner(
+        &mut self,
+        collections: Vec<(GlobalId, CollectionDescription<T>)>,
+    ) -> Result<(), StorageError> {
+        self.check_not_fenced()?;
+        tracing::debug!(
+            collections = collections.len(),
+            "migrating durable controller metadata"
+        );
+        self.call_worker(|reply| WorkerCommand::Migrate { reply })
+            .await
+    }
+
+    pub(crate) async fn reconcile_state_inner(&mut self) -> Result<(), StorageError> {
+        self.check_not_fenced()?;
+        let live_shards: BTreeSet<ShardId> = self
+            .collections
+            .values()
+            .map(|collection| collection.collection_metadata.data_shard)
+            .collect();
+        let live_sinks: BTreeSet<GlobalId> = self
+            .exports
+            .iter()
+            .filter(|(_, export)| !export.read_capability.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        self.call_worker(|reply| WorkerCommand::Reconcile {
+            live_shards,
+            live_sinks,
+            reply,
+        })
+        .await
+    }
+}
+
+/// The join (the later) of two totally ordered frontiers.
+fn join<T: StorageTimestamp>(left: &Antichain<T>, right: &Antichain<T>) -> Antichain<T> {
+    if timely::PartialOrder::less_equal(left, right) {
+        right.clone()
+    } else {
+        left.clone()
+    }
+}
+
+/// Reads shard `shard` of collection `id` at `as_of`, waiting for the upper
+/// to pass `as_of` first; maps an unreadable `as_of` to the controller's
+/// errors.
+pub(crate) async fn read_snapshot<T, B>(
+    backend: &B,
+    id: GlobalId,
+    shard: ShardId,
+    as_of: T,
+) -> Result<Vec<(Row, Diff)>, StorageError>
+where
+    T: StorageTimestamp,
+    B: PersistBackend<T> + ?Sized,
+{
+    backend
+        .wait_for_upper_past(shard, &Antichain::from_elem(as_of))
+        .await?;
+    match backend.snapshot(shard, &as_of).await {
+        Ok(rows) => Ok(rows),
+        Err(err @ BackendError::InvalidUsage(InvalidUsage::AsOfNotReadable { .. })) => {
+            Err(unreadable(backend, id, shard, as_of, err).await)
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Why `as_of` of `shard` could not be read.
+async fn unreadable<T, B>(
+    backend: &B,
+    id: GlobalId,
+    shard: ShardId,
+    as_of: T,
+    err: BackendError,
+) -> StorageError
+where
+    T: StorageTimestamp,
+    B: PersistBackend<T> + ?Sized,
+{
+    match backend.frontiers(shard).await {
+        Ok(frontiers) if frontiers.since.is_empty() => StorageError::CollectionDropped(id),
+        Ok(frontiers) if !frontiers.since.less_equal(&as_of) => StorageError::ReadBeforeSince(id),
+        Ok(_) => err.into(),
+        Err(err) => err.into(),
+    }
+}

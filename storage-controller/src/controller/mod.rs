@@ -1,0 +1,509 @@
+//! [`Controller`]: the [`StorageController`] over a [`PersistBackend`].
+//!
+//! The controller's state is in memory and changed by `&mut self` methods;
+//! every backend write is queued to its write task (`crate::worker`).
+//! Results that come back asynchronously (new uppers of completed appends,
+//! replica responses, subscription hold changes, background failures)
+//! arrive on one internal channel that [`ready`](StorageController::ready)
+//! waits on and [`process`](StorageController::process) applies.
+
+mod collections;
+pub(crate) use collections::read_snapshot;
+mod exports;
+mod frontiers;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tidemark_storage_types::{
+    CollectionDescription, Diff, ExportDescription, GlobalId, PersistBackend, ReadPolicy, Row,
+    StorageError, StorageInstanceId, StorageParameters, StorageTimestamp,
+};
+use timely::progress::{Antichain, ChangeBatch};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::StorageController;
+use crate::durable::MetadataStore;
+use crate::instance::Instance;
+use crate::protocol::{ClusterReplicaLocation, StatisticsUpdate, StorageCommand, StorageResponse};
+use crate::retry::RetryPolicy;
+use crate::state::{CollectionState, CreateExportToken, ExportState};
+use crate::transport::{InProcessTransport, ReplicaTransport};
+use crate::worker::{Worker, WorkerCommand};
+
+/// How a [`Controller`] runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// The initial storage parameters.
+    pub parameters: StorageParameters,
+    /// How many times an indeterminate backend failure is retried (with
+    /// the same idempotency token for appends) before it is reported.
+    pub backend_retries: u32,
+    /// The wait before the first retry; it doubles with every retry.
+    pub initial_backoff: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            parameters: StorageParameters::default(),
+            backend_retries: 8,
+            initial_backoff: Duration::from_millis(10),
+        }
+    }
+}
+
+/// A message on the controller's internal channel.
+#[derive(Debug)]
+pub(crate) enum Internal<T> {
+    /// A response from process `process` of the replica connected to
+    /// `instance` at `epoch`.
+    Replica {
+        instance: StorageInstanceId,
+        epoch: u64,
+        process: usize,
+        response: StorageResponse<T>,
+    },
+    /// Appends that became durable, with their new uppers.
+    WriteCompleted(Vec<(GlobalId, Antichain<T>)>),
+    /// A subscription moved or released its read hold.
+    HoldChanges(GlobalId, ChangeBatch<T>),
+    /// Background work failed.
+    BackgroundError(StorageError),
+}
+
+/// The storage controller over backend `B`.
+///
+/// Construct it inside a tokio runtime (it spawns its write task). Dropping
+/// it lets the write task finish what is queued and stop.
+pub struct Controller<T: StorageTimestamp, B: PersistBackend<T>> {
+    pub(crate) backend: Arc<B>,
+    pub(crate) parameters: StorageParameters,
+    pub(crate) initialized: bool,
+    pub(crate) collections: BTreeMap<GlobalId, CollectionState<T>>,
+    pub(crate) exports: BTreeMap<GlobalId, ExportState<T>>,
+    pub(crate) instances: BTreeMap<StorageInstanceId, Instance<T>>,
+    pub(crate) transport: Arc<dyn ReplicaTransport<T>>,
+    pub(crate) worker: mpsc::UnboundedSender<WorkerCommand<T>>,
+    pub(crate) internal_sender: mpsc::UnboundedSender<Internal<T>>,
+    internal_receiver: mpsc::UnboundedReceiver<Internal<T>>,
+    stashed: Option<Internal<T>>,
+    /// `AllowCompaction` commands to send at the next `process`.
+    pub(crate) pending_compaction: BTreeMap<StorageInstanceId, Vec<(GlobalId, Antichain<T>)>>,
+    statistics: BTreeMap<GlobalId, StatisticsUpdate>,
+    statuses: BTreeMap<GlobalId, String>,
+    pub(crate) fenced: Arc<AtomicBool>,
+    epoch: i64,
+}
+
+impl<T: StorageTimestamp, B: PersistBackend<T>> fmt::Debug for Controller<T, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Controller")
+            .field("backend", &self.backend)
+            .field("epoch", &self.epoch)
+            .field("fenced", &self.fenced.load(Ordering::SeqCst))
+            .field("initialized", &self.initialized)
+            .field("collections", &self.collections.keys().collect::<Vec<_>>())
+            .field("exports", &self.exports.keys().collect::<Vec<_>>())
+            .field("instances", &self.instances.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
+    /// A controller over `backend` that reaches replicas served in this
+    /// process through a fresh [`InProcessTransport`] (see
+    /// [`in_process_transport`](Self::in_process_transport)).
+    ///
+    /// Reads the durable metadata and fences every older controller on the
+    /// same backend.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::Backend`] if the backend fails or the metadata is
+    /// corrupted; [`StorageError::InvalidUsage`] if the metadata was written
+    /// by a newer version of this crate.
+    pub async fn new(backend: B, config: ControllerConfig) -> Result<Self, StorageError> {
+        let transport = InProcessTransport::<T>::new();
+        Self::with_transport(backend, config, transport).await
+    }
+
+    /// As [`new`](Self::new), reaching replicas through `transport`.
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new).
+    pub async fn with_transport(
+        backend: B,
+        config: ControllerConfig,
+        transport: Arc<dyn ReplicaTransport<T>>,
+    ) -> Result<Self, StorageError> {
+        let backend = Arc::new(backend);
+        let retry = RetryPolicy {
+            retries: config.backend_retries,
+            initial_backoff: config.initial_backoff,
+        };
+        let fenced = Arc::new(AtomicBool::new(false));
+        let metadata = MetadataStore::open_and_fence(&*backend, retry, Arc::clone(&fenced)).await?;
+        let epoch = metadata.epoch();
+        let (internal_sender, internal_receiver) = mpsc::unbounded_channel();
+        let (worker_sender, worker_receiver) = mpsc::unbounded_channel();
+        let worker = Worker {
+            backend: Arc::clone(&backend),
+            metadata,
+            retry,
+            parameters: config.parameters.clone(),
+            uppers: BTreeMap::new(),
+            internal: internal_sender.clone(),
+        };
+        tokio::spawn(worker.run(worker_receiver));
+        Ok(Controller {
+            backend,
+            parameters: config.parameters,
+            initialized: false,
+            collections: BTreeMap::new(),
+            exports: BTreeMap::new(),
+            instances: BTreeMap::new(),
+            transport,
+            worker: worker_sender,
+            internal_sender,
+            internal_receiver,
+            stashed: None,
+            pending_compaction: BTreeMap::new(),
+            statistics: BTreeMap::new(),
+            statuses: BTreeMap::new(),
+            fenced,
+            epoch,
+        })
+    }
+
+    /// The backend the controller stores data in.
+    #[must_use]
+    pub fn backend(&self) -> &Arc<B> {
+        &self.backend
+    }
+
+    /// The epoch this controller wrote to the durable metadata (each
+    /// controller started on a backend gets the next one).
+    #[must_use]
+    pub fn epoch(&self) -> i64 {
+        self.epoch
+    }
+
+    /// Whether a newer controller has taken over the backend (this one then
+    /// refuses work with [`StorageError::Fenced`]).
+    #[must_use]
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::SeqCst)
+    }
+
+    /// The current storage parameters.
+    #[must_use]
+    pub fn parameters(&self) -> &StorageParameters {
+        &self.parameters
+    }
+
+    /// The latest statistics a replica reported for `id`.
+    #[must_use]
+    pub fn statistics(&self, id: GlobalId) -> Option<&StatisticsUpdate> {
+        self.statistics.get(&id)
+    }
+
+    /// The latest status a replica reported for `id`.
+    #[must_use]
+    pub fn status(&self, id: GlobalId) -> Option<&str> {
+        self.statuses.get(&id).map(String::as_str)
+    }
+
+    /// Waits until every backend write queued so far (appends, since
+    /// downgrades, compactions, finalizations, metadata) is done. Their
+    /// failures still surface through [`process`](StorageController::process).
+    pub async fn flush(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.worker.send(WorkerCommand::Barrier { reply }).is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    pub(crate) fn check_not_fenced(&self) -> Result<(), StorageError> {
+        if self.is_fenced() {
+            Err(StorageError::Fenced)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Sends a command to the write task and waits for its reply.
+    pub(crate) async fn call_worker<R>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<R, StorageError>>) -> WorkerCommand<T>,
+    ) -> Result<R, StorageError> {
+        let (reply, result) = oneshot::channel();
+        self.worker
+            .send(command(reply))
+            .map_err(|_| write_task_stopped())?;
+        result.await.map_err(|_| write_task_stopped())?
+    }
+
+    fn handle_response(&mut self, response: StorageResponse<T>) {
+        match response {
+            StorageResponse::FrontierUppers(uppers) => {
+                let known: Vec<_> = uppers
+                    .into_iter()
+                    .filter(|(id, _)| {
+                        self.collections.contains_key(id) || self.exports.contains_key(id)
+                    })
+                    .collect();
+                self.update_write_frontiers_inner(&known);
+            }
+            StorageResponse::DroppedIds(ids) => {
+                for id in ids {
+                    let dropped = self.exports.get(&id).is_some_and(|export| {
+                        export.write_frontier.is_empty() && export.read_capability.is_empty()
+                    });
+                    if dropped {
+                        self.exports.remove(&id);
+                    }
+                    self.statistics.remove(&id);
+                    self.statuses.remove(&id);
+                }
+            }
+            StorageResponse::StatisticsUpdates(updates) => self.statistics.extend(updates),
+            StorageResponse::StatusUpdates(updates) => self.statuses.extend(updates),
+        }
+    }
+
+    fn send_pending_compaction(&mut self) {
+        for (instance_id, frontiers) in std::mem::take(&mut self.pending_compaction) {
+            if let Some(instance) = self.instances.get_mut(&instance_id)
+                && !frontiers.is_empty()
+            {
+                instance.send(StorageCommand::AllowCompaction(frontiers));
+            }
+        }
+    }
+}
+
+pub(crate) fn write_task_stopped() -> StorageError {
+    StorageError::InvalidUsage("the controller's write task has stopped".to_string())
+}
+
+#[async_trait]
+impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller<T, B> {
+    type Timestamp = T;
+
+    fn initialization_complete(&mut self) {
+        self.initialized = true;
+        for instance in self.instances.values_mut() {
+            instance.send(StorageCommand::InitializationComplete);
+        }
+    }
+
+    fn update_configuration(&mut self, config_params: StorageParameters) {
+        self.parameters.update(config_params);
+        let _ = self
+            .worker
+            .send(WorkerCommand::Configure(self.parameters.clone()));
+        for instance in self.instances.values_mut() {
+            instance.send(StorageCommand::UpdateConfiguration(self.parameters.clone()));
+        }
+    }
+
+    fn collection(&self, id: GlobalId) -> Result<&CollectionState<T>, StorageError> {
+        self.collections
+            .get(&id)
+            .ok_or(StorageError::IdentifierMissing(id))
+    }
+
+    fn create_instance(&mut self, id: StorageInstanceId) {
+        assert!(
+            !self.instances.contains_key(&id),
+            "storage instance already exists: {id}"
+        );
+        let instance = Instance::new(id, self.parameters.clone(), self.initialized);
+        self.instances.insert(id, instance);
+    }
+
+    fn drop_instance(&mut self, id: StorageInstanceId) {
+        assert!(
+            self.instances.remove(&id).is_some(),
+            "storage instance does not exist: {id}"
+        );
+        self.pending_compaction.remove(&id);
+    }
+
+    fn connect_replica(&mut self, id: StorageInstanceId, location: ClusterReplicaLocation) {
+        let instance = self
+            .instances
+            .get_mut(&id)
+            .unwrap_or_else(|| panic!("storage instance does not exist: {id}"));
+        instance.connect(&location, &*self.transport, &self.internal_sender);
+    }
+
+    fn collection_mut(&mut self, id: GlobalId) -> Result<&mut CollectionState<T>, StorageError> {
+        self.collections
+            .get_mut(&id)
+            .ok_or(StorageError::IdentifierMissing(id))
+    }
+
+    fn collections(&self) -> Box<dyn Iterator<Item = (&GlobalId, &CollectionState<T>)> + '_> {
+        Box::new(self.collections.iter())
+    }
+
+    async fn migrate_collections(
+        &mut self,
+        collections: Vec<(GlobalId, CollectionDescription<T>)>,
+    ) -> Result<(), StorageError> {
+        self.migrate_collections_inner(collections).await
+    }
+
+    async fn create_collections(
+        &mut self,
+        collections: Vec<(GlobalId, CollectionDescription<T>)>,
+    ) -> Result<(), StorageError> {
+        self.create_collections_inner(collections).await
+    }
+
+    fn export(&self, id: GlobalId) -> Result<&ExportState<T>, StorageError> {
+        self.exports
+            .get(&id)
+            .ok_or(StorageError::IdentifierMissing(id))
+    }
+
+    fn export_mut(&mut self, id: GlobalId) -> Result<&mut ExportState<T>, StorageError> {
+        self.exports
+            .get_mut(&id)
+            .ok_or(StorageError::IdentifierMissing(id))
+    }
+
+    async fn create_exports(
+        &mut self,
+        exports: Vec<(CreateExportToken<T>, ExportDescription<T>)>,
+    ) -> Result<(), StorageError> {
+        self.create_exports_inner(exports).await
+    }
+
+    fn prepare_export(
+        &mut self,
+        id: GlobalId,
+        from_id: GlobalId,
+    ) -> Result<CreateExportToken<T>, StorageError> {
+        self.prepare_export_inner(id, from_id)
+    }
+
+    fn cancel_prepare_export(&mut self, token: CreateExportToken<T>) {
+        self.release_token(token);
+    }
+
+    fn drop_sources(&mut self, identifiers: Vec<GlobalId>) -> Result<(), StorageError> {
+        if let Some(missing) = identifiers
+            .iter()
+            .find(|id| !self.collections.contains_key(id))
+        {
+            return Err(StorageError::IdentifierMissing(*missing));
+        }
+        self.drop_sources_unvalidated(identifiers);
+        Ok(())
+    }
+
+    fn drop_sinks(&mut self, identifiers: Vec<GlobalId>) -> Result<(), StorageError> {
+        if let Some(missing) = identifiers.iter().find(|id| !self.exports.contains_key(id)) {
+            return Err(StorageError::IdentifierMissing(*missing));
+        }
+        self.drop_sinks_unvalidated(identifiers);
+        Ok(())
+    }
+
+    fn drop_sinks_unvalidated(&mut self, identifiers: Vec<GlobalId>) {
+        self.drop_sinks_inner(identifiers);
+    }
+
+    fn drop_sources_unvalidated(&mut self, identifiers: Vec<GlobalId>) {
+        let policies = identifiers
+            .into_iter()
+            .filter(|id| self.collections.contains_key(id))
+            .map(|id| (id, ReadPolicy::ValidFrom(Antichain::new())))
+            .collect();
+        self.set_read_policy_inner(policies);
+    }
+
+    fn append(
+        &mut self,
+        commands: Vec<crate::AppendCommand<T>>,
+    ) -> Result<oneshot::Receiver<Result<(), StorageError>>, StorageError> {
+        self.append_inner(commands)
+    }
+
+    async fn snapshot(&self, id: GlobalId, as_of: T) -> Result<Vec<(Row, Diff)>, StorageError> {
+        self.snapshot_inner(id, as_of).await
+    }
+
+    fn set_read_policy(&mut self, policies: Vec<(GlobalId, ReadPolicy<T>)>) {
+        self.set_read_policy_inner(policies);
+    }
+
+    fn update_write_frontiers(&mut self, updates: &[(GlobalId, Antichain<T>)]) {
+        self.update_write_frontiers_inner(updates);
+    }
+
+    fn update_read_capabilities(&mut self, updates: &mut BTreeMap<GlobalId, ChangeBatch<T>>) {
+        self.update_read_capabilities_inner(updates);
+    }
+
+    async fn ready(&mut self) {
+        if self.stashed.is_some() || !self.pending_compaction.is_empty() {
+            return;
+        }
+        // SUBTLE: `recv` is cancellation safe, and the message is stored
+        // before this future can be dropped again.
+        if let Some(message) = self.internal_receiver.recv().await {
+            self.stashed = Some(message);
+        }
+    }
+
+    async fn process(&mut self) -> Result<(), StorageError> {
+        let mut result = Ok(());
+        match self.stashed.take() {
+            Some(Internal::Replica {
+                instance,
+                epoch,
+                process,
+                response,
+            }) => {
+                let filtered = self
+                    .instances
+                    .get_mut(&instance)
+                    .and_then(|instance| instance.absorb_response(epoch, process, response));
+                if let Some(response) = filtered {
+                    self.handle_response(response);
+                }
+            }
+            Some(Internal::WriteCompleted(uppers)) => {
+                let known: Vec<_> = uppers
+                    .into_iter()
+                    .filter(|(id, _)| self.collections.contains_key(id))
+                    .collect();
+                self.update_write_frontiers_inner(&known);
+            }
+            Some(Internal::HoldChanges(id, changes)) if self.collections.contains_key(&id) => {
+                let mut updates = BTreeMap::from([(id, changes)]);
+                self.update_read_capabilities_inner(&mut updates);
+            }
+            Some(Internal::HoldChanges(..)) => {}
+            Some(Internal::BackgroundError(err)) => result = Err(err),
+            None => {}
+        }
+        self.send_pending_compaction();
+        result
+    }
+
+    async fn reconcile_state(&mut self) -> Result<(), StorageError> {
+        self.reconcile_state_inner().await
+    }
+}

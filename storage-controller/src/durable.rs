@@ -1,0 +1,451 @@
+//! Durable controller metadata: which shard holds each collection, each
+//! sink's initial as_of, and shards awaiting finalization.
+//!
+//! # Where it lives
+//!
+//! In the reserved shard [`METADATA_SHARD`] of the same backend as the data,
+//! written with `compare_and_append` like any collection. The shard holds
+//! exactly one live row `(format_version: int64, epoch: int64, body:
+//! string)`; each write retracts the previous row and adds the new one at
+//! the shard's upper `t`, moving the upper to `t + 1`, then downgrades the
+//! shard's since to `t`. The body is JSON (see [`DurableMetadata`]).
+//!
+//! # Fencing
+//!
+//! A controller starting up rewrites the record with `epoch + 1`. An older
+//! controller's next write then fails its upper expectation: it marks
+//! itself fenced and refuses further work with [`StorageError::Fenced`].
+//!
+//! # Format versions
+//!
+//! - 1: `{"shards": [["u1", "s<uuid>"], ...]}`.
+//! - 2 (current): `{"collections": {"u1": "s<uuid>"}, "sink_as_ofs":
+//!   {"u2": [<time as Codec64>]}, "finalizing": ["s<uuid>"]}`.
+//!
+//! An older format is read as is; any write stores the current one
+//! ([`migrate_collections`](crate::StorageController::migrate_collections)
+//! forces that write). A newer format than this crate knows is refused.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::{Deserialize, Serialize};
+use tidemark_storage_types::{
+    BackendError, Codec64, Datum, DeterminateKind, GlobalId, IdempotencyToken, PersistBackend, Row,
+    ShardId, StorageError, StorageTimestamp, Update, display_frontier, frontier_time,
+};
+use timely::progress::{Antichain, Timestamp};
+
+use crate::retry::{RetryPolicy, retry_indeterminate};
+
+/// The reserved shard holding the controller's durable metadata.
+pub const METADATA_SHARD: ShardId = ShardId::from_bytes(*b"tidemark-meta-v1");
+
+/// The format version this crate writes.
+pub const CURRENT_FORMAT_VERSION: i64 = 2;
+
+/// Physically compact the metadata shard after this many writes.
+const COMPACT_METADATA_EVERY: u64 = 64;
+
+/// The decoded durable metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DurableMetadata {
+    /// The data shard of each collection.
+    pub collections: BTreeMap<GlobalId, ShardId>,
+    /// The initial as_of of each sink, as `Codec64` values.
+    pub sink_as_ofs: BTreeMap<GlobalId, Vec<i64>>,
+    /// Shards whose collection was dropped and that are not yet finalized.
+    pub finalizing: BTreeSet<ShardId>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BodyV1 {
+    shards: Vec<(String, String)>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BodyV2 {
+    collections: BTreeMap<String, String>,
+    sink_as_ofs: BTreeMap<String, Vec<i64>>,
+    finalizing: Vec<String>,
+}
+
+fn corrupted(message: String) -> StorageError {
+    StorageError::Backend(BackendError::determinate(
+        DeterminateKind::Corrupted,
+        message,
+    ))
+}
+
+fn parse_id(text: &str) -> Result<GlobalId, StorageError> {
+    text.parse()
+        .map_err(|err| corrupted(format!("durable controller metadata: {err}")))
+}
+
+fn parse_shard(text: &str) -> Result<ShardId, StorageError> {
+    text.parse()
+        .map_err(|err| corrupted(format!("durable controller metadata: {err}")))
+}
+
+impl DurableMetadata {
+    /// Decodes a body of the given format version.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::InvalidUsage`] for a version newer than
+    /// [`CURRENT_FORMAT_VERSION`]; a `Corrupted` backend error for a body
+    /// that does not parse.
+    pub fn decode(version: i64, body: &str) -> Result<Self, StorageError> {
+        let bad_json = |err: serde_json::Error| {
+            corrupted(format!(
+                "durable controller metadata version {version} does not parse: {err}"
+            ))
+        };
+        match version {
+            1 => {
+                let v1: BodyV1 = serde_json::from_str(body).map_err(bad_json)?;
+                let mut metadata = DurableMetadata::default();
+                for (id, shard) in v1.shards {
+                    metadata
+                        .collections
+                        .insert(parse_id(&id)?, parse_shard(&shard)?);
+                }
+                Ok(metadata)
+            }
+            2 => {
+                let v2: BodyV2 = serde_json::from_str(body).map_err(bad_json)?;
+                let mut metadata = DurableMetadata::default();
+                for (id, shard) in v2.collections {
+                    metadata
+                        .collections
+                        .insert(parse_id(&id)?, parse_shard(&shard)?);
+                }
+                for (id, as_of) in v2.sink_as_ofs {
+                    metadata.sink_as_ofs.insert(parse_id(&id)?, as_of);
+                }
+                for shard in v2.finalizing {
+                    metadata.finalizing.insert(parse_shard(&shard)?);
+                }
+                Ok(metadata)
+            }
+            newer if newer > CURRENT_FORMAT_VERSION => Err(StorageError::InvalidUsage(format!(
+                "durable controller metadata has a newer format than this controller supports: found={newer} supported={CURRENT_FORMAT_VERSION}"
+            ))),
+            other => Err(corrupted(format!(
+                "durable controller metadata has an unknown format version: {other}"
+            ))),
+        }
+    }
+
+    /// Encodes in the current format.
+    #[must_use]
+    pub fn encode(&self) -> String {
+        let body = BodyV2 {
+            collections: self
+                .collections
+                .iter()
+                .map(|(id, shard)| (id.to_string(), shard.to_string()))
+                .collect(),
+            sink_as_ofs: self
+                .sink_as_ofs
+                .iter()
+                .map(|(id, as_of)| (id.to_string(), as_of.clone()))
+                .collect(),
+            finalizing: self.finalizing.iter().map(ToString::to_string).collect(),
+        };
+        serde_json::to_string(&body).expect("metadata body serializes")
+    }
+
+    /// Encodes in format version 1 (collections only), as an older version
+    /// of this crate wrote it. For migration tests.
+    #[must_use]
+    pub fn encode_v1(&self) -> String {
+        let body = BodyV1 {
+            shards: self
+                .collections
+                .iter()
+                .map(|(id, shard)| (id.to_string(), shard.to_string()))
+                .collect(),
+        };
+        serde_json::to_string(&body).expect("metadata body serializes")
+    }
+}
+
+/// Encodes a frontier for the metadata body.
+pub(crate) fn encode_frontier<T: Codec64>(frontier: &Antichain<T>) -> Vec<i64> {
+    frontier.elements().iter().map(Codec64::encode).collect()
+}
+
+/// Decodes a frontier from the metadata body.
+pub(crate) fn decode_frontier<T: Codec64 + Timestamp>(encoded: &[i64]) -> Antichain<T> {
+    encoded.iter().map(|time| T::decode(*time)).collect()
+}
+
+/// One stored record: its format, the epoch of the controller that wrote
+/// it, and the body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// The body's format version.
+    pub format_version: i64,
+    /// The epoch of the controller that last wrote the record.
+    pub epoch: i64,
+    /// The JSON body.
+    pub body: String,
+}
+
+impl StoredRecord {
+    /// The record as the metadata shard stores it.
+    #[must_use]
+    pub fn to_row(&self) -> Row {
+        Row::pack([
+            Datum::Int64(self.format_version),
+            Datum::Int64(self.epoch),
+            Datum::String(&self.body),
+        ])
+    }
+
+    fn from_row(row: &Row) -> Result<Self, StorageError> {
+        match row.unpack().as_slice() {
+            [
+                Datum::Int64(format_version),
+                Datum::Int64(epoch),
+                Datum::String(body),
+            ] => Ok(StoredRecord {
+                format_version: *format_version,
+                epoch: *epoch,
+                body: (*body).to_string(),
+            }),
+            _ => Err(corrupted(format!(
+                "durable controller metadata row has an unexpected shape: {row}"
+            ))),
+        }
+    }
+}
+
+/// Reads the current record of the metadata shard (opening it if needed):
+/// the shard's upper and the live record, if any.
+///
+/// # Errors
+///
+/// A `Corrupted` backend error if the shard is sealed or holds anything
+/// but one live row.
+pub async fn read_record<T, B>(
+    backend: &B,
+) -> Result<(Antichain<T>, Option<StoredRecord>), StorageError>
+where
+    T: StorageTimestamp,
+    B: PersistBackend<T> + ?Sized,
+{
+    let frontiers = backend.open(METADATA_SHARD).await?;
+    let Some(upper) = frontier_time(&frontiers.upper) else {
+        return Err(corrupted(
+            "durable controller metadata shard is sealed".to_string(),
+        ));
+    };
+    if upper == T::minimum() {
+        return Ok((frontiers.upper, None));
+    }
+    let rows = backend.snapshot(METADATA_SHARD, &upper.step_back()).await?;
+    match rows.as_slice() {
+        [] => Ok((frontiers.upper, None)),
+        [(row, 1)] => Ok((frontiers.upper, Some(StoredRecord::from_row(row)?))),
+        _ => Err(corrupted(format!(
+            "durable controller metadata shard holds {} rows, expected one: upper={}",
+            rows.len(),
+            display_frontier(&frontiers.upper)
+        ))),
+    }
+}
+
+/// Replaces the live record at the metadata shard's `expected_upper`.
+/// Returns the new upper, or `None` if the upper was not `expected_upper`
+/// (another controller wrote; nothing written).
+///
+/// # Errors
+///
+/// A backend failure (indeterminate ones were retried with one token).
+pub(crate) async fn write_record<T, B>(
+    backend: &B,
+    retry: RetryPolicy,
+    expected_upper: &Antichain<T>,
+    previous: Option<&StoredRecord>,
+    record: &StoredRecord,
+) -> Result<Option<Antichain<T>>, StorageError>
+where
+    T: StorageTimestamp,
+    B: PersistBackend<T> + ?Sized,
+{
+    let Some(time) = frontier_time(expected_upper) else {
+        return Err(corrupted(
+            "durable controller metadata shard is sealed".to_string(),
+        ));
+    };
+    let Some(next) = time.checked_step_forward() else {
+        return Err(corrupted(
+            "durable controller metadata shard reached the last time".to_string(),
+        ));
+    };
+    let mut updates = vec![Update::new(record.to_row(), time, 1)];
+    if let Some(previous) = previous {
+        updates.push(Update::new(previous.to_row(), time, -1));
+    }
+    let new_upper = Antichain::from_elem(next);
+    let token = IdempotencyToken::new();
+    let outcome = retry_indeterminate(retry, || {
+        backend.compare_and_append(
+            METADATA_SHARD,
+            updates.clone(),
+            expected_upper.clone(),
+            new_upper.clone(),
+            token,
+        )
+    })
+    .await?;
+    match outcome {
+        Ok(()) => {
+            backend
+                .downgrade_since(METADATA_SHARD, &Antichain::from_elem(time))
+                .await?;
+            Ok(Some(new_upper))
+        }
+        Err(_mismatch) => Ok(None),
+    }
+}
+
+/// The metadata as one controller owns it: the live record, the upper it
+/// was written at, and the fence flag shared with the controller.
+#[derive(Debug)]
+pub(crate) struct MetadataStore<T> {
+    upper: Antichain<T>,
+    record: StoredRecord,
+    metadata: DurableMetadata,
+    fenced: Arc<AtomicBool>,
+    retry: RetryPolicy,
+    writes: u64,
+}
+
+impl<T: StorageTimestamp> MetadataStore<T> {
+    /// Reads the metadata and fences every older controller by rewriting
+    /// the record with the next epoch. Retries when another controller
+    /// writes in between (the last to start wins).
+    pub(crate) async fn open_and_fence<B: PersistBackend<T> + ?Sized>(
+        backend: &B,
+        retry: RetryPolicy,
+        fenced: Arc<AtomicBool>,
+    ) -> Result<Self, StorageError> {
+        loop {
+            let (upper, previous) = read_record(backend).await?;
+            let (record, metadata) = match &previous {
+                Some(previous) => {
+                    let metadata =
+                        DurableMetadata::decode(previous.format_version, &previous.body)?;
+                    // SUBTLE: the body is kept byte for byte, in its stored
+                    // format: fencing must not migrate (that is
+                    // migrate_collections' job, and must be re-runnable).
+                    let record = StoredRecord {
+                        epoch: previous.epoch + 1,
+                        ..previous.clone()
+                    };
+                    (record, metadata)
+                }
+                None => {
+                    let metadata = DurableMetadata::default();
+                    let record = StoredRecord {
+                        format_version: CURRENT_FORMAT_VERSION,
+                        epoch: 1,
+                        body: metadata.encode(),
+                    };
+                    (record, metadata)
+                }
+            };
+            let written = write_record(backend, retry, &upper, previous.as_ref(), &record).await?;
+            if let Some(new_upper) = written {
+                return Ok(MetadataStore {
+                    upper: new_upper,
+                    record,
+                    metadata,
+                    fenced,
+                    retry,
+                    writes: 0,
+                });
+            }
+            tracing::info!("durable metadata changed while starting; reading it again");
+        }
+    }
+
+    /// The metadata as last written.
+    pub(crate) fn metadata(&self) -> &DurableMetadata {
+        &self.metadata
+    }
+
+    /// The epoch this controller wrote.
+    pub(crate) fn epoch(&self) -> i64 {
+        self.record.epoch
+    }
+
+    /// The stored format version.
+    pub(crate) fn format_version(&self) -> i64 {
+        self.record.format_version
+    }
+
+    /// Fails with `Fenced` if another controller wrote since our last write.
+    pub(crate) async fn check_fence<B: PersistBackend<T> + ?Sized>(
+        &self,
+        backend: &B,
+    ) -> Result<(), StorageError> {
+        if self.fenced.load(Ordering::SeqCst) {
+            return Err(StorageError::Fenced);
+        }
+        let frontiers =
+            retry_indeterminate(self.retry, || backend.frontiers(METADATA_SHARD)).await?;
+        if frontiers.upper != self.upper {
+            self.fenced.store(true, Ordering::SeqCst);
+            return Err(StorageError::Fenced);
+        }
+        Ok(())
+    }
+
+    /// Writes `metadata` in the current format.
+    ///
+    /// # Errors
+    ///
+    /// `Fenced` if another controller wrote since our last write (this
+    /// controller is then fenced for good); a backend failure.
+    pub(crate) async fn write<B: PersistBackend<T> + ?Sized>(
+        &mut self,
+        backend: &B,
+        metadata: DurableMetadata,
+    ) -> Result<(), StorageError> {
+        if self.fenced.load(Ordering::SeqCst) {
+            return Err(StorageError::Fenced);
+        }
+        let record = StoredRecord {
+            format_version: CURRENT_FORMAT_VERSION,
+            epoch: self.record.epoch,
+            body: metadata.encode(),
+        };
+        let written = write_record(
+            backend,
+            self.retry,
+            &self.upper,
+            Some(&self.record),
+            &record,
+        )
+        .await?;
+        let Some(new_upper) = written else {
+            self.fenced.store(true, Ordering::SeqCst);
+            return Err(StorageError::Fenced);
+        };
+        self.upper = new_upper;
+        self.record = record;
+        self.metadata = metadata;
+        self.writes += 1;
+        if self.writes.is_multiple_of(COMPACT_METADATA_EVERY) {
+            backend.compact(METADATA_SHARD).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,115 @@
+//! The command/response protocol between the controller and a storage
+//! instance's replica.
+//!
+//! Commands flow controller -> replica, responses replica -> controller.
+//! On every (re)connect the controller replays the instance's compacted
+//! command history, starting with [`StorageCommand::CreateTimely`] carrying
+//! a fresh epoch; see [`crate::instance`].
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use tidemark_storage_types::{
+    CollectionDescription, ExportDescription, GlobalId, ShardId, StorageParameters,
+};
+use timely::progress::Antichain;
+
+/// The network addresses of a replica's processes (one per process).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ClusterReplicaLocation {
+    /// One address per timely process of the replica.
+    pub addresses: Vec<String>,
+}
+
+impl ClusterReplicaLocation {
+    /// A replica of one process at `address`.
+    #[must_use]
+    pub fn single(address: impl Into<String>) -> Self {
+        ClusterReplicaLocation {
+            addresses: vec![address.into()],
+        }
+    }
+}
+
+/// How a replica process joins its timely cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelyConfig {
+    /// This process's index among `addresses`.
+    pub process: usize,
+    /// Every process of the replica.
+    pub addresses: Vec<String>,
+}
+
+/// An ingestion as a replica runs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IngestionCommand<T> {
+    /// The ingestion (its collection id).
+    pub id: GlobalId,
+    /// Its description.
+    pub description: CollectionDescription<T>,
+    /// Where its output collections' data lives.
+    pub data_shards: Vec<(GlobalId, ShardId)>,
+    /// Where to resume: the meet of the uppers of its output collections.
+    pub resume_upper: Antichain<T>,
+}
+
+/// An export as a replica runs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportCommand<T> {
+    /// The export id.
+    pub id: GlobalId,
+    /// Its description.
+    pub description: ExportDescription<T>,
+    /// The shard it reads.
+    pub from_shard: ShardId,
+    /// The as_of recorded durably when the export was first created.
+    pub initial_as_of: Antichain<T>,
+}
+
+/// Controller -> replica.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StorageCommand<T> {
+    /// First command of every connection: join the cluster; `epoch` grows
+    /// with every (re)connect of the instance.
+    CreateTimely {
+        /// This process's part of the cluster.
+        config: TimelyConfig,
+        /// The connection epoch.
+        epoch: u64,
+    },
+    /// The controller has sent every initial command.
+    InitializationComplete,
+    /// The full current configuration.
+    UpdateConfiguration(StorageParameters),
+    /// Run these ingestions.
+    CreateSources(Vec<IngestionCommand<T>>),
+    /// Run these exports.
+    CreateSinks(Vec<ExportCommand<T>>),
+    /// Reads before these frontiers are no longer needed; an empty frontier
+    /// means the ingestion or export is dropped.
+    AllowCompaction(Vec<(GlobalId, Antichain<T>)>),
+}
+
+/// Counters a replica reports per ingestion or export.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatisticsUpdate {
+    /// Messages read or written.
+    pub messages: u64,
+    /// Updates read or written.
+    pub updates: u64,
+    /// Bytes read or written.
+    pub bytes: u64,
+}
+
+/// Replica -> controller.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StorageResponse<T> {
+    /// The uppers of the collections and exports the replica writes.
+    FrontierUppers(Vec<(GlobalId, Antichain<T>)>),
+    /// The replica has stopped these ingestions and exports.
+    DroppedIds(BTreeSet<GlobalId>),
+    /// Statistics per id (the latest replaces the previous).
+    StatisticsUpdates(Vec<(GlobalId, StatisticsUpdate)>),
+    /// A human-readable status per id (`running`, `stalled: ...`).
+    StatusUpdates(Vec<(GlobalId, String)>),
+}

@@ -1,0 +1,209 @@
+//! Subscriptions: a collection's snapshot at an as_of, then every later
+//! change, as a [`Stream`].
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use futures::Stream;
+use tidemark_storage_types::{
+    GlobalId, PersistBackend, ShardId, StorageError, StorageTimestamp, Update,
+};
+use timely::progress::{Antichain, ChangeBatch};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::controller::Internal;
+use crate::controller::read_snapshot;
+
+/// One item of a [`Subscription`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubscriptionEvent<T> {
+    /// Updates (the first batch is the snapshot, every update at the
+    /// as_of), consolidated and sorted by `(time, row)`.
+    Updates(Vec<Update<T>>),
+    /// Every update at a time not `>=` this frontier has been delivered.
+    /// An empty frontier ends the stream.
+    Progress(Antichain<T>),
+}
+
+/// A stream of a collection's contents at an as_of followed by every later
+/// change. Made by [`Controller::subscribe`](crate::Controller::subscribe).
+///
+/// While it lives it holds a read capability on the collection at the
+/// earliest time it has yet to read, so the collection's since cannot pass
+/// it; dropping it releases the hold (at the controller's next
+/// [`process`](crate::StorageController::process)). After an error item the
+/// stream ends.
+pub struct Subscription<T: StorageTimestamp> {
+    id: GlobalId,
+    events: mpsc::Receiver<Result<SubscriptionEvent<T>, StorageError>>,
+    task: JoinHandle<()>,
+    hold: Arc<Mutex<Option<T>>>,
+    internal: mpsc::UnboundedSender<Internal<T>>,
+}
+
+impl<T: StorageTimestamp> std::fmt::Debug for Subscription<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .field("hold", &*self.hold.lock().expect("hold lock poisoned"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The subscription's read hold, shared by its task and its handle.
+#[derive(Clone)]
+struct Hold<T> {
+    id: GlobalId,
+    time: Arc<Mutex<Option<T>>>,
+    internal: mpsc::UnboundedSender<Internal<T>>,
+}
+
+impl<T: StorageTimestamp> Hold<T> {
+    /// Moves the hold to `to` (`None` releases it).
+    ///
+    /// SUBTLE: the time is swapped and the change sent under the lock, with
+    /// no await in between, so an abort of the task between the two cannot
+    /// lose or double a hold.
+    fn move_to(&self, to: Option<T>) {
+        let mut time = self.time.lock().expect("hold lock poisoned");
+        let mut changes = ChangeBatch::new();
+        if let Some(to) = to {
+            changes.update(to, 1);
+        }
+        if let Some(from) = time.take() {
+            changes.update(from, -1);
+        }
+        *time = to;
+        let _ = self.internal.send(Internal::HoldChanges(self.id, changes));
+    }
+}
+
+impl<T: StorageTimestamp> Subscription<T> {
+    /// Starts following `shard` of collection `id`; the caller has taken a
+    /// +1 hold at `as_of`.
+    pub(crate) fn start<B: PersistBackend<T>>(
+        backend: Arc<B>,
+        id: GlobalId,
+        shard: ShardId,
+        as_of: T,
+        internal: mpsc::UnboundedSender<Internal<T>>,
+    ) -> Self {
+        let time = Arc::new(Mutex::new(Some(as_of)));
+        let hold = Hold {
+            id,
+            time: Arc::clone(&time),
+            internal: internal.clone(),
+        };
+        let (sender, events) = mpsc::channel(16);
+        let task = tokio::spawn(async move {
+            if let Err(err) = follow(&*backend, shard, as_of, &hold, &sender).await {
+                let _ = sender.send(Err(err)).await;
+            }
+        });
+        Subscription {
+            id,
+            events,
+            task,
+            hold: time,
+            internal,
+        }
+    }
+
+    /// The collection followed.
+    #[must_use]
+    pub fn id(&self) -> GlobalId {
+        self.id
+    }
+}
+
+type EventSender<T> = mpsc::Sender<Result<SubscriptionEvent<T>, StorageError>>;
+
+async fn follow<T, B>(
+    backend: &B,
+    shard: ShardId,
+    as_of: T,
+    hold: &Hold<T>,
+    sender: &EventSender<T>,
+) -> Result<(), StorageError>
+where
+    T: StorageTimestamp,
+    B: PersistBackend<T>,
+{
+    let rows = read_snapshot(backend, hold.id, shard, as_of).await?;
+    let snapshot = rows
+        .into_iter()
+        .map(|(row, diff)| Update::new(row, as_of, diff))
+        .collect();
+    if sender
+        .send(Ok(SubscriptionEvent::Updates(snapshot)))
+        .await
+        .is_err()
+    {
+        return Ok(());
+    }
+    let Some(next) = as_of.checked_step_forward() else {
+        hold.move_to(None);
+        let _ = sender
+            .send(Ok(SubscriptionEvent::Progress(Antichain::new())))
+            .await;
+        return Ok(());
+    };
+    let mut lower = Antichain::from_elem(next);
+    hold.move_to(Some(next));
+    if sender
+        .send(Ok(SubscriptionEvent::Progress(lower.clone())))
+        .await
+        .is_err()
+    {
+        return Ok(());
+    }
+    loop {
+        let upper = backend.wait_for_upper_past(shard, &lower).await?;
+        let updates = backend.fetch(shard, &lower, &upper).await?;
+        if !updates.is_empty()
+            && sender
+                .send(Ok(SubscriptionEvent::Updates(updates)))
+                .await
+                .is_err()
+        {
+            return Ok(());
+        }
+        hold.move_to(upper.elements().first().copied());
+        let done = upper.is_empty();
+        if sender
+            .send(Ok(SubscriptionEvent::Progress(upper.clone())))
+            .await
+            .is_err()
+            || done
+        {
+            return Ok(());
+        }
+        lower = upper;
+    }
+}
+
+impl<T: StorageTimestamp> Stream for Subscription<T> {
+    type Item = Result<SubscriptionEvent<T>, StorageError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.events.poll_recv(cx)
+    }
+}
+
+impl<T: StorageTimestamp> Drop for Subscription<T> {
+    fn drop(&mut self) {
+        self.task.abort();
+        let mut time = match self.hold.lock() {
+            Ok(time) => time,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(from) = time.take() {
+            let _ = self.internal.send(Internal::HoldChanges(
+                self.id,
+                ChangeBatch::new_from(from, -1),
+            ));
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! Appends and snapshots.
+
+use tidemark_backend_conformance::BackendFactory;
+use tidemark_backend_conformance::faults::{FaultRates, FaultyBackend, Operation};
+use tidemark_storage_types::{
+    BackendError, IdempotencyToken, PersistBackend, StorageError, StorageInstanceId,
+};
+
+use super::*;
+
+/// What an append receiver resolved with.
+async fn outcome(
+    receiver: tokio::sync::oneshot::Receiver<Result<(), StorageError>>,
+) -> Result<(), StorageError> {
+    within_a_minute(receiver, "append never resolved")
+        .await
+        .expect("append channel open")
+}
+
+/// Appended updates are read back at and after their times.
+pub async fn append_then_snapshot_reads_back<F: BackendFactory>(factory: &F) {
+    let mut c = controller(factory).await;
+    c.create_collections(vec![(user(1), table())])
+        .await
+        .unwrap();
+    append_and_settle(
+        &mut c,
+        user(1),
+        vec![
+            update(1, "a", 0, 1),
+            update(2, "b", 1, 2),
+            update(1, "a", 2, -1),
+        ],
+        3,
+    )
+    .await;
+    assert_eq!(
+        c.snapshot(user(1), 0).await.unwrap(),
+        vec![(row(1, "a"), 1)]
+    );
+    assert_eq!(
+        c.snapshot(user(1), 1).await.unwrap(),
+        vec![(row(1, "a"), 1), (row(2, "b"), 2)]
+    );
+    assert_eq!(
+        c.snapshot(user(1), 2).await.unwrap(),
+        vec![(row(2, "b"), 2)]
+    );
+}
+
+/// No commands: resolved at once.
+pub async fn empty_append_resolves_at_once<F: BackendFactory>(factory: &F) {
+    let mut c = controller(factory).await;
+    let receiver = c.append(vec![]).unwrap();
+    assert_eq!(outcome(receiver).await, Ok(()));
+}
+
+/// An unknown id is refused and nothing is written.
+pub async fn append_to_unknown_id_is_identifier_missing<F: BackendFactory>(factory: &F) {
+    let mut c = controller(factory).await;
+    c.create_collections(vec![(user(1), table())])
+        .await
+        .unwrap();
+    let err = c
+        .append(vec![
+            (user(1), vec![update(1, "a", 0, 1)], 1),
+            (user(5), vec![], 1),
+        ])
+        .unwrap_err();
+    assert_eq!(err, StorageError::IdentifierMissing(user(5)));
+    c.flush().await;
+    let shard = c
+        .collection(user(1))
+        .unwrap()
+        .collection_metadata
+        .data_shard;
+    assert_eq!(
+        c.backend().frontiers(shard).await.unwrap().upper,
+        frontier(0)
+    );
+}
+
+/// Only the controller's own tables accept appends.
+pub async fn append_to_ingestion_is_invalid_usage<F: BackendFactory>(factory: &F) {
+    let mut c = controller(factory).await;
+    c.create_instance(StorageInstanceId(1));
+    c.create_collections(vec![(user(2), ingestion(StorageInstanceId(1), None))])
+        .await
+        .unwrap();
+    match c.append(vec![(user(2), vec![update(1, "a", 0, 1)], 1)]) {
+        Err(StorageError::InvalidUsage(message)) => {
+            assert!(message.contains("u2"), "{message}");
+            assert!(message.contains("only tables"), "{message}");
+        }
+        other => panic!("expected InvalidUsage, got {other:?}"),
+    }
+}
+
+/// One call naming a collection twice is refused.
+pub async fn append_naming_a_collection_twice_is_invalid_usage<F: BackendFactory>(factory: &F) {
+    let mut c = controller(factory).await;
+    c.create_collections(vec![(user(1), table())])
+        .await
+        .unwrap();
+    match c.append(vec![(user(1), vec![], 1), (user(1), vec![], 2)]) {
+        Err(StorageError::InvalidUsage(message)) => assert!(message.contains("twice"), "{message}"),
+        other => panic!("expected InvalidUsage, got {other:?}"),
+    }
+}
+
+/// An update at the new upper is refused before anything is written.
+pub async fn update_at_upper_is_update_beyond_upper<F: BackendFactory>(factory: &F) {
+    let mut c = controller(factory).await;
+    c.create_collections(vec![(user(1), table()), (user(2), table())])
+        .await
+        .unwrap();
+    let err = c
+        .append(vec![
+            (user(2), vec![update(1, "a", 0, 1)], 1),
+            (user(1), vec![update(1, "a", 0, 1), update(2, "b", 4, 1)], 4),
+        ])
+        .unwrap_err();
+    assert_eq!(err, StorageError::UpdateBeyondUpper(user(1)));
+    c.flush().await;
+    for id in [user(1), user(2)] {
+        let shard = c.collection(id).unwrap().collection_metadata.data_shard;
+        assert_eq!(
+            c.backend().frontiers(shard).await.unwrap().upper,
+            frontier(0)
+        );
+    }
+}
+
+/// A row that does not match the relation is refused, naming the column.
+pub async fn row_not_matching_relation_is_invalid_row<F: BackendFactory>(factory: &F) {
+    let mut c = controller(factory).await;
+    c.create_collections(vec![(user(1), table())])
+        .await
+        .unwrap();
+    let bad = Update::new(Row::pack([Datum::Null, Datum::Null]), 0, 1);
+    let err = c.append(vec![(user(1), vec![bad], 1)]).unwrap_err();
+    match &err {
+        StorageError::InvalidRow { id, .. } => assert_eq!(*id, user(1)),
+        other => panic!("expected InvalidRow, got {other:?}"),
+    }
+    assert!(err.to_string().contains("\"id\""), "{err}");
+}
+
+/// An append whose upper is behind the collection's is `InvalidUppers`,
+/// and writes nothing.
+pub async fn stale_upper_resolves_invalid_uppers<F: BackendFactory>(factory: &F) {
+    let mut c = controller(factory).await;
+    c.create_collections(vec![(user(1), table())])
+        .await
+        .unwrap();
+    append_and_settle(&mut c, user(1), vec![update(1, "a", 3, 1)], 5).await;
+    let receiver = c
+        .append(vec![(user(1), vec![update(2, "b", 1, 1)], 4)])
+        .unwrap();
+    assert_eq!(
+        outcome(receiver).await,
+        Err(StorageError::InvalidUppers(vec![user(1)]))
+    );
+    assert_eq!(
+        c.snapshot(user(1), 4).await.unwrap(),
+        vec![(row(1, "a"), 1)]
+    );
+    // Writing before the upper with a later new upper is stale too.
+    let receiver = c
+        .append(vec![(user(1), vec![update(2, "b", 4, 1)], 9)])
+        .unwrap();
+    assert_eq!(
+        outcome(receiver).await,
+        Err(StorageError::InvalidUppers(vec![user(1)]))
+    );
+}
+
+/// Another writer moved the shard's upper: the controller's append fails
+/// with `InvalidUppers`, and the next one starts from the real upper.
+pub async fn racing_writer_resolves_invalid_uppers_then_recovers<F: BackendFactory>(factory: &F) {
+    let mut c = controller(factory).await;
+    c.create_collections(vec![(user(1), table())])
+        .await
+        .unwrap();
+    let shard = c
+        .collection(user(1))
+        .unwrap()
+        .collection_metadata
+        .data_shard;
+    let other = factory.open_handle().await;
+    other
+        .compare_and_append(
+            shard,
+            vec![update(9, "other", 0, 1)],
+            frontier(0),
+            frontier(2),
+            IdempotencyToken::new(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let receiver = c
+        .append(vec![(user(1), vec![update(1, "a", 1, 1)], 3)])
+        .unwrap();
+    assert_eq!(
+        outcome(receiver).await,
+        Err(StorageError::InvalidUppers(vec![user(1)]))
+    );
+    let receiver = c
+        .append(vec![(user(1), vec![update(1, "a", 2, 1)], 3)])
+        .unwrap();
+    assert_eq!(outcome(receiver).await, Ok(()));
+    process_until(&mut c, |c| {
+        c.collection(user(1)).unwrap().write_frontier == frontier(3)
+    })
+    .await;
+    assert_eq!(
+        c.snapshot(user(1), 2).await.unwrap(),
+        vec![(row(1, "a"), 1), (row(9, "other"), 1)]
+    );
+}
+
+/// Appends submitted back to back apply in submission order.
+pub async fn appends_pipeline_in_submission_order<F: BackendFactory>(factory: &F) {
+    let mut c = controller(factory).await;
+    c.create_collections(vec![(user(1), table())])
+        .await
+        .unwrap();
+    let mut receivers = Vec::new();
+    for time in 0..20u64 {
+        let diff = if time % 2 == 0 { 1 } else { -1 };
+        receivers.push(
+            c.append(vec![(user(1), vec![update(1, "x", time, diff)], time + 1)])
+                .unwrap(),
+        );
+    }
+    for receiver in receivers {
+        assert_eq!(outcome(receiver).await, Ok(()));
+    }
+    process_until(&mut c, |c| {
+        c.collection(user(1)).unwrap().write_frontier == frontier(20)
+    })
+    .await;
+    for time in 0..20u64 {
+        let expected = if time % 2 == 0 {
+            vec![(row(1, "x"), 1)]
+        } else {
+            vec![]
+        };
+        assert_eq!(
+            c.snapshot(user(1), time).await.unwrap(),
+            expected,
+            "at {time}"
+        );
+    }
+}
+
+/// One call appends to several tables, each to its own upper.
+pub async fn appends_to_several_tables_in_one_call<F: BackendFactory>(factory: &F) {
+    let mut c = controller(factory).await;
+    c.create_collections(vec![(user(1), table()), (user(2), table())])
+        .await
+        .unwrap();
+    let receiver = c
+        .append(vec![
+            (user(1), vec![update(1, "a", 0, 1)], 2),
+            (user(2), vec![update(2, "b", 1, 1)], 5),
+        ])
+        .unwrap();
+    assert_eq!(outcome(receiver).await, Ok(()));
+    process_until(&mut c, |c| {
+        c.collection(user(1)).unwrap().write_frontier == frontier(2)
+            && c.collection(user(2)).unwrap().write_frontier == frontier(5)
+    })
+    .await;
+    assert_eq!(
+        c.snapshot(user(2), 4).await.unwrap(),
+        vec![(row(2, "b"), 1)]
+    );
+}
+
+/// Appends through a backend that often fails after applying are retried
+/// with their token: every append lands exactly once.
+pub async fn indeterminate_failures_are_retried_without_duplicates<F: BackendFactory>(factory: &F) {
+    let faulty = FaultyBackend::new(factory.open_handle().await, 7).with_rates(
+        Operation::CompareAndAppend,
+        FaultRates::new(0.0, 0.3).expect("valid rates"),
+    );
+    let mut c = Controller::new(faulty, test_config()).await.unwrap();
+    c.create_collections(vec![(user(1), table())])
+        .await
+        .unwrap();
+    for time in 0..10u64 {
+        let receiver = c
+            .append(vec![(user(1), vec![update(1, "x", time, 1)], time + 1)])
+            .unwrap();
+        assert_eq!(outcome(receiver).await, Ok(()), "append at {time}");
+    }
+    assert!(
+        c.backend().counts(Operation::CompareAndAppend).failed_after > 0,
+        "the backend injected faults"
+    );
+    assert_eq!(
+        c.snapshot(user(1), 9).await.unwrap(),
+        vec![(row(1, "x"), 10)]
+    );
+}
+
+/// A backend that refuses every append: starting the controller (which
+/// writes its metadata) reports the backend's error.
+pub async fn failing_backend_is_reported<F: BackendFactory>(factory: &F) {
+    let faulty = FaultyBackend::new(factory.open_handle().await, 3).with_rates(
+        Operation::CompareAndAppend,
+        FaultRates::new(1.0, 0.0).expect("valid rates"),
+    );
+    let err = Controller::<u64, _>::new(faulty, test_config())
+        .await
+        .unwrap_err();
+    match err {
+        StorageError::Backend(backend) => assert!(
+            matches!(backend, BackendError::Determinate(_)),
+            "{backend:?}"
+        ),
+        other => panic!("expected a backend error, got {other:?}"),
+    }
+}
+
+/// Snapshots of unknown ids are refused.
+pub async fn snapshot_of_unknown_id_is_identifier_missing<F: BackendFactory>(factory: &F) {
+    let c = controller(factory).await;
+    assert_eq!(
+        c.snapshot(user(4), 0).await.unwrap_err(),
+        StorageError::IdentifierMissing(user(4))
+    );
+}
+
+/// A snapshot before the since is refused.
+pub async fn snapshot_before_since_is_read_before_since<F: BackendFactory>(factory: &F) {
+    let mut c = controller(factory).await;
+    c.create_collections(vec![(user(1), table())])
+        .await
+        .unwrap();
+    append_and_settle(&mut c, user(1), vec![update(1, "a", 0, 1)], 10).await;
+    c.set_read_policy(vec![(user(1), ReadPolicy::ValidFrom(frontier(6)))]);
+    assert_eq!(
+        c.snapshot(user(1), 5).await.unwrap_err(),
+        StorageError::ReadBeforeSince(user(1))
+    );
+    assert_eq!(
+        c.snapshot(user(1), 6).await.unwrap(),
+        vec![(row(1, "a"), 1)]
+    );
+}
+
+/// A snapshot at or beyond the upper waits for a write to pass it.
+pub async fn snapshot_waits_for_the_upper<F: BackendFactory>(factory: &F) {
+    let mut c = controller(factory).await;
+    c.create_collections(vec![(user(1), table())])
+        .await
+        .unwrap();
+    let shard = c
+        .collection(user(1))
+        .unwrap()
+        .collection_metadata
+        .data_shard;
+    let writer = factory.open_handle().await;
+    let write = async {
+        writer
+            .compare_and_append(
+                shard,
+                vec![update(1, "late", 4, 1)],
+                frontier(0),
+                frontier(6),
+                IdempotencyToken::new(),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+    };
+    let (rows, ()) = within_a_minute(
+        async { tokio::join!(c.snapshot(user(1), 5), write) },
+        "snapshot never returned",
+    )
+    .await;
+    assert_eq!(rows.unwrap(), vec![(row(1, "late"), 1)]);
+}
+
+use tidemark_storage_types::ReadPolicy;

@@ -1,0 +1,430 @@
+//! The controller's write task: every backend write the controller makes
+//! (appends, since downgrades, compaction, finalization, durable metadata)
+//! runs here, one command after another in submission order.
+//!
+//! SUBTLE: running them on one task in order is what makes appends to one
+//! collection apply in submission order, a finalization follow every
+//! append and downgrade queued before it, and a re-created id's new shard
+//! be recorded after the old one is retired.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use tidemark_storage_types::{
+    GlobalId, IdempotencyToken, PersistBackend, ShardFrontiers, ShardId, StorageError,
+    StorageParameters, StorageTimestamp, Update,
+};
+use timely::PartialOrder;
+use timely::progress::Antichain;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::controller::Internal;
+use crate::durable::{DurableMetadata, MetadataStore, decode_frontier, encode_frontier};
+use crate::retry::{RetryPolicy, retry_indeterminate};
+
+/// A collection to register: its id, and the since to raise its shard to.
+pub(crate) type Registration<T> = (GlobalId, Option<Antichain<T>>);
+
+/// What registering collections answers: each id's shard and its
+/// frontiers.
+pub(crate) type Registered<T> = Vec<(GlobalId, ShardId, ShardFrontiers<T>)>;
+
+/// One command of an append call.
+#[derive(Debug)]
+pub(crate) struct ShardAppend<T> {
+    pub(crate) id: GlobalId,
+    pub(crate) shard: ShardId,
+    pub(crate) updates: Vec<Update<T>>,
+    pub(crate) new_upper: Antichain<T>,
+}
+
+/// Work for the write task.
+#[derive(Debug)]
+pub(crate) enum WorkerCommand<T> {
+    /// Records shards for new ids durably, opens every shard, raises sinces.
+    Register {
+        collections: Vec<Registration<T>>,
+        reply: oneshot::Sender<Result<Registered<T>, StorageError>>,
+    },
+    /// Records sink as_ofs (keeping earlier records); replies with the
+    /// recorded as_of of each.
+    RecordSinks {
+        sinks: Vec<(GlobalId, Antichain<T>)>,
+        reply: oneshot::Sender<Result<Vec<Antichain<T>>, StorageError>>,
+    },
+    /// Forgets sink records.
+    ForgetSinks { ids: Vec<GlobalId> },
+    /// Appends; replies when durable.
+    Append {
+        commands: Vec<ShardAppend<T>>,
+        reply: oneshot::Sender<Result<(), StorageError>>,
+    },
+    /// Downgrades a shard's since (then maybe compacts).
+    DowngradeSince { shard: ShardId, since: Antichain<T> },
+    /// Retires a dropped collection's shard: durably marks it, finalizes it,
+    /// forgets it.
+    Finalize { id: GlobalId, shard: ShardId },
+    /// Rewrites the metadata in the current format if it is older.
+    Migrate {
+        reply: oneshot::Sender<Result<(), StorageError>>,
+    },
+    /// Finalizes every recorded shard not in `live_shards`, forgets sink
+    /// records not in `live_sinks`, finishes interrupted finalizations.
+    Reconcile {
+        live_shards: BTreeSet<ShardId>,
+        live_sinks: BTreeSet<GlobalId>,
+        reply: oneshot::Sender<Result<(), StorageError>>,
+    },
+    /// New storage parameters.
+    Configure(StorageParameters),
+    /// Replies once every earlier command is done.
+    Barrier { reply: oneshot::Sender<()> },
+}
+
+/// The write task's state.
+pub(crate) struct Worker<T, B> {
+    pub(crate) backend: Arc<B>,
+    pub(crate) metadata: MetadataStore<T>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) parameters: StorageParameters,
+    /// The upper of each shard as this task last wrote or saw it.
+    pub(crate) uppers: BTreeMap<ShardId, Antichain<T>>,
+    pub(crate) internal: mpsc::UnboundedSender<Internal<T>>,
+}
+
+impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
+    /// Runs until the controller drops its sender.
+    pub(crate) async fn run(mut self, mut commands: mpsc::UnboundedReceiver<WorkerCommand<T>>) {
+        let mut chunk = Vec::new();
+        loop {
+            chunk.clear();
+            if commands.recv_many(&mut chunk, 256).await == 0 {
+                return;
+            }
+            // One fence check per chunk: a fenced controller must not touch
+            // data a newer controller owns.
+            let needs_fence_check = chunk
+                .iter()
+                .any(|command| !matches!(command, WorkerCommand::Barrier { .. }));
+            let fence = if needs_fence_check {
+                self.metadata.check_fence(&*self.backend).await
+            } else {
+                Ok(())
+            };
+            let superseded = superseded_downgrades(&chunk);
+            for (index, command) in chunk.drain(..).enumerate() {
+                if superseded.contains(&index) {
+                    continue;
+                }
+                match &fence {
+                    Ok(()) => self.handle(command).await,
+                    Err(err) => self.refuse(command, err.clone()),
+                }
+            }
+        }
+    }
+
+    fn report(&self, err: StorageError) {
+        tracing::warn!(error = %err, "background storage work failed");
+        let _ = self.internal.send(Internal::BackgroundError(err));
+    }
+
+    fn refuse(&self, command: WorkerCommand<T>, err: StorageError) {
+        match command {
+            WorkerCommand::Register { reply, .. } => drop(reply.send(Err(err))),
+            WorkerCommand::RecordSinks { reply, .. } => drop(reply.send(Err(err))),
+            WorkerCommand::Append { reply, .. } => drop(reply.send(Err(err))),
+            WorkerCommand::Migrate { reply } => drop(reply.send(Err(err))),
+            WorkerCommand::Reconcile { reply, .. } => drop(reply.send(Err(err))),
+            WorkerCommand::Barrier { reply } => drop(reply.send(())),
+            WorkerCommand::Configure(_) => {}
+            WorkerCommand::ForgetSinks { .. }
+            | WorkerCommand::DowngradeSince { .. }
+            | WorkerCommand::Finalize { .. } => self.report(err),
+        }
+    }
+
+    async fn handle(&mut self, command: WorkerCommand<T>) {
+        match command {
+            WorkerCommand::Register { collections, reply } => {
+                let _ = reply.send(self.register(collections).await);
+            }
+            WorkerCommand::RecordSinks { sinks, reply } => {
+                let _ = reply.send(self.record_sinks(sinks).await);
+            }
+            WorkerCommand::ForgetSinks { ids } => {
+                let mut metadata = self.metadata.metadata().clone();
+                let before = metadata.sink_as_ofs.len();
+                for id in &ids {
+                    metadata.sink_as_ofs.remove(id);
+                }
+                if metadata.sink_as_ofs.len() != before
+                    && let Err(err) = self.metadata.write(&*self.backend, metadata).await
+                {
+                    self.report(err);
+                }
+            }
+            WorkerCommand::Append { commands, reply } => {
+                let _ = reply.send(self.append(commands).await);
+            }
+            WorkerCommand::DowngradeSince { shard, since } => {
+                if let Err(err) = self.downgrade_since(shard, since).await {
+                    self.report(err);
+                }
+            }
+            WorkerCommand::Finalize { id, shard } => {
+                if let Err(err) = self.finalize(Some(id), [shard].into()).await {
+                    self.report(err);
+                }
+            }
+            WorkerCommand::Migrate { reply } => {
+                let result =
+                    if self.metadata.format_version() < crate::durable::CURRENT_FORMAT_VERSION {
+                        let metadata = self.metadata.metadata().clone();
+                        self.metadata.write(&*self.backend, metadata).await
+                    } else {
+                        Ok(())
+                    };
+                let _ = reply.send(result);
+            }
+            WorkerCommand::Reconcile {
+                live_shards,
+                live_sinks,
+                reply,
+            } => {
+                let _ = reply.send(self.reconcile(live_shards, live_sinks).await);
+            }
+            WorkerCommand::Configure(parameters) => self.parameters = parameters,
+            WorkerCommand::Barrier { reply } => {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    async fn register(
+        &mut self,
+        collections: Vec<Registration<T>>,
+    ) -> Result<Registered<T>, StorageError> {
+        let mut metadata = self.metadata.metadata().clone();
+        let mut changed = false;
+        for (id, _) in &collections {
+            metadata.collections.entry(*id).or_insert_with(|| {
+                changed = true;
+                ShardId::new()
+            });
+        }
+        // SUBTLE: the mapping is durable before any shard is used, so a
+        // crash never leaves data in a shard no metadata names.
+        if changed {
+            self.metadata
+                .write(&*self.backend, metadata.clone())
+                .await?;
+        }
+        let mut registered = Vec::with_capacity(collections.len());
+        for (id, since) in collections {
+            let shard = metadata.collections[&id];
+            let backend = &*self.backend;
+            let mut frontiers = retry_indeterminate(self.retry, || backend.open(shard)).await?;
+            if let Some(since) = since
+                && PartialOrder::less_than(&frontiers.since, &since)
+            {
+                frontiers.since =
+                    retry_indeterminate(self.retry, || backend.downgrade_since(shard, &since))
+                        .await?;
+            }
+            self.uppers.insert(shard, frontiers.upper.clone());
+            registered.push((id, shard, frontiers));
+        }
+        Ok(registered)
+    }
+
+    async fn record_sinks(
+        &mut self,
+        sinks: Vec<(GlobalId, Antichain<T>)>,
+    ) -> Result<Vec<Antichain<T>>, StorageError> {
+        let mut metadata = self.metadata.metadata().clone();
+        let mut changed = false;
+        let mut recorded = Vec::with_capacity(sinks.len());
+        for (id, as_of) in sinks {
+            let encoded = metadata.sink_as_ofs.entry(id).or_insert_with(|| {
+                changed = true;
+                encode_frontier(&as_of)
+            });
+            recorded.push(decode_frontier(encoded));
+        }
+        if changed {
+            self.metadata.write(&*self.backend, metadata).await?;
+        }
+        Ok(recorded)
+    }
+
+    async fn append(&mut self, commands: Vec<ShardAppend<T>>) -> Result<(), StorageError> {
+        let mut invalid = Vec::new();
+        let mut written = Vec::new();
+        let mut first_error = None;
+        for command in commands {
+            let expected_upper = match self.uppers.get(&command.shard) {
+                Some(upper) => upper.clone(),
+                None => {
+                    let backend = &*self.backend;
+                    match retry_indeterminate(self.retry, || backend.frontiers(command.shard)).await
+                    {
+                        Ok(frontiers) => frontiers.upper,
+                        Err(err) => {
+                            first_error.get_or_insert(StorageError::Backend(err));
+                            continue;
+                        }
+                    }
+                }
+            };
+            // The caller's idea of the upper is stale if it writes before
+            // the current upper or moves the upper back.
+            let stale = !PartialOrder::less_equal(&expected_upper, &command.new_upper)
+                || command
+                    .updates
+                    .iter()
+                    .any(|update| !expected_upper.less_equal(&update.timestamp));
+            if stale {
+                self.uppers.insert(command.shard, expected_upper);
+                invalid.push(command.id);
+                continue;
+            }
+            let token = IdempotencyToken::new();
+            let backend = &*self.backend;
+            let outcome = retry_indeterminate(self.retry, || {
+                backend.compare_and_append(
+                    command.shard,
+                    command.updates.clone(),
+                    expected_upper.clone(),
+                    command.new_upper.clone(),
+                    token,
+                )
+            })
+            .await;
+            match outcome {
+                Ok(Ok(())) => {
+                    self.uppers.insert(command.shard, command.new_upper.clone());
+                    written.push((command.id, command.new_upper));
+                }
+                Ok(Err(mismatch)) => {
+                    self.uppers.insert(command.shard, mismatch.current);
+                    invalid.push(command.id);
+                }
+                Err(err) => {
+                    // The upper is unknown now: read it again next time.
+                    self.uppers.remove(&command.shard);
+                    first_error.get_or_insert(StorageError::Backend(err));
+                }
+            }
+        }
+        // SUBTLE: the new uppers are queued before the caller's receiver
+        // resolves, so a process() after the write completes sees them.
+        if !written.is_empty() {
+            let _ = self.internal.send(Internal::WriteCompleted(written));
+        }
+        if let Some(err) = first_error {
+            return Err(err);
+        }
+        if !invalid.is_empty() {
+            return Err(StorageError::InvalidUppers(invalid));
+        }
+        Ok(())
+    }
+
+    async fn downgrade_since(
+        &mut self,
+        shard: ShardId,
+        since: Antichain<T>,
+    ) -> Result<(), StorageError> {
+        let backend = &*self.backend;
+        retry_indeterminate(self.retry, || backend.downgrade_since(shard, &since)).await?;
+        if self.parameters.physical_compaction() && !since.is_empty() {
+            let usage = retry_indeterminate(self.retry, || backend.usage(shard)).await?;
+            if usage.updates >= self.parameters.compaction_min_updates() {
+                let stats = retry_indeterminate(self.retry, || backend.compact(shard)).await?;
+                tracing::debug!(%shard, ?stats, "compacted shard");
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks `shards` as finalizing (dropping `id`'s mapping), finalizes
+    /// them, and forgets them.
+    async fn finalize(
+        &mut self,
+        id: Option<GlobalId>,
+        shards: BTreeSet<ShardId>,
+    ) -> Result<(), StorageError> {
+        let mut metadata = self.metadata.metadata().clone();
+        if let Some(id) = id
+            && shards.contains(
+                &metadata
+                    .collections
+                    .get(&id)
+                    .copied()
+                    .unwrap_or(crate::durable::METADATA_SHARD),
+            )
+        {
+            metadata.collections.remove(&id);
+        }
+        metadata.finalizing.extend(shards.iter().copied());
+        if metadata != *self.metadata.metadata() {
+            self.metadata
+                .write(&*self.backend, metadata.clone())
+                .await?;
+        }
+        let backend = &*self.backend;
+        for shard in &shards {
+            retry_indeterminate(self.retry, || backend.finalize(*shard)).await?;
+            self.uppers.remove(shard);
+        }
+        for shard in &shards {
+            metadata.finalizing.remove(shard);
+        }
+        self.metadata.write(&*self.backend, metadata).await
+    }
+
+    async fn reconcile(
+        &mut self,
+        live_shards: BTreeSet<ShardId>,
+        live_sinks: BTreeSet<GlobalId>,
+    ) -> Result<(), StorageError> {
+        let mut metadata: DurableMetadata = self.metadata.metadata().clone();
+        let unclaimed: Vec<GlobalId> = metadata
+            .collections
+            .iter()
+            .filter(|(_, shard)| !live_shards.contains(shard))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut retiring: BTreeSet<ShardId> = metadata.finalizing.clone();
+        for id in unclaimed {
+            if let Some(shard) = metadata.collections.remove(&id) {
+                tracing::info!(%id, %shard, "reclaiming the shard of a collection nobody re-created");
+                retiring.insert(shard);
+            }
+        }
+        metadata.sink_as_ofs.retain(|id, _| live_sinks.contains(id));
+        if metadata != *self.metadata.metadata() {
+            self.metadata.write(&*self.backend, metadata).await?;
+        }
+        if retiring.is_empty() {
+            return Ok(());
+        }
+        self.finalize(None, retiring).await
+    }
+}
+
+/// Indexes of downgrades in `chunk` that a later downgrade of the same
+/// shard in the chunk supersedes (since only moves forward, the last wins).
+fn superseded_downgrades<T>(chunk: &[WorkerCommand<T>]) -> BTreeSet<usize> {
+    let mut last = BTreeMap::new();
+    let mut superseded = BTreeSet::new();
+    for (index, command) in chunk.iter().enumerate() {
+        if let WorkerCommand::DowngradeSince { shard, .. } = command
+            && let Some(previous) = last.insert(*shard, index)
+        {
+            superseded.insert(previous);
+        }
+    }
+    superseded
+}
