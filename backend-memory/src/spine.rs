@@ -124,7 +124,7 @@ fn take_updates<T: Clone>(batch: Arc<Batch<T>>) -> Vec<(Row, T, Diff)> {
 /// pass: both inputs are sorted by `(row, time)` and consolidated, so equal
 /// keys meet at the heads of the two runs. (Sorting the concatenation and
 /// calling `consolidate_updates` gives the same batch, which the tests
-/// check, at about three times the cost.)
+/// check, at two to three times the cost.)
 fn merge<T: Ord + Clone>(older: Arc<Batch<T>>, newer: Arc<Batch<T>>) -> Batch<T> {
     let mut merged = Vec::with_capacity(older.len() + newer.len());
     let mut bytes = older.bytes() + newer.bytes();
