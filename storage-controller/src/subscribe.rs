@@ -116,6 +116,14 @@ impl<T: StorageTimestamp> Subscription<T> {
     pub fn id(&self) -> GlobalId {
         self.id
     }
+
+    /// The next event, or `None` once the stream has ended (after the
+    /// empty-frontier progress or an error). The same as
+    /// [`StreamExt::next`](futures::StreamExt::next), without needing the
+    /// trait. Cancellation safe.
+    pub async fn recv(&mut self) -> Option<Result<SubscriptionEvent<T>, StorageError>> {
+        self.events.recv().await
+    }
 }
 
 type EventSender<T> = mpsc::Sender<Result<SubscriptionEvent<T>, StorageError>>;
