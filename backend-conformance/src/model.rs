@@ -344,11 +344,31 @@ async fn run_case<B: PersistBackend<u64>>(
             .or_insert(0) += 1;
     }
     prop_assert_eq!(handles[1].frontiers(shard).await, Ok(model.frontiers()));
-    handles[0]
-        .finalize(shard)
-        .await
-        .map_err(|err| unexpected("finalize", err))?;
-    Ok(())
+    finalize_for_cleanup(&handles[0], shard).await
+}
+
+/// Finalizes a case's shard so cases do not pile up in shared storage.
+///
+/// This is cleanup, not part of the property: a failure that may be
+/// transient (a test server's hiccup) is retried, which is safe because
+/// finalize is idempotent. Only a failure on every attempt fails the case.
+async fn finalize_for_cleanup<B: PersistBackend<u64>>(
+    backend: &B,
+    shard: ShardId,
+) -> TestCaseResult {
+    const ATTEMPTS: usize = 5;
+    let mut last_failure = None;
+    for _ in 0..ATTEMPTS {
+        match backend.finalize(shard).await {
+            Ok(()) => return Ok(()),
+            Err(err @ BackendError::InvalidUsage(_)) => return Err(unexpected("finalize", err)),
+            Err(err) => last_failure = Some(err),
+        }
+    }
+    Err(unexpected(
+        &format!("finalize, {ATTEMPTS} attempts"),
+        last_failure,
+    ))
 }
 
 /// Random operation sequences (at least 256 cases of up to 12 steps),
