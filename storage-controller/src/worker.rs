@@ -59,8 +59,8 @@ pub(crate) enum WorkerCommand<T> {
         commands: Vec<ShardAppend<T>>,
         reply: oneshot::Sender<Result<(), StorageError>>,
     },
-    /// Downgrades a shard's since (then maybe compacts).
-    DowngradeSince { shard: ShardId, since: Antichain<T> },
+    /// Downgrades shards' sinces (then maybe compacts each).
+    DowngradeSinces(Vec<(ShardId, Antichain<T>)>),
     /// Retires a dropped collection's shard: durably marks it, finalizes it,
     /// forgets it.
     Finalize { id: GlobalId, shard: ShardId },
@@ -111,11 +111,8 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
             } else {
                 Ok(())
             };
-            let superseded = superseded_downgrades(&chunk);
-            for (index, command) in chunk.drain(..).enumerate() {
-                if superseded.contains(&index) {
-                    continue;
-                }
+            drop_superseded_downgrades(&mut chunk);
+            for command in chunk.drain(..) {
                 match &fence {
                     Ok(()) => self.handle(command).await,
                     Err(err) => self.refuse(command, err.clone()),
@@ -139,7 +136,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
             WorkerCommand::Barrier { reply } => drop(reply.send(())),
             WorkerCommand::Configure(_) => {}
             WorkerCommand::ForgetSinks { .. }
-            | WorkerCommand::DowngradeSince { .. }
+            | WorkerCommand::DowngradeSinces(_)
             | WorkerCommand::Finalize { .. } => self.report(err),
         }
     }
@@ -167,9 +164,11 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
             WorkerCommand::Append { commands, reply } => {
                 let _ = reply.send(self.append(commands).await);
             }
-            WorkerCommand::DowngradeSince { shard, since } => {
-                if let Err(err) = self.downgrade_since(shard, since).await {
-                    self.report(err);
+            WorkerCommand::DowngradeSinces(downgrades) => {
+                for (shard, since) in downgrades {
+                    if let Err(err) = self.downgrade_since(shard, since).await {
+                        self.report(err);
+                    }
                 }
             }
             WorkerCommand::Finalize { id, shard } => {
@@ -414,17 +413,19 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
     }
 }
 
-/// Indexes of downgrades in `chunk` that a later downgrade of the same
-/// shard in the chunk supersedes (since only moves forward, the last wins).
-fn superseded_downgrades<T>(chunk: &[WorkerCommand<T>]) -> BTreeSet<usize> {
-    let mut last = BTreeMap::new();
-    let mut superseded = BTreeSet::new();
-    for (index, command) in chunk.iter().enumerate() {
-        if let WorkerCommand::DowngradeSince { shard, .. } = command
-            && let Some(previous) = last.insert(*shard, index)
-        {
-            superseded.insert(previous);
+/// Removes downgrades of a shard that a later downgrade of the same shard
+/// in `chunk` supersedes (a since only moves forward, so the last wins).
+fn drop_superseded_downgrades<T>(chunk: &mut [WorkerCommand<T>]) {
+    let mut seen = BTreeSet::new();
+    for command in chunk.iter_mut().rev() {
+        if let WorkerCommand::DowngradeSinces(downgrades) = command {
+            let mut kept: Vec<_> = downgrades
+                .drain(..)
+                .rev()
+                .filter(|(shard, _)| seen.insert(*shard))
+                .collect();
+            kept.reverse();
+            *downgrades = kept;
         }
     }
-    superseded
 }

@@ -169,10 +169,10 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
             self.collections.insert(id, state);
             if timely::PartialOrder::less_than(&frontiers.since, &self.collections[&id].since()) {
                 // The shard lags the join above; bring it up.
-                let _ = self.worker.send(WorkerCommand::DowngradeSince {
+                let _ = self.worker.send(WorkerCommand::DowngradeSinces(vec![(
                     shard,
-                    since: self.collections[&id].since(),
-                });
+                    self.collections[&id].since(),
+                )]));
             }
         }
         self.update_read_capabilities_inner(&mut holds);

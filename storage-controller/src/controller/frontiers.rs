@@ -4,57 +4,116 @@
 use std::collections::BTreeMap;
 
 use tidemark_storage_types::{
-    DataSource, GlobalId, PersistBackend, ReadPolicy, StorageTimestamp, display_frontier,
+    DataSource, GlobalId, PersistBackend, ReadPolicy, ShardId, StorageInstanceId, StorageTimestamp,
+    display_frontier,
 };
 use timely::PartialOrder;
 use timely::progress::{Antichain, ChangeBatch};
 
 use super::Controller;
+use crate::state::CollectionState;
 use crate::worker::WorkerCommand;
 
-/// Moves `capability` to `proposed` if that is not behind it, recording the
-/// change (+1 at the new elements, -1 at the old) in `changes`.
-pub(crate) fn advance_capability<T: StorageTimestamp>(
+/// The proposed capability if it is ahead of `capability` (capabilities
+/// never move back), as the change batch that moves it there.
+fn capability_change<T: StorageTimestamp>(
     capability: &mut Antichain<T>,
     proposed: Antichain<T>,
-    changes: &mut ChangeBatch<T>,
+) -> Option<ChangeBatch<T>> {
+    if *capability == proposed || !PartialOrder::less_equal(capability, &proposed) {
+        return None;
+    }
+    let mut batch = ChangeBatch::new();
+    batch.extend(proposed.iter().map(|time| (*time, 1)));
+    batch.extend(capability.iter().map(|time| (*time, -1)));
+    *capability = proposed;
+    Some(batch)
+}
+
+/// A collection's since moved.
+pub(crate) struct SinceChange<T> {
+    id: GlobalId,
+    since: Antichain<T>,
+    shard: ShardId,
+    instance: Option<StorageInstanceId>,
+}
+
+/// Applies `batch` to `collection`'s read capabilities. A since change is
+/// pushed to `since_changes` and propagated to the collection's storage
+/// dependencies through `pending`.
+///
+/// # Panics
+///
+/// If a count would become negative.
+fn apply_read_changes<T: StorageTimestamp>(
+    id: GlobalId,
+    collection: &mut CollectionState<T>,
+    batch: &mut ChangeBatch<T>,
+    pending: &mut BTreeMap<GlobalId, ChangeBatch<T>>,
+    since_changes: &mut Vec<SinceChange<T>>,
 ) {
-    if *capability != proposed && PartialOrder::less_equal(capability, &proposed) {
-        changes.extend(proposed.iter().map(|time| (*time, 1)));
-        changes.extend(capability.iter().map(|time| (*time, -1)));
-        *capability = proposed;
+    for (time, diff) in batch.iter() {
+        let count = collection.read_capabilities.count_for(time);
+        assert!(
+            count + diff >= 0,
+            "read capability count of collection {id} would become negative: time={time} count={count} change={diff}"
+        );
+    }
+    let mut changed = false;
+    for (time, diff) in collection.read_capabilities.update_iter(batch.drain()) {
+        changed = true;
+        // A dependency is held at this collection's since.
+        for dependency in &collection.storage_dependencies {
+            pending.entry(*dependency).or_default().update(time, diff);
+        }
+    }
+    if changed {
+        let instance = match &collection.description.data_source {
+            DataSource::Ingestion(ingestion) => Some(ingestion.instance_id),
+            _ => None,
+        };
+        since_changes.push(SinceChange {
+            id,
+            since: collection.read_capabilities.frontier().to_owned(),
+            shard: collection.collection_metadata.data_shard,
+            instance,
+        });
     }
 }
 
 impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
     pub(crate) fn set_read_policy_inner(&mut self, policies: Vec<(GlobalId, ReadPolicy<T>)>) {
-        let mut changes: BTreeMap<GlobalId, ChangeBatch<T>> = BTreeMap::new();
+        let mut pending: BTreeMap<GlobalId, ChangeBatch<T>> = BTreeMap::new();
         for (id, policy) in policies {
             if let Some(collection) = self.collections.get_mut(&id) {
                 let proposed = policy.frontier(collection.write_frontier.borrow());
-                advance_capability(
-                    &mut collection.implied_capability,
-                    proposed,
-                    changes.entry(id).or_default(),
-                );
+                if let Some(batch) = capability_change(&mut collection.implied_capability, proposed)
+                {
+                    pending
+                        .entry(id)
+                        .or_default()
+                        .extend(batch.into_inner().into_iter());
+                }
                 collection.read_policy = policy;
             } else if let Some(export) = self.exports.get_mut(&id) {
                 let proposed = policy.frontier(export.write_frontier.borrow());
-                advance_capability(
-                    &mut export.read_capability,
-                    proposed,
-                    changes.entry(export.description.from).or_default(),
-                );
+                if let Some(batch) = capability_change(&mut export.read_capability, proposed) {
+                    pending
+                        .entry(export.description.from)
+                        .or_default()
+                        .extend(batch.into_inner().into_iter());
+                }
                 export.read_policy = policy;
             } else {
                 panic!("set_read_policy: unknown collection or export {id}");
             }
         }
-        self.update_read_capabilities_inner(&mut changes);
+        self.update_read_capabilities_inner(&mut pending);
     }
 
     pub(crate) fn update_write_frontiers_inner(&mut self, updates: &[(GlobalId, Antichain<T>)]) {
-        let mut changes: BTreeMap<GlobalId, ChangeBatch<T>> = BTreeMap::new();
+        let mut pending: BTreeMap<GlobalId, ChangeBatch<T>> = BTreeMap::new();
+        let mut since_changes = Vec::new();
         for (id, upper) in updates {
             if let Some(collection) = self.collections.get_mut(id) {
                 if PartialOrder::less_than(&collection.write_frontier, upper) {
@@ -63,95 +122,106 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
                 let proposed = collection
                     .read_policy
                     .frontier(collection.write_frontier.borrow());
-                advance_capability(
-                    &mut collection.implied_capability,
-                    proposed,
-                    changes.entry(*id).or_default(),
-                );
+                // The common case, applied in place: one lookup per id.
+                if let Some(mut batch) =
+                    capability_change(&mut collection.implied_capability, proposed)
+                {
+                    apply_read_changes(
+                        *id,
+                        collection,
+                        &mut batch,
+                        &mut pending,
+                        &mut since_changes,
+                    );
+                }
             } else if let Some(export) = self.exports.get_mut(id) {
                 if PartialOrder::less_than(&export.write_frontier, upper) {
                     export.write_frontier.clone_from(upper);
                 }
                 let proposed = export.read_policy.frontier(export.write_frontier.borrow());
-                advance_capability(
-                    &mut export.read_capability,
-                    proposed,
-                    changes.entry(export.description.from).or_default(),
-                );
+                if let Some(batch) = capability_change(&mut export.read_capability, proposed) {
+                    pending
+                        .entry(export.description.from)
+                        .or_default()
+                        .extend(batch.into_inner().into_iter());
+                }
             } else {
                 panic!("update_write_frontiers: unknown collection or export {id}");
             }
         }
-        self.update_read_capabilities_inner(&mut changes);
+        self.apply_pending(&mut pending, &mut since_changes);
+        self.sinces_changed(since_changes);
     }
 
     pub(crate) fn update_read_capabilities_inner(
         &mut self,
         updates: &mut BTreeMap<GlobalId, ChangeBatch<T>>,
     ) {
-        let mut new_sinces: BTreeMap<GlobalId, Antichain<T>> = BTreeMap::new();
-        while let Some((id, mut batch)) = updates.pop_last() {
-            if !self.collections.contains_key(&id)
-                && let Some(export) = self.exports.get(&id)
-            {
+        let mut since_changes = Vec::new();
+        self.apply_pending(updates, &mut since_changes);
+        self.sinces_changed(since_changes);
+    }
+
+    /// Drains `pending` into the collections' read capabilities (an
+    /// export's changes go to the collection it reads).
+    fn apply_pending(
+        &mut self,
+        pending: &mut BTreeMap<GlobalId, ChangeBatch<T>>,
+        since_changes: &mut Vec<SinceChange<T>>,
+    ) {
+        while let Some((id, mut batch)) = pending.pop_last() {
+            if batch.is_empty() {
+                continue;
+            }
+            if let Some(collection) = self.collections.get_mut(&id) {
+                apply_read_changes(id, collection, &mut batch, pending, since_changes);
+            } else if let Some(export) = self.exports.get(&id) {
                 let from = export.description.from;
-                updates.entry(from).or_default().extend(batch.drain());
-                continue;
-            }
-            let Some(collection) = self.collections.get_mut(&id) else {
+                pending.entry(from).or_default().extend(batch.drain());
+            } else {
                 panic!("update_read_capabilities: unknown collection {id}");
-            };
-            for (time, diff) in batch.iter() {
-                let count = collection.read_capabilities.count_for(time);
-                assert!(
-                    count + diff >= 0,
-                    "read capability count of collection {id} would become negative: time={time} count={count} change={diff}"
-                );
             }
-            let since_changes: Vec<(T, i64)> = collection
-                .read_capabilities
-                .update_iter(batch.drain())
-                .collect();
-            if since_changes.is_empty() {
-                continue;
-            }
-            // A dependency is held at this collection's since.
-            for dependency in &collection.storage_dependencies {
-                updates
-                    .entry(*dependency)
-                    .or_default()
-                    .extend(since_changes.iter().copied());
-            }
-            new_sinces.insert(id, collection.read_capabilities.frontier().to_owned());
-        }
-        for (id, since) in new_sinces {
-            self.since_advanced(id, since);
         }
     }
 
-    /// Acts on a collection's new since: downgrades its shard, tells the
-    /// instance running it, and retires it when the since is empty.
-    fn since_advanced(&mut self, id: GlobalId, since: Antichain<T>) {
-        let Some(collection) = self.collections.get(&id) else {
-            return;
-        };
-        tracing::trace!(%id, since = %display_frontier(&since), "since advanced");
-        let shard = collection.collection_metadata.data_shard;
-        if let DataSource::Ingestion(ingestion) = &collection.description.data_source {
-            self.pending_compaction
-                .entry(ingestion.instance_id)
-                .or_default()
-                .push((id, since.clone()));
+    /// Acts on new sinces: downgrades the shards (one command to the write
+    /// task), tells the instances running them, and retires collections
+    /// whose since is empty.
+    fn sinces_changed(&mut self, since_changes: Vec<SinceChange<T>>) {
+        let mut downgrades = Vec::new();
+        for SinceChange {
+            id,
+            since,
+            shard,
+            instance,
+        } in since_changes
+        {
+            tracing::trace!(%id, since = %display_frontier(&since), "since advanced");
+            if let Some(instance) = instance {
+                self.pending_compaction
+                    .entry(instance)
+                    .or_default()
+                    .push((id, since.clone()));
+            }
+            if since.is_empty() {
+                // SUBTLE: the state goes now, the shard after every write
+                // queued before (the write task runs commands in order, and
+                // the downgrades collected so far are sent first).
+                self.collections.remove(&id);
+                if !downgrades.is_empty() {
+                    let _ = self
+                        .worker
+                        .send(WorkerCommand::DowngradeSinces(std::mem::take(
+                            &mut downgrades,
+                        )));
+                }
+                let _ = self.worker.send(WorkerCommand::Finalize { id, shard });
+            } else {
+                downgrades.push((shard, since));
+            }
         }
-        if since.is_empty() {
-            // SUBTLE: the state goes now, the shard after every write queued
-            // before (the write task runs commands in order).
-            self.collections.remove(&id);
-            let _ = self.worker.send(WorkerCommand::Finalize { id, shard });
-        } else {
-            let _ = self
-                .worker
-                .send(WorkerCommand::DowngradeSince { shard, since });
+        if !downgrades.is_empty() {
+            let _ = self.worker.send(WorkerCommand::DowngradeSinces(downgrades));
         }
     }
 }
