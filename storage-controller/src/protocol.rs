@@ -4,7 +4,8 @@
 //! Commands flow controller -> replica, responses replica -> controller.
 //! On every (re)connect the controller replays the instance's compacted
 //! command history, starting with [`StorageCommand::CreateTimely`] carrying
-//! a fresh epoch; see [`crate::instance`].
+//! a fresh epoch; see
+//! [`connect_replica`](crate::StorageController::connect_replica).
 
 use std::collections::BTreeSet;
 

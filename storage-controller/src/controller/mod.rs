@@ -117,9 +117,10 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> fmt::Debug for Controller<T, B> 
 }
 
 impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
-    /// A controller over `backend` that reaches replicas served in this
-    /// process through a fresh [`InProcessTransport`] (see
-    /// [`in_process_transport`](Self::in_process_transport)).
+    /// A controller over `backend` with a fresh, private
+    /// [`InProcessTransport`]: it can run tables, but to serve replicas use
+    /// [`with_transport`](Self::with_transport) with a transport the
+    /// replicas listen on.
     ///
     /// Reads the durable metadata and fences every older controller on the
     /// same backend.

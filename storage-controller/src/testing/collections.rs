@@ -21,7 +21,7 @@ async fn durable_collections<F: BackendFactory>(
         .collections
 }
 
-/// A new table: since = upper = [0], one capability at 0, NoPolicy.
+/// A new table: since = upper = `[0]`, one capability at 0, `NoPolicy`.
 pub async fn create_table_starts_at_minimum_frontiers<F: BackendFactory>(factory: &F) {
     let mut c = controller(factory).await;
     c.create_collections(vec![(user(1), table())])
