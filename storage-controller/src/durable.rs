@@ -306,9 +306,15 @@ where
     .await?;
     match outcome {
         Ok(()) => {
-            backend
+            // SUBTLE: the record is written; failing to let older versions
+            // be compacted must not report the write as failed (the caller
+            // would think its upper unchanged and then itself fenced).
+            if let Err(err) = backend
                 .downgrade_since(METADATA_SHARD, &Antichain::from_elem(time))
-                .await?;
+                .await
+            {
+                tracing::warn!(error = %err, "could not downgrade the metadata shard's since");
+            }
             Ok(Some(new_upper))
         }
         Err(_mismatch) => Ok(None),
@@ -443,8 +449,10 @@ impl<T: StorageTimestamp> MetadataStore<T> {
         self.record = record;
         self.metadata = metadata;
         self.writes += 1;
-        if self.writes.is_multiple_of(COMPACT_METADATA_EVERY) {
-            backend.compact(METADATA_SHARD).await?;
+        if self.writes.is_multiple_of(COMPACT_METADATA_EVERY)
+            && let Err(err) = backend.compact(METADATA_SHARD).await
+        {
+            tracing::warn!(error = %err, "could not compact the metadata shard");
         }
         Ok(())
     }

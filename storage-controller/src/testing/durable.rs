@@ -366,3 +366,47 @@ impl EncodeForTest for u64 {
         tidemark_storage_types::Codec64::encode(&self)
     }
 }
+
+/// A since downgrade the backend refuses surfaces through `process`;
+/// metadata writes are not affected (their since downgrade is best effort).
+pub async fn failed_since_downgrade_is_reported_by_process<F: BackendFactory>(factory: &F) {
+    use tidemark_backend_conformance::faults::{FaultRates, FaultyBackend, Operation};
+    let faulty = FaultyBackend::new(factory.open_handle().await, 11).with_rates(
+        Operation::DowngradeSince,
+        FaultRates::new(1.0, 0.0).expect("valid rates"),
+    );
+    let mut c = Controller::new(faulty, test_config()).await.unwrap();
+    c.create_collections(vec![(user(1), table())])
+        .await
+        .unwrap();
+    c.create_collections(vec![(user(2), table())])
+        .await
+        .unwrap();
+    c.set_read_policy(vec![(user(1), ReadPolicy::ValidFrom(frontier(3)))]);
+    let failure = within_a_minute(
+        async {
+            loop {
+                c.ready().await;
+                if let Err(err) = c.process().await {
+                    return err;
+                }
+            }
+        },
+        "the background failure never surfaced",
+    )
+    .await;
+    assert!(
+        matches!(failure, StorageError::Backend(BackendError::Determinate(_))),
+        "{failure:?}"
+    );
+    assert!(!c.is_fenced());
+    let shard = c
+        .collection(user(1))
+        .unwrap()
+        .collection_metadata
+        .data_shard;
+    assert_eq!(
+        c.backend().frontiers(shard).await.unwrap().since,
+        frontier(0)
+    );
+}

@@ -316,3 +316,59 @@ pub async fn ingestion_is_sent_with_its_resume_upper<F: BackendFactory>(factory:
     assert_eq!(sources[0].resume_upper, frontier(0));
     assert_eq!(sources[0].data_shards.len(), 2);
 }
+
+/// Connecting to an address nobody serves is not fatal: commands go
+/// nowhere until a later connect reaches a replica, which gets the full
+/// history.
+pub async fn connect_to_unreachable_replica_is_not_fatal<F: BackendFactory>(factory: &F) {
+    let (mut c, transport) = controller_with_transport(factory).await;
+    c.create_instance(INSTANCE);
+    c.connect_replica(INSTANCE, location("nobody-here"));
+    c.create_collections(vec![(user(2), ingestion(INSTANCE, None))])
+        .await
+        .unwrap();
+    c.initialization_complete();
+    let mut replica = ScriptedReplica::serve(&transport, "nobody-here");
+    c.connect_replica(INSTANCE, location("nobody-here"));
+    replica.accept().await;
+    let commands = replica.received();
+    assert!(matches!(
+        commands[0],
+        StorageCommand::CreateTimely { epoch: 2, .. }
+    ));
+    assert!(
+        commands
+            .iter()
+            .any(|command| matches!(command, StorageCommand::CreateSources(_)))
+    );
+    assert_eq!(
+        commands.last(),
+        Some(&StorageCommand::InitializationComplete)
+    );
+}
+
+/// `ready` can be cancelled at any point without losing a response.
+pub async fn ready_is_cancellation_safe<F: BackendFactory>(factory: &F) {
+    let (mut c, transport) = controller_with_transport(factory).await;
+    let mut replica = ScriptedReplica::serve(&transport, "cancel");
+    c.create_instance(INSTANCE);
+    c.create_collections(vec![(user(2), ingestion(INSTANCE, None))])
+        .await
+        .unwrap();
+    c.connect_replica(INSTANCE, location("cancel"));
+    replica.accept().await;
+    for upper in 1..=20u64 {
+        replica.respond(StorageResponse::FrontierUppers(vec![(
+            user(2),
+            frontier(upper),
+        )]));
+        // Poll ready once and drop it, whether or not it finished.
+        let _ = tokio::time::timeout(Duration::ZERO, c.ready()).await;
+        tokio::task::yield_now().await;
+        let _ = tokio::time::timeout(Duration::ZERO, c.ready()).await;
+    }
+    process_until(&mut c, |c| {
+        c.collection(user(2)).unwrap().write_frontier == frontier(20)
+    })
+    .await;
+}
