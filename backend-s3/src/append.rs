@@ -101,8 +101,9 @@ impl S3Backend {
         match outcome {
             Ok((Verdict::Committed, _)) => Ok(Ok(())),
             Ok((verdict, _)) => {
-                // Nothing references the parts just written.
-                self.discard_parts(shard, &parts).await;
+                // Nothing references the parts just written; deleting them
+                // need not delay the answer.
+                self.discard_parts_in_background(shard, &parts);
                 match verdict {
                     Verdict::Mismatch(current) => Ok(Err(mismatch(expected_upper, current))),
                     Verdict::AlreadyApplied | Verdict::Committed => Ok(Ok(())),
@@ -140,6 +141,16 @@ impl S3Backend {
             .await
             .into_iter()
             .collect()
+    }
+
+    /// [`discard_parts`](Self::discard_parts) on a task of its own.
+    pub(crate) fn discard_parts_in_background(&self, shard: ShardId, parts: &[EncodedPart]) {
+        if parts.is_empty() {
+            return;
+        }
+        let backend = self.clone();
+        let parts = parts.to_vec();
+        tokio::spawn(async move { backend.discard_parts(shard, &parts).await });
     }
 
     /// Deletes parts nothing references, best effort: a failure leaves them

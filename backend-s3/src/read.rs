@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use differential_dataflow::consolidation::{consolidate, consolidate_updates};
+use differential_dataflow::consolidation::consolidate_updates;
 use tidemark_storage_types::{
     BackendError, DeterminateKind, Diff, InvalidUsage, Row, ShardId, StorageTimestamp, Update,
     display_frontier,
@@ -20,7 +20,7 @@ use timely::progress::Antichain;
 use crate::S3Backend;
 use crate::codec::{advance_time, decode_part};
 use crate::state::{
-    EncodedFrontier, PartRef, ShardState, decode_frontier, encode_frontier, frontier_le,
+    BatchRef, EncodedFrontier, PartRef, ShardState, decode_frontier, encode_frontier, frontier_le,
     frontier_le_time,
 };
 use crate::store::bounded_in_order;
@@ -54,29 +54,47 @@ impl S3Backend {
                 }
                 .into());
             }
-            let parts = state
+            let batches: Vec<&BatchRef> = state
                 .batches
                 .iter()
                 .filter(|batch| frontier_le_time(batch.lower, as_of_encoded))
+                .collect();
+            let parts_per_batch: Vec<usize> =
+                batches.iter().map(|batch| batch.parts.len()).collect();
+            let parts = batches
+                .iter()
                 .flat_map(|batch| batch.parts.iter().cloned())
                 .collect();
             let as_of = *as_of;
+            // Each part is consolidated on the runtime as it arrives (parts
+            // hold updates sorted by row, then time).
             let loaded = self
                 .load_parts::<T, _, _>(shard, parts, move |updates| {
-                    updates
-                        .into_iter()
-                        .filter(|update| update.timestamp <= as_of)
-                        .map(|update| (update.row, update.diff))
-                        .collect::<Vec<_>>()
+                    consolidate_sorted_rows(
+                        updates
+                            .into_iter()
+                            .filter(|update| update.timestamp <= as_of)
+                            .map(|update| (update.row, update.diff)),
+                    )
                 })
                 .await?;
             match loaded {
-                Ok(runs) => {
-                    // Parts are sorted by row; concatenated in state order the
-                    // rows form a few sorted runs, which the sort merges.
-                    let mut rows: Vec<(Row, Diff)> = runs.into_iter().flatten().collect();
-                    consolidate(&mut rows);
-                    return Ok(rows);
+                Ok(part_rows) => {
+                    // A batch's parts are consecutive row ranges: appended
+                    // in order they form one sorted run per batch, and the
+                    // runs are merged.
+                    let mut part_rows = part_rows.into_iter();
+                    let runs = parts_per_batch
+                        .iter()
+                        .map(|count| {
+                            let mut run = Vec::new();
+                            for rows in part_rows.by_ref().take(*count) {
+                                append_sorted_run(&mut run, rows);
+                            }
+                            run
+                        })
+                        .collect();
+                    return Ok(merge_sorted_runs(runs));
                 }
                 Err(gone) => last_gone = gone.key,
             }
@@ -243,6 +261,87 @@ fn parts_in_range(
         .collect()
 }
 
+/// Sums the diffs of adjacent equal rows of a row-sorted sequence and drops
+/// zero sums.
+fn consolidate_sorted_rows(rows: impl Iterator<Item = (Row, Diff)>) -> Vec<(Row, Diff)> {
+    let mut consolidated: Vec<(Row, Diff)> = Vec::new();
+    for (row, diff) in rows {
+        match consolidated.last_mut() {
+            Some((last, sum)) if *last == row => *sum += diff,
+            _ => {
+                if consolidated.last().is_some_and(|(_, sum)| *sum == 0) {
+                    consolidated.pop();
+                }
+                consolidated.push((row, diff));
+            }
+        }
+    }
+    if consolidated.last().is_some_and(|(_, sum)| *sum == 0) {
+        consolidated.pop();
+    }
+    consolidated
+}
+
+/// Appends a consolidated run whose rows are all `>=` the last row of
+/// `run`, merging the one row they may share.
+fn append_sorted_run(run: &mut Vec<(Row, Diff)>, next: Vec<(Row, Diff)>) {
+    let mut next = next.into_iter();
+    if let (Some((last, sum)), Some((first, diff))) = (run.last_mut(), next.as_slice().first())
+        && last == first
+    {
+        *sum += *diff;
+        if *sum == 0 {
+            run.pop();
+        }
+        next.next();
+    }
+    run.extend(next);
+}
+
+/// Merges consolidated runs, each strictly increasing by row, into one,
+/// pairwise (`n log k` comparisons for `k` runs).
+fn merge_sorted_runs(mut runs: Vec<Vec<(Row, Diff)>>) -> Vec<(Row, Diff)> {
+    runs.retain(|run| !run.is_empty());
+    while runs.len() > 1 {
+        let mut merged = Vec::with_capacity(runs.len().div_ceil(2));
+        let mut pairs = runs.into_iter();
+        while let Some(left) = pairs.next() {
+            match pairs.next() {
+                Some(right) => merged.push(merge_two_runs(left, right)),
+                None => merged.push(left),
+            }
+        }
+        runs = merged;
+    }
+    runs.pop().unwrap_or_default()
+}
+
+fn merge_two_runs(left: Vec<(Row, Diff)>, right: Vec<(Row, Diff)>) -> Vec<(Row, Diff)> {
+    let mut merged = Vec::with_capacity(left.len() + right.len());
+    let mut left = left.into_iter().peekable();
+    let mut right = right.into_iter().peekable();
+    loop {
+        let order = match (left.peek(), right.peek()) {
+            (Some((l, _)), Some((r, _))) => l.cmp(r),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => break,
+        };
+        match order {
+            std::cmp::Ordering::Less => merged.extend(left.next()),
+            std::cmp::Ordering::Greater => merged.extend(right.next()),
+            std::cmp::Ordering::Equal => {
+                let (row, left_diff) = left.next().expect("peeked");
+                let (_, right_diff) = right.next().expect("peeked");
+                if left_diff + right_diff != 0 {
+                    merged.push((row, left_diff + right_diff));
+                }
+            }
+        }
+    }
+    merged
+}
+
 fn part_missing(shard: ShardId, key: &str) -> BackendError {
     BackendError::determinate(
         DeterminateKind::Corrupted,
@@ -250,4 +349,47 @@ fn part_missing(shard: ShardId, key: &str) -> BackendError {
             "a part the shard state references is missing after re-reading the state: shard={shard} key={key}"
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use differential_dataflow::consolidation::consolidate;
+    use tidemark_storage_types::Datum;
+
+    use super::*;
+
+    fn row(value: i64) -> Row {
+        Row::pack([Datum::Int64(value)])
+    }
+
+    fn rows(pairs: &[(i64, Diff)]) -> Vec<(Row, Diff)> {
+        pairs
+            .iter()
+            .map(|&(value, diff)| (row(value), diff))
+            .collect()
+    }
+
+    #[test]
+    fn runs_consolidate_and_merge_like_a_sort() {
+        let consolidated =
+            consolidate_sorted_rows(rows(&[(1, 1), (1, -1), (2, 1), (2, 2), (3, -1)]).into_iter());
+        assert_eq!(consolidated, rows(&[(2, 3), (3, -1)]));
+
+        let mut run = rows(&[(1, 1), (4, 2)]);
+        append_sorted_run(&mut run, rows(&[(4, -2), (5, 1)]));
+        assert_eq!(run, rows(&[(1, 1), (5, 1)]));
+        append_sorted_run(&mut run, rows(&[(5, 1), (6, 1)]));
+        assert_eq!(run, rows(&[(1, 1), (5, 2), (6, 1)]));
+
+        let runs = vec![
+            rows(&[(1, 1), (3, 1), (5, 1)]),
+            rows(&[(2, 1), (3, -1)]),
+            Vec::new(),
+            rows(&[(5, 1), (9, 4)]),
+        ];
+        let mut expected: Vec<(Row, Diff)> = runs.iter().flatten().cloned().collect();
+        consolidate(&mut expected);
+        assert_eq!(merge_sorted_runs(runs), expected);
+        assert!(merge_sorted_runs(Vec::new()).is_empty());
+    }
 }

@@ -1,0 +1,396 @@
+//! S3 backend benchmarks against the server named by
+//! `TIDEMARK_TEST_S3_ENDPOINT`, each as a ratio against raw aws-sdk-s3
+//! calls to the same server in the same run (absolute times are noise).
+//!
+//! - small append (10 updates) latency / one raw PUT of the same bytes
+//!   (goal <= 2.2: one part write plus one state compare-and-swap);
+//! - raw parallel GETs of the same bytes / snapshot of a 1,000,000-update
+//!   shard (goal >= 0.8);
+//! - appends per second on one shard from 8 concurrent writers, next to
+//!   raw conditional PUTs per second on one key from 8 writers.
+//!
+//! Run with `cargo bench -p tidemark-backend-s3 --bench s3`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::primitives::ByteStream;
+use futures::StreamExt;
+use tidemark_backend_conformance::service_env;
+use tidemark_backend_s3::{S3Backend, S3Config};
+use tidemark_storage_types::{
+    Batch, Datum, IdempotencyToken, PersistBackend, Row, ShardId, Update, decode_batch,
+    encode_batch,
+};
+use timely::progress::Antichain;
+
+const BUCKET: &str = "tidemark-bench";
+const ACCESS_KEY_ID: &str = "tidemark-bench";
+const SECRET_ACCESS_KEY: &str = "tidemark-bench-secret";
+const SMALL_APPENDS: usize = 200;
+const SNAPSHOT_UPDATES: usize = 1_000_000;
+const SNAPSHOT_ROUNDS: usize = 5;
+const WRITERS: usize = 8;
+const WRITE_SECONDS: u64 = 5;
+
+fn row(value: usize) -> Row {
+    Row::pack([Datum::Int64(value as i64), Datum::String("bench-payload")])
+}
+
+fn frontier(time: u64) -> Antichain<u64> {
+    Antichain::from_elem(time)
+}
+
+fn raw_client(endpoint: &str) -> Client {
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            ACCESS_KEY_ID,
+            SECRET_ACCESS_KEY,
+            None,
+            None,
+            "tidemark-bench",
+        ))
+        .build();
+    Client::from_conf(config)
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+async fn backend(endpoint: &str, prefix: &str) -> S3Backend {
+    S3Config::new(BUCKET)
+        .with_prefix(prefix)
+        .with_endpoint(endpoint)
+        .with_region("us-east-1")
+        .with_path_style(true)
+        .with_credentials(ACCESS_KEY_ID, SECRET_ACCESS_KEY)
+        .with_poll_interval(Duration::from_millis(1), Duration::from_millis(20))
+        .build()
+        .await
+        .expect("backend on the bench bucket")
+}
+
+/// Small append latency against one raw PUT of the same bytes, interleaved.
+async fn small_appends(endpoint: &str, prefix: &str, raw: &Client) {
+    let backend = backend(endpoint, prefix).await;
+    let shard = ShardId::new();
+    PersistBackend::<u64>::open(&backend, shard).await.unwrap();
+    let mut appends = Vec::new();
+    let mut puts = Vec::new();
+    let mut overwrites = Vec::new();
+    let cas_key = format!("{prefix}/raw-state");
+    let mut etag = raw
+        .put_object()
+        .bucket(BUCKET)
+        .key(&cas_key)
+        .body(ByteStream::from(b"state".to_vec()))
+        .send()
+        .await
+        .unwrap()
+        .e_tag()
+        .unwrap_or_default()
+        .to_string();
+    for round in 0..SMALL_APPENDS {
+        let time = round as u64;
+        let updates: Vec<Update<u64>> = (0..10)
+            .map(|i| Update::new(row(round * 10 + i), time, 1))
+            .collect();
+        let bytes = encode_batch(&Batch {
+            lower: frontier(time),
+            upper: frontier(time + 1),
+            since: frontier(time),
+            updates: updates.clone(),
+        });
+        let key = format!("{prefix}/raw/{}", uuid::Uuid::new_v4());
+        let start = Instant::now();
+        raw.put_object()
+            .bucket(BUCKET)
+            .key(&key)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .unwrap();
+        puts.push(start.elapsed());
+        let start = Instant::now();
+        etag = raw
+            .put_object()
+            .bucket(BUCKET)
+            .key(&cas_key)
+            .if_match(&etag)
+            .body(ByteStream::from(format!("state {round}").into_bytes()))
+            .send()
+            .await
+            .unwrap()
+            .e_tag()
+            .unwrap_or_default()
+            .to_string();
+        overwrites.push(start.elapsed());
+        let start = Instant::now();
+        backend
+            .compare_and_append(
+                shard,
+                updates,
+                frontier(time),
+                frontier(time + 1),
+                IdempotencyToken::new(),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        appends.push(start.elapsed());
+    }
+    let append = median(appends);
+    let put = median(puts);
+    let overwrite = median(overwrites);
+    println!(
+        "small append (10 updates): median append {append:?} / median raw PUT {put:?} = ratio {:.2} (goal <= 2.2)",
+        append.as_secs_f64() / put.as_secs_f64()
+    );
+    println!(
+        "  (floor: raw new-key PUT + raw If-Match overwrite PUT = {:?}, ratio {:.2} to one PUT; append / floor = {:.2})",
+        put + overwrite,
+        (put + overwrite).as_secs_f64() / put.as_secs_f64(),
+        append.as_secs_f64() / (put + overwrite).as_secs_f64()
+    );
+}
+
+/// Snapshot of a 1,000,000-update shard against raw parallel GETs of its
+/// parts.
+async fn big_snapshot(endpoint: &str, prefix: &str, raw: &Client) {
+    let backend = backend(endpoint, prefix).await;
+    let shard = ShardId::new();
+    PersistBackend::<u64>::open(&backend, shard).await.unwrap();
+    let chunks = 4;
+    let per_chunk = SNAPSHOT_UPDATES / chunks;
+    for chunk in 0..chunks {
+        let time = chunk as u64;
+        let updates = (chunk * per_chunk..(chunk + 1) * per_chunk)
+            .map(|i| Update::new(row(i), time, 1))
+            .collect();
+        backend
+            .compare_and_append(
+                shard,
+                updates,
+                frontier(time),
+                frontier(time + 1),
+                IdempotencyToken::new(),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    PersistBackend::<u64>::compact(&backend, shard)
+        .await
+        .unwrap();
+    let keys = backend.part_keys(shard).await.unwrap();
+    let concurrency = backend.config().concurrency;
+    let as_of = chunks as u64 - 1;
+    let mut snapshots = Vec::new();
+    let mut gets = Vec::new();
+    let mut decodes = Vec::new();
+    let mut total_bytes = 0;
+    for _ in 0..SNAPSHOT_ROUNDS {
+        let start = Instant::now();
+        let fetched: Vec<bytes::Bytes> = futures::stream::iter(keys.iter().cloned())
+            .map(|key| {
+                let raw = raw.clone();
+                async move {
+                    let object = raw
+                        .get_object()
+                        .bucket(BUCKET)
+                        .key(key)
+                        .send()
+                        .await
+                        .unwrap();
+                    object.body.collect().await.unwrap().into_bytes()
+                }
+            })
+            .buffered(concurrency)
+            .collect()
+            .await;
+        gets.push(start.elapsed());
+        total_bytes = fetched.iter().map(bytes::Bytes::len).sum::<usize>();
+        let start = Instant::now();
+        let decoded: usize = fetched
+            .iter()
+            .map(|bytes| decode_batch::<u64>("bench", bytes).unwrap().updates.len())
+            .sum();
+        decodes.push(start.elapsed());
+        assert_eq!(decoded, SNAPSHOT_UPDATES);
+        let start = Instant::now();
+        let snapshot = backend.snapshot(shard, &as_of).await.unwrap();
+        snapshots.push(start.elapsed());
+        assert_eq!(snapshot.len(), SNAPSHOT_UPDATES);
+    }
+    let snapshot = median(snapshots);
+    let get = median(gets);
+    println!(
+        "snapshot of {SNAPSHOT_UPDATES} updates ({} parts, {:.1} MB): median snapshot {snapshot:?}, median raw parallel GETs {get:?}: ratio raw/snapshot {:.2} (goal >= 0.8)",
+        keys.len(),
+        total_bytes as f64 / 1e6,
+        get.as_secs_f64() / snapshot.as_secs_f64()
+    );
+    println!(
+        "  (decoding the same parts on one thread, no fetch: median {:?})",
+        median(decodes)
+    );
+}
+
+/// Appends per second on one shard from several writers, next to raw
+/// conditional PUTs per second on one key from as many writers.
+async fn concurrent_writers(endpoint: &str, prefix: &str, raw: &Client) {
+    let shard = ShardId::new();
+    let first = backend(endpoint, prefix).await;
+    PersistBackend::<u64>::open(&first, shard).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicU64::new(0));
+    let lost = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for writer in 0..WRITERS {
+        let backend = backend(endpoint, prefix).await;
+        let (stop, committed, lost, errors) = (
+            stop.clone(),
+            committed.clone(),
+            lost.clone(),
+            errors.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut upper = 0u64;
+            let mut sequence = 0;
+            let mut token = IdempotencyToken::new();
+            while !stop.load(Ordering::Relaxed) {
+                let updates = (0..10)
+                    .map(|i| Update::new(row(writer * 1_000_000 + sequence * 10 + i), upper, 1))
+                    .collect();
+                match backend
+                    .compare_and_append(shard, updates, frontier(upper), frontier(upper + 1), token)
+                    .await
+                {
+                    Ok(Ok(())) => {
+                        committed.fetch_add(1, Ordering::Relaxed);
+                        upper += 1;
+                        sequence += 1;
+                        token = IdempotencyToken::new();
+                    }
+                    Ok(Err(mismatch)) => {
+                        lost.fetch_add(1, Ordering::Relaxed);
+                        upper = mismatch.current.elements()[0];
+                        token = IdempotencyToken::new();
+                    }
+                    // A server error: retry the same append with the same
+                    // token, as a caller must after an indeterminate outcome.
+                    Err(err) if !err.is_determinate() => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(err) => panic!("append failed: {err}"),
+                }
+            }
+        }));
+    }
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(WRITE_SECONDS)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let appends_per_second = committed.load(Ordering::Relaxed) as f64 / elapsed;
+    let upper = PersistBackend::<u64>::frontiers(&first, shard)
+        .await
+        .unwrap()
+        .upper;
+    assert_eq!(upper, frontier(committed.load(Ordering::Relaxed)));
+
+    // Raw baseline: 8 writers racing conditional PUTs (If-Match) on one key.
+    let key = format!("{prefix}/raw-cas");
+    raw.put_object()
+        .bucket(BUCKET)
+        .key(&key)
+        .body(ByteStream::from(b"0".to_vec()))
+        .send()
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let raw_committed = Arc::new(AtomicU64::new(0));
+    let raw_errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..WRITERS {
+        let (raw, key, stop, raw_committed, raw_errors) = (
+            raw.clone(),
+            key.clone(),
+            stop.clone(),
+            raw_committed.clone(),
+            raw_errors.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(current) = raw.get_object().bucket(BUCKET).key(&key).send().await else {
+                    raw_errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let etag = current.e_tag().unwrap_or_default().to_string();
+                let body = current.body.collect().await.unwrap().into_bytes();
+                let next: u64 = std::str::from_utf8(&body).unwrap().parse::<u64>().unwrap() + 1;
+                let put = raw
+                    .put_object()
+                    .bucket(BUCKET)
+                    .key(&key)
+                    .if_match(etag)
+                    .body(ByteStream::from(next.to_string().into_bytes()))
+                    .send()
+                    .await;
+                if put.is_ok() {
+                    raw_committed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(WRITE_SECONDS)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let raw_per_second =
+        raw_committed.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "{WRITERS} concurrent writers on one shard: {appends_per_second:.1} appends/s ({} lost races, {} server errors retried); raw GET+If-Match PUT cycles on one key from {WRITERS} writers: {raw_per_second:.1}/s ({} server errors); ratio {:.2}",
+        lost.load(Ordering::Relaxed),
+        errors.load(Ordering::Relaxed),
+        raw_errors.load(Ordering::Relaxed),
+        appends_per_second / raw_per_second
+    );
+}
+
+fn main() {
+    let Some(endpoint) = service_env("TIDEMARK_TEST_S3_ENDPOINT", "s3 benchmark") else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let raw = raw_client(&endpoint);
+        if raw.head_bucket().bucket(BUCKET).send().await.is_err() {
+            raw.create_bucket()
+                .bucket(BUCKET)
+                .send()
+                .await
+                .expect("create the bench bucket");
+        }
+        let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
+        small_appends(&endpoint, &format!("{prefix}/small"), &raw).await;
+        big_snapshot(&endpoint, &format!("{prefix}/snapshot"), &raw).await;
+        concurrent_writers(&endpoint, &format!("{prefix}/writers"), &raw).await;
+    });
+}
