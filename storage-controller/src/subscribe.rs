@@ -169,6 +169,10 @@ where
     }
     loop {
         let upper = backend.wait_for_upper_past(shard, &lower).await?;
+        if upper.is_empty() && backend.frontiers(shard).await?.since.is_empty() {
+            // Finalized (by a newer controller), not sealed: the data is gone.
+            return Err(StorageError::CollectionDropped(hold.id));
+        }
         let updates = backend.fetch(shard, &lower, &upper).await?;
         if !updates.is_empty()
             && sender

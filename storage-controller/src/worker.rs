@@ -258,60 +258,29 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
     }
 
     async fn append(&mut self, commands: Vec<ShardAppend<T>>) -> Result<(), StorageError> {
+        // The commands of one call name distinct shards (the controller
+        // refuses duplicates), so they run concurrently.
+        let attempts = commands.into_iter().map(|command| {
+            let known_upper = self.uppers.get(&command.shard).cloned();
+            append_one(&*self.backend, self.retry, known_upper, command)
+        });
+        let outcomes = futures::future::join_all(attempts).await;
         let mut invalid = Vec::new();
         let mut written = Vec::new();
         let mut first_error = None;
-        for command in commands {
-            let expected_upper = match self.uppers.get(&command.shard) {
-                Some(upper) => upper.clone(),
-                None => {
-                    let backend = &*self.backend;
-                    match retry_indeterminate(self.retry, || backend.frontiers(command.shard)).await
-                    {
-                        Ok(frontiers) => frontiers.upper,
-                        Err(err) => {
-                            first_error.get_or_insert(StorageError::Backend(err));
-                            continue;
-                        }
-                    }
-                }
-            };
-            // The caller's idea of the upper is stale if it writes before
-            // the current upper or moves the upper back.
-            let stale = !PartialOrder::less_equal(&expected_upper, &command.new_upper)
-                || command
-                    .updates
-                    .iter()
-                    .any(|update| !expected_upper.less_equal(&update.timestamp));
-            if stale {
-                self.uppers.insert(command.shard, expected_upper);
-                invalid.push(command.id);
-                continue;
-            }
-            let token = IdempotencyToken::new();
-            let backend = &*self.backend;
-            let outcome = retry_indeterminate(self.retry, || {
-                backend.compare_and_append(
-                    command.shard,
-                    command.updates.clone(),
-                    expected_upper.clone(),
-                    command.new_upper.clone(),
-                    token,
-                )
-            })
-            .await;
+        for (id, shard, outcome) in outcomes {
             match outcome {
-                Ok(Ok(())) => {
-                    self.uppers.insert(command.shard, command.new_upper.clone());
-                    written.push((command.id, command.new_upper));
+                AppendOutcome::Written(new_upper) => {
+                    self.uppers.insert(shard, new_upper.clone());
+                    written.push((id, new_upper));
                 }
-                Ok(Err(mismatch)) => {
-                    self.uppers.insert(command.shard, mismatch.current);
-                    invalid.push(command.id);
+                AppendOutcome::Stale(current) => {
+                    self.uppers.insert(shard, current);
+                    invalid.push(id);
                 }
-                Err(err) => {
+                AppendOutcome::Failed(err) => {
                     // The upper is unknown now: read it again next time.
-                    self.uppers.remove(&command.shard);
+                    self.uppers.remove(&shard);
                     first_error.get_or_insert(StorageError::Backend(err));
                 }
             }
@@ -411,6 +380,66 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
         }
         self.finalize(None, retiring).await
     }
+}
+
+/// What became of one append command.
+enum AppendOutcome<T> {
+    /// Durable; the shard's upper is now this.
+    Written(Antichain<T>),
+    /// The command's idea of the upper was stale; nothing written; the
+    /// shard's upper is this.
+    Stale(Antichain<T>),
+    /// The backend failed (after retries); the upper is unknown.
+    Failed(tidemark_storage_types::BackendError),
+}
+
+/// Appends one command from the shard's upper (`known_upper`, or read
+/// from the backend), retrying indeterminate failures with one token.
+async fn append_one<T: StorageTimestamp, B: PersistBackend<T>>(
+    backend: &B,
+    retry: RetryPolicy,
+    known_upper: Option<Antichain<T>>,
+    command: ShardAppend<T>,
+) -> (GlobalId, ShardId, AppendOutcome<T>) {
+    let ShardAppend {
+        id,
+        shard,
+        updates,
+        new_upper,
+    } = command;
+    let expected_upper = match known_upper {
+        Some(upper) => upper,
+        None => match retry_indeterminate(retry, || backend.frontiers(shard)).await {
+            Ok(frontiers) => frontiers.upper,
+            Err(err) => return (id, shard, AppendOutcome::Failed(err)),
+        },
+    };
+    // The caller's idea of the upper is stale if it writes before the
+    // current upper or moves the upper back.
+    let stale = !PartialOrder::less_equal(&expected_upper, &new_upper)
+        || updates
+            .iter()
+            .any(|update| !expected_upper.less_equal(&update.timestamp));
+    if stale {
+        return (id, shard, AppendOutcome::Stale(expected_upper));
+    }
+    let token = IdempotencyToken::new();
+    let outcome = retry_indeterminate(retry, || {
+        backend.compare_and_append(
+            shard,
+            updates.clone(),
+            expected_upper.clone(),
+            new_upper.clone(),
+            token,
+        )
+    })
+    .await;
+    let outcome = match outcome {
+        Ok(Ok(())) => AppendOutcome::Written(new_upper),
+        Ok(Err(mismatch)) => AppendOutcome::Stale(mismatch.current),
+        Err(err) => AppendOutcome::Failed(err),
+    };
+    (id, shard, outcome)
 }
 
 /// Removes downgrades of a shard that a later downgrade of the same shard

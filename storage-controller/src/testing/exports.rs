@@ -234,7 +234,7 @@ pub async fn existing_export_with_another_description_is_sink_id_reused<F: Backe
         from_id: token.from_id,
         acquired_since: token.acquired_since.clone(),
     };
-    std::mem::forget(token);
+    let _leaked_hold = token;
     assert_eq!(
         c.create_exports(vec![(forged, sink(user(1), 5))])
             .await
@@ -256,7 +256,7 @@ pub async fn identical_export_recreate_is_a_no_op<F: BackendFactory>(factory: &F
         from_id: token.from_id,
         acquired_since: token.acquired_since.clone(),
     };
-    std::mem::forget(token);
+    let _leaked_hold = token;
     c.create_exports(vec![(again, sink(user(1), 4))])
         .await
         .unwrap();

@@ -379,6 +379,7 @@ macro_rules! controller_tests {
             subscribe::subscription_streams_snapshot_then_changes,
             subscribe::subscription_holds_the_since_until_dropped,
             subscribe::subscription_rejects_bad_requests,
+            subscribe::subscription_reports_a_shard_reclaimed_meanwhile,
         );
         $crate::controller_tests!(@panics $make;
             panics::create_instance_twice_panics => "storage instance already exists: si1",

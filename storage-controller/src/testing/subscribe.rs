@@ -3,7 +3,6 @@
 use futures::StreamExt;
 use tidemark_backend_conformance::BackendFactory;
 use tidemark_storage_types::{ReadPolicy, StorageError};
-use timely::progress::Antichain;
 
 use super::*;
 use crate::subscribe::{Subscription, SubscriptionEvent};
@@ -108,5 +107,35 @@ pub async fn subscription_rejects_bad_requests<F: BackendFactory>(factory: &F) {
         c.subscribe(user(1), 4).unwrap_err(),
         StorageError::ReadBeforeSince(user(1))
     );
-    let _ = Antichain::<u64>::new();
+}
+
+/// A subscription whose shard a newer controller reclaims ends with
+/// `CollectionDropped`, not as if the collection were sealed.
+pub async fn subscription_reports_a_shard_reclaimed_meanwhile<F: BackendFactory>(factory: &F) {
+    let mut a = controller(factory).await;
+    a.create_collections(vec![(user(1), table())])
+        .await
+        .unwrap();
+    append_and_settle(&mut a, user(1), vec![update(1, "a", 0, 1)], 2).await;
+    let mut subscription = a.subscribe(user(1), 1).unwrap();
+    assert_eq!(
+        next_event(&mut subscription).await,
+        SubscriptionEvent::Updates(vec![update(1, "a", 1, 1)])
+    );
+    let mut b = controller(factory).await;
+    b.reconcile_state().await.unwrap();
+    loop {
+        match within_a_minute(subscription.recv(), "subscription never ended").await {
+            Some(Ok(SubscriptionEvent::Progress(upper))) => {
+                assert!(!upper.is_empty(), "reported as sealed")
+            }
+            Some(Ok(other)) => panic!("unexpected event {other:?}"),
+            Some(Err(err)) => {
+                assert_eq!(err, StorageError::CollectionDropped(user(1)));
+                break;
+            }
+            None => panic!("the stream ended without an error"),
+        }
+    }
+    assert!(subscription.recv().await.is_none());
 }
