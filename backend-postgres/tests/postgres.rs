@@ -550,3 +550,49 @@ async fn compaction_shrinks_the_stored_rows() {
     assert_eq!(stored, 50);
     assert_eq!(backend.snapshot(shard, &9).await.unwrap(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_require_uses_tls_or_fails_clearly() {
+    let Some(url) = test_url("sslmode_require_uses_tls_or_fails_clearly") else {
+        return;
+    };
+    let mut plain = connect(&url).await;
+    let server_ssl: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&mut plain)
+        .await
+        .unwrap();
+    let schema = unique_schema("tmtls");
+    let mut parsed = url::Url::parse(&url).unwrap();
+    let pairs: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(key, _)| key != "sslmode")
+        .map(|(key, value)| (key.into_owned(), value.into_owned()))
+        .collect();
+    parsed
+        .query_pairs_mut()
+        .clear()
+        .extend_pairs(pairs)
+        .append_pair("sslmode", "require")
+        .append_pair("schema", &schema);
+    match PostgresBackend::from_url(parsed.as_str()).await {
+        Ok(backend) => {
+            assert_eq!(server_ssl, "on");
+            let encrypted: bool =
+                sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                    .fetch_one(backend.pool())
+                    .await
+                    .unwrap();
+            assert!(encrypted, "sslmode=require connected without tls");
+            drop(backend);
+            drop_schema(&url, &schema).await.unwrap();
+        }
+        Err(err) => {
+            assert_eq!(server_ssl, "off", "tls failed against a tls server: {err}");
+            assert_eq!(
+                err.determinate_kind(),
+                Some(DeterminateKind::Unavailable),
+                "{err}"
+            );
+        }
+    }
+}
