@@ -325,13 +325,10 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
     ) -> Result<(), StorageError> {
         let mut metadata = self.metadata.metadata().clone();
         if let Some(id) = id
-            && shards.contains(
-                &metadata
-                    .collections
-                    .get(&id)
-                    .copied()
-                    .unwrap_or(crate::durable::METADATA_SHARD),
-            )
+            && metadata
+                .collections
+                .get(&id)
+                .is_some_and(|shard| shards.contains(shard))
         {
             metadata.collections.remove(&id);
         }
