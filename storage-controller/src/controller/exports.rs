@@ -9,6 +9,7 @@ use timely::PartialOrder;
 use timely::progress::{Antichain, ChangeBatch};
 
 use super::Controller;
+use super::frontiers::frontier_changes;
 use crate::protocol::{ExportCommand, StorageCommand};
 use crate::state::{CreateExportToken, ExportState};
 use crate::worker::WorkerCommand;
@@ -30,8 +31,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
             return Err(StorageError::CollectionDropped(from_id));
         }
         let acquired_since = collection.implied_capability.clone();
-        let mut changes =
-            BTreeMap::from([(from_id, ChangeBatch::from_iter_hold(&acquired_since, 1))]);
+        let mut changes = BTreeMap::from([(from_id, frontier_changes(&acquired_since, 1))]);
         self.update_read_capabilities_inner(&mut changes);
         Ok(CreateExportToken {
             id,
@@ -43,10 +43,8 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
     /// Releases a token's hold (panics as documented on
     /// `cancel_prepare_export`).
     pub(crate) fn release_token(&mut self, token: CreateExportToken<T>) {
-        let mut changes = BTreeMap::from([(
-            token.from_id,
-            ChangeBatch::from_iter_hold(&token.acquired_since, -1),
-        )]);
+        let mut changes =
+            BTreeMap::from([(token.from_id, frontier_changes(&token.acquired_since, -1))]);
         self.update_read_capabilities_inner(&mut changes);
     }
 
@@ -179,18 +177,5 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
                 .send(WorkerCommand::ForgetSinks { ids: dropped });
         }
         self.update_read_capabilities_inner(&mut changes);
-    }
-}
-
-/// A change batch of `diff` at every element of a frontier.
-trait FromFrontier<T> {
-    fn from_iter_hold(frontier: &Antichain<T>, diff: i64) -> Self;
-}
-
-impl<T: StorageTimestamp> FromFrontier<T> for ChangeBatch<T> {
-    fn from_iter_hold(frontier: &Antichain<T>, diff: i64) -> Self {
-        let mut batch = ChangeBatch::new();
-        batch.extend(frontier.iter().map(|time| (*time, diff)));
-        batch
     }
 }

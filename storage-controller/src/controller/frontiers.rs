@@ -14,6 +14,17 @@ use super::Controller;
 use crate::state::CollectionState;
 use crate::worker::WorkerCommand;
 
+/// A change batch of `diff` at every element of `frontier` (a hold taken
+/// or released there).
+pub(crate) fn frontier_changes<T: StorageTimestamp>(
+    frontier: &Antichain<T>,
+    diff: i64,
+) -> ChangeBatch<T> {
+    let mut batch = ChangeBatch::new();
+    batch.extend(frontier.iter().map(|time| (*time, diff)));
+    batch
+}
+
 /// The proposed capability if it is ahead of `capability` (capabilities
 /// never move back), as the change batch that moves it there.
 fn capability_change<T: StorageTimestamp>(
@@ -23,8 +34,7 @@ fn capability_change<T: StorageTimestamp>(
     if *capability == proposed || !PartialOrder::less_equal(capability, &proposed) {
         return None;
     }
-    let mut batch = ChangeBatch::new();
-    batch.extend(proposed.iter().map(|time| (*time, 1)));
+    let mut batch = frontier_changes(&proposed, 1);
     batch.extend(capability.iter().map(|time| (*time, -1)));
     *capability = proposed;
     Some(batch)

@@ -254,15 +254,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
 
     fn handle_response(&mut self, response: StorageResponse<T>) {
         match response {
-            StorageResponse::FrontierUppers(uppers) => {
-                let known: Vec<_> = uppers
-                    .into_iter()
-                    .filter(|(id, _)| {
-                        self.collections.contains_key(id) || self.exports.contains_key(id)
-                    })
-                    .collect();
-                self.update_write_frontiers_inner(&known);
-            }
+            StorageResponse::FrontierUppers(uppers) => self.update_known_write_frontiers(uppers),
             StorageResponse::DroppedIds(ids) => {
                 for id in ids {
                     let dropped = self.exports.get(&id).is_some_and(|export| {
@@ -278,6 +270,16 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
             StorageResponse::StatisticsUpdates(updates) => self.statistics.extend(updates),
             StorageResponse::StatusUpdates(updates) => self.statuses.extend(updates),
         }
+    }
+
+    /// Applies uppers that arrived asynchronously, skipping ids dropped
+    /// (and forgotten) in the meantime.
+    fn update_known_write_frontiers(&mut self, uppers: Vec<(GlobalId, Antichain<T>)>) {
+        let known: Vec<_> = uppers
+            .into_iter()
+            .filter(|(id, _)| self.collections.contains_key(id) || self.exports.contains_key(id))
+            .collect();
+        self.update_write_frontiers_inner(&known);
     }
 
     fn send_pending_compaction(&mut self) {
@@ -485,13 +487,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
                     self.handle_response(response);
                 }
             }
-            Some(Internal::WriteCompleted(uppers)) => {
-                let known: Vec<_> = uppers
-                    .into_iter()
-                    .filter(|(id, _)| self.collections.contains_key(id))
-                    .collect();
-                self.update_write_frontiers_inner(&known);
-            }
+            Some(Internal::WriteCompleted(uppers)) => self.update_known_write_frontiers(uppers),
             Some(Internal::HoldChanges(id, changes)) if self.collections.contains_key(&id) => {
                 let mut updates = BTreeMap::from([(id, changes)]);
                 self.update_read_capabilities_inner(&mut updates);

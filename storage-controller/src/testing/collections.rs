@@ -5,21 +5,6 @@ use tidemark_storage_types::{PersistBackend, ReadPolicy, StorageError, StorageIn
 use timely::progress::Antichain;
 
 use super::*;
-use crate::durable::{DurableMetadata, read_record};
-
-/// The data shards durable metadata names.
-async fn durable_collections<F: BackendFactory>(
-    factory: &F,
-) -> std::collections::BTreeMap<GlobalId, tidemark_storage_types::ShardId> {
-    let backend = factory.open_handle().await;
-    let (_, record) = read_record::<u64, _>(&backend)
-        .await
-        .expect("metadata reads");
-    let record = record.expect("a record exists");
-    DurableMetadata::decode(record.format_version, &record.body)
-        .expect("metadata decodes")
-        .collections
-}
 
 /// A new table: since = upper = `[0]`, one capability at 0, `NoPolicy`.
 pub async fn create_table_starts_at_minimum_frontiers<F: BackendFactory>(factory: &F) {
@@ -39,7 +24,7 @@ pub async fn create_table_starts_at_minimum_frontiers<F: BackendFactory>(factory
     assert!(state.storage_dependencies.is_empty());
     let shard = state.collection_metadata.data_shard;
     assert_eq!(
-        durable_collections(factory).await.get(&user(1)),
+        durable_state(factory).await.1.collections.get(&user(1)),
         Some(&shard)
     );
     let frontiers = c.backend().frontiers(shard).await.unwrap();
@@ -122,7 +107,7 @@ pub async fn a_rejected_batch_changes_nothing<F: BackendFactory>(factory: &F) {
         .await
         .unwrap();
     let shards_before = c.backend().list_shards().await.unwrap();
-    let durable_before = durable_collections(factory).await;
+    let durable_before = durable_state(factory).await.1.collections;
     let err = c
         .create_collections(vec![
             (user(2), table()),
@@ -140,7 +125,7 @@ pub async fn a_rejected_batch_changes_nothing<F: BackendFactory>(factory: &F) {
     assert!(c.collection(user(2)).is_err());
     assert_eq!(c.collections().count(), 1);
     assert_eq!(c.backend().list_shards().await.unwrap(), shards_before);
-    assert_eq!(durable_collections(factory).await, durable_before);
+    assert_eq!(durable_state(factory).await.1.collections, durable_before);
 }
 
 /// `description.since` becomes the initial since, on the backend too.

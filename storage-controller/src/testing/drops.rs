@@ -4,15 +4,7 @@ use tidemark_backend_conformance::BackendFactory;
 use tidemark_storage_types::{PersistBackend, ReadPolicy, StorageError, StorageInstanceId};
 
 use super::*;
-use crate::durable::{DurableMetadata, read_record};
 use crate::protocol::{ClusterReplicaLocation, StorageCommand};
-
-async fn durable_metadata<F: BackendFactory>(factory: &F) -> DurableMetadata {
-    let backend = factory.open_handle().await;
-    let (_, record) = read_record::<u64, _>(&backend).await.unwrap();
-    let record = record.expect("a record exists");
-    DurableMetadata::decode(record.format_version, &record.body).unwrap()
-}
 
 /// `drop_sources` with one unknown id drops nothing.
 pub async fn drop_sources_with_unknown_id_drops_nothing<F: BackendFactory>(factory: &F) {
@@ -49,7 +41,7 @@ pub async fn dropped_collection_is_finalized_and_forgotten<F: BackendFactory>(fa
     assert!(!c.backend().list_shards().await.unwrap().contains(&shard));
     let frontiers = c.backend().frontiers(shard).await.unwrap();
     assert!(frontiers.since.is_empty() && frontiers.upper.is_empty());
-    let metadata = durable_metadata(factory).await;
+    let metadata = durable_state(factory).await.1;
     assert!(!metadata.collections.contains_key(&user(1)));
     assert!(metadata.collections.contains_key(&user(2)));
     assert!(metadata.finalizing.is_empty());

@@ -12,14 +12,6 @@ use crate::durable::{
 };
 use crate::retry::RetryPolicy;
 
-async fn durable_state<F: BackendFactory>(factory: &F) -> (StoredRecord, DurableMetadata) {
-    let backend = factory.open_handle().await;
-    let (_, record) = read_record::<u64, _>(&backend).await.unwrap();
-    let record = record.expect("a record exists");
-    let metadata = DurableMetadata::decode(record.format_version, &record.body).unwrap();
-    (record, metadata)
-}
-
 /// Replaces the metadata record as some other writer would.
 async fn overwrite_record<F: BackendFactory>(factory: &F, record: StoredRecord) {
     let backend = factory.open_handle().await;

@@ -194,6 +194,23 @@ pub fn since_of<B: PersistBackend<u64>>(
         .since()
 }
 
+/// The durable metadata record on the factory's storage, decoded.
+pub async fn durable_state<F: BackendFactory>(
+    factory: &F,
+) -> (
+    crate::durable::StoredRecord,
+    crate::durable::DurableMetadata,
+) {
+    let backend = factory.open_handle().await;
+    let (_, record) = crate::durable::read_record::<u64, _>(&backend)
+        .await
+        .expect("metadata reads");
+    let record = record.expect("a record exists");
+    let metadata = crate::durable::DurableMetadata::decode(record.format_version, &record.body)
+        .expect("metadata decodes");
+    (record, metadata)
+}
+
 /// A replica served on an in-process transport that records what it is
 /// told and answers what the test says.
 #[derive(Debug)]
