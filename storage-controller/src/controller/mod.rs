@@ -82,6 +82,35 @@ pub(crate) enum Internal<T> {
 ///
 /// Construct it inside a tokio runtime (it spawns its write task). Dropping
 /// it lets the write task finish what is queued and stop.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use tidemark_backend_memory::MemoryBackend;
+/// use tidemark_storage_controller::{Controller, ControllerConfig, StorageController};
+/// use tidemark_storage_types::{
+///     CollectionDescription, Datum, GlobalId, RelationDesc, Row, ScalarType, Update,
+/// };
+///
+/// let backend = MemoryBackend::open("controller-doc");
+/// let mut controller = Controller::<u64, _>::new(backend, ControllerConfig::default())
+///     .await
+///     .unwrap();
+/// let id = GlobalId::User(1);
+/// let relation = RelationDesc::empty().with_column("n", ScalarType::Int64.nullable(false));
+/// controller
+///     .create_collections(vec![(id, CollectionDescription::table(relation))])
+///     .await
+///     .unwrap();
+/// let row = Row::pack([Datum::Int64(7)]);
+/// let durable = controller
+///     .append(vec![(id, vec![Update::new(row.clone(), 0, 1)], 1)])
+///     .unwrap();
+/// durable.await.unwrap().unwrap();
+/// assert_eq!(controller.snapshot(id, 0).await.unwrap(), vec![(row, 1)]);
+/// // An unknown id is refused before anything is written.
+/// assert!(controller.append(vec![(id, vec![], 1), (GlobalId::User(2), vec![], 2)]).is_err());
+/// # });
+/// ```
 pub struct Controller<T: StorageTimestamp, B: PersistBackend<T>> {
     pub(crate) backend: Arc<B>,
     pub(crate) parameters: StorageParameters,
