@@ -239,7 +239,19 @@ where
     T: StorageTimestamp,
     B: PersistBackend<T> + ?Sized,
 {
-    let frontiers = backend.open(METADATA_SHARD).await?;
+    read_record_with_retries(backend, RetryPolicy::NONE).await
+}
+
+/// [`read_record`], retrying indeterminate failures (reads are idempotent).
+pub(crate) async fn read_record_with_retries<T, B>(
+    backend: &B,
+    retry: RetryPolicy,
+) -> Result<(Antichain<T>, Option<StoredRecord>), StorageError>
+where
+    T: StorageTimestamp,
+    B: PersistBackend<T> + ?Sized,
+{
+    let frontiers = retry_indeterminate(retry, || backend.open(METADATA_SHARD)).await?;
     let Some(upper) = frontier_time(&frontiers.upper) else {
         return Err(corrupted(
             "durable controller metadata shard is sealed".to_string(),
@@ -248,7 +260,8 @@ where
     if upper == T::minimum() {
         return Ok((frontiers.upper, None));
     }
-    let rows = backend.snapshot(METADATA_SHARD, &upper.step_back()).await?;
+    let as_of = upper.step_back();
+    let rows = retry_indeterminate(retry, || backend.snapshot(METADATA_SHARD, &as_of)).await?;
     match rows.as_slice() {
         [] => Ok((frontiers.upper, None)),
         [(row, 1)] => Ok((frontiers.upper, Some(StoredRecord::from_row(row)?))),
@@ -343,7 +356,7 @@ impl<T: StorageTimestamp> MetadataStore<T> {
         fenced: Arc<AtomicBool>,
     ) -> Result<Self, StorageError> {
         loop {
-            let (upper, previous) = read_record(backend).await?;
+            let (upper, previous) = read_record_with_retries(backend, retry).await?;
             let (record, metadata) = match &previous {
                 Some(previous) => {
                     let metadata =

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::controller::Internal;
 use crate::controller::read_snapshot;
+use crate::retry::{RetryPolicy, retry_indeterminate};
 
 /// One item of a [`Subscription`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +86,7 @@ impl<T: StorageTimestamp> Subscription<T> {
     /// +1 hold at `as_of`.
     pub(crate) fn start<B: PersistBackend<T>>(
         backend: Arc<B>,
+        retry: RetryPolicy,
         id: GlobalId,
         shard: ShardId,
         as_of: T,
@@ -98,7 +100,7 @@ impl<T: StorageTimestamp> Subscription<T> {
         };
         let (sender, events) = mpsc::channel(16);
         let task = tokio::spawn(async move {
-            if let Err(err) = follow(&*backend, shard, as_of, &hold, &sender).await {
+            if let Err(err) = follow(&*backend, retry, shard, as_of, &hold, &sender).await {
                 let _ = sender.send(Err(err)).await;
             }
         });
@@ -130,6 +132,7 @@ type EventSender<T> = mpsc::Sender<Result<SubscriptionEvent<T>, StorageError>>;
 
 async fn follow<T, B>(
     backend: &B,
+    retry: RetryPolicy,
     shard: ShardId,
     as_of: T,
     hold: &Hold<T>,
@@ -139,7 +142,7 @@ where
     T: StorageTimestamp,
     B: PersistBackend<T>,
 {
-    let rows = read_snapshot(backend, hold.id, shard, as_of).await?;
+    let rows = read_snapshot(backend, retry, hold.id, shard, as_of).await?;
     let snapshot = rows
         .into_iter()
         .map(|(row, diff)| Update::new(row, as_of, diff))
@@ -168,12 +171,18 @@ where
         return Ok(());
     }
     loop {
-        let upper = backend.wait_for_upper_past(shard, &lower).await?;
-        if upper.is_empty() && backend.frontiers(shard).await?.since.is_empty() {
+        let upper =
+            retry_indeterminate(retry, || backend.wait_for_upper_past(shard, &lower)).await?;
+        if upper.is_empty()
+            && retry_indeterminate(retry, || backend.frontiers(shard))
+                .await?
+                .since
+                .is_empty()
+        {
             // Finalized (by a newer controller), not sealed: the data is gone.
             return Err(StorageError::CollectionDropped(hold.id));
         }
-        let updates = backend.fetch(shard, &lower, &upper).await?;
+        let updates = retry_indeterminate(retry, || backend.fetch(shard, &lower, &upper)).await?;
         if !updates.is_empty()
             && sender
                 .send(Ok(SubscriptionEvent::Updates(updates)))

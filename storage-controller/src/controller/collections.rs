@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 
 use super::Controller;
 use crate::protocol::{IngestionCommand, StorageCommand};
+use crate::retry::{RetryPolicy, retry_indeterminate};
 use crate::state::{CollectionMetadata, CollectionState};
 use crate::subscribe::Subscription;
 use crate::worker::{ShardAppend, WorkerCommand};
@@ -278,7 +279,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
             return Err(StorageError::ReadBeforeSince(id));
         }
         let shard = collection.collection_metadata.data_shard;
-        read_snapshot(&*self.backend, id, shard, as_of).await
+        read_snapshot(&*self.backend, self.retry, id, shard, as_of).await
     }
 
     /// A [`Subscription`] to collection `id` from `as_of`: the snapshot at
@@ -306,6 +307,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
         self.update_read_capabilities_inner(&mut hold);
         Ok(Subscription::start(
             std::sync::Arc::clone(&self.backend),
+            self.retry,
             id,
             shard,
             as_of,
@@ -360,8 +362,10 @@ fn join<T: StorageTimestamp>(left: &Antichain<T>, right: &Antichain<T>) -> Antic
 /// Reads shard `shard` of collection `id` at `as_of`, waiting for the upper
 /// to pass `as_of` first; maps an unreadable `as_of` to the controller's
 /// errors.
+/// Reads are idempotent, so indeterminate failures are retried.
 pub(crate) async fn read_snapshot<T, B>(
     backend: &B,
+    retry: RetryPolicy,
     id: GlobalId,
     shard: ShardId,
     as_of: T,
@@ -370,13 +374,12 @@ where
     T: StorageTimestamp,
     B: PersistBackend<T> + ?Sized,
 {
-    backend
-        .wait_for_upper_past(shard, &Antichain::from_elem(as_of))
-        .await?;
-    match backend.snapshot(shard, &as_of).await {
+    let target = Antichain::from_elem(as_of);
+    retry_indeterminate(retry, || backend.wait_for_upper_past(shard, &target)).await?;
+    match retry_indeterminate(retry, || backend.snapshot(shard, &as_of)).await {
         Ok(rows) => Ok(rows),
         Err(err @ BackendError::InvalidUsage(InvalidUsage::AsOfNotReadable { .. })) => {
-            Err(unreadable(backend, id, shard, as_of, err).await)
+            Err(unreadable(backend, retry, id, shard, as_of, err).await)
         }
         Err(err) => Err(err.into()),
     }
@@ -385,6 +388,7 @@ where
 /// Why `as_of` of `shard` could not be read.
 async fn unreadable<T, B>(
     backend: &B,
+    retry: RetryPolicy,
     id: GlobalId,
     shard: ShardId,
     as_of: T,
@@ -394,7 +398,7 @@ where
     T: StorageTimestamp,
     B: PersistBackend<T> + ?Sized,
 {
-    match backend.frontiers(shard).await {
+    match retry_indeterminate(retry, || backend.frontiers(shard)).await {
         Ok(frontiers) if frontiers.since.is_empty() => StorageError::CollectionDropped(id),
         Ok(frontiers) if !frontiers.since.less_equal(&as_of) => StorageError::ReadBeforeSince(id),
         Ok(_) => err.into(),

@@ -128,6 +128,7 @@ pub struct Controller<T: StorageTimestamp, B: PersistBackend<T>> {
     statistics: BTreeMap<GlobalId, StatisticsUpdate>,
     statuses: BTreeMap<GlobalId, String>,
     pub(crate) fenced: Arc<AtomicBool>,
+    pub(crate) retry: RetryPolicy,
     epoch: i64,
 }
 
@@ -209,6 +210,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
             statistics: BTreeMap::new(),
             statuses: BTreeMap::new(),
             fenced,
+            retry,
             epoch,
         })
     }

@@ -402,3 +402,71 @@ pub async fn failed_since_downgrade_is_reported_by_process<F: BackendFactory>(fa
         frontier(0)
     );
 }
+
+/// Every backend operation sometimes applies and then reports an
+/// indeterminate failure: the controller retries (appends with their
+/// token) and nothing is lost or duplicated, across a restart too.
+pub async fn indeterminate_faults_everywhere_lose_and_duplicate_nothing<F: BackendFactory>(
+    factory: &F,
+) {
+    use tidemark_backend_conformance::faults::{FaultRates, FaultyBackend};
+    let rates = FaultRates::new(0.0, 0.2).expect("valid rates");
+    let faulty = FaultyBackend::new(factory.open_handle().await, 21).with_rates_for_all(rates);
+    let mut a = Controller::new(faulty, test_config()).await.unwrap();
+    a.create_collections(vec![(user(1), table()), (user(2), table())])
+        .await
+        .unwrap();
+    for time in 0..15u64 {
+        let id = i64::try_from(time).unwrap();
+        let receiver = a
+            .append(vec![
+                (user(1), vec![update(id, "kept", time, 1)], time + 1),
+                (user(2), vec![update(id, "dropped", time, 1)], time + 1),
+            ])
+            .unwrap();
+        within_a_minute(receiver, "append never resolved")
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    process_until(&mut a, |c| {
+        c.collection(user(1)).unwrap().write_frontier == frontier(15)
+    })
+    .await;
+    a.set_read_policy(vec![(user(1), ReadPolicy::lag_writes_by(4, 1))]);
+    let dropped_shard = a
+        .collection(user(2))
+        .unwrap()
+        .collection_metadata
+        .data_shard;
+    a.drop_sources(vec![user(2)]).unwrap();
+    a.flush().await;
+    let expected: Vec<_> = (0..15).map(|id| (row(id, "kept"), 1)).collect();
+    let mut read = a.snapshot(user(1), 14).await.unwrap();
+    read.sort();
+    let mut sorted_expected = expected.clone();
+    sorted_expected.sort();
+    assert_eq!(read, sorted_expected);
+    assert!(
+        a.backend().total_counts().failed_after > 0,
+        "the backend injected faults"
+    );
+
+    let faulty = FaultyBackend::new(factory.open_handle().await, 22).with_rates_for_all(rates);
+    let mut b = Controller::new(faulty, test_config()).await.unwrap();
+    b.create_collections(vec![(user(1), table())])
+        .await
+        .unwrap();
+    b.reconcile_state().await.unwrap();
+    let mut read = b.snapshot(user(1), 14).await.unwrap();
+    read.sort();
+    assert_eq!(read, sorted_expected);
+    let raw = factory.open_handle().await;
+    assert!(!raw.list_shards().await.unwrap().contains(&dropped_shard));
+    let (_, metadata) = durable_state(factory).await;
+    assert_eq!(
+        metadata.collections.keys().copied().collect::<Vec<_>>(),
+        vec![user(1)]
+    );
+    assert!(metadata.finalizing.is_empty());
+}

@@ -393,6 +393,7 @@ macro_rules! controller_tests {
             durable::sink_as_of_is_recorded_once,
             durable::snapshot_of_a_shard_finalized_meanwhile_is_collection_dropped,
             durable::failed_since_downgrade_is_reported_by_process,
+            durable::indeterminate_faults_everywhere_lose_and_duplicate_nothing,
             subscribe::subscription_streams_snapshot_then_changes,
             subscribe::subscription_holds_the_since_until_dropped,
             subscribe::subscription_rejects_bad_requests,
