@@ -470,3 +470,69 @@ impl<T: StorageTimestamp> MetadataStore<T> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_format_round_trips() {
+        let mut metadata = DurableMetadata::default();
+        metadata
+            .collections
+            .insert(GlobalId::User(1), ShardId::new());
+        metadata.sink_as_ofs.insert(
+            GlobalId::User(2),
+            encode_frontier(&Antichain::from_elem(5u64)),
+        );
+        metadata.finalizing.insert(ShardId::new());
+        let decoded = DurableMetadata::decode(CURRENT_FORMAT_VERSION, &metadata.encode()).unwrap();
+        assert_eq!(decoded, metadata);
+        let as_of: Antichain<u64> = decode_frontier(&decoded.sink_as_ofs[&GlobalId::User(2)]);
+        assert_eq!(as_of, Antichain::from_elem(5));
+    }
+
+    #[test]
+    fn version_1_keeps_its_collections() {
+        let mut metadata = DurableMetadata::default();
+        metadata
+            .collections
+            .insert(GlobalId::System(3), ShardId::new());
+        let decoded = DurableMetadata::decode(1, &metadata.encode_v1()).unwrap();
+        assert_eq!(decoded, metadata);
+    }
+
+    #[test]
+    fn bad_bodies_are_clear_errors() {
+        let message = |version: i64, body: &str| {
+            DurableMetadata::decode(version, body)
+                .unwrap_err()
+                .to_string()
+        };
+        let err = message(2, "{");
+        assert!(err.contains("version 2 does not parse"), "{err}");
+        let err = message(
+            2,
+            r#"{"collections": {"x1": "s00000000-0000-0000-0000-000000000000"}, "sink_as_ofs": {}, "finalizing": []}"#,
+        );
+        assert!(err.contains("\"x1\""), "{err}");
+        let err = message(1, r#"{"shards": [], "extra": 1}"#);
+        assert!(err.contains("extra"), "{err}");
+        let err = message(0, "{}");
+        assert!(err.contains("unknown format version: 0"), "{err}");
+        let err = message(CURRENT_FORMAT_VERSION + 5, "{}");
+        assert!(err.contains("newer format"), "{err}");
+    }
+
+    #[test]
+    fn records_are_one_row_of_three_datums() {
+        let record = StoredRecord {
+            format_version: 2,
+            epoch: 9,
+            body: "{}".to_string(),
+        };
+        assert_eq!(StoredRecord::from_row(&record.to_row()).unwrap(), record);
+        let err = StoredRecord::from_row(&Row::pack([Datum::Int64(2)])).unwrap_err();
+        assert!(err.to_string().contains("unexpected shape"), "{err}");
+    }
+}
