@@ -123,7 +123,7 @@ pub(crate) async fn compare_and_append<T: StorageTimestamp>(
             )
             .await?
         } else {
-            append_in_one_statement(
+            run_append_statement(
                 backend,
                 &mut conn,
                 shard,
@@ -220,30 +220,6 @@ async fn run_append_statement(
         Some(_) => Attempt::Applied,
         None => Attempt::UpperDidNotMatch,
     })
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn append_in_one_statement(
-    backend: &PostgresBackend,
-    conn: &mut PgConnection,
-    shard: ShardId,
-    columns: &Columns<'_>,
-    expected_code: Option<i64>,
-    new_code: Option<i64>,
-    token: IdempotencyToken,
-    context: &str,
-) -> Result<Attempt, BackendError> {
-    run_append_statement(
-        backend,
-        conn,
-        shard,
-        columns,
-        expected_code,
-        new_code,
-        token,
-        context,
-    )
-    .await
 }
 
 #[allow(clippy::too_many_arguments)]
