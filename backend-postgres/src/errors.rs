@@ -3,11 +3,11 @@
 //! A failure says whether the operation **definitely did not happen**. Two
 //! moments are told apart:
 //!
-//! - **Getting a connection** ([`connect_error`]): nothing was sent, so every
+//! - **Getting a connection**: nothing was sent, so every
 //!   failure is determinate: an unreachable server is `Unavailable`, rejected
 //!   credentials (SQLSTATE class 28) `Unauthorized`, a missing database
 //!   (`3D000`) `NotFound`.
-//! - **Running a statement** ([`statement_error`]): only SQLSTATEs known to
+//! - **Running a statement**: only SQLSTATEs known to
 //!   abort the statement and its transaction are determinate (serialization
 //!   failure `40001`, deadlock `40P01`, integrity violations class 23:
 //!   `Conflict`; ...). A lost connection, a terminated backend and anything
