@@ -20,7 +20,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tidemark_storage_types::{BackendError, InvalidUsage, ShardId, StorageTimestamp};
 use timely::PartialOrder;
 use timely::progress::Antichain;
-use tokio::sync::{OnceCell, watch};
+use tokio::sync::{Mutex as AsyncMutex, watch};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -42,7 +42,9 @@ pub(crate) struct UpperWatch {
     channel: String,
     listener_pool: PgPool,
     state: Arc<WatchState>,
-    task: OnceCell<JoinHandle<()>>,
+    /// The listener task, restarted when it is gone (for instance when the
+    /// runtime that ran it shut down).
+    task: AsyncMutex<Option<JoinHandle<()>>>,
 }
 
 #[derive(Default)]
@@ -96,7 +98,7 @@ impl UpperWatch {
             channel: channel_name(&config.schema),
             listener_pool,
             state: Arc::default(),
-            task: OnceCell::new(),
+            task: AsyncMutex::new(None),
         }
     }
 
@@ -108,25 +110,32 @@ impl UpperWatch {
     /// Starts the listener unless it runs; on failure waiters poll and the
     /// next wait tries again.
     async fn ensure_listening(&self) {
-        let started = self
-            .task
-            .get_or_try_init(|| async {
-                let mut listener = PgListener::connect_with(&self.listener_pool).await?;
-                listener.listen(&self.channel).await?;
+        let mut task = self.task.lock().await;
+        if task.as_ref().is_some_and(|running| !running.is_finished()) {
+            return;
+        }
+        self.state.healthy.store(false, Ordering::SeqCst);
+        let started = async {
+            let mut listener = PgListener::connect_with(&self.listener_pool).await?;
+            listener.listen(&self.channel).await?;
+            Ok::<_, sqlx::Error>(listener)
+        }
+        .await;
+        match started {
+            Ok(listener) => {
                 self.state.healthy.store(true, Ordering::SeqCst);
-                let state = Arc::clone(&self.state);
-                Ok::<_, sqlx::Error>(tokio::spawn(listen(listener, state)))
-            })
-            .await;
-        if let Err(err) = started {
-            tracing::warn!(channel = %self.channel, %err, "cannot listen for upper notifications, polling");
+                *task = Some(tokio::spawn(listen(listener, Arc::clone(&self.state))));
+            }
+            Err(err) => {
+                tracing::warn!(channel = %self.channel, %err, "cannot listen for upper notifications, polling");
+            }
         }
     }
 }
 
 impl Drop for UpperWatch {
     fn drop(&mut self) {
-        if let Some(task) = self.task.get() {
+        if let Some(task) = self.task.get_mut().take() {
             task.abort();
         }
     }
