@@ -32,8 +32,11 @@ pub struct GcStats {
 
 impl S3Backend {
     /// Deletes the part objects of every shard under this prefix that no
-    /// state references, once they are older than the grace period (see the
-    /// [module docs](crate::gc)). Safe to run at any time, from any process,
+    /// state references: parts compaction retired, once the grace period has
+    /// passed since they were retired; parts neither referenced nor retired
+    /// (left by writers that lost a race or crashed), once their
+    /// `LastModified` is older than the grace period; and every part of a
+    /// finalized shard. Safe to run at any time, from any process,
     /// concurrently with appends, reads and compactions.
     ///
     /// # Errors
