@@ -57,7 +57,7 @@ pub(crate) enum WorkerCommand<T> {
     /// Appends; replies when durable.
     Append {
         commands: Vec<ShardAppend<T>>,
-        reply: oneshot::Sender<Result<(), StorageError>>,
+        reply: AppendReply,
     },
     /// Downgrades shards' sinces (then maybe compacts each).
     DowngradeSinces(Vec<(ShardId, Antichain<T>)>),
@@ -112,12 +112,22 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
                 Ok(())
             };
             drop_superseded_downgrades(&mut chunk);
+            let mut appends = Vec::new();
             for command in chunk.drain(..) {
-                match &fence {
-                    Ok(()) => self.handle(command).await,
-                    Err(err) => self.refuse(command, err.clone()),
+                match (command, &fence) {
+                    (WorkerCommand::Append { commands, reply }, Ok(())) => {
+                        appends.push((commands, reply));
+                    }
+                    (command, Ok(())) => {
+                        // SUBTLE: appends queued before this command run
+                        // before it.
+                        self.append_calls(std::mem::take(&mut appends)).await;
+                        self.handle(command).await;
+                    }
+                    (command, Err(err)) => self.refuse(command, err.clone()),
                 }
             }
+            self.append_calls(appends).await;
         }
     }
 
@@ -162,7 +172,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
                 }
             }
             WorkerCommand::Append { commands, reply } => {
-                let _ = reply.send(self.append(commands).await);
+                self.append_calls(vec![(commands, reply)]).await;
             }
             WorkerCommand::DowngradeSinces(downgrades) => {
                 for (shard, since) in downgrades {
@@ -257,46 +267,78 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
         Ok(recorded)
     }
 
-    async fn append(&mut self, commands: Vec<ShardAppend<T>>) -> Result<(), StorageError> {
-        // The commands of one call name distinct shards (the controller
-        // refuses duplicates), so they run concurrently.
-        let attempts = commands.into_iter().map(|command| {
-            let known_upper = self.uppers.get(&command.shard).cloned();
-            append_one(&*self.backend, self.retry, known_upper, command)
+    /// Runs consecutive `append` calls: each shard's commands one after
+    /// another in submission order, different shards concurrently. Each
+    /// call's reply resolves once all its commands are done.
+    async fn append_calls(&mut self, calls: Vec<(Vec<ShardAppend<T>>, AppendReply)>) {
+        if calls.is_empty() {
+            return;
+        }
+        let mut per_shard: BTreeMap<ShardId, Vec<(usize, ShardAppend<T>)>> = BTreeMap::new();
+        let mut replies = Vec::with_capacity(calls.len());
+        for (call, (commands, reply)) in calls.into_iter().enumerate() {
+            for command in commands {
+                per_shard
+                    .entry(command.shard)
+                    .or_default()
+                    .push((call, command));
+            }
+            replies.push(reply);
+        }
+        let backend = &*self.backend;
+        let retry = self.retry;
+        let shard_runs = per_shard.into_iter().map(|(shard, commands)| {
+            let mut known_upper = self.uppers.get(&shard).cloned();
+            async move {
+                let mut outcomes = Vec::with_capacity(commands.len());
+                for (call, command) in commands {
+                    let (id, _, outcome) =
+                        append_one(backend, retry, known_upper.clone(), command).await;
+                    // The next command of this shard starts from here; after
+                    // a failure the upper is unknown and read again.
+                    known_upper = match &outcome {
+                        AppendOutcome::Written(upper) | AppendOutcome::Stale(upper) => {
+                            Some(upper.clone())
+                        }
+                        AppendOutcome::Failed(_) => None,
+                    };
+                    outcomes.push((call, id, outcome));
+                }
+                (shard, known_upper, outcomes)
+            }
         });
-        let outcomes = futures::future::join_all(attempts).await;
-        let mut invalid = Vec::new();
-        let mut written = Vec::new();
-        let mut first_error = None;
-        for (id, shard, outcome) in outcomes {
-            match outcome {
-                AppendOutcome::Written(new_upper) => {
-                    self.uppers.insert(shard, new_upper.clone());
-                    written.push((id, new_upper));
-                }
-                AppendOutcome::Stale(current) => {
-                    self.uppers.insert(shard, current);
-                    invalid.push(id);
-                }
-                AppendOutcome::Failed(err) => {
-                    // The upper is unknown now: read it again next time.
-                    self.uppers.remove(&shard);
-                    first_error.get_or_insert(StorageError::Backend(err));
+        let finished = futures::future::join_all(shard_runs).await;
+        let mut results: Vec<CallResult<T>> =
+            replies.iter().map(|_| CallResult::default()).collect();
+        for (shard, known_upper, outcomes) in finished {
+            match known_upper {
+                Some(upper) => self.uppers.insert(shard, upper),
+                None => self.uppers.remove(&shard),
+            };
+            for (call, id, outcome) in outcomes {
+                let result = &mut results[call];
+                match outcome {
+                    AppendOutcome::Written(upper) => result.written.push((id, upper)),
+                    AppendOutcome::Stale(_) => result.invalid.push(id),
+                    AppendOutcome::Failed(err) => {
+                        result.error.get_or_insert(StorageError::Backend(err));
+                    }
                 }
             }
         }
-        // SUBTLE: the new uppers are queued before the caller's receiver
-        // resolves, so a process() after the write completes sees them.
-        if !written.is_empty() {
-            let _ = self.internal.send(Internal::WriteCompleted(written));
+        for (reply, result) in replies.into_iter().zip(results) {
+            // SUBTLE: the new uppers are queued before the caller's receiver
+            // resolves, so a process() after the write completes sees them.
+            if !result.written.is_empty() {
+                let _ = self.internal.send(Internal::WriteCompleted(result.written));
+            }
+            let outcome = match (result.error, result.invalid.is_empty()) {
+                (Some(err), _) => Err(err),
+                (None, false) => Err(StorageError::InvalidUppers(result.invalid)),
+                (None, true) => Ok(()),
+            };
+            let _ = reply.send(outcome);
         }
-        if let Some(err) = first_error {
-            return Err(err);
-        }
-        if !invalid.is_empty() {
-            return Err(StorageError::InvalidUppers(invalid));
-        }
-        Ok(())
     }
 
     async fn downgrade_since(
@@ -376,6 +418,26 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
             return Ok(());
         }
         self.finalize(None, retiring).await
+    }
+}
+
+/// Where an `append` call's outcome goes.
+type AppendReply = oneshot::Sender<Result<(), StorageError>>;
+
+/// What one `append` call achieved.
+struct CallResult<T> {
+    written: Vec<(GlobalId, Antichain<T>)>,
+    invalid: Vec<GlobalId>,
+    error: Option<StorageError>,
+}
+
+impl<T> Default for CallResult<T> {
+    fn default() -> Self {
+        CallResult {
+            written: Vec::new(),
+            invalid: Vec::new(),
+            error: None,
+        }
     }
 }
 

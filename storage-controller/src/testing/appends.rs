@@ -386,3 +386,51 @@ pub async fn snapshot_waits_for_the_upper<F: BackendFactory>(factory: &F) {
 }
 
 use tidemark_storage_types::ReadPolicy;
+
+/// Calls submitted back to back on two tables, one of them stale: each
+/// table's calls apply in order, the stale one alone fails, and a failure
+/// on one table does not hold up the other.
+pub async fn interleaved_appends_keep_per_table_order<F: BackendFactory>(factory: &F) {
+    let mut c = controller(factory).await;
+    c.create_collections(vec![(user(1), table()), (user(2), table())])
+        .await
+        .unwrap();
+    let mut receivers = Vec::new();
+    for step in 0..10u64 {
+        let id = if step % 2 == 0 { user(1) } else { user(2) };
+        let time = step / 2;
+        receivers.push((
+            step,
+            c.append(vec![(id, vec![update(7, "x", time, 1)], time + 1)])
+                .unwrap(),
+        ));
+        if step == 4 {
+            // u1 is at [3] once the calls before this one apply: stale.
+            receivers.push((
+                100,
+                c.append(vec![(user(1), vec![update(8, "stale", 1, 1)], 2)])
+                    .unwrap(),
+            ));
+        }
+    }
+    for (step, receiver) in receivers {
+        let expected = if step == 100 {
+            Err(StorageError::InvalidUppers(vec![user(1)]))
+        } else {
+            Ok(())
+        };
+        assert_eq!(outcome(receiver).await, expected, "call {step}");
+    }
+    process_until(&mut c, |c| {
+        c.collection(user(1)).unwrap().write_frontier == frontier(5)
+            && c.collection(user(2)).unwrap().write_frontier == frontier(5)
+    })
+    .await;
+    for id in [user(1), user(2)] {
+        assert_eq!(
+            c.snapshot(id, 4).await.unwrap(),
+            vec![(row(7, "x"), 5)],
+            "{id}"
+        );
+    }
+}

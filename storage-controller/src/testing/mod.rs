@@ -334,6 +334,7 @@ macro_rules! controller_tests {
             appends::racing_writer_resolves_invalid_uppers_then_recovers,
             appends::appends_pipeline_in_submission_order,
             appends::appends_to_several_tables_in_one_call,
+            appends::interleaved_appends_keep_per_table_order,
             appends::indeterminate_failures_are_retried_without_duplicates,
             appends::failing_backend_is_reported,
             appends::snapshot_of_unknown_id_is_identifier_missing,
