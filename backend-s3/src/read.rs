@@ -212,7 +212,17 @@ impl S3Backend {
                     let fetched: Result<Result<O, PartGone>, BackendError> =
                         match store.get("get_part", &key).await? {
                             None => Ok(Err(PartGone { key })),
-                            Some(bytes) => Ok(Ok(transform(decode_part::<T>(&key, &bytes)?))),
+                            // Decoding is CPU work: off the runtime's
+                            // workers, so they keep driving the downloads.
+                            Some(bytes) => tokio::task::spawn_blocking(move || {
+                                decode_part::<T>(&key, &bytes).map(|updates| Ok(transform(updates)))
+                            })
+                            .await
+                            .map_err(|err| {
+                                BackendError::indeterminate(format!(
+                                    "part decode task failed: error={err}"
+                                ))
+                            })?,
                         };
                     fetched
                 });
