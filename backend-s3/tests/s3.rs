@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use support::stub::{StubResponse, start_stub};
 use support::{
-    S3Factory, TEST_BUCKET, config_for, make_factory, make_factory_with_clock, raw_client,
-    test_endpoint,
+    S3Factory, config_for, make_factory, make_factory_with_clock, raw_client, test_endpoint,
 };
 use tidemark_backend_conformance::BackendFactory;
 use tidemark_backend_s3::{ManualClock, S3Backend, S3Config};
@@ -49,12 +48,12 @@ async fn append(
 }
 
 /// Every key under `prefix`.
-async fn list_keys(endpoint: &str, prefix: &str) -> BTreeSet<String> {
+async fn list_keys(endpoint: &str, bucket: &str, prefix: &str) -> BTreeSet<String> {
     let client = raw_client(endpoint);
     let mut keys = BTreeSet::new();
     let mut pages = client
         .list_objects_v2()
-        .bucket(TEST_BUCKET)
+        .bucket(bucket)
         .prefix(prefix)
         .into_paginator()
         .send();
@@ -97,7 +96,7 @@ async fn corrupted_part_is_detected_and_names_its_key() {
     let client = raw_client(&endpoint);
     let object = client
         .get_object()
-        .bucket(TEST_BUCKET)
+        .bucket(&backend.config().bucket)
         .key(&key)
         .send()
         .await
@@ -107,7 +106,7 @@ async fn corrupted_part_is_detected_and_names_its_key() {
     bytes[middle] ^= 0x40;
     client
         .put_object()
-        .bucket(TEST_BUCKET)
+        .bucket(&backend.config().bucket)
         .key(&key)
         .body(bytes.into())
         .send()
@@ -140,7 +139,7 @@ async fn part_deleted_under_a_reader_is_reported_after_rereading_state() {
     let key = backend.part_keys(shard).await.unwrap().remove(0);
     raw_client(&endpoint)
         .delete_object()
-        .bucket(TEST_BUCKET)
+        .bucket(&backend.config().bucket)
         .key(&key)
         .send()
         .await
@@ -205,13 +204,18 @@ async fn compaction_and_gc_leave_no_unreferenced_parts_after_the_grace_period() 
         append(&backend, shard, updates, time, time + 1).await;
     }
     let parts_prefix = backend.parts_prefix(shard);
-    assert_eq!(list_keys(&endpoint, &parts_prefix).await.len(), 8);
+    assert_eq!(
+        list_keys(&endpoint, &backend.config().bucket, &parts_prefix)
+            .await
+            .len(),
+        8
+    );
 
     // An orphan, as a crashed append would leave it.
     let orphan = format!("{parts_prefix}{}", uuid::Uuid::new_v4());
     raw_client(&endpoint)
         .put_object()
-        .bucket(TEST_BUCKET)
+        .bucket(&backend.config().bucket)
         .key(&orphan)
         .body(b"left behind".to_vec().into())
         .send()
@@ -236,12 +240,20 @@ async fn compaction_and_gc_leave_no_unreferenced_parts_after_the_grace_period() 
     // read by holders of the older state.
     let gc = backend.gc().await.unwrap();
     assert_eq!(gc.parts_deleted, 0);
-    assert_eq!(list_keys(&endpoint, &parts_prefix).await.len(), 8 + 1 + 1);
+    assert_eq!(
+        list_keys(&endpoint, &backend.config().bucket, &parts_prefix)
+            .await
+            .len(),
+        8 + 1 + 1
+    );
 
     clock.advance(grace + Duration::from_secs(60));
     let gc = backend.gc().await.unwrap();
     assert_eq!(gc.parts_deleted, 9, "eight replaced parts and the orphan");
-    assert_eq!(list_keys(&endpoint, &parts_prefix).await, referenced);
+    assert_eq!(
+        list_keys(&endpoint, &backend.config().bucket, &parts_prefix).await,
+        referenced
+    );
 
     let snapshot = backend.snapshot(shard, &7).await.unwrap();
     assert_eq!(snapshot, (0..10).map(|i| (row(i), 8)).collect::<Vec<_>>());
@@ -291,7 +303,12 @@ async fn compaction_deletes_retired_parts_once_the_grace_period_passed() {
     PersistBackend::<u64>::compact(&backend, shard)
         .await
         .unwrap();
-    let listed = list_keys(&endpoint, &backend.parts_prefix(shard)).await;
+    let listed = list_keys(
+        &endpoint,
+        &backend.config().bucket,
+        &backend.parts_prefix(shard),
+    )
+    .await;
     let referenced = backend.part_keys(shard).await.unwrap();
     assert_eq!(
         referenced.len(),
@@ -322,9 +339,13 @@ async fn finalize_removes_every_part_and_the_listing() {
         .await
         .unwrap();
     assert!(
-        list_keys(&endpoint, &backend.parts_prefix(shard))
-            .await
-            .is_empty()
+        list_keys(
+            &endpoint,
+            &backend.config().bucket,
+            &backend.parts_prefix(shard)
+        )
+        .await
+        .is_empty()
     );
     assert!(
         PersistBackend::<u64>::list_shards(&backend)
@@ -537,8 +558,8 @@ async fn from_url_opens_the_same_storage_as_the_builder() {
     // The URL names no credentials; the test passes its dummies explicitly
     // instead of relying on the environment chain.
     let url = format!(
-        "s3://{TEST_BUCKET}/{}?endpoint={endpoint}&region=us-east-1&path_style=true",
-        factory.config.prefix
+        "s3://{}/{}?endpoint={endpoint}&region=us-east-1&path_style=true",
+        factory.config.bucket, factory.config.prefix
     );
     let config = S3Config::from_url(&url)
         .unwrap()

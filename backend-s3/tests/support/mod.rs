@@ -1,6 +1,9 @@
-//! Test support: a bucket on the S3 server named by
-//! `TIDEMARK_TEST_S3_ENDPOINT`, a fresh prefix per factory, explicit dummy
-//! credentials.
+//! Test support: a fresh bucket and prefix per factory on the S3 server
+//! named by `TIDEMARK_TEST_S3_ENDPOINT`, explicit dummy credentials.
+//!
+//! A bucket per factory keeps tests from listing each other's keys (the
+//! local server's listing is not safe against concurrent writes to the same
+//! bucket and then answers 500).
 
 #![allow(dead_code)]
 
@@ -11,9 +14,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tidemark_backend_conformance::{BackendFactory, service_env};
 use tidemark_backend_s3::{Clock, S3Backend, S3Config};
-
-/// The bucket every test uses (each under its own prefix).
-pub const TEST_BUCKET: &str = "tidemark-tests";
 
 /// Dummy credentials the local server accepts.
 pub const ACCESS_KEY_ID: &str = "tidemark-test";
@@ -111,9 +111,10 @@ impl BackendFactory for S3Factory {
 /// A factory on a fresh prefix, or `None` outside CI without a server.
 pub async fn make_factory(test_name: &str) -> Option<S3Factory> {
     let endpoint = test_endpoint(test_name)?;
-    ensure_bucket(&endpoint, TEST_BUCKET).await;
+    let bucket = format!("tm-{}", uuid::Uuid::new_v4().simple());
+    ensure_bucket(&endpoint, &bucket).await;
     Some(S3Factory {
-        config: config_for(&endpoint, TEST_BUCKET, &fresh_prefix("t")),
+        config: config_for(&endpoint, &bucket, &fresh_prefix("t")),
     })
 }
 
