@@ -34,9 +34,9 @@ fn reading(sensor: i64, celsius: f64) -> Row {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
-    let url = std::env::var("TIDEMARK_S3_URL").map_err(|_| {
-        "set TIDEMARK_S3_URL to s3://BUCKET/PREFIX?endpoint=...&region=...&path_style=true"
-    })?;
+    let url = std::env::var("TIDEMARK_S3_URL").map_err(
+        |_| "set TIDEMARK_S3_URL to s3://BUCKET/PREFIX?endpoint=...&region=...&path_style=true",
+    )?;
     // Opening checks that the bucket exists, that the credentials work and
     // that the store enforces conditional writes.
     let backend = tidemark::open(&url).await?;

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use differential_dataflow::consolidation::consolidate_updates;
 use tidemark_storage_types::{
-    BackendError, Batch, Diff, Row, StorageTimestamp, Update, decode_batch, encode_batch,
+    BackendError, Batch, Diff, Row, StorageTimestamp, Update, decode_batch_shared, encode_batch,
 };
 use timely::progress::Antichain;
 use uuid::Uuid;
@@ -81,9 +81,10 @@ pub(crate) fn encode_parts<T: StorageTimestamp>(
 /// `Determinate(Corrupted)` naming the key.
 pub(crate) fn decode_part<T: StorageTimestamp>(
     key: &str,
-    bytes: &[u8],
+    bytes: Bytes,
 ) -> Result<Vec<Update<T>>, BackendError> {
-    Ok(decode_batch::<T>(key, bytes)?.updates)
+    // Rows share the part's buffer: one allocation per part, not per row.
+    Ok(decode_batch_shared::<T>(key, bytes)?.updates)
 }
 
 /// Advances `time` by an encoded since (the join, for a total order).
@@ -117,7 +118,7 @@ mod tests {
         assert_eq!(batch.updates(), expected.len() as u64);
         let mut decoded = Vec::new();
         for part in &parts {
-            let updates = decode_part::<u64>("k", &part.body).unwrap();
+            let updates = decode_part::<u64>("k", part.body.clone()).unwrap();
             assert_eq!(updates.len() as u64, part.part.updates);
             decoded.extend(updates.into_iter().map(|u| (u.row, u.timestamp, u.diff)));
         }

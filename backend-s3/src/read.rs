@@ -215,7 +215,7 @@ impl S3Backend {
                             // Decoding is CPU work: off the runtime's
                             // workers, so they keep driving the downloads.
                             Some(bytes) => tokio::task::spawn_blocking(move || {
-                                decode_part::<T>(&key, &bytes).map(|updates| Ok(transform(updates)))
+                                decode_part::<T>(&key, bytes).map(|updates| Ok(transform(updates)))
                             })
                             .await
                             .map_err(|err| {

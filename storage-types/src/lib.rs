@@ -17,7 +17,7 @@ pub mod row;
 pub mod time;
 
 pub use backend::{CompactionStats, PersistBackend, ShardFrontiers, ShardUsage, UpperMismatch};
-pub use batch_codec::{Batch, BatchDecodeError, decode_batch, encode_batch};
+pub use batch_codec::{Batch, BatchDecodeError, decode_batch, decode_batch_shared, encode_batch};
 pub use description::{
     CollectionDescription, DataSource, ExportDescription, IngestionDescription, LoadGenerator,
     SinkConnection, SourceConnection, StorageParameters,

@@ -9,8 +9,8 @@
 //! SQL order).
 
 use std::fmt;
-use std::sync::Arc;
 
+use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::errors::{RowDecodeError, RowValidationError};
@@ -88,7 +88,7 @@ impl fmt::Display for Datum<'_> {
 /// ```
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Row {
-    data: Arc<[u8]>,
+    data: Bytes,
 }
 
 impl Row {
@@ -101,7 +101,9 @@ impl Row {
         for datum in datums {
             push_datum(&mut data, datum);
         }
-        Row { data: data.into() }
+        Row {
+            data: Bytes::from(data),
+        }
     }
 
     /// The row's encoding, as stored by backends.
@@ -117,12 +119,22 @@ impl Row {
     /// [`RowDecodeError`] naming the offset and what was wrong when the bytes
     /// are not a valid row encoding.
     pub fn from_bytes(bytes: &[u8]) -> Result<Row, RowDecodeError> {
-        let mut iter = DatumIter {
-            data: bytes,
-            offset: 0,
-        };
-        while iter.next_checked()?.is_some() {}
-        Ok(Row { data: bytes.into() })
+        validate_encoding(bytes)?;
+        Ok(Row {
+            data: Bytes::copy_from_slice(bytes),
+        })
+    }
+
+    /// Reads a row back from its encoding without copying it: the row shares
+    /// `bytes` (typically a slice of a larger buffer, such as a decoded
+    /// batch), and keeps that whole buffer alive while it lives.
+    ///
+    /// # Errors
+    ///
+    /// [`RowDecodeError`] as for [`Row::from_bytes`].
+    pub fn from_shared(bytes: Bytes) -> Result<Row, RowDecodeError> {
+        validate_encoding(&bytes)?;
+        Ok(Row { data: bytes })
     }
 
     /// Iterates over the datums of the row.
@@ -151,6 +163,15 @@ impl Row {
     pub fn byte_len(&self) -> usize {
         self.data.len()
     }
+}
+
+fn validate_encoding(bytes: &[u8]) -> Result<(), RowDecodeError> {
+    let mut iter = DatumIter {
+        data: bytes,
+        offset: 0,
+    };
+    while iter.next_checked()?.is_some() {}
+    Ok(())
 }
 
 fn push_datum(data: &mut Vec<u8>, datum: Datum<'_>) {
