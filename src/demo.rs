@@ -194,7 +194,7 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> Result<(), Demo
         controller.collection(AUDIT).is_err(),
         !shards.contains(&audit_shard)
     )?;
-    controller.reconcile_state().await?;
+    controller.try_reconcile_state().await?;
 
     section(out, "summary")?;
     for (id, state) in controller.collections() {

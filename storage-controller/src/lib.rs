@@ -419,6 +419,11 @@ pub trait StorageController: Debug + Send {
     ///
     /// # Errors
     ///
-    /// [`StorageError::Fenced`], [`StorageError::Backend`].
-    async fn reconcile_state(&mut self) -> Result<(), StorageError>;
+    /// The seed's shape returns nothing, so a failure
+    /// ([`StorageError::Fenced`], [`StorageError::Backend`]) is not swallowed
+    /// but reported by the next [`process`](Self::process); what was not
+    /// reclaimed stays recorded and a later call reclaims it.
+    /// [`Controller::try_reconcile_state`](crate::Controller::try_reconcile_state)
+    /// returns the failure directly.
+    async fn reconcile_state(&mut self);
 }

@@ -328,7 +328,16 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
             .await
     }
 
-    pub(crate) async fn reconcile_state_inner(&mut self) -> Result<(), StorageError> {
+    /// [`reconcile_state`](crate::StorageController::reconcile_state),
+    /// returning its failure instead of reporting it through
+    /// [`process`](crate::StorageController::process).
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::Fenced`] if a newer controller owns the metadata;
+    /// [`StorageError::Backend`] if finalizing a shard or writing the
+    /// metadata failed (what was not reclaimed stays recorded).
+    pub async fn try_reconcile_state(&mut self) -> Result<(), StorageError> {
         self.check_not_fenced()?;
         let live_shards: BTreeSet<ShardId> = self
             .collections

@@ -531,7 +531,10 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
         result
     }
 
-    async fn reconcile_state(&mut self) -> Result<(), StorageError> {
-        self.reconcile_state_inner().await
+    async fn reconcile_state(&mut self) {
+        if let Err(err) = self.try_reconcile_state().await {
+            // The receiver lives as long as the controller: sending cannot fail.
+            let _ = self.internal_sender.send(Internal::BackgroundError(err));
+        }
     }
 }

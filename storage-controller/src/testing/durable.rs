@@ -58,7 +58,7 @@ pub async fn restart_reattaches_reclaims_and_fences<F: BackendFactory>(factory: 
         b.snapshot(user(1), 4).await.unwrap(),
         vec![(row(1, "kept"), 1)]
     );
-    b.reconcile_state().await.unwrap();
+    b.try_reconcile_state().await.unwrap();
     let shards = b.backend().list_shards().await.unwrap();
     assert!(shards.contains(&kept_shard));
     assert!(!shards.contains(&orphan_shard));
@@ -110,7 +110,10 @@ pub async fn fenced_controller_refuses_work<F: BackendFactory>(factory: &F) {
         a.snapshot(user(1), 0).await.unwrap_err(),
         StorageError::Fenced
     );
-    assert_eq!(a.reconcile_state().await.unwrap_err(), StorageError::Fenced);
+    assert_eq!(
+        a.try_reconcile_state().await.unwrap_err(),
+        StorageError::Fenced
+    );
     assert_eq!(
         a.migrate_collections(vec![]).await.unwrap_err(),
         StorageError::Fenced
@@ -124,6 +127,37 @@ pub async fn fenced_controller_refuses_work<F: BackendFactory>(factory: &F) {
             .unwrap_err(),
         StorageError::Fenced
     );
+}
+
+/// `reconcile_state` keeps the seed's shape (it returns nothing), so its
+/// failure is not swallowed: the next `process` reports it.
+pub async fn reconcile_failure_is_reported_by_process<F: BackendFactory>(factory: &F) {
+    let mut a = controller(factory).await;
+    a.create_collections(vec![(user(1), table())])
+        .await
+        .unwrap();
+    let _b = controller(factory).await;
+    // The fence is found by the next metadata write.
+    assert_eq!(
+        a.create_collections(vec![(user(2), table())])
+            .await
+            .unwrap_err(),
+        StorageError::Fenced
+    );
+    StorageController::reconcile_state(&mut a).await;
+    let reported = within_a_minute(
+        async {
+            loop {
+                a.ready().await;
+                if let Err(err) = a.process().await {
+                    return err;
+                }
+            }
+        },
+        "the reconcile failure was never reported by process",
+    )
+    .await;
+    assert_eq!(reported, StorageError::Fenced);
 }
 
 /// Background work of a fenced controller (a since downgrade) fails and
@@ -271,7 +305,7 @@ pub async fn reconcile_finishes_interrupted_finalizations<F: BackendFactory>(fac
     .await;
     let mut c = controller(factory).await;
     assert!(backend.list_shards().await.unwrap().contains(&shard));
-    c.reconcile_state().await.unwrap();
+    c.try_reconcile_state().await.unwrap();
     assert!(!backend.list_shards().await.unwrap().contains(&shard));
     assert!(durable_state(factory).await.1.finalizing.is_empty());
 }
@@ -338,7 +372,7 @@ pub async fn snapshot_of_a_shard_finalized_meanwhile_is_collection_dropped<F: Ba
         .unwrap();
     let reclaim = async {
         let mut b = controller(factory).await;
-        b.reconcile_state().await.unwrap();
+        b.try_reconcile_state().await.unwrap();
     };
     let (read, ()) = within_a_minute(
         async { tokio::join!(a.snapshot(user(1), 3), reclaim) },
@@ -457,7 +491,7 @@ pub async fn indeterminate_faults_everywhere_lose_and_duplicate_nothing<F: Backe
     b.create_collections(vec![(user(1), table())])
         .await
         .unwrap();
-    b.reconcile_state().await.unwrap();
+    b.try_reconcile_state().await.unwrap();
     let mut read = b.snapshot(user(1), 14).await.unwrap();
     read.sort();
     assert_eq!(read, sorted_expected);

@@ -386,6 +386,7 @@ macro_rules! controller_tests {
             instances::ready_is_cancellation_safe,
             durable::restart_reattaches_reclaims_and_fences,
             durable::fenced_controller_refuses_work,
+            durable::reconcile_failure_is_reported_by_process,
             durable::fenced_background_work_is_reported_by_process,
             durable::migrate_upgrades_version_1_and_can_run_again,
             durable::newer_metadata_format_is_refused,

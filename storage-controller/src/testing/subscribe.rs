@@ -123,7 +123,7 @@ pub async fn subscription_reports_a_shard_reclaimed_meanwhile<F: BackendFactory>
         SubscriptionEvent::Updates(vec![update(1, "a", 1, 1)])
     );
     let mut b = controller(factory).await;
-    b.reconcile_state().await.unwrap();
+    b.try_reconcile_state().await.unwrap();
     loop {
         match within_a_minute(subscription.recv(), "subscription never ended").await {
             Some(Ok(SubscriptionEvent::Progress(upper))) => {
