@@ -145,15 +145,8 @@ pub async fn reconcile_failure_is_reported_by_process<F: BackendFactory>(factory
         StorageError::Fenced
     );
     StorageController::reconcile_state(&mut a).await;
-    let reported = within_a_minute(
-        async {
-            loop {
-                a.ready().await;
-                if let Err(err) = a.process().await {
-                    return err;
-                }
-            }
-        },
+    let reported = next_process_failure(
+        &mut a,
         "the reconcile failure was never reported by process",
     )
     .await;
@@ -169,18 +162,7 @@ pub async fn fenced_background_work_is_reported_by_process<F: BackendFactory>(fa
         .unwrap();
     let b = controller(factory).await;
     a.set_read_policy(vec![(user(1), ReadPolicy::ValidFrom(frontier(3)))]);
-    let failure = within_a_minute(
-        async {
-            loop {
-                a.ready().await;
-                if let Err(err) = a.process().await {
-                    return err;
-                }
-            }
-        },
-        "the background failure never surfaced",
-    )
-    .await;
+    let failure = next_process_failure(&mut a, "the background failure never surfaced").await;
     assert_eq!(failure, StorageError::Fenced);
     // The downgrade did not reach the shard.
     let shard = a
@@ -409,18 +391,7 @@ pub async fn failed_since_downgrade_is_reported_by_process<F: BackendFactory>(fa
         .await
         .unwrap();
     c.set_read_policy(vec![(user(1), ReadPolicy::ValidFrom(frontier(3)))]);
-    let failure = within_a_minute(
-        async {
-            loop {
-                c.ready().await;
-                if let Err(err) = c.process().await {
-                    return err;
-                }
-            }
-        },
-        "the background failure never surfaced",
-    )
-    .await;
+    let failure = next_process_failure(&mut c, "the background failure never surfaced").await;
     assert!(
         matches!(failure, StorageError::Backend(BackendError::Determinate(_))),
         "{failure:?}"

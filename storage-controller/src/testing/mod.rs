@@ -161,6 +161,23 @@ pub async fn within_a_minute<R>(future: impl Future<Output = R>, what: &str) -> 
         .unwrap_or_else(|_| panic!("{what}"))
 }
 
+/// Drives `ready`/`process` until `process` reports a failure, and returns
+/// it; panics with `what` if none comes within a minute.
+pub async fn next_process_failure<B: PersistBackend<u64>>(
+    controller: &mut Controller<u64, B>,
+    what: &str,
+) -> tidemark_storage_types::StorageError {
+    let drive = async {
+        loop {
+            controller.ready().await;
+            if let Err(err) = controller.process().await {
+                return err;
+            }
+        }
+    };
+    within_a_minute(drive, what).await
+}
+
 /// Appends and waits until the write is durable and the controller's write
 /// frontier reflects it.
 pub async fn append_and_settle<B: PersistBackend<u64>>(
