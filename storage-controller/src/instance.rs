@@ -8,7 +8,7 @@ use timely::progress::Antichain;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::controller::Internal;
+use crate::internal::Internal;
 use crate::protocol::{
     ClusterReplicaLocation, ExportCommand, IngestionCommand, StorageCommand, StorageResponse,
     TimelyConfig,

@@ -45,6 +45,7 @@ use tokio::sync::oneshot;
 mod controller;
 pub mod durable;
 mod instance;
+mod internal;
 pub mod protocol;
 mod retry;
 pub mod state;

@@ -13,8 +13,8 @@ use timely::progress::{Antichain, ChangeBatch};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::controller::Internal;
 use crate::controller::read_snapshot;
+use crate::internal::Internal;
 use crate::retry::{RetryPolicy, retry_indeterminate};
 
 /// One item of a [`Subscription`].

@@ -18,8 +18,8 @@ use timely::PartialOrder;
 use timely::progress::Antichain;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::controller::Internal;
 use crate::durable::{DurableMetadata, MetadataStore, decode_frontier, encode_frontier};
+use crate::internal::Internal;
 use crate::retry::{RetryPolicy, retry_indeterminate};
 
 /// A collection to register: its id, and the since to raise its shard to.

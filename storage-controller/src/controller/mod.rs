@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::StorageController;
 use crate::durable::MetadataStore;
 use crate::instance::Instance;
+use crate::internal::Internal;
 use crate::protocol::{ClusterReplicaLocation, StatisticsUpdate, StorageCommand, StorageResponse};
 use crate::retry::RetryPolicy;
 use crate::state::{CollectionState, CreateExportToken, ExportState};
@@ -57,25 +58,6 @@ impl Default for ControllerConfig {
             initial_backoff: Duration::from_millis(10),
         }
     }
-}
-
-/// A message on the controller's internal channel.
-#[derive(Debug)]
-pub(crate) enum Internal<T> {
-    /// A response from process `process` of the replica connected to
-    /// `instance` at `epoch`.
-    Replica {
-        instance: StorageInstanceId,
-        epoch: u64,
-        process: usize,
-        response: StorageResponse<T>,
-    },
-    /// Appends that became durable, with their new uppers.
-    WriteCompleted(Vec<(GlobalId, Antichain<T>)>),
-    /// A subscription moved or released its read hold.
-    HoldChanges(GlobalId, ChangeBatch<T>),
-    /// Background work failed.
-    BackgroundError(StorageError),
 }
 
 /// The storage controller over backend `B`.
