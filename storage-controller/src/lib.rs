@@ -50,7 +50,9 @@ pub mod protocol;
 mod retry;
 pub mod state;
 mod subscribe;
+pub mod tcp;
 pub mod transport;
+pub mod wire;
 mod worker;
 
 #[cfg(feature = "testing")]
@@ -64,7 +66,9 @@ pub use protocol::{
 };
 pub use state::{CollectionMetadata, CollectionState, CreateExportToken, ExportState};
 pub use subscribe::{Subscription, SubscriptionEvent};
-pub use transport::{InProcessTransport, ReplicaConnection, ReplicaSession, ReplicaTransport};
+pub use transport::{
+    AcceptSessions, InProcessTransport, ReplicaConnection, ReplicaSession, ReplicaTransport,
+};
 
 /// One command of [`StorageController::append`]: the table, its updates,
 /// and its new upper.

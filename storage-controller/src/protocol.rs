@@ -6,6 +6,11 @@
 //! command history, starting with [`StorageCommand::CreateTimely`] carrying
 //! a fresh epoch; see
 //! [`connect_replica`](crate::StorageController::connect_replica).
+//!
+//! Every type here is serde, and [`wire`](crate::wire) gives the format
+//! they travel in over TCP. Nothing in the protocol carries a backend URL or
+//! a credential: a replica is given where its backend is by whoever starts
+//! it, never by the controller. Keep it that way when adding fields.
 
 use std::collections::BTreeSet;
 
@@ -42,7 +47,7 @@ pub struct TimelyConfig {
 }
 
 /// An ingestion as a replica runs it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IngestionCommand<T> {
     /// The ingestion (its collection id).
     pub id: GlobalId,
@@ -55,7 +60,7 @@ pub struct IngestionCommand<T> {
 }
 
 /// An export as a replica runs it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ExportCommand<T> {
     /// The export id.
     pub id: GlobalId,
@@ -68,7 +73,7 @@ pub struct ExportCommand<T> {
 }
 
 /// Controller -> replica.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum StorageCommand<T> {
     /// First command of every connection: join the cluster; `epoch` grows
     /// with every (re)connect of the instance.
@@ -103,7 +108,7 @@ pub struct StatisticsUpdate {
 }
 
 /// Replica -> controller.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum StorageResponse<T> {
     /// The uppers of the collections and exports the replica writes.
     FrontierUppers(Vec<(GlobalId, Antichain<T>)>),

@@ -1,11 +1,14 @@
 //! How the controller reaches a replica process: a [`ReplicaTransport`]
 //! turns an address into a pair of channels. [`InProcessTransport`] connects
-//! to replicas served in the same process.
+//! to replicas served in the same process, [`TcpTransport`](crate::tcp::TcpTransport)
+//! to replica processes over TCP. A replica process takes its sessions from
+//! any [`AcceptSessions`].
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::protocol::{StorageCommand, StorageResponse};
@@ -27,6 +30,16 @@ pub struct ReplicaSession<T> {
     pub commands: mpsc::UnboundedReceiver<StorageCommand<T>>,
     /// Responses to the controller.
     pub responses: mpsc::UnboundedSender<StorageResponse<T>>,
+}
+
+/// Where a replica process takes its connections from: an in-process
+/// [`ReplicaListener`] or a [`TcpReplicaListener`](crate::tcp::TcpReplicaListener).
+/// Each session's first command is `CreateTimely`.
+#[async_trait]
+pub trait AcceptSessions<T>: Send {
+    /// Waits for the next connection from a controller. `None` once no
+    /// more can arrive.
+    async fn accept(&mut self) -> Option<ReplicaSession<T>>;
 }
 
 /// Connects to replica processes by address.
@@ -140,5 +153,12 @@ impl<T> ReplicaListener<T> {
     /// The next connection if one is waiting.
     pub fn try_accept(&mut self) -> Option<ReplicaSession<T>> {
         self.sessions.try_recv().ok()
+    }
+}
+
+#[async_trait]
+impl<T: Send> AcceptSessions<T> for ReplicaListener<T> {
+    async fn accept(&mut self) -> Option<ReplicaSession<T>> {
+        ReplicaListener::accept(self).await
     }
 }
