@@ -1,7 +1,9 @@
 //! Storage instances: a compacted command history per instance, replayed to
-//! every (re)connected replica, and the filtering of replica responses.
+//! every (re)connected replica, the filtering of replica responses, and
+//! reconnecting a replica whose connection was lost (`crate::reconnect`).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use tidemark_storage_types::{GlobalId, StorageInstanceId, StorageParameters, StorageTimestamp};
 use timely::progress::Antichain;
@@ -13,6 +15,7 @@ use crate::protocol::{
     ClusterReplicaLocation, ExportCommand, IngestionCommand, StorageCommand, StorageResponse,
     TimelyConfig,
 };
+use crate::reconnect::{ReconnectPolicy, ReconnectState};
 use crate::transport::ReplicaTransport;
 
 /// What a newly connected replica must be told, compacted: the latest
@@ -109,6 +112,9 @@ pub(crate) struct Instance<T> {
     processes: Vec<ProcessLink<T>>,
     /// The uppers forwarded to the controller (the meet over processes).
     reported_uppers: BTreeMap<GlobalId, Antichain<T>>,
+    /// Where the replica is, once connected (to reconnect it).
+    location: Option<ClusterReplicaLocation>,
+    reconnect: ReconnectState,
 }
 
 impl<T: StorageTimestamp> Instance<T> {
@@ -125,6 +131,8 @@ impl<T: StorageTimestamp> Instance<T> {
             epoch: 0,
             processes: Vec::new(),
             reported_uppers: BTreeMap::new(),
+            location: None,
+            reconnect: ReconnectState::default(),
         }
     }
 
@@ -142,14 +150,60 @@ impl<T: StorageTimestamp> Instance<T> {
     }
 
     /// Severs any current replica and connects to `location`, replaying the
-    /// history under a new epoch.
+    /// history under a new epoch. A reconnect scheduled for the previous
+    /// replica is cancelled.
     pub(crate) fn connect(
         &mut self,
         location: &ClusterReplicaLocation,
         transport: &dyn ReplicaTransport<T>,
         internal: &mpsc::UnboundedSender<Internal<T>>,
     ) {
+        self.reconnect.reset();
+        self.open(location, transport, internal);
+    }
+
+    /// The connection of `epoch` lost a process: the wait before
+    /// reconnecting, or `None` if that epoch is no longer current or a
+    /// reconnect is already scheduled for it.
+    pub(crate) fn connection_lost(
+        &mut self,
+        epoch: u64,
+        policy: &ReconnectPolicy,
+    ) -> Option<Duration> {
+        if epoch != self.epoch || self.location.is_none() {
+            return None;
+        }
+        self.reconnect.lost(epoch, policy)
+    }
+
+    /// Reconnects the replica lost at `epoch`, unless it was connected
+    /// again meanwhile. Whether it reconnected.
+    pub(crate) fn reconnect_due(
+        &mut self,
+        epoch: u64,
+        transport: &dyn ReplicaTransport<T>,
+        internal: &mpsc::UnboundedSender<Internal<T>>,
+    ) -> bool {
+        if epoch != self.epoch || !self.reconnect.take_due(epoch) {
+            return false;
+        }
+        let Some(location) = self.location.clone() else {
+            return false;
+        };
+        self.open(&location, transport, internal);
+        true
+    }
+
+    /// Connects to `location` under the next epoch and replays the
+    /// history: the one path of both `connect` and reconnects.
+    fn open(
+        &mut self,
+        location: &ClusterReplicaLocation,
+        transport: &dyn ReplicaTransport<T>,
+        internal: &mpsc::UnboundedSender<Internal<T>>,
+    ) {
         self.sever();
+        self.location = Some(location.clone());
         self.epoch += 1;
         self.reported_uppers.clear();
         let replay = self.history.replay();
@@ -166,9 +220,16 @@ impl<T: StorageTimestamp> Instance<T> {
                         response,
                     };
                     if internal.send(message).is_err() {
-                        break;
+                        return;
                     }
                 }
+                // The connection is gone (a severed one's forwarder is
+                // aborted before it gets here).
+                let _ = internal.send(Internal::ReplicaDisconnected {
+                    instance,
+                    epoch,
+                    process,
+                });
             });
             let _ = connection.commands.send(StorageCommand::CreateTimely {
                 config: TimelyConfig {
@@ -207,6 +268,7 @@ impl<T: StorageTimestamp> Instance<T> {
         if epoch != self.epoch || process >= self.processes.len() {
             return None;
         }
+        self.reconnect.succeeded();
         match response {
             StorageResponse::FrontierUppers(uppers) => {
                 let mut advanced = Vec::new();

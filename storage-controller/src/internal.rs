@@ -21,6 +21,19 @@ pub(crate) enum Internal<T> {
         process: usize,
         response: StorageResponse<T>,
     },
+    /// The response channel of process `process` of the replica connected
+    /// to `instance` at `epoch` closed: the connection is lost.
+    ReplicaDisconnected {
+        instance: StorageInstanceId,
+        epoch: u64,
+        process: usize,
+    },
+    /// The backoff after losing `instance`'s replica connected at `epoch`
+    /// has passed: reconnect, unless it was connected again meanwhile.
+    ReconnectDue {
+        instance: StorageInstanceId,
+        epoch: u64,
+    },
     /// Appends that became durable, with their new uppers.
     WriteCompleted(Vec<(GlobalId, Antichain<T>)>),
     /// A subscription moved or released its read hold.

@@ -47,6 +47,7 @@ pub mod durable;
 mod instance;
 mod internal;
 pub mod protocol;
+mod reconnect;
 mod retry;
 pub mod state;
 mod subscribe;
@@ -64,6 +65,7 @@ pub use protocol::{
     ClusterReplicaLocation, ExportCommand, IngestionCommand, StatisticsUpdate, StorageCommand,
     StorageResponse, TimelyConfig,
 };
+pub use reconnect::ReconnectPolicy;
 pub use state::{CollectionMetadata, CollectionState, CreateExportToken, ExportState};
 pub use subscribe::{Subscription, SubscriptionEvent};
 pub use transport::{
@@ -131,6 +133,11 @@ pub trait StorageController: Debug + Send {
     /// `CreateTimely` (one per process), the configuration, every live
     /// source, every live sink, every compaction frontier, and
     /// `InitializationComplete` if initialization is complete.
+    ///
+    /// When a process's connection is later lost (its response channel
+    /// closes), the controller connects the whole replica again the same
+    /// way, after a backoff ([`ReconnectPolicy`]), as
+    /// [`process`](Self::process) runs.
     ///
     /// # Panics
     ///

@@ -47,9 +47,11 @@ pub trait AcceptSessions<T>: Send {
 /// # Contract
 ///
 /// `connect` never blocks and never fails: a process that cannot be reached
-/// gives a connection whose channels are closed (the controller sees no
-/// responses and its commands go nowhere until the instance is connected
-/// again).
+/// gives a connection whose channels are closed, at once or as soon as the
+/// transport finds out (a TCP connect fails in the background). The
+/// controller then sees the response channel close and connects again
+/// after a backoff ([`ReconnectPolicy`](crate::ReconnectPolicy)); commands
+/// sent meanwhile go nowhere, and the reconnect replays them.
 pub trait ReplicaTransport<T>: fmt::Debug + Send + Sync + 'static {
     /// Opens a connection to the process at `address`.
     fn connect(&self, address: &str) -> ReplicaConnection<T>;

@@ -11,6 +11,7 @@ mod collections;
 pub(crate) use collections::read_snapshot;
 mod exports;
 mod frontiers;
+mod replicas;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -32,6 +33,7 @@ use crate::durable::MetadataStore;
 use crate::instance::Instance;
 use crate::internal::Internal;
 use crate::protocol::{ClusterReplicaLocation, StatisticsUpdate, StorageCommand, StorageResponse};
+use crate::reconnect::ReconnectPolicy;
 use crate::retry::RetryPolicy;
 use crate::state::{CollectionState, CreateExportToken, ExportState};
 use crate::transport::{InProcessTransport, ReplicaTransport};
@@ -48,6 +50,8 @@ pub struct ControllerConfig {
     pub backend_retries: u32,
     /// The wait before the first retry; it doubles with every retry.
     pub initial_backoff: Duration,
+    /// How soon a replica whose connection was lost is reconnected.
+    pub replica_reconnect: ReconnectPolicy,
 }
 
 impl Default for ControllerConfig {
@@ -56,6 +60,7 @@ impl Default for ControllerConfig {
             parameters: StorageParameters::default(),
             backend_retries: 8,
             initial_backoff: Duration::from_millis(10),
+            replica_reconnect: ReconnectPolicy::default(),
         }
     }
 }
@@ -111,6 +116,7 @@ pub struct Controller<T: StorageTimestamp, B: PersistBackend<T>> {
     statuses: BTreeMap<GlobalId, String>,
     pub(crate) fenced: Arc<AtomicBool>,
     pub(crate) retry: RetryPolicy,
+    reconnect: ReconnectPolicy,
     epoch: i64,
 }
 
@@ -193,6 +199,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
             statuses: BTreeMap::new(),
             fenced,
             retry,
+            reconnect: config.replica_reconnect,
             epoch,
         })
     }
@@ -500,6 +507,12 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
                     self.handle_response(response);
                 }
             }
+            Some(Internal::ReplicaDisconnected {
+                instance,
+                epoch,
+                process,
+            }) => self.schedule_reconnect(instance, epoch, process),
+            Some(Internal::ReconnectDue { instance, epoch }) => self.reconnect_due(instance, epoch),
             Some(Internal::WriteCompleted(uppers)) => self.update_known_write_frontiers(uppers),
             Some(Internal::HoldChanges(id, changes)) if self.collections.contains_key(&id) => {
                 let mut updates = BTreeMap::from([(id, changes)]);
