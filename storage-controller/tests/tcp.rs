@@ -334,3 +334,41 @@ async fn a_two_process_replica_reports_the_meet_and_reconnects_as_one() {
     process_until(&mut c, |c| write_frontier(c, user(2)) != frontier(10)).await;
     assert_eq!(write_frontier(&c, user(2)), frontier(15));
 }
+
+#[tokio::test]
+async fn an_in_process_replica_that_drops_its_session_is_reconnected_too() {
+    use tidemark_storage_controller::InProcessTransport;
+
+    let transport = InProcessTransport::<u64>::new();
+    let config = ControllerConfig {
+        replica_reconnect: ReconnectPolicy {
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(20),
+        },
+        ..ControllerConfig::default()
+    };
+    let mut c = Controller::with_transport(
+        MemoryBackend::open("tcp-test-in-process"),
+        config,
+        Arc::clone(&transport) as Arc<_>,
+    )
+    .await
+    .expect("controller starts");
+    let mut replica = transport.listen("in-process");
+    c.create_instance(INSTANCE);
+    c.create_collections(vec![(user(2), ingestion())])
+        .await
+        .unwrap();
+    c.initialization_complete();
+    c.connect_replica(INSTANCE, ClusterReplicaLocation::single("in-process"));
+    let mut first = replica.try_accept().expect("connect hands over a session");
+    let commands = initial_commands(&mut first).await;
+    assert_eq!(epoch_of(&commands[0]), 1);
+    drop(first);
+    let mut second = drive_until(&mut c, replica.accept())
+        .await
+        .expect("transport alive");
+    let replayed = initial_commands(&mut second).await;
+    assert_eq!(epoch_of(&replayed[0]), 2);
+    assert_eq!(replayed[1..], commands[1..]);
+}
