@@ -12,6 +12,7 @@ use tidemark_storage_controller::protocol::{
     ClusterReplicaLocation, StorageCommand, StorageResponse, TimelyConfig,
 };
 use tidemark_storage_controller::tcp::{TcpConfig, TcpReplicaListener, TcpTransport};
+use tidemark_storage_controller::wire::{self, WireError};
 use tidemark_storage_controller::{
     Controller, ControllerConfig, ReconnectPolicy, ReplicaSession, StorageController,
 };
@@ -371,4 +372,93 @@ async fn an_in_process_replica_that_drops_its_session_is_reconnected_too() {
     let replayed = initial_commands(&mut second).await;
     assert_eq!(epoch_of(&replayed[0]), 2);
     assert_eq!(replayed[1..], commands[1..]);
+}
+
+/// A fake replica on a raw socket: accepts one connection, exchanges
+/// handshakes (sending `version`), and returns the stream with the
+/// controller's handshake verdict.
+async fn raw_accept(
+    server: &tokio::net::TcpListener,
+    version: u32,
+) -> (tokio::net::TcpStream, Result<(), WireError>) {
+    use tokio::io::AsyncWriteExt;
+
+    let (mut stream, _) = within_a_minute(server.accept(), "no connection")
+        .await
+        .expect("accept");
+    let mut ours = wire::MAGIC.to_vec();
+    ours.extend_from_slice(&version.to_be_bytes());
+    stream.write_all(&ours).await.unwrap();
+    let verdict = wire::read_handshake(&mut stream).await;
+    (stream, verdict)
+}
+
+#[tokio::test]
+async fn a_response_cut_mid_frame_ends_the_connection_and_the_controller_reconnects() {
+    use tokio::io::AsyncWriteExt;
+
+    let mut c = controller("cut-mid-frame").await;
+    let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = server.local_addr().unwrap().to_string();
+    c.create_instance(INSTANCE);
+    c.create_collections(vec![(user(2), ingestion())])
+        .await
+        .unwrap();
+    c.connect_replica(INSTANCE, ClusterReplicaLocation::single(address));
+
+    let (mut stream, verdict) = raw_accept(&server, wire::PROTOCOL_VERSION).await;
+    verdict.expect("the controller speaks this version");
+    let first: StorageCommand<u64> = wire::read_frame(&mut stream, wire::DEFAULT_MAX_FRAME_BYTES)
+        .await
+        .unwrap()
+        .expect("a first command");
+    assert_eq!(epoch_of(&first), 1);
+    // Half of an upper report, then the connection is cut.
+    let frame = wire::encode_frame(&upper(user(2), 9), wire::DEFAULT_MAX_FRAME_BYTES).unwrap();
+    stream.write_all(&frame[..frame.len() / 2]).await.unwrap();
+    drop(stream);
+
+    let (mut stream, verdict) =
+        drive_until(&mut c, raw_accept(&server, wire::PROTOCOL_VERSION)).await;
+    verdict.unwrap();
+    let first: StorageCommand<u64> = wire::read_frame(&mut stream, wire::DEFAULT_MAX_FRAME_BYTES)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(epoch_of(&first), 2);
+    assert_eq!(
+        write_frontier(&c, user(2)),
+        frontier(0),
+        "the half frame was never applied"
+    );
+    // The new connection's whole frame is.
+    stream.write_all(&frame).await.unwrap();
+    process_until(&mut c, |c| write_frontier(c, user(2)) == frontier(9)).await;
+}
+
+#[tokio::test]
+async fn a_replica_of_another_version_is_refused_and_retried_until_it_speaks_this_one() {
+    let mut c = controller("other-version").await;
+    let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = server.local_addr().unwrap().to_string();
+    c.create_instance(INSTANCE);
+    c.connect_replica(INSTANCE, ClusterReplicaLocation::single(address));
+
+    // The replica speaks version 7: the controller's handshake is fine, but
+    // it closes without sending a command.
+    let (mut stream, verdict) = raw_accept(&server, 7).await;
+    verdict.unwrap();
+    let ended: Result<Option<StorageCommand<u64>>, _> =
+        wire::read_frame(&mut stream, wire::DEFAULT_MAX_FRAME_BYTES).await;
+    assert!(matches!(ended, Ok(None)), "{ended:?}");
+
+    // Retried, and once the replica speaks this version, served.
+    let (mut stream, verdict) =
+        drive_until(&mut c, raw_accept(&server, wire::PROTOCOL_VERSION)).await;
+    verdict.unwrap();
+    let first: StorageCommand<u64> = wire::read_frame(&mut stream, wire::DEFAULT_MAX_FRAME_BYTES)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(epoch_of(&first) >= 2, "{first:?}");
 }
