@@ -48,7 +48,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::mpsc;
@@ -57,6 +57,10 @@ use tokio::task::JoinHandle;
 use crate::protocol::{StorageCommand, StorageResponse};
 use crate::transport::{AcceptSessions, ReplicaConnection, ReplicaSession, ReplicaTransport};
 use crate::wire::{self, WireError};
+
+/// Frames queued together are written together up to about this many
+/// bytes (one system call instead of one per frame).
+const WRITE_BATCH_BYTES: usize = 64 << 10;
 
 /// Limits of a TCP connection, on either side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,7 +197,7 @@ async fn within<R>(
 /// something wrong, `outgoing` closes, or `incoming`'s receiver is gone.
 /// Returning drops both halves, which closes the connection.
 async fn pump<In, Out>(
-    mut reader: OwnedReadHalf,
+    reader: OwnedReadHalf,
     mut writer: OwnedWriteHalf,
     mut outgoing: mpsc::UnboundedReceiver<Out>,
     incoming: &mpsc::UnboundedSender<In>,
@@ -206,6 +210,7 @@ where
     // SUBTLE: both loops live for the whole connection and are dropped
     // together when one of them ends, so no partly read frame is ever
     // abandoned on a connection that is kept.
+    let mut reader = BufReader::new(reader);
     let read_loop = async {
         while let Some(message) = wire::read_frame(&mut reader, max_frame_bytes).await? {
             if incoming.send(message).is_err() {
@@ -216,7 +221,15 @@ where
     };
     let write_loop = async {
         while let Some(message) = outgoing.recv().await {
-            wire::write_frame(&mut writer, &message, max_frame_bytes).await?;
+            // Messages already queued go out in the same write.
+            let mut batch = wire::encode_frame(&message, max_frame_bytes)?;
+            while batch.len() < WRITE_BATCH_BYTES {
+                let Ok(message) = outgoing.try_recv() else {
+                    break;
+                };
+                batch.extend(wire::encode_frame(&message, max_frame_bytes)?);
+            }
+            writer.write_all(&batch).await?;
         }
         writer.shutdown().await?;
         Ok(())
