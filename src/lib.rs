@@ -26,6 +26,8 @@
 
 #![warn(missing_docs)]
 
+pub mod cli;
+
 use std::sync::Arc;
 
 use thiserror::Error;

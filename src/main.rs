@@ -2,9 +2,11 @@
 
 mod demo;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tidemark::cli::{ToolError, cat, inspect};
 
 /// Durable, versioned collections with frontier semantics.
 #[derive(Debug, Parser)]
@@ -30,6 +32,35 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         accounts: i64,
     },
+    /// Lists the collections the controller metadata records (id, kind,
+    /// shard, since, upper), every shard with its frontiers, stored updates,
+    /// bytes and parts, and the shards no collection claims. Read-only: a
+    /// running controller is not disturbed.
+    Inspect {
+        /// The backend: memory://NAME, postgres://... or s3://BUCKET/PREFIX?...
+        url: String,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints a collection's snapshot and, with --follow, every later change
+    /// and progress until Ctrl-C or the collection is sealed. Read-only: it
+    /// reads the collection's shard directly and holds no read hold.
+    Cat {
+        /// The backend: memory://NAME, postgres://... or s3://BUCKET/PREFIX?...
+        url: String,
+        /// The collection id, e.g. u1.
+        id: String,
+        /// The snapshot time (default: the latest readable time).
+        #[arg(long)]
+        as_of: Option<u64>,
+        /// Keep printing changes and progress after the snapshot.
+        #[arg(long)]
+        follow: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = cat::Format::Table)]
+        format: cat::Format,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +75,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut stdout = std::io::stdout().lock();
     match cli.command {
         Command::Demo {
             backend,
@@ -55,7 +87,6 @@ fn main() -> ExitCode {
                 ticks,
                 accounts,
             };
-            let mut stdout = std::io::stdout().lock();
             match runtime.block_on(demo::run(&options, &mut stdout)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
@@ -63,6 +94,46 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Inspect { url, json } => report(runtime.block_on(async {
+            let report = inspect::run(&url).await?;
+            if json {
+                serde_json::to_writer_pretty(&mut stdout, &report)
+                    .map_err(std::io::Error::other)?;
+                writeln!(stdout)?;
+            } else {
+                inspect::write_table(&report, &mut stdout)?;
+            }
+            Ok(())
+        })),
+        Command::Cat {
+            url,
+            id,
+            as_of,
+            follow,
+            format,
+        } => {
+            let options = cat::CatOptions {
+                as_of,
+                follow,
+                format,
+            };
+            report(
+                runtime
+                    .block_on(cat::run(&url, &id, options, &mut stdout))
+                    .map(drop),
+            )
+        }
+    }
+}
+
+/// The exit status of a command: failure (with the error on stderr) on `Err`.
+fn report(outcome: Result<(), ToolError>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
         }
     }
 }

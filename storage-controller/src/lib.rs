@@ -45,6 +45,7 @@ use tokio::sync::oneshot;
 mod controller;
 pub mod durable;
 mod instance;
+mod metadata_view;
 pub mod protocol;
 mod retry;
 pub mod state;
@@ -57,6 +58,7 @@ mod worker;
 pub mod testing;
 
 pub use controller::{Controller, ControllerConfig};
+pub use metadata_view::{MetadataView, read_metadata};
 pub use protocol::{
     ClusterReplicaLocation, ExportCommand, IngestionCommand, StatisticsUpdate, StorageCommand,
     StorageResponse, TimelyConfig,
