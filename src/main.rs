@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tidemark::cli::{ToolError, cat, inspect};
+use tidemark::cli::{ToolError, cat, doctor, inspect};
 
 /// Durable, versioned collections with frontier semantics.
 #[derive(Debug, Parser)]
@@ -60,6 +60,22 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = cat::Format::Table)]
         format: cat::Format,
+    },
+    /// Checks that a store is safe for tidemark data and says why not.
+    /// S3: conditional writes enforced and atomic under a race (8 writers
+    /// per round), ETags, PUT/GET/conditional PUT latency. PostgreSQL:
+    /// server version, fsync, synchronous_commit,
+    /// default_transaction_isolation, schema version. Exit status: 0 safe,
+    /// 1 not safe, 2 could not check.
+    Doctor {
+        /// The backend: memory://NAME, postgres://... or s3://BUCKET/PREFIX?...
+        url: String,
+        /// Rounds of each conditional-write race.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -124,6 +140,43 @@ fn main() -> ExitCode {
                     .map(drop),
             )
         }
+        Command::Doctor { url, rounds, json } => {
+            let options = doctor::DoctorOptions { rounds };
+            run_doctor(&runtime, &url, options, json, &mut stdout)
+        }
+    }
+}
+
+/// Runs `doctor`: exit 0 when safe, 1 when not, 2 when it could not check.
+fn run_doctor(
+    runtime: &tokio::runtime::Runtime,
+    url: &str,
+    options: doctor::DoctorOptions,
+    json: bool,
+    out: &mut dyn Write,
+) -> ExitCode {
+    let report = match runtime.block_on(doctor::run(url, options)) {
+        Ok(report) => report,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let written = if json {
+        serde_json::to_writer_pretty(&mut *out, &report)
+            .map_err(std::io::Error::other)
+            .and_then(|()| writeln!(out))
+    } else {
+        doctor::write_text(&report, out)
+    };
+    if let Err(err) = written {
+        eprintln!("error: cannot write output: {err}");
+        return ExitCode::from(2);
+    }
+    if report.safe {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

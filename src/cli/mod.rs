@@ -8,8 +8,9 @@
 
 // pub mod bench;
 pub mod cat;
-// pub mod doctor;
+pub mod doctor;
 pub mod inspect;
+pub mod stats;
 
 use serde_json::Value;
 use thiserror::Error;
