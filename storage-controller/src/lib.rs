@@ -63,6 +63,7 @@ pub use protocol::{
     ClusterReplicaLocation, ExportCommand, IngestionCommand, StatisticsUpdate, StorageCommand,
     StorageResponse, TimelyConfig,
 };
+pub use retry::RETRIES_METRIC;
 pub use state::{CollectionMetadata, CollectionState, CreateExportToken, ExportState};
 pub use subscribe::{Subscription, SubscriptionEvent};
 pub use transport::{InProcessTransport, ReplicaConnection, ReplicaSession, ReplicaTransport};
