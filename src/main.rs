@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tidemark::cli::{ToolError, cat, doctor, inspect};
+use tidemark::cli::{ToolError, bench, cat, doctor, inspect};
 
 /// Durable, versioned collections with frontier semantics.
 #[derive(Debug, Parser)]
@@ -61,6 +61,44 @@ enum Command {
         #[arg(long, value_enum, default_value_t = cat::Format::Table)]
         format: cat::Format,
     },
+    /// Runs an open-loop workload of appends and snapshots, then the
+    /// store's raw operations on the same bytes (S3: PUT/GET; PostgreSQL:
+    /// INSERT and COPY, SELECT; memory: a locked Vec), and prints p50/p99
+    /// latency, throughput and tidemark/raw ratios. Each phase lasts
+    /// --duration; its shards and raw data are removed afterwards. Refuses a
+    /// store not on loopback unless --i-know.
+    Bench {
+        /// The backend: memory://NAME, postgres://... or s3://BUCKET/PREFIX?...
+        url: String,
+        /// Shards written.
+        #[arg(long, default_value_t = 4)]
+        shards: usize,
+        /// Concurrent writers (writer i appends to shard i % shards).
+        #[arg(long, default_value_t = 4)]
+        writers: usize,
+        /// Updates per append.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Concurrent readers.
+        #[arg(long, default_value_t = 1)]
+        readers: usize,
+        /// Seconds each phase runs (fractions allowed).
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Operations per second per writer and per reader.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// Serve Prometheus metrics on this loopback address while running,
+        /// e.g. 127.0.0.1:9464.
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
+        /// Write to a store that is not on loopback.
+        #[arg(long)]
+        i_know: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Checks that a store is safe for tidemark data and says why not.
     /// S3: conditional writes enforced and atomic under a race (8 writers
     /// per round), ETags, PUT/GET/conditional PUT latency. PostgreSQL:
@@ -81,6 +119,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Logs and spans go to stderr, filtered by RUST_LOG (default: warnings).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -139,6 +185,48 @@ fn main() -> ExitCode {
                     .block_on(cat::run(&url, &id, options, &mut stdout))
                     .map(drop),
             )
+        }
+        Command::Bench {
+            url,
+            shards,
+            writers,
+            batch,
+            readers,
+            duration,
+            rate,
+            metrics,
+            i_know,
+            json,
+        } => {
+            let duration = match std::time::Duration::try_from_secs_f64(duration) {
+                Ok(duration) => duration,
+                Err(err) => {
+                    eprintln!("error: invalid argument: --duration: {err}: duration={duration}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let options = bench::BenchOptions {
+                shards,
+                writers,
+                batch,
+                readers,
+                duration,
+                rate,
+                i_know,
+                metrics,
+                progress: !json,
+            };
+            report(runtime.block_on(async {
+                let report = bench::run(&url, &options).await?;
+                if json {
+                    serde_json::to_writer_pretty(&mut stdout, &report)
+                        .map_err(std::io::Error::other)?;
+                    writeln!(stdout)?;
+                } else {
+                    bench::write_text(&report, &mut stdout)?;
+                }
+                Ok(())
+            }))
         }
         Command::Doctor { url, rounds, json } => {
             let options = doctor::DoctorOptions { rounds };

@@ -6,7 +6,7 @@
 //! None of them constructs a [`Controller`](crate::controller::Controller):
 //! that would fence a controller running on the same store.
 
-// pub mod bench;
+pub mod bench;
 pub mod cat;
 pub mod doctor;
 pub mod inspect;
