@@ -2,7 +2,7 @@
 
 mod demo;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -119,12 +119,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Logs and spans go to stderr, filtered by RUST_LOG (default: warnings).
+    // Logs, and spans as they close (with their outcome), go to stderr,
+    // filtered by RUST_LOG (default: warnings only).
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -390,6 +390,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
         Box::new(self.collections.iter())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(collections = ?collections.iter().map(|(id, _)| *id).collect::<Vec<_>>()), err(level = "debug"))]
     async fn migrate_collections(
         &mut self,
         collections: Vec<(GlobalId, CollectionDescription<T>)>,
@@ -397,6 +398,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
         self.migrate_collections_inner(collections).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(collections = ?collections.iter().map(|(id, _)| *id).collect::<Vec<_>>()), err(level = "debug"))]
     async fn create_collections(
         &mut self,
         collections: Vec<(GlobalId, CollectionDescription<T>)>,
@@ -416,6 +418,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
             .ok_or(StorageError::IdentifierMissing(id))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(exports = exports.len()), err(level = "debug"))]
     async fn create_exports(
         &mut self,
         exports: Vec<(CreateExportToken<T>, ExportDescription<T>)>,
@@ -423,6 +426,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
         self.create_exports_inner(exports).await
     }
 
+    #[tracing::instrument(level = "debug", skip(self), err(level = "debug"))]
     fn prepare_export(
         &mut self,
         id: GlobalId,
@@ -435,6 +439,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
         self.release_token(token);
     }
 
+    #[tracing::instrument(level = "debug", skip(self), err(level = "debug"))]
     fn drop_sources(&mut self, identifiers: Vec<GlobalId>) -> Result<(), StorageError> {
         if let Some(missing) = identifiers
             .iter()
@@ -446,6 +451,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip(self), err(level = "debug"))]
     fn drop_sinks(&mut self, identifiers: Vec<GlobalId>) -> Result<(), StorageError> {
         if let Some(missing) = identifiers.iter().find(|id| !self.exports.contains_key(id)) {
             return Err(StorageError::IdentifierMissing(*missing));
@@ -467,6 +473,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
         self.set_read_policy_inner(policies);
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(collections = ?commands.iter().map(|(id, _, _)| *id).collect::<Vec<_>>()), err(level = "debug"))]
     fn append(
         &mut self,
         commands: Vec<crate::AppendCommand<T>>,
@@ -474,10 +481,12 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
         self.append_inner(commands)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(collection = %id, as_of = ?as_of), err(level = "debug"))]
     async fn snapshot(&self, id: GlobalId, as_of: T) -> Result<Vec<(Row, Diff)>, StorageError> {
         self.snapshot_inner(id, as_of).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(collections = ?policies.iter().map(|(id, _)| *id).collect::<Vec<_>>()))]
     fn set_read_policy(&mut self, policies: Vec<(GlobalId, ReadPolicy<T>)>) {
         self.set_read_policy_inner(policies);
     }
@@ -501,6 +510,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
         }
     }
 
+    #[tracing::instrument(level = "trace", skip_all, err(level = "debug"))]
     async fn process(&mut self) -> Result<(), StorageError> {
         let mut result = Ok(());
         match self.stashed.take() {
@@ -531,6 +541,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
         result
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn reconcile_state(&mut self) {
         if let Err(err) = self.try_reconcile_state().await {
             // The receiver lives as long as the controller: sending cannot fail.
