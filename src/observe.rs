@@ -87,6 +87,19 @@ pub fn register_metrics(backend: &'static str) {
 
 /// A backend that forwards every method to `inner`, in a `tracing` span and
 /// with metrics labelled `backend` (see the [module docs](self)).
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use tidemark::memory::MemoryBackend;
+/// use tidemark::observe::InstrumentedBackend;
+/// use tidemark::types::{PersistBackend, ShardId};
+/// let backend = InstrumentedBackend::new("memory", MemoryBackend::open("observe-doc"));
+/// let shard = ShardId::new();
+/// let opened = PersistBackend::<u64>::open(&backend, shard).await.unwrap();
+/// // It answers exactly as the wrapped backend does.
+/// assert_eq!(PersistBackend::<u64>::frontiers(backend.inner(), shard).await.unwrap(), opened);
+/// # });
+/// ```
 #[derive(Debug)]
 pub struct InstrumentedBackend<B> {
     inner: B,

@@ -71,6 +71,19 @@ pub struct InspectReport {
 /// Inspects `backend`: reads the controller metadata and every shard's
 /// frontiers and usage. Writes nothing.
 ///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use tidemark::types::{PersistBackend, ShardId};
+/// let backend = tidemark::open("memory://inspect-doc").await.unwrap();
+/// let shard = ShardId::new();
+/// backend.open(shard).await.unwrap();
+/// let report = tidemark::cli::inspect::inspect_backend(&*backend).await.unwrap();
+/// // No controller ever ran here: the shard is claimed by no collection.
+/// assert!(report.collections.is_empty());
+/// assert_eq!(report.unclaimed_shards, vec![shard.to_string()]);
+/// # });
+/// ```
+///
 /// # Errors
 ///
 /// A backend failure, or metadata that does not decode.
