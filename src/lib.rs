@@ -26,6 +26,9 @@
 
 #![warn(missing_docs)]
 
+pub mod cli;
+pub mod observe;
+
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -76,7 +79,9 @@ pub enum OpenError {
 }
 
 /// Opens the backend a URL names (see the [crate docs](crate) for the
-/// forms). Handles opened on the same URL share storage.
+/// forms). Handles opened on the same URL share storage. The backend is
+/// wrapped in [`observe::InstrumentedBackend`]: every operation gets a
+/// `tracing` span and metrics.
 ///
 /// # Errors
 ///
@@ -100,7 +105,10 @@ pub async fn open(url: &str) -> Result<DynBackend, OpenError> {
 
 #[cfg(feature = "memory")]
 async fn open_memory(url: &str) -> Result<DynBackend, OpenError> {
-    Ok(Arc::new(memory::MemoryBackend::from_url(url)?))
+    Ok(Arc::new(observe::InstrumentedBackend::new(
+        "memory",
+        memory::MemoryBackend::from_url(url)?,
+    )))
 }
 
 #[cfg(not(feature = "memory"))]
@@ -113,7 +121,10 @@ async fn open_memory(_url: &str) -> Result<DynBackend, OpenError> {
 
 #[cfg(feature = "postgres")]
 async fn open_postgres(url: &str) -> Result<DynBackend, OpenError> {
-    Ok(Arc::new(postgres::PostgresBackend::from_url(url).await?))
+    Ok(Arc::new(observe::InstrumentedBackend::new(
+        "postgres",
+        postgres::PostgresBackend::from_url(url).await?,
+    )))
 }
 
 #[cfg(not(feature = "postgres"))]
@@ -126,7 +137,10 @@ async fn open_postgres(_url: &str) -> Result<DynBackend, OpenError> {
 
 #[cfg(feature = "s3")]
 async fn open_s3(url: &str) -> Result<DynBackend, OpenError> {
-    Ok(Arc::new(s3::S3Backend::from_url(url).await?))
+    Ok(Arc::new(observe::InstrumentedBackend::new(
+        "s3",
+        s3::S3Backend::from_url(url).await?,
+    )))
 }
 
 #[cfg(not(feature = "s3"))]

@@ -46,6 +46,7 @@ mod controller;
 pub mod durable;
 mod instance;
 mod internal;
+mod metadata_view;
 pub mod protocol;
 mod reconnect;
 mod retry;
@@ -61,11 +62,13 @@ mod worker;
 pub mod testing;
 
 pub use controller::{Controller, ControllerConfig};
+pub use metadata_view::{MetadataView, read_metadata};
 pub use protocol::{
     ClusterReplicaLocation, ExportCommand, IngestionCommand, StatisticsUpdate, StorageCommand,
     StorageResponse, TimelyConfig,
 };
 pub use reconnect::ReconnectPolicy;
+pub use retry::RETRIES_METRIC;
 pub use state::{CollectionMetadata, CollectionState, CreateExportToken, ExportState};
 pub use subscribe::{Subscription, SubscriptionEvent};
 pub use transport::{

@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use tidemark_storage_types::BackendError;
 
+/// The counter of the controller's retries of indeterminate backend
+/// failures (through the `metrics` crate).
+pub const RETRIES_METRIC: &str = "tidemark_controller_retries_total";
+
 /// How often and how patiently indeterminate failures are retried.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RetryPolicy {
@@ -43,6 +47,7 @@ where
             Err(err) if !err.is_determinate() && attempt < policy.retries => {
                 tracing::debug!(attempt, error = %err, "retrying indeterminate backend failure");
                 attempt += 1;
+                metrics::counter!(RETRIES_METRIC).increment(1);
                 tokio::time::sleep(backoff).await;
                 backoff = backoff.saturating_mul(2);
             }

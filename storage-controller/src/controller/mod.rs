@@ -379,6 +379,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
         Box::new(self.collections.iter())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(collections = ?collections.iter().map(|(id, _)| *id).collect::<Vec<_>>()), err(level = "debug"))]
     async fn migrate_collections(
         &mut self,
         collections: Vec<(GlobalId, CollectionDescription<T>)>,
@@ -386,6 +387,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
         self.migrate_collections_inner(collections).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(collections = ?collections.iter().map(|(id, _)| *id).collect::<Vec<_>>()), err(level = "debug"))]
     async fn create_collections(
         &mut self,
         collections: Vec<(GlobalId, CollectionDescription<T>)>,
@@ -405,6 +407,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
             .ok_or(StorageError::IdentifierMissing(id))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(exports = exports.len()), err(level = "debug"))]
     async fn create_exports(
         &mut self,
         exports: Vec<(CreateExportToken<T>, ExportDescription<T>)>,
@@ -412,6 +415,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
         self.create_exports_inner(exports).await
     }
 
+    #[tracing::instrument(level = "debug", skip(self), err(level = "debug"))]
     fn prepare_export(
         &mut self,
         id: GlobalId,
@@ -424,6 +428,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
         self.release_token(token);
     }
 
+    #[tracing::instrument(level = "debug", skip(self), err(level = "debug"))]
     fn drop_sources(&mut self, identifiers: Vec<GlobalId>) -> Result<(), StorageError> {
         if let Some(missing) = identifiers
             .iter()
@@ -435,6 +440,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip(self), err(level = "debug"))]
     fn drop_sinks(&mut self, identifiers: Vec<GlobalId>) -> Result<(), StorageError> {
         if let Some(missing) = identifiers.iter().find(|id| !self.exports.contains_key(id)) {
             return Err(StorageError::IdentifierMissing(*missing));
@@ -456,6 +462,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
         self.set_read_policy_inner(policies);
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(collections = ?commands.iter().map(|(id, _, _)| *id).collect::<Vec<_>>()), err(level = "debug"))]
     fn append(
         &mut self,
         commands: Vec<crate::AppendCommand<T>>,
@@ -463,10 +470,12 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
         self.append_inner(commands)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(collection = %id, as_of = ?as_of), err(level = "debug"))]
     async fn snapshot(&self, id: GlobalId, as_of: T) -> Result<Vec<(Row, Diff)>, StorageError> {
         self.snapshot_inner(id, as_of).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(collections = ?policies.iter().map(|(id, _)| *id).collect::<Vec<_>>()))]
     fn set_read_policy(&mut self, policies: Vec<(GlobalId, ReadPolicy<T>)>) {
         self.set_read_policy_inner(policies);
     }
@@ -490,6 +499,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
         }
     }
 
+    #[tracing::instrument(level = "trace", skip_all, err(level = "debug"))]
     async fn process(&mut self) -> Result<(), StorageError> {
         let mut result = Ok(());
         match self.stashed.take() {
@@ -526,6 +536,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
         result
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn reconcile_state(&mut self) {
         if let Err(err) = self.try_reconcile_state().await {
             // The receiver lives as long as the controller: sending cannot fail.
