@@ -14,14 +14,6 @@ pub(crate) struct RetryPolicy {
     pub(crate) initial_backoff: Duration,
 }
 
-impl RetryPolicy {
-    /// No retries: the first failure is returned.
-    pub(crate) const NONE: RetryPolicy = RetryPolicy {
-        retries: 0,
-        initial_backoff: Duration::ZERO,
-    };
-}
-
 /// Runs `operation` until it succeeds, fails determinately, or has failed
 /// indeterminately `policy.retries + 1` times (the last error is returned).
 ///
