@@ -233,16 +233,30 @@ impl std::fmt::Display for DeterminateKind {
 /// A failure that definitely did not apply.
 ///
 /// Equality compares the kind and the message, not the source.
-#[derive(Clone, Debug, Error)]
-#[error("{kind}: {message}")]
+#[derive(Clone, Debug)]
 pub struct DeterminateError {
     /// What kind of failure.
     pub kind: DeterminateKind,
     /// What happened, with values at the end.
     pub message: String,
     /// The driver's or SDK's error underneath, if there is one.
-    #[source]
     pub source: Option<ErrorSource>,
+}
+
+impl fmt::Display for DeterminateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+impl StdError for DeterminateError {
+    /// The error underneath itself (not the shared handle around it), so
+    /// that `downcast_ref` finds the driver's or SDK's type.
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|source| source as &(dyn StdError + 'static))
+    }
 }
 
 impl PartialEq for DeterminateError {
@@ -256,14 +270,27 @@ impl Eq for DeterminateError {}
 /// A failure whose effect is unknown.
 ///
 /// Equality compares the message, not the source.
-#[derive(Clone, Debug, Error)]
-#[error("{message}")]
+#[derive(Clone, Debug)]
 pub struct IndeterminateError {
     /// What happened, with values at the end.
     pub message: String,
     /// The driver's or SDK's error underneath, if there is one.
-    #[source]
     pub source: Option<ErrorSource>,
+}
+
+impl fmt::Display for IndeterminateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl StdError for IndeterminateError {
+    /// The error underneath itself, as for [`DeterminateError`].
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|source| source as &(dyn StdError + 'static))
+    }
 }
 
 impl PartialEq for IndeterminateError {
@@ -575,6 +602,10 @@ mod tests {
         assert_eq!(with_source, without);
         let cause = with_source.source().and_then(Error::source).unwrap();
         assert_eq!(cause.to_string(), "refused");
+        assert!(
+            cause.downcast_ref::<std::io::Error>().is_some(),
+            "{cause:?}"
+        );
         assert!(without.source().and_then(Error::source).is_none());
         let cloned = with_source.clone();
         assert!(cloned.source().and_then(Error::source).is_some());
