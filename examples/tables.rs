@@ -38,35 +38,37 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let start = controller.collection(orders)?.write_frontier.elements()[0];
 
     // Time `start`: two orders and a customer; time `start + 1`: one order
-    // cancelled. Each append names the new upper; the receiver resolves
-    // once the write is durable.
+    // cancelled. Each append names the new upper and returns once the
+    // write is durable.
     let order = |id: i64, item: &str| Row::pack([Datum::Int64(id), Datum::String(item)]);
-    let written = controller.append(vec![
-        (
+    controller
+        .append_durable(vec![
+            (
+                orders,
+                vec![
+                    Update::new(order(1, "kettle"), start, 1),
+                    Update::new(order(2, "teapot"), start, 1),
+                ],
+                start + 1,
+            ),
+            (
+                customers,
+                vec![Update::new(
+                    Row::pack([Datum::Int64(7), Datum::Null]),
+                    start,
+                    1,
+                )],
+                start + 1,
+            ),
+        ])
+        .await?;
+    controller
+        .append_durable(vec![(
             orders,
-            vec![
-                Update::new(order(1, "kettle"), start, 1),
-                Update::new(order(2, "teapot"), start, 1),
-            ],
-            start + 1,
-        ),
-        (
-            customers,
-            vec![Update::new(
-                Row::pack([Datum::Int64(7), Datum::Null]),
-                start,
-                1,
-            )],
-            start + 1,
-        ),
-    ])?;
-    written.await??;
-    let written = controller.append(vec![(
-        orders,
-        vec![Update::new(order(2, "teapot"), start + 1, -1)],
-        start + 2,
-    )])?;
-    written.await??;
+            vec![Update::new(order(2, "teapot"), start + 1, -1)],
+            start + 2,
+        )])
+        .await?;
 
     // Snapshots at both times.
     for as_of in [start, start + 1] {
@@ -75,15 +77,17 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
 
     // A bad row is an error naming the column, not a panic.
-    let bad = controller.append(vec![(
-        customers,
-        vec![Update::new(
-            Row::pack([Datum::Null, Datum::Null]),
-            start + 2,
-            1,
-        )],
-        start + 3,
-    )]);
+    let bad = controller
+        .append_durable(vec![(
+            customers,
+            vec![Update::new(
+                Row::pack([Datum::Null, Datum::Null]),
+                start + 2,
+                1,
+            )],
+            start + 3,
+        )])
+        .await;
     println!("appending a null customer id: {}", bad.unwrap_err());
 
     // Reads may lag writes by one tick; new uppers arrive through process().
@@ -101,12 +105,13 @@ async fn main() -> Result<(), Box<dyn Error>> {
     // Follow the orders table from its since: the snapshot, then changes.
     let since = controller.collection(orders)?.since().elements()[0];
     let mut changes = controller.subscribe(orders, since)?;
-    let written = controller.append(vec![(
-        orders,
-        vec![Update::new(order(3, "cups"), start + 2, 1)],
-        start + 3,
-    )])?;
-    written.await??;
+    controller
+        .append_durable(vec![(
+            orders,
+            vec![Update::new(order(3, "cups"), start + 2, 1)],
+            start + 3,
+        )])
+        .await?;
     while let Some(event) = changes.recv().await {
         match event? {
             SubscriptionEvent::Updates(updates) => println!("  updates: {updates:?}"),

@@ -286,8 +286,7 @@ async fn append_ticks(
             (BALANCES, balances, time + 1),
             (AUDIT, vec![Update::new(note, time, 1)], time + 1),
         ])?;
-        done.await
-            .map_err(|_| StorageError::InvalidUsage("append was abandoned".to_string()))??;
+        done.await.map_err(|_| StorageError::WriteTaskStopped)??;
     }
     // The new uppers reach the write frontiers through process().
     let upper = base + options.ticks;
@@ -317,8 +316,7 @@ async fn subscribe_demo(
         vec![Update::new(note, next_time, 1)],
         next_time + 1,
     )])?;
-    done.await
-        .map_err(|_| StorageError::InvalidUsage("append was abandoned".to_string()))??;
+    done.await.map_err(|_| StorageError::WriteTaskStopped)??;
     let mut progress_seen = 0;
     while let Some(event) = subscription.recv().await {
         match event? {

@@ -63,8 +63,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tidemark_storage_types::{
-    BackendError, CompactionStats, Diff, IdempotencyToken, InvalidUsage, PersistBackend, Row,
-    ShardFrontiers, ShardId, ShardUsage, StorageTimestamp, Update, UpperMismatch,
+    BackendError, CompactionStats, Diff, IdempotencyToken, PersistBackend, Row, ShardFrontiers,
+    ShardId, ShardUsage, StorageTimestamp, Update, UpperMismatch, contract,
 };
 use timely::PartialOrder;
 use timely::progress::Antichain;
@@ -176,9 +176,7 @@ impl<T: StorageTimestamp> PersistBackend<T> for MemoryBackend {
         shard: ShardId,
         frontier: &Antichain<T>,
     ) -> Result<Antichain<T>, BackendError> {
-        if frontier.is_empty() {
-            return Err(InvalidUsage::WaitPastEmptyFrontier { shard }.into());
-        }
+        contract::check_wait_frontier(shard, frontier)?;
         // Holding the shard keeps its sender, so the channel stays open.
         let watched = self.shard::<T>(shard)?;
         let mut upper = watched.subscribe_upper();

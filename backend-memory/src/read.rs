@@ -3,9 +3,8 @@
 
 use differential_dataflow::consolidation::{consolidate, consolidate_updates};
 use tidemark_storage_types::{
-    Diff, InvalidUsage, Row, ShardId, StorageTimestamp, Update, display_frontier, readable_at,
+    Diff, InvalidUsage, Row, ShardId, StorageTimestamp, Update, contract,
 };
-use timely::PartialOrder;
 use timely::progress::Antichain;
 
 use crate::shard::ReadView;
@@ -27,14 +26,7 @@ pub fn snapshot<T: StorageTimestamp>(
     view: &ReadView<T>,
     as_of: &T,
 ) -> Result<Vec<(Row, Diff)>, InvalidUsage> {
-    if !readable_at(&view.since, &view.upper, as_of) {
-        return Err(InvalidUsage::AsOfNotReadable {
-            shard,
-            as_of: as_of.to_string(),
-            since: display_frontier(&view.since).to_string(),
-            upper: display_frontier(&view.upper).to_string(),
-        });
-    }
+    contract::check_readable(shard, &view.since, &view.upper, as_of)?;
     let capacity = view.batches.iter().map(|batch| batch.len()).sum();
     let mut contents = Vec::with_capacity(capacity);
     for batch in &view.batches {
@@ -102,14 +94,7 @@ pub fn fetch<T: StorageTimestamp>(
     lower: &Antichain<T>,
     upper: &Antichain<T>,
 ) -> Result<Vec<Update<T>>, InvalidUsage> {
-    if !PartialOrder::less_equal(lower, upper) || !PartialOrder::less_equal(upper, &view.upper) {
-        return Err(InvalidUsage::FetchRangeInvalid {
-            shard,
-            lower: display_frontier(lower).to_string(),
-            upper: display_frontier(upper).to_string(),
-            shard_upper: display_frontier(&view.upper).to_string(),
-        });
-    }
+    contract::check_fetch_range(shard, lower, upper, &view.upper)?;
     if view.since.is_empty() {
         return Ok(Vec::new());
     }

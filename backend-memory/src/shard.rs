@@ -10,10 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use differential_dataflow::lattice::Lattice;
 use tidemark_storage_types::{
-    BackendError, CompactionStats, IdempotencyToken, InvalidUsage, ShardFrontiers, ShardId,
-    ShardUsage, StorageTimestamp, Update, UpperMismatch, display_frontier,
+    BackendError, CompactionStats, IdempotencyToken, ShardFrontiers, ShardId, ShardUsage,
+    StorageTimestamp, Update, UpperMismatch, contract,
 };
-use timely::PartialOrder;
 use timely::progress::Antichain;
 use tokio::sync::watch;
 
@@ -97,39 +96,6 @@ impl<T: StorageTimestamp> Shard<T> {
         }
     }
 
-    /// Checks that `new_upper` is not behind `expected_upper` and that every
-    /// update time is in `[expected_upper, new_upper)`.
-    fn validate_append(
-        &self,
-        updates: &[Update<T>],
-        expected_upper: &Antichain<T>,
-        new_upper: &Antichain<T>,
-    ) -> Result<(), InvalidUsage> {
-        if !PartialOrder::less_equal(expected_upper, new_upper) {
-            return Err(InvalidUsage::UpperRegression {
-                shard: self.id,
-                expected_upper: display_frontier(expected_upper).to_string(),
-                new_upper: display_frontier(new_upper).to_string(),
-            });
-        }
-        let outside = updates
-            .iter()
-            .find(|update| {
-                !expected_upper.less_equal(&update.timestamp)
-                    || new_upper.less_equal(&update.timestamp)
-            })
-            .map(|update| update.timestamp);
-        if let Some(time) = outside {
-            return Err(InvalidUsage::UpdateOutsideBounds {
-                shard: self.id,
-                time: time.to_string(),
-                expected_upper: display_frontier(expected_upper).to_string(),
-                new_upper: display_frontier(new_upper).to_string(),
-            });
-        }
-        Ok(())
-    }
-
     /// Iff the upper is `expected_upper`, stores `updates` and sets the upper
     /// to `new_upper`; a token already applied with these bounds answers
     /// success without writing. See
@@ -141,7 +107,7 @@ impl<T: StorageTimestamp> Shard<T> {
         new_upper: Antichain<T>,
         token: IdempotencyToken,
     ) -> Result<Result<(), UpperMismatch<T>>, BackendError> {
-        self.validate_append(&updates, &expected_upper, &new_upper)?;
+        contract::check_append_bounds(self.id, &updates, &expected_upper, &new_upper)?;
         // Sorting and consolidating needs no state: do it before taking the
         // lock so concurrent readers and writers wait less.
         let batch = Batch::from_unsorted(
@@ -250,7 +216,7 @@ impl<T: StorageTimestamp> Shard<T> {
 
 #[cfg(test)]
 mod tests {
-    use tidemark_storage_types::{Datum, Row};
+    use tidemark_storage_types::{Datum, InvalidUsage, Row};
 
     use super::*;
 

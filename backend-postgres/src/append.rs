@@ -26,17 +26,15 @@
 use differential_dataflow::consolidation::consolidate_updates;
 use sqlx::{Connection, PgConnection};
 use tidemark_storage_types::{
-    BackendError, IdempotencyToken, InvalidUsage, Row, ShardId, StorageTimestamp, Update,
-    UpperMismatch, display_frontier,
+    BackendError, IdempotencyToken, Row, ShardId, StorageTimestamp, Update, UpperMismatch, contract,
 };
-use timely::PartialOrder;
 use timely::progress::Antichain;
 
 use crate::PostgresBackend;
 use crate::errors::statement_error;
-use crate::frontier::{decode_frontier, encode_frontier};
 use crate::read::{context, read_shard_row, unknown_shard};
 use crate::schema::TOKENS_KEPT_PER_SHARD;
+use tidemark_storage_types::{decode_frontier, encode_frontier};
 
 /// Advances the upper, records the token, inserts the inline updates and
 /// notifies waiters, iff the shard's upper is the expected one. Returns one
@@ -80,6 +78,18 @@ struct Columns<'a> {
     diffs: Vec<i64>,
 }
 
+/// What one write attempt sends: the shard, the updates, the encoded bounds
+/// and the token, and the context its errors name.
+#[derive(Clone, Copy)]
+struct AttemptArgs<'a> {
+    shard: ShardId,
+    columns: &'a Columns<'a>,
+    expected_code: Option<i64>,
+    new_code: Option<i64>,
+    token: IdempotencyToken,
+    context: &'a str,
+}
+
 pub(crate) async fn compare_and_append<T: StorageTimestamp>(
     backend: &PostgresBackend,
     shard: ShardId,
@@ -88,7 +98,7 @@ pub(crate) async fn compare_and_append<T: StorageTimestamp>(
     new_upper: Antichain<T>,
     token: IdempotencyToken,
 ) -> Result<Result<(), UpperMismatch<T>>, BackendError> {
-    validate_bounds(shard, &updates, &expected_upper, &new_upper)?;
+    contract::check_append_bounds(shard, &updates, &expected_upper, &new_upper)?;
     let mut consolidated: Vec<(Row, T, i64)> = updates
         .into_iter()
         .map(|update| (update.row, update.timestamp, update.diff))
@@ -109,31 +119,19 @@ pub(crate) async fn compare_and_append<T: StorageTimestamp>(
     // The upper only moves forward, so this loop runs a second write
     // attempt at most once per time the upper reaches `expected_upper`
     // between an attempt and its re-read: in practice once.
+    let args = AttemptArgs {
+        shard,
+        columns: &columns,
+        expected_code,
+        new_code,
+        token,
+        context: &context,
+    };
     loop {
         let attempt = if columns.times.len() >= backend.config().copy_threshold {
-            append_by_copy(
-                backend,
-                &mut conn,
-                shard,
-                &columns,
-                expected_code,
-                new_code,
-                token,
-                &context,
-            )
-            .await?
+            append_by_copy(backend, &mut conn, args).await?
         } else {
-            run_append_statement(
-                backend,
-                &mut conn,
-                shard,
-                &columns,
-                expected_code,
-                new_code,
-                token,
-                &context,
-            )
-            .await?
+            run_append_statement(backend, &mut conn, args).await?
         };
         if let Attempt::Applied = attempt {
             return Ok(Ok(()));
@@ -160,79 +158,40 @@ pub(crate) async fn compare_and_append<T: StorageTimestamp>(
     }
 }
 
-/// Checks the call against the contract before anything is sent.
-fn validate_bounds<T: StorageTimestamp>(
-    shard: ShardId,
-    updates: &[Update<T>],
-    expected_upper: &Antichain<T>,
-    new_upper: &Antichain<T>,
-) -> Result<(), BackendError> {
-    if !PartialOrder::less_equal(expected_upper, new_upper) {
-        return Err(BackendError::InvalidUsage(InvalidUsage::UpperRegression {
-            shard,
-            expected_upper: display_frontier(expected_upper).to_string(),
-            new_upper: display_frontier(new_upper).to_string(),
-        }));
-    }
-    for update in updates {
-        if !expected_upper.less_equal(&update.timestamp) || new_upper.less_equal(&update.timestamp)
-        {
-            return Err(BackendError::InvalidUsage(
-                InvalidUsage::UpdateOutsideBounds {
-                    shard,
-                    time: update.timestamp.to_string(),
-                    expected_upper: display_frontier(expected_upper).to_string(),
-                    new_upper: display_frontier(new_upper).to_string(),
-                },
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Runs [`APPEND_STATEMENT`] with `columns` inline.
-#[allow(clippy::too_many_arguments)]
+/// Runs [`APPEND_STATEMENT`] with the attempt's columns inline.
 async fn run_append_statement(
     backend: &PostgresBackend,
     conn: &mut PgConnection,
-    shard: ShardId,
-    columns: &Columns<'_>,
-    expected_code: Option<i64>,
-    new_code: Option<i64>,
-    token: IdempotencyToken,
-    context: &str,
+    args: AttemptArgs<'_>,
 ) -> Result<Attempt, BackendError> {
     let applied: Option<(i64, ())> = sqlx::query_as(APPEND_STATEMENT)
-        .bind(shard.0)
-        .bind(expected_code)
-        .bind(new_code)
-        .bind(token.0)
-        .bind(&columns.times)
-        .bind(&columns.rows)
-        .bind(&columns.diffs)
+        .bind(args.shard.0)
+        .bind(args.expected_code)
+        .bind(args.new_code)
+        .bind(args.token.0)
+        .bind(&args.columns.times)
+        .bind(&args.columns.rows)
+        .bind(&args.columns.diffs)
         .bind(TOKENS_KEPT_PER_SHARD)
         .bind(backend.shared.watch.channel())
-        .bind(shard.0.to_string())
+        .bind(args.shard.0.to_string())
         .fetch_optional(&mut *conn)
         .await
-        .map_err(|err| statement_error(err, context))?;
+        .map_err(|err| statement_error(err, args.context))?;
     Ok(match applied {
         Some(_) => Attempt::Applied,
         None => Attempt::UpperDidNotMatch,
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Writes the attempt's columns with `COPY` in a transaction that holds
+/// the shard row's lock, then moves the upper.
 async fn append_by_copy(
     backend: &PostgresBackend,
     conn: &mut PgConnection,
-    shard: ShardId,
-    columns: &Columns<'_>,
-    expected_code: Option<i64>,
-    new_code: Option<i64>,
-    token: IdempotencyToken,
-    context: &str,
+    args: AttemptArgs<'_>,
 ) -> Result<Attempt, BackendError> {
+    let (shard, context) = (args.shard, args.context);
     let fail = |err| statement_error(err, context);
     let mut tx = conn.begin().await.map_err(fail)?;
     // SUBTLE: the row lock is taken before the upper is checked and held
@@ -241,14 +200,14 @@ async fn append_by_copy(
     let Some(row) = read_shard_row(&mut tx, shard, true, context).await? else {
         return Ok(Attempt::UpperDidNotMatch);
     };
-    if row.finalized || row.upper != expected_code {
+    if row.finalized || row.upper != args.expected_code {
         return Ok(Attempt::UpperDidNotMatch);
     }
     let mut copy = tx
         .copy_in_raw("COPY updates (shard_id, ts, row_bytes, diff) FROM STDIN (FORMAT binary)")
         .await
         .map_err(fail)?;
-    for chunk in encode_copy_binary(shard, columns) {
+    for chunk in encode_copy_binary(shard, args.columns) {
         copy.send(chunk).await.map_err(fail)?;
     }
     copy.finish().await.map_err(fail)?;
@@ -260,12 +219,10 @@ async fn append_by_copy(
     let attempt = run_append_statement(
         backend,
         &mut tx,
-        shard,
-        &no_inline_updates,
-        expected_code,
-        new_code,
-        token,
-        context,
+        AttemptArgs {
+            columns: &no_inline_updates,
+            ..args
+        },
     )
     .await?;
     if let Attempt::UpperDidNotMatch = attempt {

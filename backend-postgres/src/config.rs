@@ -2,6 +2,10 @@
 //! serde data with a [`Default`], built from code (`with_*`), the
 //! environment ([`PostgresConfig::from_env`]) or a URL
 //! ([`PostgresConfig::from_url`]).
+//!
+//! Fields are set only through `with_*` (and read through methods of the
+//! same names), as in `S3Config`; see
+//! `docs/decisions/070-config-settings-and-components.md`.
 
 use std::time::Duration;
 
@@ -16,10 +20,9 @@ pub const DEFAULT_SCHEMA: &str = "tidemark";
 /// notification channel name, which PostgreSQL limits to 63 bytes.
 pub const MAX_SCHEMA_LEN: usize = 48;
 
-/// URL query parameters tidemark reads itself (and removes before handing
-/// the URL to the driver).
-pub const TIDEMARK_URL_PARAMETERS: &[&str] =
-    &["schema", "pool_size", "connect_timeout", "copy_threshold"];
+/// The URL query parameters [`PostgresConfig::from_url`] reads itself (and
+/// removes before handing the URL to the driver).
+pub const URL_PARAMETERS: &[&str] = &["schema", "pool_size", "connect_timeout", "copy_threshold"];
 
 /// libpq parameters passed through to the driver.
 pub const DRIVER_URL_PARAMETERS: &[&str] = &[
@@ -47,29 +50,29 @@ pub const DRIVER_URL_PARAMETERS: &[&str] = &[
 ///     .with_schema("orders")
 ///     .with_pool_size(4)
 ///     .with_connect_timeout(Duration::from_secs(2));
-/// assert_eq!(config.schema, "orders");
+/// assert_eq!(config.schema(), "orders");
 /// assert!(config.validate().is_ok());
 /// assert!(config.clone().with_schema("Robert'); DROP TABLE x;--").validate().is_err());
 /// ```
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct PostgresConfig {
     /// A `postgres://` connection URL (driver parameters such as `sslmode`
     /// allowed; tidemark parameters are read by [`from_url`](Self::from_url)).
-    pub url: String,
+    pub(crate) url: String,
     /// The schema holding tidemark's tables: lowercase letters, digits and
     /// `_`, starting with a letter or `_`, at most [`MAX_SCHEMA_LEN`] bytes,
     /// not starting with `pg_`.
-    pub schema: String,
+    pub(crate) schema: String,
     /// The most connections the pool opens (the notification listener uses
     /// one more, once something waits for an upper).
-    pub pool_size: u32,
+    pub(crate) pool_size: u32,
     /// How long connecting (or waiting for a pooled connection) may take
     /// before the operation fails as unavailable.
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// Appends of at least this many updates are written with `COPY` inside
     /// a transaction; smaller ones with one `UNNEST` statement.
-    pub copy_threshold: usize,
+    pub(crate) copy_threshold: usize,
 }
 
 impl Default for PostgresConfig {
@@ -144,17 +147,18 @@ impl PostgresConfig {
     ///     "postgres://postgres@localhost/test?schema=orders&pool_size=3&sslmode=disable",
     /// )
     /// .unwrap();
-    /// assert_eq!(config.schema, "orders");
-    /// assert_eq!(config.pool_size, 3);
-    /// assert_eq!(config.url, "postgres://postgres@localhost/test?sslmode=disable");
-    /// let err = PostgresConfig::from_url("postgres://localhost/test?shcema=x").unwrap_err();
-    /// assert!(err.to_string().contains("shcema"));
+    /// assert_eq!(config.schema(), "orders");
+    /// assert_eq!(config.pool_size(), 3);
+    /// assert_eq!(config.url(), "postgres://postgres@localhost/test?sslmode=disable");
+    /// let err = PostgresConfig::from_url("postgres://localhost/test?shcema=x&colour=1").unwrap_err();
+    /// assert!(err.to_string().contains("unknown=shcema,colour"));
     /// ```
     ///
     /// # Errors
     ///
     /// `Determinate(InvalidConfig)` naming what was wrong: not a URL, another
-    /// scheme, an unknown parameter, a malformed value, an invalid schema.
+    /// scheme, unknown parameters (all of them named), a malformed value, an
+    /// invalid schema.
     pub fn from_url(url: &str) -> Result<Self, BackendError> {
         let mut parsed = url::Url::parse(url).map_err(|err| {
             invalid_config(format!(
@@ -170,6 +174,7 @@ impl PostgresConfig {
         }
         let mut config = PostgresConfig::default();
         let mut driver_pairs = Vec::new();
+        let mut unknown = Vec::new();
         for (key, value) in parsed.query_pairs() {
             match &*key {
                 "schema" => config.schema = value.to_string(),
@@ -187,12 +192,16 @@ impl PostgresConfig {
                 known if DRIVER_URL_PARAMETERS.contains(&known) => {
                     driver_pairs.push((key.to_string(), value.to_string()));
                 }
-                unknown => {
-                    return Err(invalid_config(format!(
-                        "unknown url parameter {unknown:?}: tidemark reads {TIDEMARK_URL_PARAMETERS:?} and passes {DRIVER_URL_PARAMETERS:?} to the driver"
-                    )));
-                }
+                _ => unknown.push(key.into_owned()),
             }
+        }
+        if !unknown.is_empty() {
+            return Err(invalid_config(format!(
+                "unknown postgres url parameters: unknown={} known={} driver={}",
+                unknown.join(","),
+                URL_PARAMETERS.join(","),
+                DRIVER_URL_PARAMETERS.join(",")
+            )));
         }
         if driver_pairs.is_empty() {
             parsed.set_query(None);
@@ -240,6 +249,36 @@ impl PostgresConfig {
     pub fn with_copy_threshold(mut self, copy_threshold: usize) -> Self {
         self.copy_threshold = copy_threshold;
         self
+    }
+
+    /// The connection URL.
+    #[must_use]
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The schema holding tidemark's tables.
+    #[must_use]
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// The most connections the pool opens.
+    #[must_use]
+    pub fn pool_size(&self) -> u32 {
+        self.pool_size
+    }
+
+    /// How long connecting may take.
+    #[must_use]
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The size from which appends are written with `COPY`.
+    #[must_use]
+    pub fn copy_threshold(&self) -> usize {
+        self.copy_threshold
     }
 
     /// Checks the settings without connecting.
@@ -400,9 +439,15 @@ mod tests {
         );
         assert!(!format!("{config:?}").contains("secret"));
 
-        let err = PostgresConfig::from_url("postgres://h/db?bogus=1").unwrap_err();
+        let err = PostgresConfig::from_url("postgres://h/db?bogus=1&sslmode=disable&worse=2")
+            .unwrap_err();
         assert_eq!(kind(&err), Some(DeterminateKind::InvalidConfig));
-        assert!(err.to_string().contains("\"bogus\""), "{err}");
+        assert!(
+            err.to_string().contains(
+                "unknown postgres url parameters: unknown=bogus,worse known=schema,pool_size,connect_timeout,copy_threshold driver=sslmode,"
+            ),
+            "{err}"
+        );
 
         for bad in [
             "postgres://h/db?pool_size=0",
@@ -417,6 +462,19 @@ mod tests {
             let err = PostgresConfig::from_url(bad).unwrap_err();
             assert_eq!(kind(&err), Some(DeterminateKind::InvalidConfig), "{bad}");
         }
+    }
+
+    #[test]
+    fn settings_are_plain_serde_data() {
+        let config = PostgresConfig::new("postgres://h/db").with_pool_size(3);
+        let json = serde_json::to_string(&config).unwrap();
+        assert_eq!(
+            serde_json::from_str::<PostgresConfig>(&json).unwrap(),
+            config
+        );
+        let err = serde_json::from_str::<PostgresConfig>(r#"{"url":"postgres://h/db","pool":3}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown field `pool`"), "{err}");
     }
 
     #[test]

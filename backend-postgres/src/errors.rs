@@ -13,6 +13,9 @@
 //!   `Conflict`; ...). A lost connection, a terminated backend and anything
 //!   unknown are `Indeterminate`: a commit may have happened before the
 //!   answer was lost.
+//!
+//! Either way the driver's error is kept as the
+//! [`source`](std::error::Error::source) of the one returned.
 
 use sqlx::error::DatabaseError;
 use tidemark_storage_types::{BackendError, DeterminateKind};
@@ -69,13 +72,11 @@ pub(crate) fn connect_error(err: sqlx::Error, context: &str) -> BackendError {
         DeterminateKind::Unsupported => ": this build has no tls support, use sslmode=disable",
         _ => "",
     };
-    BackendError::determinate(
-        kind,
-        format!(
-            "cannot connect to postgres{hint}: {}: {context}",
-            describe(&err)
-        ),
-    )
+    let message = format!(
+        "cannot connect to postgres{hint}: {}: {context}",
+        describe(&err)
+    );
+    BackendError::determinate_caused_by(kind, message, err)
 }
 
 /// A failure while running a statement: determinate only for SQLSTATEs
@@ -87,13 +88,11 @@ pub(crate) fn statement_error(err: sqlx::Error, context: &str) -> BackendError {
                 .code()
                 .and_then(|code| determinate_kind_for_sqlstate(&code))
             {
-                return BackendError::determinate(
-                    kind,
-                    format!(
-                        "postgres rejected the statement: {}: {context}",
-                        describe(&err)
-                    ),
+                let message = format!(
+                    "postgres rejected the statement: {}: {context}",
+                    describe(&err)
                 );
+                return BackendError::determinate_caused_by(kind, message, err);
             }
         }
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
@@ -101,10 +100,11 @@ pub(crate) fn statement_error(err: sqlx::Error, context: &str) -> BackendError {
         }
         _ => {}
     }
-    BackendError::indeterminate(format!(
+    let message = format!(
         "postgres statement outcome unknown: {}: {context}",
         describe(&err)
-    ))
+    );
+    BackendError::indeterminate_caused_by(message, err)
 }
 
 /// The error's message with its SQLSTATE, lowercase first word.
@@ -124,7 +124,32 @@ fn describe_database(db: &dyn DatabaseError) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::error::Error;
+
     use super::*;
+
+    /// The driver's error under the tidemark one.
+    fn driver_cause(err: &BackendError) -> Option<&sqlx::Error> {
+        err.source()?.source()?.downcast_ref::<sqlx::Error>()
+    }
+
+    #[test]
+    fn the_driver_error_is_the_source() {
+        let lost = statement_error(sqlx::Error::Protocol("frame cut short".into()), "ctx");
+        assert!(!lost.is_determinate());
+        let cause = driver_cause(&lost).expect("the sqlx error is kept");
+        assert!(cause.to_string().contains("frame cut short"), "{cause}");
+
+        let refused = connect_error(sqlx::Error::PoolTimedOut, "ctx");
+        assert_eq!(
+            refused.determinate_kind(),
+            Some(DeterminateKind::Unavailable)
+        );
+        assert!(matches!(
+            driver_cause(&refused),
+            Some(sqlx::Error::PoolTimedOut)
+        ));
+    }
 
     #[test]
     fn known_sqlstates_are_determinate() {

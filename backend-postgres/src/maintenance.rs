@@ -7,8 +7,8 @@ use timely::progress::Antichain;
 
 use crate::PostgresBackend;
 use crate::errors::statement_error;
-use crate::frontier::{decode_frontier, encode_frontier};
 use crate::read::{context, read_shard_row, unknown_shard};
+use tidemark_storage_types::{decode_frontier, encode_frontier};
 
 pub(crate) async fn downgrade_since<T: StorageTimestamp>(
     backend: &PostgresBackend,

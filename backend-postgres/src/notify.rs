@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use tidemark_storage_types::{BackendError, InvalidUsage, ShardId, StorageTimestamp};
+use tidemark_storage_types::{BackendError, ShardId, StorageTimestamp, contract};
 use timely::PartialOrder;
 use timely::progress::Antichain;
 use tokio::sync::{Mutex as AsyncMutex, watch};
@@ -175,11 +175,7 @@ pub(crate) async fn wait_for_upper_past<T: StorageTimestamp>(
     shard: ShardId,
     frontier: &Antichain<T>,
 ) -> Result<Antichain<T>, BackendError> {
-    if frontier.is_empty() {
-        return Err(BackendError::InvalidUsage(
-            InvalidUsage::WaitPastEmptyFrontier { shard },
-        ));
-    }
+    contract::check_wait_frontier(shard, frontier)?;
     let watch = &backend.shared.watch;
     watch.ensure_listening().await;
     // SUBTLE: listen, then subscribe, then read. A notification is sent only

@@ -9,14 +9,14 @@ use futures::TryStreamExt;
 use sqlx::{Connection, PgConnection};
 use tidemark_storage_types::{
     BackendError, DeterminateKind, Diff, InvalidUsage, Row, ShardFrontiers, ShardId, ShardUsage,
-    StorageTimestamp, Update, display_frontier, readable_at,
+    StorageTimestamp, Update, contract,
 };
-use timely::PartialOrder;
 use timely::progress::Antichain;
 
 use crate::PostgresBackend;
 use crate::errors::statement_error;
-use crate::frontier::{decode_frontier, decode_frontiers, encode_frontier};
+use crate::frontier::decode_frontiers;
+use tidemark_storage_types::{decode_frontier, encode_frontier};
 
 /// A shard's row: since, upper (stored form) and whether it is finalized.
 pub(crate) struct ShardRow {
@@ -112,14 +112,7 @@ pub(crate) async fn snapshot<T: StorageTimestamp>(
         .await?
         .ok_or_else(|| unknown_shard(shard))?;
     let frontiers: ShardFrontiers<T> = decode_frontiers(row.since, row.upper);
-    if !readable_at(&frontiers.since, &frontiers.upper, as_of) {
-        return Err(BackendError::InvalidUsage(InvalidUsage::AsOfNotReadable {
-            shard,
-            as_of: as_of.to_string(),
-            since: display_frontier(&frontiers.since).to_string(),
-            upper: display_frontier(&frontiers.upper).to_string(),
-        }));
-    }
+    contract::check_readable(shard, &frontiers.since, &frontiers.upper, as_of)?;
     let mut contents = Vec::new();
     {
         let mut rows = sqlx::query_as::<_, (Vec<u8>, i64)>(
@@ -157,16 +150,7 @@ pub(crate) async fn fetch<T: StorageTimestamp>(
         .await?
         .ok_or_else(|| unknown_shard(shard))?;
     let shard_upper: Antichain<T> = decode_frontier(row.upper);
-    if !PartialOrder::less_equal(lower, upper) || !PartialOrder::less_equal(upper, &shard_upper) {
-        return Err(BackendError::InvalidUsage(
-            InvalidUsage::FetchRangeInvalid {
-                shard,
-                lower: display_frontier(lower).to_string(),
-                upper: display_frontier(upper).to_string(),
-                shard_upper: display_frontier(&shard_upper).to_string(),
-            },
-        ));
-    }
+    contract::check_fetch_range(shard, lower, upper, &shard_upper)?;
     // Times are advanced by the since before the range applies, so the
     // answer does not depend on whether physical compaction has run:
     // advance(t) = max(t, since) is in [lower, upper) iff

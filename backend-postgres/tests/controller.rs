@@ -10,4 +10,4 @@ async fn make() -> Option<PostgresFactory> {
     Some(PostgresFactory::new(&url, "tmctl"))
 }
 
-tidemark_storage_controller::controller_tests!(make);
+tidemark_controller_conformance::controller_tests!(make);

@@ -191,7 +191,7 @@ async fn big_snapshot(endpoint: &str, prefix: &str, raw: &Client) {
         .await
         .unwrap();
     let keys = backend.part_keys(shard).await.unwrap();
-    let concurrency = backend.config().concurrency;
+    let concurrency = backend.config().concurrency();
     let as_of = chunks as u64 - 1;
     let mut snapshots = Vec::new();
     let mut gets = Vec::new();

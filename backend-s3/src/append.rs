@@ -4,10 +4,8 @@
 use std::sync::Arc;
 
 use tidemark_storage_types::{
-    BackendError, IdempotencyToken, InvalidUsage, ShardId, StorageTimestamp, Update, UpperMismatch,
-    display_frontier,
+    BackendError, IdempotencyToken, ShardId, StorageTimestamp, Update, UpperMismatch, contract,
 };
-use timely::PartialOrder;
 use timely::progress::Antichain;
 
 use crate::S3Backend;
@@ -27,7 +25,7 @@ enum Verdict {
 }
 
 impl S3Backend {
-    pub(crate) async fn append<T: StorageTimestamp>(
+    pub(crate) async fn compare_and_append<T: StorageTimestamp>(
         &self,
         shard: ShardId,
         updates: Vec<Update<T>>,
@@ -35,7 +33,7 @@ impl S3Backend {
         new_upper: Antichain<T>,
         token: IdempotencyToken,
     ) -> Result<Result<(), UpperMismatch<T>>, BackendError> {
-        check_bounds(shard, &updates, &expected_upper, &new_upper)?;
+        contract::check_append_bounds(shard, &updates, &expected_upper, &new_upper)?;
         let expected = encode_frontier(&expected_upper);
         let new = encode_frontier(&new_upper);
         let judge = |state: &ShardState| {
@@ -178,35 +176,4 @@ fn mismatch<T: StorageTimestamp>(
         expected,
         current: decode_frontier(current),
     }
-}
-
-/// Checks an append's arguments: `new_upper` not behind `expected_upper`,
-/// every time in `[expected_upper, new_upper)`.
-fn check_bounds<T: StorageTimestamp>(
-    shard: ShardId,
-    updates: &[Update<T>],
-    expected_upper: &Antichain<T>,
-    new_upper: &Antichain<T>,
-) -> Result<(), BackendError> {
-    if !PartialOrder::less_equal(expected_upper, new_upper) {
-        return Err(InvalidUsage::UpperRegression {
-            shard,
-            expected_upper: display_frontier(expected_upper).to_string(),
-            new_upper: display_frontier(new_upper).to_string(),
-        }
-        .into());
-    }
-    for update in updates {
-        if !expected_upper.less_equal(&update.timestamp) || new_upper.less_equal(&update.timestamp)
-        {
-            return Err(InvalidUsage::UpdateOutsideBounds {
-                shard,
-                time: update.timestamp.to_string(),
-                expected_upper: display_frontier(expected_upper).to_string(),
-                new_upper: display_frontier(new_upper).to_string(),
-            }
-            .into());
-        }
-    }
-    Ok(())
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 /// deleted, when an unreferenced object is old enough to collect).
 ///
 /// Clocks of processes sharing a bucket should agree to well within the
-/// grace period; see `docs/decisions/032-s3-compaction-and-gc.md`.
+/// grace period; see `docs/decisions/031-s3-compaction-and-gc.md`.
 pub trait Clock: Debug + Send + Sync + 'static {
     /// The current time.
     fn now(&self) -> SystemTime;

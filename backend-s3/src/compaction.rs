@@ -154,12 +154,10 @@ impl S3Backend {
             })
             .await;
         match outcome {
-            Ok((true, committed)) => Ok(CompactionStats {
-                updates_before: before.updates_before,
-                updates_after: committed.stored_updates(),
-                bytes_before: before.bytes_before,
-                bytes_after: committed.stored_bytes(),
-            }),
+            // SUBTLE: the commit may have retried on a newer state holding
+            // appends made meanwhile; the stats count only what this
+            // compaction rewrote, against the state it read.
+            Ok((true, _committed)) => Ok(rewrite_stats(&state, &merged)),
             Ok((false, _)) => {
                 for done in &merged {
                     self.discard_parts(shard, &done.parts).await;
@@ -260,6 +258,26 @@ impl S3Backend {
             store.delete_many("delete_retired_parts", keys).await?;
         }
         Ok(expired)
+    }
+}
+
+/// What rewriting `merged` did to `read`, the state the compaction planned
+/// on: its stored updates and bytes before, and after replacing each run's
+/// batches by the merged batch. Appends committed while the compaction ran
+/// are in neither.
+fn rewrite_stats(read: &ShardState, merged: &[Merged]) -> CompactionStats {
+    let (mut updates_after, mut bytes_after) = (read.stored_updates(), read.stored_bytes());
+    for result in merged {
+        let replaced_updates: u64 = result.replaced.iter().map(BatchRef::updates).sum();
+        let replaced_bytes: u64 = result.replaced.iter().map(BatchRef::bytes).sum();
+        updates_after = updates_after - replaced_updates + result.batch.updates();
+        bytes_after = bytes_after - replaced_bytes + result.batch.bytes();
+    }
+    CompactionStats {
+        updates_before: read.stored_updates(),
+        updates_after,
+        bytes_before: read.stored_bytes(),
+        bytes_after,
     }
 }
 
@@ -369,5 +387,36 @@ mod tests {
         assert_eq!(next.retired.len(), 2);
         let other = state(0, vec![batch(0, 2, 0, 2)]);
         assert!(replace_runs(&other, &[merged], &HashSet::new(), 7).is_none());
+    }
+
+    #[test]
+    fn stats_count_only_what_the_compaction_rewrote() {
+        let read = state(
+            0,
+            vec![batch(0, 1, 0, 50), batch(1, 2, 1, 4), batch(2, 3, 2, 4)],
+        );
+        let merged = Merged {
+            run: Run { start: 1, end: 3 },
+            replaced: read.batches[1..].to_vec(),
+            batch: batch(1, 3, 0, 3),
+            parts: Vec::new(),
+        };
+        // An append of 40 updates committed while the compaction ran: the
+        // commit lands on this newer state.
+        let mut newer = read.successor();
+        newer.batches.push(batch(3, 4, 3, 40));
+        let committed =
+            replace_runs(&newer, std::slice::from_ref(&merged), &HashSet::new(), 7).unwrap();
+        assert_eq!(committed.stored_updates(), 50 + 3 + 40);
+        let stats = rewrite_stats(&read, &[merged]);
+        assert_eq!(
+            stats,
+            CompactionStats {
+                updates_before: 58,
+                updates_after: 53,
+                bytes_before: 580,
+                bytes_after: 530,
+            }
+        );
     }
 }

@@ -1,23 +1,36 @@
-//! Configuration of the S3 backend: plain data with `Default`, built from
-//! the environment, a URL, or `with_*` calls, and turned into a backend by
-//! the fallible [`S3Config::build`].
+//! Configuration of the S3 backend: plain serde data with `Default`, built
+//! from the environment, a URL, or `with_*` calls, and turned into a backend
+//! by the fallible [`S3Config::build`]. Components that are not settings
+//! (the clock) are given to [`S3BackendBuilder`](crate::S3BackendBuilder).
+//!
+//! Fields are set only through `with_*` (and read through methods of the
+//! same names), as in `PostgresConfig`; see
+//! `docs/decisions/070-config-settings-and-components.md`.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tidemark_storage_types::{BackendError, DeterminateKind};
 
 use crate::S3Backend;
-use crate::clock::Clock;
 
-/// The URL query parameters [`S3Config::from_url`] accepts.
-pub const URL_PARAMETERS: &[&str] = &["endpoint", "region", "path_style"];
+/// The URL query parameters [`S3Config::from_url`] reads.
+pub const URL_PARAMETERS: &[&str] = &[
+    "endpoint",
+    "region",
+    "path_style",
+    "part_size_bytes",
+    "grace_period",
+];
+
+/// The smallest part size accepted, in bytes.
+pub const MIN_PART_SIZE_BYTES: usize = 1024;
 
 /// Credentials given explicitly instead of the standard chain. `Debug`
 /// never shows the secret.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct S3Credentials {
     /// The access key id.
     pub access_key_id: String,
@@ -50,50 +63,48 @@ impl fmt::Debug for S3Credentials {
 ///     .with_endpoint("http://127.0.0.1:9000")
 ///     .with_path_style(true)
 ///     .with_grace_period(Duration::from_secs(600));
-/// assert_eq!(config.bucket, "my-bucket");
-/// let from_url = S3Config::from_url("s3://my-bucket/tidemark/prod?endpoint=http://127.0.0.1:9000&path_style=true").unwrap();
-/// assert_eq!(from_url.prefix, "tidemark/prod");
+/// assert_eq!(config.bucket(), "my-bucket");
+/// let from_url = S3Config::from_url("s3://my-bucket/tidemark/prod?endpoint=http://127.0.0.1:9000&path_style=true&part_size_bytes=65536").unwrap();
+/// assert_eq!(from_url.prefix(), "tidemark/prod");
+/// assert_eq!(from_url.part_size_bytes(), 65536);
 /// assert!(S3Config::from_url("s3://b/p?colour=blue").unwrap_err().to_string().contains("colour"));
 /// ```
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct S3Config {
     /// The bucket. It must exist.
-    pub bucket: String,
+    pub(crate) bucket: String,
     /// Key prefix under which everything is stored (may be empty).
-    pub prefix: String,
+    pub(crate) prefix: String,
     /// A custom endpoint (an S3-compatible server); `None` for AWS.
-    pub endpoint: Option<String>,
+    pub(crate) endpoint: Option<String>,
     /// The region; `None` takes it from the standard chain, then `us-east-1`.
-    pub region: Option<String>,
+    pub(crate) region: Option<String>,
     /// Path-style addressing (`endpoint/bucket/key`), which most
     /// S3-compatible servers need.
-    pub path_style: bool,
+    pub(crate) path_style: bool,
     /// Explicit credentials; `None` uses the standard chain (environment,
     /// profile, web identity, container and instance metadata).
-    pub credentials: Option<S3Credentials>,
+    pub(crate) credentials: Option<S3Credentials>,
     /// How long to wait for a connection.
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// How long one request may take in all.
-    pub operation_timeout: Duration,
+    pub(crate) operation_timeout: Duration,
     /// Attempts per request made by the SDK itself (1 = no SDK retries:
     /// retry policy belongs to the caller).
-    pub max_attempts: u32,
+    pub(crate) max_attempts: u32,
     /// How long an unreferenced batch part is kept before it is deleted.
     /// Must exceed the time a reader may hold an old state and the time an
     /// append takes, and the clock skew between processes.
-    pub grace_period: Duration,
+    pub(crate) grace_period: Duration,
     /// Batches larger than this are split into parts of about this size.
-    pub part_size_bytes: usize,
+    pub(crate) part_size_bytes: usize,
     /// Parts fetched or written at once.
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// First delay between polls of a shard's upper.
-    pub poll_interval_min: Duration,
+    pub(crate) poll_interval_min: Duration,
     /// Longest delay between polls of a shard's upper.
-    pub poll_interval_max: Duration,
-    /// The clock for grace periods; `None` is the system clock.
-    #[serde(skip)]
-    pub clock: Option<Arc<dyn Clock>>,
+    pub(crate) poll_interval_max: Duration,
 }
 
 impl Default for S3Config {
@@ -113,13 +124,32 @@ impl Default for S3Config {
             concurrency: 16,
             poll_interval_min: Duration::from_millis(5),
             poll_interval_max: Duration::from_millis(500),
-            clock: None,
         }
     }
 }
 
 fn invalid(message: String) -> BackendError {
     BackendError::determinate(DeterminateKind::InvalidConfig, message)
+}
+
+fn parse_part_size(name: &str, value: &str) -> Result<usize, BackendError> {
+    match value.parse::<usize>() {
+        Ok(bytes) if bytes >= MIN_PART_SIZE_BYTES => Ok(bytes),
+        _ => Err(invalid(format!(
+            "{name} must be a number of bytes of at least {MIN_PART_SIZE_BYTES}: value={value:?}"
+        ))),
+    }
+}
+
+fn parse_seconds(name: &str, value: &str) -> Result<Duration, BackendError> {
+    match value.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && (0.0..=1e9).contains(&seconds) => {
+            Ok(Duration::from_secs_f64(seconds))
+        }
+        _ => Err(invalid(format!(
+            "{name} must be a non-negative number of seconds: value={value:?}"
+        ))),
+    }
 }
 
 fn parse_bool(name: &str, value: &str) -> Result<bool, BackendError> {
@@ -168,12 +198,16 @@ impl S3Config {
         Ok(config)
     }
 
-    /// Parses `s3://BUCKET/PREFIX?endpoint=URL&region=NAME&path_style=BOOL`.
+    /// Parses `s3://BUCKET/PREFIX?endpoint=URL&region=NAME&path_style=BOOL`,
+    /// with the tuning parameters `part_size_bytes=BYTES` (at least
+    /// [`MIN_PART_SIZE_BYTES`]) and `grace_period=SECONDS` (fractions
+    /// allowed): every parameter in [`URL_PARAMETERS`].
     ///
     /// # Errors
     ///
     /// `Determinate(InvalidConfig)` for a malformed URL, another scheme, a
-    /// missing bucket, a bad value, or unknown parameters (all named).
+    /// missing bucket, a bad value (naming the parameter), or unknown
+    /// parameters (all of them named).
     pub fn from_url(url: &str) -> Result<Self, BackendError> {
         let parsed = url::Url::parse(url)
             .map_err(|err| invalid(format!("malformed s3 url: error={err} url={url:?}")))?;
@@ -195,6 +229,10 @@ impl S3Config {
                 "endpoint" => config.endpoint = Some(value.into_owned()),
                 "region" => config.region = Some(value.into_owned()),
                 "path_style" => config.path_style = parse_bool("path_style", &value)?,
+                "part_size_bytes" => {
+                    config.part_size_bytes = parse_part_size("part_size_bytes", &value)?;
+                }
+                "grace_period" => config.grace_period = parse_seconds("grace_period", &value)?,
                 _ => unknown.push(name.into_owned()),
             }
         }
@@ -308,11 +346,82 @@ impl S3Config {
         self
     }
 
-    /// Sets the clock used for grace periods.
+    /// The bucket.
     #[must_use]
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = Some(clock);
-        self
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The key prefix under which everything is stored (may be empty).
+    #[must_use]
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The custom endpoint, if any (`None` for AWS).
+    #[must_use]
+    pub fn endpoint(&self) -> Option<&str> {
+        self.endpoint.as_deref()
+    }
+
+    /// The region, if set (otherwise the standard chain, then `us-east-1`).
+    #[must_use]
+    pub fn region(&self) -> Option<&str> {
+        self.region.as_deref()
+    }
+
+    /// Whether path-style addressing is used.
+    #[must_use]
+    pub fn path_style(&self) -> bool {
+        self.path_style
+    }
+
+    /// The explicit credentials, if any (otherwise the standard chain).
+    #[must_use]
+    pub fn credentials(&self) -> Option<&S3Credentials> {
+        self.credentials.as_ref()
+    }
+
+    /// How long to wait for a connection.
+    #[must_use]
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// How long one request may take in all.
+    #[must_use]
+    pub fn operation_timeout(&self) -> Duration {
+        self.operation_timeout
+    }
+
+    /// Attempts per request made by the SDK itself.
+    #[must_use]
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// How long an unreferenced batch part is kept before it is deleted.
+    #[must_use]
+    pub fn grace_period(&self) -> Duration {
+        self.grace_period
+    }
+
+    /// The size batches are split into parts of.
+    #[must_use]
+    pub fn part_size_bytes(&self) -> usize {
+        self.part_size_bytes
+    }
+
+    /// How many parts are fetched or written at once.
+    #[must_use]
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    /// The first and the longest delay between polls of a shard's upper.
+    #[must_use]
+    pub fn poll_interval(&self) -> (Duration, Duration) {
+        (self.poll_interval_min, self.poll_interval_max)
     }
 
     /// Checks the settings that need no network.
@@ -337,9 +446,9 @@ impl S3Config {
                 "max_attempts must be at least 1: max_attempts=0".to_string(),
             ));
         }
-        if self.part_size_bytes < 1024 {
+        if self.part_size_bytes < MIN_PART_SIZE_BYTES {
             return Err(invalid(format!(
-                "part_size_bytes must be at least 1024: part_size_bytes={}",
+                "part_size_bytes must be at least {MIN_PART_SIZE_BYTES}: part_size_bytes={}",
                 self.part_size_bytes
             )));
         }
@@ -370,7 +479,7 @@ impl S3Config {
     ///   (appends would not be safe).
     /// - `Indeterminate` for timeouts and server errors.
     pub async fn build(self) -> Result<S3Backend, BackendError> {
-        S3Backend::connect(self).await
+        S3Backend::builder(self).build().await
     }
 }
 
@@ -393,7 +502,12 @@ mod tests {
         let err = S3Config::from_url("s3://bucket/p?colour=red&size=2&region=x").unwrap_err();
         assert_eq!(err.determinate_kind(), Some(DeterminateKind::InvalidConfig));
         let text = err.to_string();
-        assert!(text.contains("colour") && text.contains("size"), "{text}");
+        assert!(
+            text.ends_with(
+                "unknown s3 url parameters: unknown=colour,size known=endpoint,region,path_style,part_size_bytes,grace_period"
+            ),
+            "{text}"
+        );
 
         for bad in [
             "http://bucket/p",
@@ -408,6 +522,44 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn tuning_parameters_parse_and_bad_values_are_named() {
+        let config =
+            S3Config::from_url("s3://b/p?part_size_bytes=1048576&grace_period=90.5").unwrap();
+        assert_eq!(config.part_size_bytes(), 1 << 20);
+        assert_eq!(config.grace_period(), Duration::from_millis(90_500));
+        let defaults = S3Config::from_url("s3://b/p").unwrap();
+        assert_eq!(defaults, S3Config::new("b").with_prefix("p"));
+        for (url, named) in [
+            ("s3://b/p?part_size_bytes=1023", "part_size_bytes"),
+            ("s3://b/p?part_size_bytes=big", "part_size_bytes"),
+            ("s3://b/p?grace_period=-1", "grace_period"),
+            ("s3://b/p?grace_period=soon", "grace_period"),
+            ("s3://b/p?grace_period=inf", "grace_period"),
+        ] {
+            let err = S3Config::from_url(url).unwrap_err();
+            assert_eq!(err.determinate_kind(), Some(DeterminateKind::InvalidConfig));
+            let text = err.to_string();
+            assert!(
+                text.contains(named) && text.contains("value="),
+                "{url}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn settings_are_plain_serde_data() {
+        let config = S3Config::new("b")
+            .with_prefix("p")
+            .with_part_size_bytes(4096);
+        let json = serde_json::to_string(&config).unwrap();
+        assert_eq!(serde_json::from_str::<S3Config>(&json).unwrap(), config);
+        let partial: S3Config = serde_json::from_str(r#"{"bucket":"b"}"#).unwrap();
+        assert_eq!(partial, S3Config::new("b"));
+        let err = serde_json::from_str::<S3Config>(r#"{"bucket":"b","clock":1}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `clock`"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,9 @@
 //! | connection refused, name resolution failed | `Determinate(Unavailable)`: the request never reached the server |
 //! | the request could not be built | `Determinate(InvalidConfig)` |
 //! | timeouts, 5xx, dropped connections, anything else | `Indeterminate` |
+//!
+//! A [`BackendError`] made from an SDK error keeps it as its
+//! [`source`](std::error::Error::source).
 
 use std::error::Error as StdError;
 
@@ -61,12 +64,23 @@ pub(crate) struct RequestContext<'a> {
     pub key: &'a str,
 }
 
-/// Classifies a failed SDK request.
+/// Classifies a failed SDK request; an error it becomes keeps the SDK's
+/// error as its source.
 pub(crate) fn classify<E>(err: SdkError<E, HttpResponse>, context: RequestContext<'_>) -> S3Failure
 where
     E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
 {
-    match &err {
+    match classify_sdk_error(&err, context) {
+        S3Failure::Backend(backend) => S3Failure::Backend(backend.caused_by(err)),
+        value => value,
+    }
+}
+
+fn classify_sdk_error<E>(err: &SdkError<E, HttpResponse>, context: RequestContext<'_>) -> S3Failure
+where
+    E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+{
+    match err {
         SdkError::ServiceError(service) => {
             let status = service.raw().status().as_u16();
             let code = service.err().code().map(str::to_string);
@@ -83,17 +97,17 @@ where
                 context.operation,
                 context.bucket,
                 context.key,
-                error_chain(&err)
+                error_chain(err)
             ),
         )),
-        SdkError::DispatchFailure(dispatch) if !dispatch.is_timeout() && never_sent(&err) => {
+        SdkError::DispatchFailure(dispatch) if !dispatch.is_timeout() && never_sent(err) => {
             S3Failure::Backend(BackendError::determinate(
                 DeterminateKind::Unavailable,
                 format!(
                     "s3 endpoint unreachable, the request was not sent: op={} bucket={} error={}",
                     context.operation,
                     context.bucket,
-                    error_chain(&err)
+                    error_chain(err)
                 ),
             ))
         }
@@ -102,7 +116,7 @@ where
             context.operation,
             context.bucket,
             context.key,
-            error_chain(&err)
+            error_chain(err)
         ))),
     }
 }
@@ -253,6 +267,28 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn the_sdk_error_is_the_source() {
+        use aws_sdk_s3::operation::get_object::GetObjectError;
+        use std::error::Error;
+
+        let sdk = SdkError::<GetObjectError, HttpResponse>::construction_failure("no endpoint");
+        let S3Failure::Backend(err) = classify(sdk, CONTEXT) else {
+            panic!("a construction failure is a backend error");
+        };
+        assert_eq!(err.determinate_kind(), Some(DeterminateKind::InvalidConfig));
+        let cause = err
+            .source()
+            .and_then(Error::source)
+            .expect("the sdk error is kept");
+        assert!(
+            cause
+                .downcast_ref::<SdkError<GetObjectError, HttpResponse>>()
+                .is_some(),
+            "{cause:?}"
+        );
     }
 
     #[test]

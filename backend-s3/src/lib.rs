@@ -76,7 +76,7 @@ use tidemark_storage_types::{
 use timely::progress::Antichain;
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
-pub use crate::config::{S3Config, S3Credentials, URL_PARAMETERS};
+pub use crate::config::{MIN_PART_SIZE_BYTES, S3Config, S3Credentials, URL_PARAMETERS};
 pub use crate::gc::GcStats;
 use crate::keys::Keys;
 use crate::state::ShardState;
@@ -173,7 +173,16 @@ impl S3Backend {
         self.inner.store.keys.batches_dir(shard)
     }
 
-    pub(crate) async fn connect(config: S3Config) -> Result<Self, BackendError> {
+    /// A builder of a backend with these settings, which also takes the
+    /// components that are not settings (the clock).
+    pub fn builder(config: S3Config) -> S3BackendBuilder {
+        S3BackendBuilder {
+            config,
+            clock: None,
+        }
+    }
+
+    async fn connect(config: S3Config, clock: Arc<dyn Clock>) -> Result<Self, BackendError> {
         config.validate()?;
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
         if let Some(region) = &config.region {
@@ -209,10 +218,6 @@ impl S3Backend {
             bucket: config.bucket.clone(),
             keys: Keys::new(&config.prefix),
         };
-        let clock = config
-            .clock
-            .clone()
-            .unwrap_or_else(|| Arc::new(SystemClock) as Arc<dyn Clock>);
         verify_conditional_writes(&store).await?;
         Ok(S3Backend {
             inner: Arc::new(Inner {
@@ -397,6 +402,46 @@ async fn verify_conditional_writes(store: &Store) -> Result<(), BackendError> {
     }
 }
 
+/// Builds an [`S3Backend`] from its settings ([`S3Config`], plain data) and
+/// its components: what a test or an embedding program injects rather than
+/// configures.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tidemark_backend_s3::{ManualClock, S3Backend, S3Config};
+/// let clock = Arc::new(ManualClock::starting_now());
+/// let builder = S3Backend::builder(S3Config::new("my-bucket")).with_clock(clock);
+/// // `builder.build().await` connects.
+/// # drop(builder);
+/// ```
+#[derive(Debug)]
+#[must_use]
+pub struct S3BackendBuilder {
+    config: S3Config,
+    clock: Option<Arc<dyn Clock>>,
+}
+
+impl S3BackendBuilder {
+    /// Uses `clock` for grace periods instead of the system clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Connects, checks that the bucket is reachable and that it enforces
+    /// conditional writes, and returns the backend.
+    ///
+    /// # Errors
+    ///
+    /// As [`S3Config::build`].
+    pub async fn build(self) -> Result<S3Backend, BackendError> {
+        let clock = self
+            .clock
+            .unwrap_or_else(|| Arc::new(SystemClock) as Arc<dyn Clock>);
+        S3Backend::connect(self.config, clock).await
+    }
+}
+
 #[async_trait]
 impl<T: StorageTimestamp> PersistBackend<T> for S3Backend {
     async fn open(&self, shard: ShardId) -> Result<ShardFrontiers<T>, BackendError> {
@@ -416,12 +461,12 @@ impl<T: StorageTimestamp> PersistBackend<T> for S3Backend {
         new_upper: Antichain<T>,
         token: IdempotencyToken,
     ) -> Result<Result<(), UpperMismatch<T>>, BackendError> {
-        self.append(shard, updates, expected_upper, new_upper, token)
+        self.compare_and_append(shard, updates, expected_upper, new_upper, token)
             .await
     }
 
     async fn snapshot(&self, shard: ShardId, as_of: &T) -> Result<Vec<(Row, Diff)>, BackendError> {
-        self.read_snapshot(shard, as_of).await
+        self.snapshot(shard, as_of).await
     }
 
     async fn fetch(
@@ -430,7 +475,7 @@ impl<T: StorageTimestamp> PersistBackend<T> for S3Backend {
         lower: &Antichain<T>,
         upper: &Antichain<T>,
     ) -> Result<Vec<Update<T>>, BackendError> {
-        self.read_range(shard, lower, upper).await
+        self.fetch(shard, lower, upper).await
     }
 
     async fn wait_for_upper_past(
@@ -438,7 +483,7 @@ impl<T: StorageTimestamp> PersistBackend<T> for S3Backend {
         shard: ShardId,
         frontier: &Antichain<T>,
     ) -> Result<Antichain<T>, BackendError> {
-        self.poll_upper_past(shard, frontier).await
+        self.wait_for_upper_past(shard, frontier).await
     }
 
     async fn downgrade_since(
@@ -446,7 +491,7 @@ impl<T: StorageTimestamp> PersistBackend<T> for S3Backend {
         shard: ShardId,
         new_since: &Antichain<T>,
     ) -> Result<Antichain<T>, BackendError> {
-        self.raise_since(shard, new_since).await
+        self.downgrade_since(shard, new_since).await
     }
 
     async fn compact(&self, shard: ShardId) -> Result<CompactionStats, BackendError> {
@@ -466,6 +511,6 @@ impl<T: StorageTimestamp> PersistBackend<T> for S3Backend {
     }
 
     async fn list_shards(&self) -> Result<Vec<ShardId>, BackendError> {
-        self.listed_shards().await
+        self.list_shards().await
     }
 }

@@ -11,10 +11,8 @@ use std::time::Duration;
 
 use differential_dataflow::consolidation::consolidate_updates;
 use tidemark_storage_types::{
-    BackendError, DeterminateKind, Diff, InvalidUsage, Row, ShardId, StorageTimestamp, Update,
-    display_frontier,
+    BackendError, DeterminateKind, Diff, Row, ShardId, StorageTimestamp, Update, contract,
 };
-use timely::PartialOrder;
 use timely::progress::Antichain;
 
 use crate::S3Backend;
@@ -34,7 +32,7 @@ pub(crate) struct PartGone {
 }
 
 impl S3Backend {
-    pub(crate) async fn read_snapshot<T: StorageTimestamp>(
+    pub(crate) async fn snapshot<T: StorageTimestamp>(
         &self,
         shard: ShardId,
         as_of: &T,
@@ -43,17 +41,12 @@ impl S3Backend {
         let mut last_gone = String::new();
         for _ in 0..MAX_READ_ATTEMPTS {
             let state = self.read_state(shard).await?;
-            if !frontier_le_time(state.since, as_of_encoded)
-                || frontier_le_time(state.upper, as_of_encoded)
-            {
-                return Err(InvalidUsage::AsOfNotReadable {
-                    shard,
-                    as_of: as_of.to_string(),
-                    since: display_frontier(&decode_frontier::<T>(state.since)).to_string(),
-                    upper: display_frontier(&decode_frontier::<T>(state.upper)).to_string(),
-                }
-                .into());
-            }
+            contract::check_readable(
+                shard,
+                &decode_frontier(state.since),
+                &decode_frontier(state.upper),
+                as_of,
+            )?;
             let batches: Vec<&BatchRef> = state
                 .batches
                 .iter()
@@ -102,7 +95,7 @@ impl S3Backend {
         Err(part_missing(shard, &last_gone))
     }
 
-    pub(crate) async fn read_range<T: StorageTimestamp>(
+    pub(crate) async fn fetch<T: StorageTimestamp>(
         &self,
         shard: ShardId,
         lower: &Antichain<T>,
@@ -113,15 +106,7 @@ impl S3Backend {
         let mut last_gone = String::new();
         for _ in 0..MAX_READ_ATTEMPTS {
             let state = self.read_state(shard).await?;
-            if !PartialOrder::less_equal(lower, upper) || !frontier_le(upper_encoded, state.upper) {
-                return Err(InvalidUsage::FetchRangeInvalid {
-                    shard,
-                    lower: display_frontier(lower).to_string(),
-                    upper: display_frontier(upper).to_string(),
-                    shard_upper: display_frontier(&decode_frontier::<T>(state.upper)).to_string(),
-                }
-                .into());
-            }
+            contract::check_fetch_range(shard, lower, upper, &decode_frontier(state.upper))?;
             // An empty since means nothing is readable (a finalized shard has
             // no data left either).
             if state.since.is_none() {
@@ -162,14 +147,12 @@ impl S3Backend {
         Err(part_missing(shard, &last_gone))
     }
 
-    pub(crate) async fn poll_upper_past<T: StorageTimestamp>(
+    pub(crate) async fn wait_for_upper_past<T: StorageTimestamp>(
         &self,
         shard: ShardId,
         frontier: &Antichain<T>,
     ) -> Result<Antichain<T>, BackendError> {
-        if frontier.is_empty() {
-            return Err(InvalidUsage::WaitPastEmptyFrontier { shard }.into());
-        }
+        contract::check_wait_frontier(shard, frontier)?;
         let frontier = encode_frontier(frontier);
         let config = self.config();
         let mut delay = config.poll_interval_min;

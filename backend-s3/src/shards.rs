@@ -65,7 +65,7 @@ impl S3Backend {
         Ok(frontiers_of(&state))
     }
 
-    pub(crate) async fn raise_since<T: StorageTimestamp>(
+    pub(crate) async fn downgrade_since<T: StorageTimestamp>(
         &self,
         shard: ShardId,
         new_since: &Antichain<T>,
@@ -112,7 +112,7 @@ impl S3Backend {
             .await
     }
 
-    pub(crate) async fn listed_shards(&self) -> Result<Vec<ShardId>, BackendError> {
+    pub(crate) async fn list_shards(&self) -> Result<Vec<ShardId>, BackendError> {
         let store = self.store();
         let dir = store.keys.live_dir();
         let mut shards = Vec::new();

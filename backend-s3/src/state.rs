@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 use tidemark_storage_types::{BackendError, Codec64, DeterminateKind, IdempotencyToken};
-use timely::progress::{Antichain, Timestamp};
+use timely::progress::Timestamp;
 use uuid::Uuid;
 
 /// The state format this code writes and reads.
@@ -27,22 +27,7 @@ pub(crate) const STATE_FORMAT: u32 = 1;
 /// for at least 128).
 pub(crate) const REMEMBERED_TOKENS: usize = 256;
 
-/// A frontier of a totally ordered time, encoded: `None` is the empty
-/// frontier.
-pub(crate) type EncodedFrontier = Option<i64>;
-
-/// Encodes a totally ordered frontier.
-pub(crate) fn encode_frontier<T: Codec64>(frontier: &Antichain<T>) -> EncodedFrontier {
-    frontier.elements().first().map(Codec64::encode)
-}
-
-/// Decodes a frontier [`encode_frontier`] produced.
-pub(crate) fn decode_frontier<T: Codec64 + Timestamp>(frontier: EncodedFrontier) -> Antichain<T> {
-    match frontier {
-        Some(time) => Antichain::from_elem(T::decode(time)),
-        None => Antichain::new(),
-    }
-}
+pub(crate) use tidemark_storage_types::{EncodedFrontier, decode_frontier, encode_frontier};
 
 /// Whether `frontier <= time` (some element of the frontier is `<= time`).
 pub(crate) fn frontier_le_time(frontier: EncodedFrontier, time: i64) -> bool {
@@ -227,6 +212,7 @@ impl ShardState {
                 DeterminateKind::Corrupted,
                 format!("shard state object is not valid: key={key} error={err}"),
             )
+            .caused_by(err)
         })?;
         if state.format != STATE_FORMAT {
             return Err(BackendError::determinate(
@@ -255,9 +241,6 @@ mod tests {
         assert_eq!(frontier_join(None, Some(4)), None);
         assert!(frontier_le_time(Some(2), 2));
         assert!(!frontier_le_time(None, i64::MAX));
-        let frontier = Antichain::from_elem(9u64);
-        assert_eq!(decode_frontier::<u64>(encode_frontier(&frontier)), frontier);
-        assert_eq!(decode_frontier::<u64>(None), Antichain::new());
     }
 
     #[test]

@@ -174,11 +174,12 @@ impl Store {
         };
         let etag = output.e_tag().unwrap_or_default().to_string();
         let body = output.body.collect().await.map_err(|err| {
-            BackendError::indeterminate(format!(
+            let message = format!(
                 "reading an s3 object body failed: op={operation} bucket={} key={key} error={}",
                 self.bucket,
                 error_chain(&err)
-            ))
+            );
+            BackendError::indeterminate_caused_by(message, err)
         })?;
         Ok(Some((body.into_bytes(), etag)))
     }

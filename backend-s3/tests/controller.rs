@@ -9,4 +9,4 @@ async fn make() -> Option<S3Factory> {
     make_factory("s3 controller tests").await
 }
 
-tidemark_storage_controller::controller_tests!(make);
+tidemark_controller_conformance::controller_tests!(make);

@@ -96,7 +96,7 @@ async fn corrupted_part_is_detected_and_names_its_key() {
     let client = raw_client(&endpoint);
     let object = client
         .get_object()
-        .bucket(&backend.config().bucket)
+        .bucket(backend.config().bucket())
         .key(&key)
         .send()
         .await
@@ -106,7 +106,7 @@ async fn corrupted_part_is_detected_and_names_its_key() {
     bytes[middle] ^= 0x40;
     client
         .put_object()
-        .bucket(&backend.config().bucket)
+        .bucket(backend.config().bucket())
         .key(&key)
         .body(bytes.into())
         .send()
@@ -139,7 +139,7 @@ async fn part_deleted_under_a_reader_is_reported_after_rereading_state() {
     let key = backend.part_keys(shard).await.unwrap().remove(0);
     raw_client(&endpoint)
         .delete_object()
-        .bucket(&backend.config().bucket)
+        .bucket(backend.config().bucket())
         .key(&key)
         .send()
         .await
@@ -205,7 +205,7 @@ async fn compaction_and_gc_leave_no_unreferenced_parts_after_the_grace_period() 
     }
     let parts_prefix = backend.parts_prefix(shard);
     assert_eq!(
-        list_keys(&endpoint, &backend.config().bucket, &parts_prefix)
+        list_keys(&endpoint, backend.config().bucket(), &parts_prefix)
             .await
             .len(),
         8
@@ -215,7 +215,7 @@ async fn compaction_and_gc_leave_no_unreferenced_parts_after_the_grace_period() 
     let orphan = format!("{parts_prefix}{}", uuid::Uuid::new_v4());
     raw_client(&endpoint)
         .put_object()
-        .bucket(&backend.config().bucket)
+        .bucket(backend.config().bucket())
         .key(&orphan)
         .body(b"left behind".to_vec().into())
         .send()
@@ -241,7 +241,7 @@ async fn compaction_and_gc_leave_no_unreferenced_parts_after_the_grace_period() 
     let gc = backend.gc().await.unwrap();
     assert_eq!(gc.parts_deleted, 0);
     assert_eq!(
-        list_keys(&endpoint, &backend.config().bucket, &parts_prefix)
+        list_keys(&endpoint, backend.config().bucket(), &parts_prefix)
             .await
             .len(),
         8 + 1 + 1
@@ -251,7 +251,7 @@ async fn compaction_and_gc_leave_no_unreferenced_parts_after_the_grace_period() 
     let gc = backend.gc().await.unwrap();
     assert_eq!(gc.parts_deleted, 9, "eight replaced parts and the orphan");
     assert_eq!(
-        list_keys(&endpoint, &backend.config().bucket, &parts_prefix).await,
+        list_keys(&endpoint, backend.config().bucket(), &parts_prefix).await,
         referenced
     );
 
@@ -305,7 +305,7 @@ async fn compaction_deletes_retired_parts_once_the_grace_period_passed() {
         .unwrap();
     let listed = list_keys(
         &endpoint,
-        &backend.config().bucket,
+        backend.config().bucket(),
         &backend.parts_prefix(shard),
     )
     .await;
@@ -341,7 +341,7 @@ async fn finalize_removes_every_part_and_the_listing() {
     assert!(
         list_keys(
             &endpoint,
-            &backend.config().bucket,
+            backend.config().bucket(),
             &backend.parts_prefix(shard)
         )
         .await
@@ -559,7 +559,8 @@ async fn from_url_opens_the_same_storage_as_the_builder() {
     // instead of relying on the environment chain.
     let url = format!(
         "s3://{}/{}?endpoint={endpoint}&region=us-east-1&path_style=true",
-        factory.config.bucket, factory.config.prefix
+        factory.config.bucket(),
+        factory.config.prefix()
     );
     let config = S3Config::from_url(&url)
         .unwrap()

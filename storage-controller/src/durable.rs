@@ -95,7 +95,7 @@ impl DurableMetadata {
     ///
     /// # Errors
     ///
-    /// [`StorageError::InvalidUsage`] for a version newer than
+    /// [`StorageError::MetadataFormatTooNew`] for a version newer than
     /// [`CURRENT_FORMAT_VERSION`]; a `Corrupted` backend error for a body
     /// that does not parse.
     pub fn decode(version: i64, body: &str) -> Result<Self, StorageError> {
@@ -131,9 +131,10 @@ impl DurableMetadata {
                 }
                 Ok(metadata)
             }
-            newer if newer > CURRENT_FORMAT_VERSION => Err(StorageError::InvalidUsage(format!(
-                "durable controller metadata has a newer format than this controller supports: found={newer} supported={CURRENT_FORMAT_VERSION}"
-            ))),
+            newer if newer > CURRENT_FORMAT_VERSION => Err(StorageError::MetadataFormatTooNew {
+                found: newer,
+                supported: CURRENT_FORMAT_VERSION,
+            }),
             other => Err(corrupted(format!(
                 "durable controller metadata has an unknown format version: {other}"
             ))),
@@ -161,6 +162,7 @@ impl DurableMetadata {
 
     /// Encodes in format version 1 (collections only), as an older version
     /// of this crate wrote it. For migration tests.
+    #[cfg(test)]
     #[must_use]
     pub fn encode_v1(&self) -> String {
         let body = BodyV1 {
@@ -226,23 +228,13 @@ impl StoredRecord {
 }
 
 /// Reads the current record of the metadata shard (opening it if needed):
-/// the shard's upper and the live record, if any.
+/// the shard's upper and the live record, if any. Reads are idempotent, so
+/// indeterminate failures are retried.
 ///
 /// # Errors
 ///
 /// A `Corrupted` backend error if the shard is sealed or holds anything
 /// but one live row.
-pub async fn read_record<T, B>(
-    backend: &B,
-) -> Result<(Antichain<T>, Option<StoredRecord>), StorageError>
-where
-    T: StorageTimestamp,
-    B: PersistBackend<T> + ?Sized,
-{
-    read_record_with_retries(backend, RetryPolicy::NONE).await
-}
-
-/// [`read_record`], retrying indeterminate failures (reads are idempotent).
 pub(crate) async fn read_record_with_retries<T, B>(
     backend: &B,
     retry: RetryPolicy,

@@ -43,7 +43,7 @@ use timely::progress::{Antichain, ChangeBatch};
 use tokio::sync::oneshot;
 
 mod controller;
-pub mod durable;
+mod durable;
 mod instance;
 mod internal;
 mod metadata_view;
@@ -57,11 +57,8 @@ pub mod transport;
 pub mod wire;
 mod worker;
 
-#[cfg(feature = "testing")]
-#[doc(hidden)]
-pub mod testing;
-
 pub use controller::{Controller, ControllerConfig};
+pub use durable::{CURRENT_FORMAT_VERSION, METADATA_SHARD};
 pub use metadata_view::{MetadataView, read_metadata};
 pub use protocol::{
     ClusterReplicaLocation, ExportCommand, IngestionCommand, StatisticsUpdate, StorageCommand,
@@ -246,8 +243,8 @@ pub trait StorageController: Debug + Send {
     ///
     /// - [`StorageError::SinkIdReused`]: an id twice in the batch, or an
     ///   existing export with a different description.
-    /// - [`StorageError::InvalidUsage`]: `description.from` is not the
-    ///   token's `from_id`.
+    /// - [`StorageError::ExportTokenMismatch`]: `description.from` is not
+    ///   the token's `from_id`.
     /// - [`StorageError::ReadBeforeSince`]: `description.as_of` is before
     ///   the token's `acquired_since`.
     /// - [`StorageError::ExportInstanceMissing`]: an unknown instance.
@@ -337,11 +334,15 @@ pub trait StorageController: Debug + Send {
     ///
     /// Empty input resolves at once with `Ok`.
     ///
+    /// [`Controller::append_durable`](crate::Controller::append_durable)
+    /// gives the same with one `Result`.
+    ///
     /// # Errors
     ///
     /// - [`StorageError::IdentifierMissing`]: an unknown id.
-    /// - [`StorageError::InvalidUsage`]: a collection the controller does
-    ///   not write (an ingestion), or an id twice in one call.
+    /// - [`StorageError::NotControllerWritten`]: a collection the
+    ///   controller does not write (an ingestion).
+    /// - [`StorageError::DuplicateAppend`]: an id twice in one call.
     /// - [`StorageError::InvalidRow`]: a row that does not match the
     ///   collection's relation.
     /// - [`StorageError::UpdateBeyondUpper`]: an update at a time not

@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tidemark_storage_types::{GlobalId, PersistBackend, ShardId, StorageError, StorageTimestamp};
 
-use crate::durable::{DurableMetadata, METADATA_SHARD, read_record};
+use crate::durable::{DurableMetadata, METADATA_SHARD, read_record_with_retries};
+use crate::retry::RetryPolicy;
 
 /// What the durable controller metadata of a backend records.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,7 +70,7 @@ where
     if !backend.list_shards().await?.contains(&METADATA_SHARD) {
         return Ok(view);
     }
-    let (_upper, record) = read_record::<T, B>(backend).await?;
+    let (_upper, record) = read_record_with_retries::<T, B>(backend, RetryPolicy::NONE).await?;
     let Some(record) = record else {
         return Ok(view);
     };

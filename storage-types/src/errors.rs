@@ -3,10 +3,20 @@
 //!
 //! Messages are lowercase, say what was wrong, and put values at the end.
 
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+
 use thiserror::Error;
+use timely::progress::{Antichain, Timestamp};
 
 use crate::ids::{GlobalId, ShardId, StorageInstanceId};
 use crate::row::ScalarType;
+use crate::time::{Codec64, EncodedFrontier, display_frontier, encode_frontier};
+
+/// The error underneath a backend failure (a driver's or an SDK's), shared
+/// so that errors stay [`Clone`].
+pub type ErrorSource = Arc<dyn StdError + Send + Sync + 'static>;
 
 /// A string that is not a valid id.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -97,6 +107,31 @@ impl BackendError {
         BackendError::Determinate(DeterminateError {
             kind,
             message: message.into(),
+            source: None,
+        })
+    }
+
+    /// A determinate failure of the given kind caused by `source` (a
+    /// driver's or an SDK's error), which
+    /// [`Error::source`](std::error::Error::source) then returns.
+    ///
+    /// ```
+    /// use std::error::Error;
+    /// use tidemark_storage_types::{BackendError, DeterminateKind};
+    /// let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+    /// let err = BackendError::determinate_caused_by(DeterminateKind::Unavailable, "cannot connect", io);
+    /// let cause = err.source().and_then(Error::source).unwrap();
+    /// assert_eq!(cause.to_string(), "refused");
+    /// ```
+    pub fn determinate_caused_by(
+        kind: DeterminateKind,
+        message: impl Into<String>,
+        source: impl StdError + Send + Sync + 'static,
+    ) -> Self {
+        BackendError::Determinate(DeterminateError {
+            kind,
+            message: message.into(),
+            source: Some(Arc::new(source)),
         })
     }
 
@@ -104,7 +139,38 @@ impl BackendError {
     pub fn indeterminate(message: impl Into<String>) -> Self {
         BackendError::Indeterminate(IndeterminateError {
             message: message.into(),
+            source: None,
         })
+    }
+
+    /// An indeterminate failure caused by `source`, which
+    /// [`Error::source`](std::error::Error::source) then returns.
+    pub fn indeterminate_caused_by(
+        message: impl Into<String>,
+        source: impl StdError + Send + Sync + 'static,
+    ) -> Self {
+        BackendError::Indeterminate(IndeterminateError {
+            message: message.into(),
+            source: Some(Arc::new(source)),
+        })
+    }
+
+    /// This failure with `source` (a driver's or an SDK's error) as its
+    /// cause. An [`InvalidUsage`](BackendError::InvalidUsage) has no cause
+    /// beneath it and is returned as it is.
+    #[must_use]
+    pub fn caused_by(self, source: impl StdError + Send + Sync + 'static) -> Self {
+        match self {
+            BackendError::Determinate(mut err) => {
+                err.source = Some(Arc::new(source));
+                BackendError::Determinate(err)
+            }
+            BackendError::Indeterminate(mut err) => {
+                err.source = Some(Arc::new(source));
+                BackendError::Indeterminate(err)
+            }
+            invalid @ BackendError::InvalidUsage(_) => invalid,
+        }
     }
 
     /// Whether the operation definitely did not happen (determinate or
@@ -165,26 +231,179 @@ impl std::fmt::Display for DeterminateKind {
 }
 
 /// A failure that definitely did not apply.
-#[derive(Clone, Debug, PartialEq, Eq, Error)]
-#[error("{kind}: {message}")]
+///
+/// Equality compares the kind and the message, not the source.
+#[derive(Clone, Debug)]
 pub struct DeterminateError {
     /// What kind of failure.
     pub kind: DeterminateKind,
     /// What happened, with values at the end.
     pub message: String,
+    /// The driver's or SDK's error underneath, if there is one.
+    pub source: Option<ErrorSource>,
 }
 
+impl fmt::Display for DeterminateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+impl StdError for DeterminateError {
+    /// The error underneath itself (not the shared handle around it), so
+    /// that `downcast_ref` finds the driver's or SDK's type.
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|source| source as &(dyn StdError + 'static))
+    }
+}
+
+impl PartialEq for DeterminateError {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.message == other.message
+    }
+}
+
+impl Eq for DeterminateError {}
+
 /// A failure whose effect is unknown.
-#[derive(Clone, Debug, PartialEq, Eq, Error)]
-#[error("{message}")]
+///
+/// Equality compares the message, not the source.
+#[derive(Clone, Debug)]
 pub struct IndeterminateError {
     /// What happened, with values at the end.
     pub message: String,
+    /// The driver's or SDK's error underneath, if there is one.
+    pub source: Option<ErrorSource>,
+}
+
+impl fmt::Display for IndeterminateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl StdError for IndeterminateError {
+    /// The error underneath itself, as for [`DeterminateError`].
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|source| source as &(dyn StdError + 'static))
+    }
+}
+
+impl PartialEq for IndeterminateError {
+    fn eq(&self, other: &Self) -> bool {
+        self.message == other.message
+    }
+}
+
+impl Eq for IndeterminateError {}
+
+/// A frontier as an error carries it, independent of the timestamp type:
+/// its stored form ([`EncodedFrontier`], which compares as the times do)
+/// and its text.
+///
+/// ```
+/// use timely::progress::Antichain;
+/// use tidemark_storage_types::{ErasedFrontier, ErasedTime};
+/// let since = ErasedFrontier::new(&Antichain::from_elem(5u64));
+/// assert!(since.less_equal(&ErasedTime::new(&5u64)));
+/// assert!(!since.less_equal(&ErasedTime::new(&4u64)));
+/// assert_eq!(since.decode::<u64>(), Antichain::from_elem(5));
+/// assert_eq!(since.to_string(), "[5]");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErasedFrontier {
+    encoded: EncodedFrontier,
+    text: Box<str>,
+}
+
+impl ErasedFrontier {
+    /// Erases the timestamp type of `frontier`.
+    #[must_use]
+    pub fn new<T: Codec64 + fmt::Display>(frontier: &Antichain<T>) -> Self {
+        ErasedFrontier {
+            encoded: encode_frontier(frontier),
+            text: display_frontier(frontier).to_string().into(),
+        }
+    }
+
+    /// The stored form: `None` for the empty frontier.
+    #[must_use]
+    pub fn encoded(&self) -> EncodedFrontier {
+        self.encoded
+    }
+
+    /// The frontier, for a caller that knows the timestamp type.
+    #[must_use]
+    pub fn decode<T: Codec64 + Timestamp>(&self) -> Antichain<T> {
+        crate::time::decode_frontier(self.encoded)
+    }
+
+    /// Whether the frontier is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.encoded.is_none()
+    }
+
+    /// Whether `self <= time`: some element of the frontier is at or
+    /// before `time`.
+    #[must_use]
+    pub fn less_equal(&self, time: &ErasedTime) -> bool {
+        self.encoded.is_some_and(|element| element <= time.encoded)
+    }
+}
+
+impl fmt::Display for ErasedFrontier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// A time as an error carries it, independent of the timestamp type: its
+/// [`Codec64`] encoding and its text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErasedTime {
+    encoded: i64,
+    text: Box<str>,
+}
+
+impl ErasedTime {
+    /// Erases the type of `time`.
+    #[must_use]
+    pub fn new<T: Codec64 + fmt::Display>(time: &T) -> Self {
+        ErasedTime {
+            encoded: time.encode(),
+            text: time.to_string().into(),
+        }
+    }
+
+    /// The [`Codec64`] encoding.
+    #[must_use]
+    pub fn encoded(&self) -> i64 {
+        self.encoded
+    }
+
+    /// The time, for a caller that knows its type.
+    #[must_use]
+    pub fn decode<T: Codec64>(&self) -> T {
+        T::decode(self.encoded)
+    }
+}
+
+impl fmt::Display for ErasedTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 /// A call that breaks the [`PersistBackend`](crate::PersistBackend) contract.
-/// Frontiers and times are rendered as text so the type does not depend on
-/// the timestamp.
+/// Frontiers and times are carried without their type ([`ErasedFrontier`],
+/// [`ErasedTime`], or text), so the type does not depend on the timestamp.
+///
+/// The checks that produce these live in [`contract`](crate::contract).
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum InvalidUsage {
@@ -220,18 +439,28 @@ pub enum InvalidUsage {
         /// The append's upper bound.
         new_upper: String,
     },
-    /// A snapshot `as_of` that is not readable (before since, or not before
-    /// upper).
+    /// A snapshot `as_of` that is not readable: before the since (compacted
+    /// away: `!since.less_equal(&as_of)`), or not before the upper (not yet
+    /// written: `upper.less_equal(&as_of)`).
+    ///
+    /// ```
+    /// use timely::progress::Antichain;
+    /// use tidemark_storage_types::{InvalidUsage, ShardId, contract};
+    /// let (since, upper) = (Antichain::from_elem(3u64), Antichain::from_elem(6u64));
+    /// let err = contract::check_readable(ShardId::new(), &since, &upper, &8).unwrap_err();
+    /// let InvalidUsage::AsOfNotReadable { as_of, since, upper, .. } = err else { panic!() };
+    /// assert!(since.less_equal(&as_of) && upper.less_equal(&as_of)); // not yet written
+    /// ```
     #[error("as_of {as_of} is not readable: shard={shard} since={since} upper={upper}")]
     AsOfNotReadable {
         /// The shard.
         shard: ShardId,
         /// The requested time.
-        as_of: String,
+        as_of: ErasedTime,
         /// The shard's since.
-        since: String,
+        since: ErasedFrontier,
         /// The shard's upper.
-        upper: String,
+        upper: ErasedFrontier,
     },
     /// A fetch range that is not `lower <= upper <= shard upper`.
     #[error(
@@ -308,10 +537,102 @@ pub enum StorageError {
     /// A newer controller wrote the durable metadata; this one must stop.
     #[error("controller fenced: a newer controller owns the storage metadata, stop this one")]
     Fenced,
-    /// The call is not valid in the controller's state.
-    #[error("invalid usage: {0}")]
-    InvalidUsage(String),
+    /// Collections created together depend on each other in a cycle; none
+    /// was created.
+    #[error("storage dependencies form a cycle: {}", display_ids(.0))]
+    DependencyCycle(Vec<GlobalId>),
+    /// An append names a collection the controller does not write (its
+    /// source writes it); only tables accept appends.
+    #[error("only tables accept appends, this collection is written by its source: {0}")]
+    NotControllerWritten(GlobalId),
+    /// An append names the same collection twice.
+    #[error("append names the same collection twice: {0}")]
+    DuplicateAppend(GlobalId),
+    /// An export reads a different collection than its read token was
+    /// prepared for.
+    #[error(
+        "export reads a different collection than its token was prepared for: export={export_id} from={from} token_from={token_from}"
+    )]
+    ExportTokenMismatch {
+        /// The export.
+        export_id: GlobalId,
+        /// The collection the export's description reads.
+        from: GlobalId,
+        /// The collection the token holds.
+        token_from: GlobalId,
+    },
+    /// The durable metadata was written by a newer controller, in a format
+    /// this one cannot read.
+    #[error(
+        "durable controller metadata has a newer format than this controller supports: found={found} supported={supported}"
+    )]
+    MetadataFormatTooNew {
+        /// The format version found.
+        found: i64,
+        /// The newest format version this controller reads.
+        supported: i64,
+    },
+    /// The controller's write task has stopped (it panicked, or the
+    /// controller is shutting down), so the operation was not done.
+    #[error("the controller's write task has stopped")]
+    WriteTaskStopped,
     /// The backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
+}
+
+fn display_ids(ids: &[GlobalId]) -> String {
+    ids.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+
+    #[test]
+    fn sources_are_kept_and_ignored_by_equality() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let with_source = BackendError::indeterminate_caused_by("lost", refused);
+        let without = BackendError::indeterminate("lost");
+        assert_eq!(with_source, without);
+        let cause = with_source.source().and_then(Error::source).unwrap();
+        assert_eq!(cause.to_string(), "refused");
+        assert!(
+            cause.downcast_ref::<std::io::Error>().is_some(),
+            "{cause:?}"
+        );
+        assert!(without.source().and_then(Error::source).is_none());
+        let cloned = with_source.clone();
+        assert!(cloned.source().and_then(Error::source).is_some());
+        let late =
+            BackendError::determinate(DeterminateKind::Other, "refused").caused_by(std::fmt::Error);
+        assert!(late.source().and_then(Error::source).is_some());
+        let invalid = BackendError::InvalidUsage(InvalidUsage::UnknownShard {
+            shard: ShardId::from_bytes([1; 16]),
+        })
+        .caused_by(std::fmt::Error);
+        assert!(invalid.source().and_then(Error::source).is_none());
+    }
+
+    #[test]
+    fn storage_errors_name_what_was_wrong() {
+        let cycle = StorageError::DependencyCycle(vec![GlobalId::User(1), GlobalId::User(2)]);
+        assert_eq!(
+            cycle.to_string(),
+            "storage dependencies form a cycle: u1, u2"
+        );
+        let too_new = StorageError::MetadataFormatTooNew {
+            found: 9,
+            supported: 2,
+        };
+        assert!(
+            too_new.to_string().ends_with("found=9 supported=2"),
+            "{too_new}"
+        );
+    }
 }

@@ -159,6 +159,32 @@ impl IdempotencyToken {
     pub fn new() -> Self {
         IdempotencyToken(Uuid::new_v4())
     }
+
+    /// The token with the given UUID bytes: a deterministic token, for a
+    /// caller that derives it from its own record of the write.
+    ///
+    /// ```
+    /// use tidemark_storage_types::IdempotencyToken;
+    /// let token = IdempotencyToken::from_bytes([7; 16]);
+    /// assert_eq!(token, IdempotencyToken::from_bytes([7; 16]));
+    /// assert_ne!(token, IdempotencyToken::from_bytes([8; 16]));
+    /// ```
+    #[must_use]
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        IdempotencyToken(Uuid::from_bytes(bytes))
+    }
+
+    /// The token whose UUID is `value` (big-endian): a deterministic token
+    /// from a number, such as a write's sequence number.
+    ///
+    /// ```
+    /// use tidemark_storage_types::IdempotencyToken;
+    /// assert_eq!(IdempotencyToken::from_u128(1), IdempotencyToken::from_bytes(1u128.to_be_bytes()));
+    /// ```
+    #[must_use]
+    pub const fn from_u128(value: u128) -> Self {
+        IdempotencyToken(Uuid::from_u128(value))
+    }
 }
 
 impl fmt::Display for IdempotencyToken {
@@ -202,5 +228,16 @@ mod tests {
             StorageInstanceId(3)
         );
         assert!("s3".parse::<StorageInstanceId>().is_err());
+    }
+
+    #[test]
+    fn deterministic_tokens() {
+        let token = IdempotencyToken::from_u128(0x0102);
+        let mut bytes = [0; 16];
+        bytes[14] = 1;
+        bytes[15] = 2;
+        assert_eq!(token, IdempotencyToken::from_bytes(bytes));
+        assert_ne!(token, IdempotencyToken::from_u128(0x0103));
+        assert_eq!(token.0.as_u128(), 0x0102);
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod batch_codec;
+pub mod contract;
 pub mod description;
 pub mod errors;
 pub mod ids;
@@ -23,15 +24,16 @@ pub use description::{
     SinkConnection, SourceConnection, StorageParameters,
 };
 pub use errors::{
-    BackendError, DeterminateError, DeterminateKind, IdParseError, IndeterminateError,
-    InvalidUsage, RowDecodeError, RowValidationError, StorageError,
+    BackendError, DeterminateError, DeterminateKind, ErasedFrontier, ErasedTime, ErrorSource,
+    IdParseError, IndeterminateError, InvalidUsage, RowDecodeError, RowValidationError,
+    StorageError,
 };
 pub use ids::{GlobalId, IdempotencyToken, ShardId, StorageInstanceId};
 pub use read_policy::{LagFn, ReadPolicy};
 pub use row::{ColumnType, Datum, DatumIter, RelationDesc, Row, ScalarType};
 pub use time::{
-    Codec64, Diff, StorageTimestamp, Update, display_frontier, frontier_time, readable_at,
-    step_back_frontier,
+    Codec64, Diff, EncodedFrontier, StorageTimestamp, Update, decode_frontier, display_frontier,
+    encode_frontier, frontier_time, readable_at, step_back_frontier,
 };
 
 /// Re-exports of the timely and differential types that appear in this

@@ -57,6 +57,38 @@ impl Codec64 for u64 {
     }
 }
 
+/// A frontier of totally ordered times in its stored form: an antichain of
+/// such times is empty or one time, so it is `None` (the empty frontier) or
+/// the [`Codec64`] encoding of its time. Stored forms compare as the
+/// frontiers' times do, so a backend can compare them without knowing `T`
+/// (in SQL, say).
+pub type EncodedFrontier = Option<i64>;
+
+/// The stored form of a totally ordered frontier.
+///
+/// ```
+/// use timely::progress::Antichain;
+/// use tidemark_storage_types::{decode_frontier, encode_frontier};
+/// assert_eq!(encode_frontier(&Antichain::<u64>::new()), None);
+/// assert_eq!(encode_frontier(&Antichain::from_elem(0u64)), Some(i64::MIN));
+/// let frontier = Antichain::from_elem(9u64);
+/// assert_eq!(decode_frontier::<u64>(encode_frontier(&frontier)), frontier);
+/// ```
+#[must_use]
+pub fn encode_frontier<T: Codec64>(frontier: &Antichain<T>) -> EncodedFrontier {
+    frontier.elements().first().map(Codec64::encode)
+}
+
+/// The frontier a stored form stands for (the inverse of
+/// [`encode_frontier`]).
+#[must_use]
+pub fn decode_frontier<T: Codec64 + Timestamp>(encoded: EncodedFrontier) -> Antichain<T> {
+    match encoded {
+        Some(time) => Antichain::from_elem(T::decode(time)),
+        None => Antichain::new(),
+    }
+}
+
 /// What tidemark needs of a timestamp: timely's [`Timestamp`], a
 /// [`Lattice`], a total order, an 8-byte codec, and the usual thread bounds.
 pub trait StorageTimestamp:
@@ -218,6 +250,23 @@ mod tests {
         assert!(!readable_at(&since, &upper, &6));
         assert!(readable_at(&since, &Antichain::new(), &100));
         assert!(!readable_at(&Antichain::new(), &Antichain::new(), &100));
+    }
+
+    #[test]
+    fn frontier_encoding_round_trips_and_orders() {
+        for frontier in [
+            Antichain::new(),
+            Antichain::from_elem(0u64),
+            Antichain::from_elem(1u64 << 63),
+            Antichain::from_elem(u64::MAX),
+        ] {
+            assert_eq!(decode_frontier::<u64>(encode_frontier(&frontier)), frontier);
+        }
+        assert_eq!(encode_frontier(&Antichain::<u64>::new()), None);
+        assert!(
+            encode_frontier(&Antichain::from_elem(3u64))
+                < encode_frontier(&Antichain::from_elem(4u64))
+        );
     }
 
     #[test]

@@ -62,11 +62,11 @@ impl Drop for PostgresFactory {
                 .enable_all()
                 .build()
                 .expect("a runtime for schema cleanup");
-            runtime.block_on(drop_schema(&config.url, &config.schema))
+            runtime.block_on(drop_schema(config.url(), config.schema()))
         })
         .join();
         if let Ok(Err(err)) = dropped {
-            eprintln!("could not drop test schema {}: {err}", self.config.schema);
+            eprintln!("could not drop test schema {}: {err}", self.config.schema());
         }
     }
 }

@@ -90,9 +90,11 @@ pub async fn ensure_bucket(endpoint: &str, bucket: &str) {
     }
 }
 
-/// Opens handles on one fresh prefix, each with its own client.
+/// Opens handles on one fresh prefix, each with its own client (and the
+/// factory's clock, if it has one).
 pub struct S3Factory {
     pub config: S3Config,
+    pub clock: Option<Arc<dyn Clock>>,
 }
 
 #[async_trait]
@@ -100,8 +102,11 @@ impl BackendFactory for S3Factory {
     type Backend = S3Backend;
 
     async fn open_handle(&self) -> S3Backend {
-        self.config
-            .clone()
+        let mut builder = S3Backend::builder(self.config.clone());
+        if let Some(clock) = &self.clock {
+            builder = builder.with_clock(Arc::clone(clock));
+        }
+        builder
             .build()
             .await
             .expect("opening a handle on the test bucket")
@@ -115,6 +120,7 @@ pub async fn make_factory(test_name: &str) -> Option<S3Factory> {
     ensure_bucket(&endpoint, &bucket).await;
     Some(S3Factory {
         config: config_for(&endpoint, &bucket, &fresh_prefix("t")),
+        clock: None,
     })
 }
 
@@ -125,7 +131,8 @@ pub async fn make_factory_with_clock(
     grace: Duration,
 ) -> Option<S3Factory> {
     let mut factory = make_factory(test_name).await?;
-    factory.config = factory.config.with_clock(clock).with_grace_period(grace);
+    factory.config = factory.config.with_grace_period(grace);
+    factory.clock = Some(clock);
     Some(factory)
 }
 

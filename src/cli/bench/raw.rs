@@ -52,14 +52,14 @@ impl RawStore {
             #[cfg(feature = "s3")]
             "s3" => {
                 let backend = crate::s3::S3Backend::from_url(url).await?;
-                let prefix = if backend.config().prefix.is_empty() {
+                let prefix = if backend.config().prefix().is_empty() {
                     String::new()
                 } else {
-                    format!("{}/", backend.config().prefix)
+                    format!("{}/", backend.config().prefix())
                 };
                 Ok(RawStore::S3 {
                     client: backend.client().clone(),
-                    bucket: backend.config().bucket.clone(),
+                    bucket: backend.config().bucket().to_string(),
                     prefix: format!("{prefix}bench-raw/{}/", uuid::Uuid::new_v4().simple()),
                 })
             }
@@ -68,7 +68,7 @@ impl RawStore {
                 let config = crate::postgres::PostgresConfig::from_url(url)?;
                 let pool = sqlx::postgres::PgPoolOptions::new()
                     .max_connections(u32::try_from(writers.max(1) + 2).unwrap_or(u32::MAX))
-                    .connect(&config.url)
+                    .connect(config.url())
                     .await
                     .map_err(|err| {
                         ToolError::InvalidArgument(format!(
@@ -77,12 +77,12 @@ impl RawStore {
                     })?;
                 let table = format!(
                     "\"{}\".\"bench_raw_{}\"",
-                    config.schema.replace('"', "\"\""),
+                    config.schema().replace('"', "\"\""),
                     uuid::Uuid::new_v4().simple()
                 );
                 let create = format!(
                     "CREATE SCHEMA IF NOT EXISTS \"{}\"; CREATE TABLE {table} (writer BIGINT NOT NULL, ts BIGINT NOT NULL, row_bytes BYTEA NOT NULL, diff BIGINT NOT NULL); CREATE INDEX ON {table} (writer, ts)",
-                    config.schema.replace('"', "\"\"")
+                    config.schema().replace('"', "\"\"")
                 );
                 sqlx::raw_sql(&create).execute(&pool).await.map_err(|err| {
                     ToolError::InvalidArgument(format!(

@@ -19,7 +19,7 @@ use crate::postgres::{MIN_SERVER_VERSION_NUM, PostgresConfig};
 /// a failed check.
 pub async fn check(url: &str) -> Result<DoctorReport, ToolError> {
     let config = PostgresConfig::from_url(url)?;
-    let mut conn = match PgConnection::connect(&config.url).await {
+    let mut conn = match PgConnection::connect(config.url()).await {
         Ok(conn) => conn,
         Err(err) => {
             return Ok(DoctorReport::new(
@@ -75,7 +75,7 @@ pub async fn check(url: &str) -> Result<DoctorReport, ToolError> {
         ),
         Err(err) => Check::fail("default_transaction_isolation", err),
     });
-    checks.push(schema_check(&mut conn, &config.schema).await);
+    checks.push(schema_check(&mut conn, config.schema()).await);
     let _ = conn.close().await;
     Ok(DoctorReport::new("postgres", checks, BTreeMap::new()))
 }

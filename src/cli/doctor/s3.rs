@@ -256,12 +256,12 @@ async fn put_object(
 /// some S3-compatible servers reject).
 async fn client_for(config: &S3Config) -> Client {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
-    if let Some(region) = &config.region {
-        loader = loader.region(Region::new(region.clone()));
+    if let Some(region) = config.region() {
+        loader = loader.region(Region::new(region.to_string()));
     }
     let shared = loader.load().await;
     let mut builder = aws_sdk_s3::config::Builder::from(&shared)
-        .force_path_style(config.path_style)
+        .force_path_style(config.path_style())
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .retry_config(RetryConfig::disabled())
         .timeout_config(
@@ -273,7 +273,7 @@ async fn client_for(config: &S3Config) -> Client {
     if shared.region().is_none() {
         builder = builder.region(Region::new("us-east-1"));
     }
-    if let Some(endpoint) = &config.endpoint {
+    if let Some(endpoint) = config.endpoint() {
         builder = builder.endpoint_url(endpoint);
     }
     Client::from_conf(builder.build())
@@ -288,14 +288,14 @@ async fn client_for(config: &S3Config) -> Client {
 /// failed check.
 pub async fn check(url: &str, options: DoctorOptions) -> Result<DoctorReport, ToolError> {
     let config = S3Config::from_url(url)?;
-    let prefix = if config.prefix.is_empty() {
+    let prefix = if config.prefix().is_empty() {
         String::new()
     } else {
-        format!("{}/", config.prefix)
+        format!("{}/", config.prefix())
     };
     let mut probe = Probe {
         client: client_for(&config).await,
-        bucket: config.bucket.clone(),
+        bucket: config.bucket().to_string(),
         prefix: format!("{prefix}doctor/{}/", uuid::Uuid::new_v4().simple()),
         written: Vec::new(),
         put: Vec::new(),

@@ -92,11 +92,9 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
                 .map(|(id, _)| *id)
                 .collect();
             if ready.is_empty() {
-                let ids: Vec<String> = batch.keys().map(ToString::to_string).collect();
-                return Err(StorageError::InvalidUsage(format!(
-                    "storage dependencies form a cycle: {}",
-                    ids.join(", ")
-                )));
+                return Err(StorageError::DependencyCycle(
+                    batch.keys().copied().collect(),
+                ));
             }
             for id in ready {
                 let description = batch.remove(&id).expect("ready ids are in the batch");
@@ -230,14 +228,10 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
                 .get(&id)
                 .ok_or(StorageError::IdentifierMissing(id))?;
             if !collection.description.data_source.is_controller_written() {
-                return Err(StorageError::InvalidUsage(format!(
-                    "only tables accept appends, this collection is written by its source: {id}"
-                )));
+                return Err(StorageError::NotControllerWritten(id));
             }
             if !seen.insert(id) {
-                return Err(StorageError::InvalidUsage(format!(
-                    "append names the same collection twice: {id}"
-                )));
+                return Err(StorageError::DuplicateAppend(id));
             }
             for update in &updates {
                 if update.timestamp >= upper {

@@ -65,10 +65,11 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
                 return Err(StorageError::SinkIdReused(id));
             }
             if description.from != token.from_id {
-                return Err(StorageError::InvalidUsage(format!(
-                    "export reads a different collection than its token was prepared for: export={id} from={} token_from={}",
-                    description.from, token.from_id
-                )));
+                return Err(StorageError::ExportTokenMismatch {
+                    export_id: id,
+                    from: description.from,
+                    token_from: token.from_id,
+                });
             }
             if !PartialOrder::less_equal(&token.acquired_since, &description.as_of) {
                 return Err(StorageError::ReadBeforeSince(description.from));

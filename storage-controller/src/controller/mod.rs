@@ -146,8 +146,8 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
     /// # Errors
     ///
     /// [`StorageError::Backend`] if the backend fails or the metadata is
-    /// corrupted; [`StorageError::InvalidUsage`] if the metadata was written
-    /// by a newer version of this crate.
+    /// corrupted; [`StorageError::MetadataFormatTooNew`] if the metadata was
+    /// written by a newer version of this crate.
     pub async fn new(backend: B, config: ControllerConfig) -> Result<Self, StorageError> {
         let transport = InProcessTransport::<T>::new();
         Self::with_transport(backend, config, transport).await
@@ -252,6 +252,44 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
         }
     }
 
+    /// [`append`](StorageController::append) with one result: checks the
+    /// commands at once (nothing is written on error) and returns a future
+    /// that resolves when every command is durable. The future does not
+    /// borrow the controller, so it can be awaited while the controller
+    /// does other work.
+    ///
+    /// ```
+    /// # use tidemark_backend_memory::MemoryBackend;
+    /// # use tidemark_storage_controller::{Controller, ControllerConfig, StorageController};
+    /// # use tidemark_storage_types::{CollectionDescription, GlobalId, RelationDesc, Row, Datum, ScalarType, Update};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tidemark_storage_types::StorageError> {
+    /// let backend = MemoryBackend::open("append-durable-doc");
+    /// let mut controller = Controller::<u64, _>::new(backend, ControllerConfig::default()).await?;
+    /// let table = GlobalId::User(1);
+    /// let desc = RelationDesc::empty().with_column("n", ScalarType::Int64.nullable(false));
+    /// controller.create_collections(vec![(table, CollectionDescription::table(desc))]).await?;
+    /// let row = Row::pack([Datum::Int64(7)]);
+    /// controller.append_durable(vec![(table, vec![Update::new(row, 0, 1)], 1)]).await?;
+    /// assert_eq!(controller.snapshot(table, 0).await?.len(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Those of [`append`](StorageController::append), whether found at
+    /// once or when the write completes, and
+    /// [`StorageError::WriteTaskStopped`] if the write task stopped before
+    /// answering.
+    pub fn append_durable(
+        &mut self,
+        commands: Vec<crate::AppendCommand<T>>,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send + 'static {
+        let submitted = self.append_inner(commands);
+        async move { submitted?.await.map_err(|_| write_task_stopped())? }
+    }
+
     pub(crate) fn check_not_fenced(&self) -> Result<(), StorageError> {
         if self.is_fenced() {
             Err(StorageError::Fenced)
@@ -314,7 +352,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
 }
 
 pub(crate) fn write_task_stopped() -> StorageError {
-    StorageError::InvalidUsage("the controller's write task has stopped".to_string())
+    StorageError::WriteTaskStopped
 }
 
 #[async_trait]

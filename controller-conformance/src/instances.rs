@@ -6,7 +6,7 @@ use tidemark_backend_conformance::BackendFactory;
 use tidemark_storage_types::{StorageInstanceId, StorageParameters};
 
 use super::*;
-use crate::protocol::{
+use tidemark_storage_controller::{
     ClusterReplicaLocation, StatisticsUpdate, StorageCommand, StorageResponse, TimelyConfig,
 };
 

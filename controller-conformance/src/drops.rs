@@ -4,7 +4,7 @@ use tidemark_backend_conformance::BackendFactory;
 use tidemark_storage_types::{PersistBackend, ReadPolicy, StorageError, StorageInstanceId};
 
 use super::*;
-use crate::protocol::{ClusterReplicaLocation, StorageCommand};
+use tidemark_storage_controller::{ClusterReplicaLocation, StorageCommand};
 
 /// `drop_sources` with one unknown id drops nothing.
 pub async fn drop_sources_with_unknown_id_drops_nothing<F: BackendFactory>(factory: &F) {

@@ -5,7 +5,7 @@ use tidemark_backend_conformance::BackendFactory;
 use tidemark_storage_types::{ReadPolicy, StorageError};
 
 use super::*;
-use crate::subscribe::{Subscription, SubscriptionEvent};
+use tidemark_storage_controller::{Subscription, SubscriptionEvent};
 
 async fn next_event(subscription: &mut Subscription<u64>) -> SubscriptionEvent<u64> {
     within_a_minute(subscription.next(), "no subscription event")

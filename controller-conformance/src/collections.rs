@@ -197,11 +197,8 @@ pub async fn dependency_cycle_is_invalid_usage<F: BackendFactory>(factory: &F) {
         .await
         .unwrap_err();
     match err {
-        StorageError::InvalidUsage(message) => {
-            assert!(message.contains("cycle"), "{message}");
-            assert!(message.contains("u1"), "{message}");
-        }
-        other => panic!("expected InvalidUsage, got {other:?}"),
+        StorageError::DependencyCycle(ids) => assert_eq!(ids, vec![user(1), user(2)]),
+        other => panic!("expected DependencyCycle, got {other:?}"),
     }
     assert_eq!(c.collections().count(), 0);
 }

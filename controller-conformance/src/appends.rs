@@ -88,11 +88,11 @@ pub async fn append_to_ingestion_is_invalid_usage<F: BackendFactory>(factory: &F
         .await
         .unwrap();
     match c.append(vec![(user(2), vec![update(1, "a", 0, 1)], 1)]) {
-        Err(StorageError::InvalidUsage(message)) => {
-            assert!(message.contains("u2"), "{message}");
-            assert!(message.contains("only tables"), "{message}");
+        Err(err @ StorageError::NotControllerWritten(id)) => {
+            assert_eq!(id, user(2));
+            assert!(err.to_string().contains("only tables"), "{err}");
         }
-        other => panic!("expected InvalidUsage, got {other:?}"),
+        other => panic!("expected NotControllerWritten, got {other:?}"),
     }
 }
 
@@ -103,8 +103,8 @@ pub async fn append_naming_a_collection_twice_is_invalid_usage<F: BackendFactory
         .await
         .unwrap();
     match c.append(vec![(user(1), vec![], 1), (user(1), vec![], 2)]) {
-        Err(StorageError::InvalidUsage(message)) => assert!(message.contains("twice"), "{message}"),
-        other => panic!("expected InvalidUsage, got {other:?}"),
+        Err(StorageError::DuplicateAppend(id)) => assert_eq!(id, user(1)),
+        other => panic!("expected DuplicateAppend, got {other:?}"),
     }
 }
 

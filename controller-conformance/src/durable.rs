@@ -7,24 +7,9 @@ use tidemark_storage_types::{
 };
 
 use super::*;
-use crate::durable::{
-    CURRENT_FORMAT_VERSION, DurableMetadata, StoredRecord, read_record, write_record,
-};
-use crate::retry::RetryPolicy;
+use tidemark_storage_controller::CURRENT_FORMAT_VERSION;
 
-/// Replaces the metadata record as some other writer would.
-async fn overwrite_record<F: BackendFactory>(factory: &F, record: StoredRecord) {
-    let backend = factory.open_handle().await;
-    let (upper, previous) = read_record::<u64, _>(&backend).await.unwrap();
-    let retry = RetryPolicy {
-        retries: 3,
-        initial_backoff: std::time::Duration::from_millis(1),
-    };
-    write_record(&backend, retry, &upper, previous.as_ref(), &record)
-        .await
-        .unwrap()
-        .expect("no concurrent writer");
-}
+use crate::metadata::{DurableMetadata, StoredRecord, overwrite_record};
 
 /// Controller A creates and appends; controller B on the same storage
 /// reattaches to A's data, reclaims what nobody re-created, and fences A.
@@ -233,14 +218,11 @@ pub async fn newer_metadata_format_is_refused<F: BackendFactory>(factory: &F) {
         .await
         .unwrap_err();
     match err {
-        StorageError::InvalidUsage(message) => {
-            assert!(message.contains("newer format"), "{message}");
-            assert!(
-                message.contains(&format!("found={}", CURRENT_FORMAT_VERSION + 1)),
-                "{message}"
-            );
+        StorageError::MetadataFormatTooNew { found, supported } => {
+            assert_eq!(found, CURRENT_FORMAT_VERSION + 1);
+            assert_eq!(supported, CURRENT_FORMAT_VERSION);
         }
-        other => panic!("expected InvalidUsage, got {other:?}"),
+        other => panic!("expected MetadataFormatTooNew, got {other:?}"),
     }
 }
 
@@ -316,7 +298,7 @@ pub async fn sink_as_of_is_recorded_once<F: BackendFactory>(factory: &F) {
     b.create_instance(StorageInstanceId(1));
     b.connect_replica(
         StorageInstanceId(1),
-        crate::ClusterReplicaLocation::single("sinks"),
+        tidemark_storage_controller::ClusterReplicaLocation::single("sinks"),
     );
     replica.accept().await;
     b.create_collections(vec![(user(1), table())])
@@ -331,7 +313,7 @@ pub async fn sink_as_of_is_recorded_once<F: BackendFactory>(factory: &F) {
         .received()
         .into_iter()
         .filter_map(|command| match command {
-            crate::StorageCommand::CreateSinks(sinks) => Some(sinks),
+            tidemark_storage_controller::StorageCommand::CreateSinks(sinks) => Some(sinks),
             _ => None,
         })
         .flatten()

@@ -1,4 +1,5 @@
-//! Generic controller tests, run by every backend.
+//! Generic storage controller tests, run by every backend: the controller
+//! counterpart of `tidemark-backend-conformance`.
 //!
 //! Each test is one `pub async fn name<F: BackendFactory>(factory: &F)`;
 //! [`controller_tests!`](crate::controller_tests) expands the list into
@@ -13,6 +14,7 @@ pub mod drops;
 pub mod durable;
 pub mod exports;
 pub mod instances;
+pub mod metadata;
 pub mod panics;
 pub mod policies;
 pub mod subscribe;
@@ -32,9 +34,13 @@ use tidemark_storage_types::{
 use timely::progress::Antichain;
 use tokio::sync::mpsc::error::TryRecvError;
 
-use crate::protocol::{StorageCommand, StorageResponse};
-use crate::transport::{InProcessTransport, ReplicaListener, ReplicaSession};
-use crate::{Controller, ControllerConfig, StorageController};
+use tidemark_storage_controller::transport::ReplicaListener;
+use tidemark_storage_controller::{
+    Controller, ControllerConfig, InProcessTransport, ReplicaSession, StorageCommand,
+    StorageController, StorageResponse,
+};
+
+use crate::metadata::{DurableMetadata, StoredRecord};
 
 /// The controller type the tests drive.
 pub type TestController<F> = Controller<u64, <F as BackendFactory>::Backend>;
@@ -212,19 +218,11 @@ pub fn since_of<B: PersistBackend<u64>>(
 }
 
 /// The durable metadata record on the factory's storage, decoded.
-pub async fn durable_state<F: BackendFactory>(
-    factory: &F,
-) -> (
-    crate::durable::StoredRecord,
-    crate::durable::DurableMetadata,
-) {
+pub async fn durable_state<F: BackendFactory>(factory: &F) -> (StoredRecord, DurableMetadata) {
     let backend = factory.open_handle().await;
-    let (_, record) = crate::durable::read_record::<u64, _>(&backend)
-        .await
-        .expect("metadata reads");
+    let (_, record) = metadata::read_record(&backend).await;
     let record = record.expect("a record exists");
-    let metadata = crate::durable::DurableMetadata::decode(record.format_version, &record.body)
-        .expect("metadata decodes");
+    let metadata = DurableMetadata::decode(&record);
     (record, metadata)
 }
 
@@ -321,7 +319,7 @@ impl BackendFactory for MemoryFactory {
 /// on the memory backend in that case.
 ///
 /// ```ignore
-/// tidemark_storage_controller::controller_tests!(make_factory);
+/// tidemark_controller_conformance::controller_tests!(make_factory);
 /// ```
 #[macro_export]
 macro_rules! controller_tests {
@@ -436,7 +434,7 @@ macro_rules! controller_tests {
                 let Some(factory) = $make().await else {
                     return;
                 };
-                $crate::testing::$module::$test(&factory).await;
+                $crate::$module::$test(&factory).await;
             }
         )*
     };
@@ -446,10 +444,10 @@ macro_rules! controller_tests {
             #[should_panic(expected = $expected)]
             async fn $test() {
                 match $make().await {
-                    Some(factory) => $crate::testing::$module::$test(&factory).await,
+                    Some(factory) => $crate::$module::$test(&factory).await,
                     None => {
-                        let factory = $crate::testing::MemoryFactory::fresh();
-                        $crate::testing::$module::$test(&factory).await
+                        let factory = $crate::MemoryFactory::fresh();
+                        $crate::$module::$test(&factory).await
                     }
                 }
             }

@@ -10,7 +10,7 @@ use tidemark_storage_types::{
 use timely::progress::Antichain;
 
 use super::*;
-use crate::protocol::{ClusterReplicaLocation, StorageCommand, StorageResponse};
+use tidemark_storage_controller::{ClusterReplicaLocation, StorageCommand, StorageResponse};
 
 /// An export of `from` on instance 1 at `as_of`.
 #[must_use]
@@ -174,10 +174,18 @@ pub async fn export_reading_another_collection_is_invalid_usage<F: BackendFactor
         .unwrap();
     let token = c.prepare_export(user(5), user(1)).unwrap();
     match c.create_exports(vec![(token, sink(user(2), 4))]).await {
-        Err(StorageError::InvalidUsage(message)) => {
-            assert!(message.contains("from=u2 token_from=u1"), "{message}");
+        Err(err @ StorageError::ExportTokenMismatch { .. }) => {
+            assert_eq!(
+                err,
+                StorageError::ExportTokenMismatch {
+                    export_id: user(5),
+                    from: user(2),
+                    token_from: user(1),
+                }
+            );
+            assert!(err.to_string().contains("from=u2 token_from=u1"), "{err}");
         }
-        other => panic!("expected InvalidUsage, got {other:?}"),
+        other => panic!("expected ExportTokenMismatch, got {other:?}"),
     }
     assert_eq!(
         c.collection(user(1))
@@ -222,21 +230,15 @@ pub async fn existing_export_with_another_description_is_sink_id_reused<F: Backe
     factory: &F,
 ) {
     let mut c = with_table(factory).await;
+    // Two tokens prepared before the export exists; the second is used
+    // after the first created it.
     let token = c.prepare_export(user(5), user(1)).unwrap();
+    let second = c.prepare_export(user(5), user(1)).unwrap();
     c.create_exports(vec![(token, sink(user(1), 4))])
         .await
         .unwrap();
-    // The id is an export now, so a token can only come from elsewhere:
-    // build the batch with a token for another id, then reuse u5.
-    let token = c.prepare_export(user(6), user(1)).unwrap();
-    let forged = crate::state::CreateExportToken {
-        id: user(5),
-        from_id: token.from_id,
-        acquired_since: token.acquired_since.clone(),
-    };
-    let _leaked_hold = token;
     assert_eq!(
-        c.create_exports(vec![(forged, sink(user(1), 5))])
+        c.create_exports(vec![(second, sink(user(1), 5))])
             .await
             .unwrap_err(),
         StorageError::SinkIdReused(user(5))
@@ -247,16 +249,10 @@ pub async fn existing_export_with_another_description_is_sink_id_reused<F: Backe
 pub async fn identical_export_recreate_is_a_no_op<F: BackendFactory>(factory: &F) {
     let mut c = with_table(factory).await;
     let token = c.prepare_export(user(5), user(1)).unwrap();
+    let again = c.prepare_export(user(5), user(1)).unwrap();
     c.create_exports(vec![(token, sink(user(1), 4))])
         .await
         .unwrap();
-    let token = c.prepare_export(user(6), user(1)).unwrap();
-    let again = crate::state::CreateExportToken {
-        id: user(5),
-        from_id: token.from_id,
-        acquired_since: token.acquired_since.clone(),
-    };
-    let _leaked_hold = token;
     c.create_exports(vec![(again, sink(user(1), 4))])
         .await
         .unwrap();

@@ -7,7 +7,7 @@ use tidemark_storage_types::{ReadPolicy, StorageInstanceId};
 use timely::progress::ChangeBatch;
 
 use super::*;
-use crate::protocol::ClusterReplicaLocation;
+use tidemark_storage_controller::ClusterReplicaLocation;
 
 /// Creating an instance twice panics.
 pub async fn create_instance_twice_panics<F: BackendFactory>(factory: &F) {

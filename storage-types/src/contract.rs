@@ -1,0 +1,231 @@
+//! The [`PersistBackend`](crate::PersistBackend) contract's checks of a
+//! call's arguments, written once for every backend.
+//!
+//! Each check answers the [`InvalidUsage`] the contract names for a call
+//! that breaks it, before the backend does anything. A backend calls them
+//! with what it read of the shard (its since and upper) where the check
+//! needs that; a new backend gets the same answers, messages included, for
+//! free.
+
+use timely::PartialOrder;
+use timely::progress::Antichain;
+
+use crate::errors::{ErasedFrontier, ErasedTime, InvalidUsage};
+use crate::ids::ShardId;
+use crate::time::{StorageTimestamp, Update, display_frontier, readable_at};
+
+/// Checks the bounds of a
+/// [`compare_and_append`](crate::PersistBackend::compare_and_append):
+/// `new_upper` not behind `expected_upper`, and every update time in
+/// `[expected_upper, new_upper)` (`expected_upper <= time` and not
+/// `new_upper <= time`; an empty `new_upper` admits every time from
+/// `expected_upper` on, an empty `expected_upper` none).
+///
+/// ```
+/// use timely::progress::Antichain;
+/// use tidemark_storage_types::{InvalidUsage, Row, ShardId, Update, contract};
+/// let shard = ShardId::new();
+/// let (lower, upper) = (Antichain::from_elem(2u64), Antichain::from_elem(5u64));
+/// let inside = [Update::new(Row::default(), 4u64, 1)];
+/// assert!(contract::check_append_bounds(shard, &inside, &lower, &upper).is_ok());
+/// let outside = [Update::new(Row::default(), 5u64, 1)];
+/// let err = contract::check_append_bounds(shard, &outside, &lower, &upper).unwrap_err();
+/// assert!(matches!(err, InvalidUsage::UpdateOutsideBounds { .. }));
+/// let err = contract::check_append_bounds::<u64>(shard, &[], &upper, &lower).unwrap_err();
+/// assert!(matches!(err, InvalidUsage::UpperRegression { .. }));
+/// ```
+///
+/// # Errors
+///
+/// [`InvalidUsage::UpperRegression`] if `new_upper` is behind
+/// `expected_upper`; otherwise [`InvalidUsage::UpdateOutsideBounds`] naming
+/// the first update outside the bounds.
+pub fn check_append_bounds<T: StorageTimestamp>(
+    shard: ShardId,
+    updates: &[Update<T>],
+    expected_upper: &Antichain<T>,
+    new_upper: &Antichain<T>,
+) -> Result<(), InvalidUsage> {
+    if !PartialOrder::less_equal(expected_upper, new_upper) {
+        return Err(InvalidUsage::UpperRegression {
+            shard,
+            expected_upper: display_frontier(expected_upper).to_string(),
+            new_upper: display_frontier(new_upper).to_string(),
+        });
+    }
+    let outside = updates.iter().find(|update| {
+        !expected_upper.less_equal(&update.timestamp) || new_upper.less_equal(&update.timestamp)
+    });
+    match outside {
+        Some(update) => Err(InvalidUsage::UpdateOutsideBounds {
+            shard,
+            time: update.timestamp.to_string(),
+            expected_upper: display_frontier(expected_upper).to_string(),
+            new_upper: display_frontier(new_upper).to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Checks that a [`snapshot`](crate::PersistBackend::snapshot) at `as_of`
+/// is readable given the shard's `since` and `upper`: `since <= as_of` and
+/// not `upper <= as_of`.
+///
+/// # Errors
+///
+/// [`InvalidUsage::AsOfNotReadable`] carrying the frontiers, so a caller can
+/// tell "before since" from "not yet written".
+pub fn check_readable<T: StorageTimestamp>(
+    shard: ShardId,
+    since: &Antichain<T>,
+    upper: &Antichain<T>,
+    as_of: &T,
+) -> Result<(), InvalidUsage> {
+    if readable_at(since, upper, as_of) {
+        return Ok(());
+    }
+    Err(InvalidUsage::AsOfNotReadable {
+        shard,
+        as_of: ErasedTime::new(as_of),
+        since: ErasedFrontier::new(since),
+        upper: ErasedFrontier::new(upper),
+    })
+}
+
+/// Checks the range of a [`fetch`](crate::PersistBackend::fetch): `lower <=
+/// upper` and `upper` not beyond the shard's upper (only final data can be
+/// fetched).
+///
+/// ```
+/// use timely::progress::Antichain;
+/// use tidemark_storage_types::{ShardId, contract};
+/// let shard = ShardId::new();
+/// let (three, five) = (Antichain::from_elem(3u64), Antichain::from_elem(5u64));
+/// assert!(contract::check_fetch_range(shard, &three, &five, &five).is_ok());
+/// assert!(contract::check_fetch_range(shard, &five, &three, &five).is_err());
+/// assert!(contract::check_fetch_range(shard, &three, &five, &three).is_err());
+/// ```
+///
+/// # Errors
+///
+/// [`InvalidUsage::FetchRangeInvalid`] otherwise.
+pub fn check_fetch_range<T: StorageTimestamp>(
+    shard: ShardId,
+    lower: &Antichain<T>,
+    upper: &Antichain<T>,
+    shard_upper: &Antichain<T>,
+) -> Result<(), InvalidUsage> {
+    if PartialOrder::less_equal(lower, upper) && PartialOrder::less_equal(upper, shard_upper) {
+        return Ok(());
+    }
+    Err(InvalidUsage::FetchRangeInvalid {
+        shard,
+        lower: display_frontier(lower).to_string(),
+        upper: display_frontier(upper).to_string(),
+        shard_upper: display_frontier(shard_upper).to_string(),
+    })
+}
+
+/// Checks the frontier of a
+/// [`wait_for_upper_past`](crate::PersistBackend::wait_for_upper_past): no
+/// upper is ever past the empty frontier, so waiting for one could never
+/// finish.
+///
+/// # Errors
+///
+/// [`InvalidUsage::WaitPastEmptyFrontier`] if `frontier` is empty.
+pub fn check_wait_frontier<T>(shard: ShardId, frontier: &Antichain<T>) -> Result<(), InvalidUsage> {
+    if frontier.is_empty() {
+        return Err(InvalidUsage::WaitPastEmptyFrontier { shard });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::row::Row;
+
+    fn at(time: u64) -> Update<u64> {
+        Update::new(Row::default(), time, 1)
+    }
+
+    #[test]
+    fn append_bounds_follow_the_frontiers() {
+        let shard = ShardId::new();
+        let two = Antichain::from_elem(2u64);
+        let five = Antichain::from_elem(5u64);
+        let sealed = Antichain::<u64>::new();
+        assert!(check_append_bounds(shard, &[at(2), at(4)], &two, &five).is_ok());
+        assert!(check_append_bounds(shard, &[at(1)], &two, &five).is_err());
+        assert!(check_append_bounds(shard, &[at(5)], &two, &five).is_err());
+        // Sealing admits every time from the expected upper on.
+        assert!(check_append_bounds(shard, &[at(u64::MAX)], &two, &sealed).is_ok());
+        // Nothing can be appended at or after the empty frontier.
+        assert!(check_append_bounds::<u64>(shard, &[], &sealed, &sealed).is_ok());
+        assert!(check_append_bounds(shard, &[at(9)], &sealed, &sealed).is_err());
+        let err = check_append_bounds(shard, &[at(7)], &two, &five).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "update at time 7 is outside the append bounds: shard={shard} expected_upper=[2] new_upper=[5]"
+            )
+        );
+        assert!(matches!(
+            check_append_bounds::<u64>(shard, &[], &sealed, &five),
+            Err(InvalidUsage::UpperRegression { .. })
+        ));
+    }
+
+    #[test]
+    fn not_readable_tells_before_since_from_not_yet_written() {
+        let shard = ShardId::new();
+        let since = Antichain::from_elem(3u64);
+        let upper = Antichain::from_elem(6u64);
+        assert!(check_readable(shard, &since, &upper, &3).is_ok());
+        let before_since = check_readable(shard, &since, &upper, &2).unwrap_err();
+        let InvalidUsage::AsOfNotReadable {
+            as_of,
+            since: err_since,
+            upper: err_upper,
+            ..
+        } = before_since
+        else {
+            panic!("expected AsOfNotReadable")
+        };
+        assert!(!err_since.less_equal(&as_of));
+        assert!(!err_upper.less_equal(&as_of));
+        assert_eq!(err_since.decode::<u64>(), since);
+        assert_eq!(as_of.decode::<u64>(), 2);
+        let not_yet = check_readable(shard, &since, &upper, &6).unwrap_err();
+        let InvalidUsage::AsOfNotReadable {
+            as_of,
+            since,
+            upper,
+            ..
+        } = not_yet
+        else {
+            panic!("expected AsOfNotReadable")
+        };
+        assert!(since.less_equal(&as_of) && upper.less_equal(&as_of));
+        let sealed = check_readable(shard, &Antichain::new(), &Antichain::new(), &0u64);
+        let Err(InvalidUsage::AsOfNotReadable { since, .. }) = sealed else {
+            panic!("expected AsOfNotReadable")
+        };
+        assert!(since.is_empty());
+    }
+
+    #[test]
+    fn fetch_range_and_wait_frontier() {
+        let shard = ShardId::new();
+        let empty = Antichain::<u64>::new();
+        let one = Antichain::from_elem(1u64);
+        assert!(check_fetch_range(shard, &one, &empty, &empty).is_ok());
+        assert!(check_fetch_range(shard, &empty, &one, &empty).is_err());
+        assert!(check_wait_frontier(shard, &one).is_ok());
+        assert_eq!(
+            check_wait_frontier(shard, &empty),
+            Err(InvalidUsage::WaitPastEmptyFrontier { shard })
+        );
+    }
+}
