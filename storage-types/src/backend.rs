@@ -8,6 +8,7 @@ use timely::progress::Antichain;
 use crate::errors::BackendError;
 use crate::ids::{IdempotencyToken, ShardId};
 use crate::row::Row;
+use crate::share::ReadShare;
 use crate::time::{Diff, Update, display_frontier};
 
 /// A shard's read frontier (`since`) and write frontier (`upper`).
@@ -189,6 +190,41 @@ pub trait PersistBackend<T>: Debug + Send + Sync + 'static {
         upper: &Antichain<T>,
     ) -> Result<Vec<Update<T>>, BackendError>;
 
+    /// One share of [`snapshot`](Self::snapshot): the shares `0..count` of
+    /// one `as_of`, taken together, consolidate to the snapshot at `as_of`;
+    /// each share is itself consolidated and sorted by row. A backend
+    /// divides natively, so that a reader of one share fetches and decodes
+    /// only (about) its part of the data. `ReadShare::WHOLE` is the whole
+    /// snapshot.
+    ///
+    /// # Errors
+    ///
+    /// As [`snapshot`](Self::snapshot), and
+    /// `InvalidUsage::InvalidShare` unless `share.count > 0` and
+    /// `share.index < share.count`.
+    async fn snapshot_share(
+        &self,
+        shard: ShardId,
+        as_of: &T,
+        share: ReadShare,
+    ) -> Result<Vec<(Row, Diff)>, BackendError>;
+
+    /// One share of [`fetch`](Self::fetch): the shares `0..count` of one
+    /// range, taken together, consolidate to the fetch of that range; each
+    /// share is itself consolidated and sorted by `(time, row)`.
+    ///
+    /// # Errors
+    ///
+    /// As [`fetch`](Self::fetch), and `InvalidUsage::InvalidShare` for an
+    /// invalid share.
+    async fn fetch_share(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<T>,
+        upper: &Antichain<T>,
+        share: ReadShare,
+    ) -> Result<Vec<Update<T>>, BackendError>;
+
     /// Waits until the shard's upper is not `<= frontier` (some write moved
     /// it past `frontier`) and returns that upper. Returns at once if it
     /// already is. Cancellation safe; no timeout of its own.
@@ -268,6 +304,25 @@ where
         upper: &Antichain<T>,
     ) -> Result<Vec<Update<T>>, BackendError> {
         (**self).fetch(shard, lower, upper).await
+    }
+
+    async fn snapshot_share(
+        &self,
+        shard: ShardId,
+        as_of: &T,
+        share: ReadShare,
+    ) -> Result<Vec<(Row, Diff)>, BackendError> {
+        (**self).snapshot_share(shard, as_of, share).await
+    }
+
+    async fn fetch_share(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<T>,
+        upper: &Antichain<T>,
+        share: ReadShare,
+    ) -> Result<Vec<Update<T>>, BackendError> {
+        (**self).fetch_share(shard, lower, upper, share).await
     }
 
     async fn wait_for_upper_past(

@@ -14,6 +14,7 @@ pub mod errors;
 pub mod ids;
 pub mod read_policy;
 pub mod row;
+pub mod share;
 pub mod time;
 
 pub use backend::{CompactionStats, PersistBackend, ShardFrontiers, ShardUsage, UpperMismatch};
@@ -29,6 +30,7 @@ pub use errors::{
 pub use ids::{GlobalId, IdempotencyToken, ShardId, StorageInstanceId};
 pub use read_policy::{LagFn, ReadPolicy};
 pub use row::{ColumnType, Datum, DatumIter, RelationDesc, Row, ScalarType};
+pub use share::ReadShare;
 pub use time::{
     Codec64, Diff, StorageTimestamp, Update, display_frontier, frontier_time, readable_at,
     step_back_frontier,

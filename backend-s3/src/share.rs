@@ -1,0 +1,168 @@
+//! Shares of snapshots and fetches, divided by stored part: a read selects
+//! the parts the whole read would, and share `index` of `count` keeps the
+//! parts at positions `index`, `index + count`, ... of that list, so each
+//! reader downloads and decodes only its parts. A row may then appear in
+//! several shares (in parts of different batches); each share is
+//! consolidated on its own, and the shares together consolidate to the whole
+//! read.
+
+use differential_dataflow::consolidation::{consolidate, consolidate_updates};
+use tidemark_storage_types::{
+    BackendError, DeterminateKind, Diff, InvalidUsage, ReadShare, Row, ShardId, StorageTimestamp,
+    Update, display_frontier,
+};
+use timely::PartialOrder;
+use timely::progress::Antichain;
+
+use crate::S3Backend;
+use crate::codec::advance_time;
+use crate::state::{
+    EncodedFrontier, PartRef, ShardState, decode_frontier, encode_frontier, frontier_join,
+    frontier_le, frontier_le_time,
+};
+
+/// Times a share read starts over after finding a part gone.
+const MAX_SHARE_READ_ATTEMPTS: usize = 5;
+
+impl S3Backend {
+    pub(crate) async fn read_snapshot_share<T: StorageTimestamp>(
+        &self,
+        shard: ShardId,
+        as_of: &T,
+        share: ReadShare,
+    ) -> Result<Vec<(Row, Diff)>, BackendError> {
+        share.check(shard)?;
+        let as_of_encoded = as_of.encode();
+        for _ in 0..MAX_SHARE_READ_ATTEMPTS {
+            let state = self.read_state(shard).await?;
+            if !frontier_le_time(state.since, as_of_encoded)
+                || frontier_le_time(state.upper, as_of_encoded)
+            {
+                return Err(InvalidUsage::AsOfNotReadable {
+                    shard,
+                    as_of: as_of.to_string(),
+                    since: display_frontier(&decode_frontier::<T>(state.since)).to_string(),
+                    upper: display_frontier(&decode_frontier::<T>(state.upper)).to_string(),
+                }
+                .into());
+            }
+            let parts: Vec<PartRef> = state
+                .batches
+                .iter()
+                .filter(|batch| frontier_le_time(batch.lower, as_of_encoded))
+                .flat_map(|batch| batch.parts.iter().cloned())
+                .enumerate()
+                .filter(|(position, _)| share.holds_position(*position))
+                .map(|(_, part)| part)
+                .collect();
+            let as_of = *as_of;
+            let loaded = self
+                .load_parts::<T, _, _>(shard, parts, move |updates| {
+                    let mut rows: Vec<(Row, Diff)> = updates
+                        .into_iter()
+                        .filter(|update| update.timestamp <= as_of)
+                        .map(|update| (update.row, update.diff))
+                        .collect();
+                    consolidate(&mut rows);
+                    rows
+                })
+                .await?;
+            if let Ok(part_rows) = loaded {
+                let mut rows: Vec<(Row, Diff)> = part_rows.into_iter().flatten().collect();
+                consolidate(&mut rows);
+                return Ok(rows);
+            }
+        }
+        Err(share_part_missing(shard, share))
+    }
+
+    pub(crate) async fn read_range_share<T: StorageTimestamp>(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<T>,
+        upper: &Antichain<T>,
+        share: ReadShare,
+    ) -> Result<Vec<Update<T>>, BackendError> {
+        share.check(shard)?;
+        let lower_encoded = encode_frontier(lower);
+        let upper_encoded = encode_frontier(upper);
+        for _ in 0..MAX_SHARE_READ_ATTEMPTS {
+            let state = self.read_state(shard).await?;
+            if !PartialOrder::less_equal(lower, upper) || !frontier_le(upper_encoded, state.upper) {
+                return Err(InvalidUsage::FetchRangeInvalid {
+                    shard,
+                    lower: display_frontier(lower).to_string(),
+                    upper: display_frontier(upper).to_string(),
+                    shard_upper: display_frontier(&decode_frontier::<T>(state.upper)).to_string(),
+                }
+                .into());
+            }
+            if state.since.is_none() {
+                return Ok(Vec::new());
+            }
+            let since = state.since;
+            let parts: Vec<PartRef> = parts_overlapping(&state, lower_encoded, upper_encoded)
+                .into_iter()
+                .enumerate()
+                .filter(|(position, _)| share.holds_position(*position))
+                .map(|(_, part)| part)
+                .collect();
+            let loaded = self
+                .load_parts::<T, _, _>(shard, parts, move |updates| {
+                    updates
+                        .into_iter()
+                        .filter_map(|update| {
+                            let time = advance_time(update.timestamp, since);
+                            let encoded = time.encode();
+                            let in_range = frontier_le_time(lower_encoded, encoded)
+                                && !frontier_le_time(upper_encoded, encoded);
+                            in_range.then_some((time, update.row, update.diff))
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await?;
+            if let Ok(runs) = loaded {
+                let mut updates: Vec<(T, Row, Diff)> = runs.into_iter().flatten().collect();
+                consolidate_updates(&mut updates);
+                return Ok(updates
+                    .into_iter()
+                    .map(|(time, row, diff)| Update::new(row, time, diff))
+                    .collect());
+            }
+        }
+        Err(share_part_missing(shard, share))
+    }
+}
+
+/// The parts of the batches that may hold updates whose times, advanced by
+/// the since, fall in `[lower, upper)`: the same selection as a whole fetch.
+fn parts_overlapping(
+    state: &ShardState,
+    lower: EncodedFrontier,
+    upper: EncodedFrontier,
+) -> Vec<PartRef> {
+    state
+        .batches
+        .iter()
+        .filter(|batch| {
+            let least = frontier_join(batch.lower, state.since);
+            let starts_before_upper = !frontier_le(upper, least);
+            let ends_after_lower = if frontier_le(batch.upper, state.since) {
+                frontier_le(lower, state.since)
+            } else {
+                !frontier_le(batch.upper, lower)
+            };
+            starts_before_upper && ends_after_lower
+        })
+        .flat_map(|batch| batch.parts.iter().cloned())
+        .collect()
+}
+
+fn share_part_missing(shard: ShardId, share: ReadShare) -> BackendError {
+    BackendError::determinate(
+        DeterminateKind::Corrupted,
+        format!(
+            "a part the shard state references stayed missing after re-reading the state: shard={shard} share={share}"
+        ),
+    )
+}
