@@ -46,6 +46,7 @@ mod controller;
 pub mod durable;
 mod instance;
 pub mod protocol;
+mod read_hold;
 mod retry;
 pub mod state;
 mod subscribe;
@@ -61,6 +62,7 @@ pub use protocol::{
     ClusterReplicaLocation, ExportCommand, IngestionCommand, StatisticsUpdate, StorageCommand,
     StorageResponse, TimelyConfig,
 };
+pub use read_hold::ReadHold;
 pub use state::{CollectionMetadata, CollectionState, CreateExportToken, ExportState};
 pub use subscribe::{Subscription, SubscriptionEvent};
 pub use transport::{InProcessTransport, ReplicaConnection, ReplicaSession, ReplicaTransport};
