@@ -162,6 +162,9 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> ShardSource<T, B> {
         scope: Scope<'scope, T>,
     ) -> (VecCollection<'scope, T, Row, Diff>, DataflowStatus<T>) {
         let status = DataflowStatus::new();
+        // The capability starts at the as_of (downgraded as the operator is
+        // built, before anything can run).
+        status.set_frontier(Antichain::from_elem(self.as_of));
         let worker = scope.index();
         let share = ReadShare::of_worker(worker, scope.peers());
         let worker_handle = scope.worker();
