@@ -121,6 +121,7 @@ macro_rules! conformance_tests {
             idempotency::retry_of_a_sealing_append_answers_success,
             share::snapshot_shares_consolidate_to_the_snapshot,
             share::fetch_shares_consolidate_to_the_fetch,
+            share::shares_hold_the_same_updates_in_every_read,
             share::invalid_share_is_rejected,
             size::million_update_append_and_snapshot,
             model::random_operations_match_the_model,

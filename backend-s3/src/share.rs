@@ -1,10 +1,15 @@
-//! Shares of snapshots and fetches, divided by stored part: a read selects
-//! the parts the whole read would, and share `index` of `count` keeps the
-//! parts at positions `index`, `index + count`, ... of that list, so each
-//! reader downloads and decodes only its parts. A row may then appear in
-//! several shares (in parts of different batches); each share is
-//! consolidated on its own, and the shares together consolidate to the whole
-//! read.
+//! Shares of snapshots and fetches, divided by row: a read loads the parts
+//! the whole read would and keeps the updates whose row the share holds
+//! ([`ReadShare::holds_row`], the same division as the memory backend).
+//!
+//! SUBTLE: the division must be a function of the update alone. The readers
+//! of one source follow the upper on their own, so they read different
+//! ranges from different states (appends and compactions in between); a
+//! division by stored part (part `i` of the read's list to share `i % count`)
+//! gives a part to one share in one read and to another share in the next,
+//! and the readers together see some updates twice and others never. So
+//! every reader downloads and decodes the parts of its read, and what is
+//! shared is consolidating, sorting and emitting (see decision 061).
 
 use differential_dataflow::consolidation::{consolidate, consolidate_updates};
 use tidemark_storage_types::{
@@ -51,16 +56,13 @@ impl S3Backend {
                 .iter()
                 .filter(|batch| frontier_le_time(batch.lower, as_of_encoded))
                 .flat_map(|batch| batch.parts.iter().cloned())
-                .enumerate()
-                .filter(|(position, _)| share.holds_position(*position))
-                .map(|(_, part)| part)
                 .collect();
             let as_of = *as_of;
             let loaded = self
                 .load_parts::<T, _, _>(shard, parts, move |updates| {
                     let mut rows: Vec<(Row, Diff)> = updates
                         .into_iter()
-                        .filter(|update| update.timestamp <= as_of)
+                        .filter(|update| update.timestamp <= as_of && share.holds_row(&update.row))
                         .map(|update| (update.row, update.diff))
                         .collect();
                     consolidate(&mut rows);
@@ -101,16 +103,12 @@ impl S3Backend {
                 return Ok(Vec::new());
             }
             let since = state.since;
-            let parts: Vec<PartRef> = parts_overlapping(&state, lower_encoded, upper_encoded)
-                .into_iter()
-                .enumerate()
-                .filter(|(position, _)| share.holds_position(*position))
-                .map(|(_, part)| part)
-                .collect();
+            let parts = parts_overlapping(&state, lower_encoded, upper_encoded);
             let loaded = self
                 .load_parts::<T, _, _>(shard, parts, move |updates| {
                     updates
                         .into_iter()
+                        .filter(|update| share.holds_row(&update.row))
                         .filter_map(|update| {
                             let time = advance_time(update.timestamp, since);
                             let encoded = time.encode();

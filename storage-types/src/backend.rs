@@ -108,8 +108,8 @@ pub struct ShardUsage {
 /// Every method returns [`BackendError`]:
 /// - [`BackendError::InvalidUsage`] for calls that break the contract (an
 ///   unknown shard, updates outside the append bounds, a new upper behind
-///   the expected one, an unreadable `as_of`, an invalid fetch range,
-///   waiting past the empty frontier). Nothing happened.
+///   the expected one, an unreadable `as_of`, an invalid fetch range, an
+///   invalid read share, waiting past the empty frontier). Nothing happened.
 /// - [`BackendError::Determinate`] when the operation definitely did not
 ///   happen (connection refused, bad credentials, missing database or
 ///   bucket, a serialization conflict, corrupted stored data).
@@ -192,10 +192,12 @@ pub trait PersistBackend<T>: Debug + Send + Sync + 'static {
 
     /// One share of [`snapshot`](Self::snapshot): the shares `0..count` of
     /// one `as_of`, taken together, consolidate to the snapshot at `as_of`;
-    /// each share is itself consolidated and sorted by row. A backend
-    /// divides natively, so that a reader of one share fetches and decodes
-    /// only (about) its part of the data. `ReadShare::WHOLE` is the whole
-    /// snapshot.
+    /// each share is itself consolidated and sorted by row. The division
+    /// depends only on the update (its row), never on the stored layout, so
+    /// share `i` holds the same updates in every read (see [`ReadShare`]).
+    /// A backend divides as early as it can, so that a reader of one share
+    /// receives and decodes as little of the rest as its storage allows.
+    /// `ReadShare::WHOLE` is the whole snapshot.
     ///
     /// # Errors
     ///
@@ -211,7 +213,10 @@ pub trait PersistBackend<T>: Debug + Send + Sync + 'static {
 
     /// One share of [`fetch`](Self::fetch): the shares `0..count` of one
     /// range, taken together, consolidate to the fetch of that range; each
-    /// share is itself consolidated and sorted by `(time, row)`.
+    /// share is itself consolidated and sorted by `(time, row)`. As for
+    /// snapshots, share `i` holds the same updates in every read, so readers
+    /// of different shares may follow a shard over different ranges and
+    /// together still read every update exactly once.
     ///
     /// # Errors
     ///

@@ -13,12 +13,15 @@ use crate::row::Row;
 /// The shares `0..count` of one
 /// [`snapshot_share`](crate::PersistBackend::snapshot_share) or
 /// [`fetch_share`](crate::PersistBackend::fetch_share), taken together,
-/// consolidate to the whole read; each share is itself consolidated. How a
-/// backend divides a read among the shares is its own choice (by a hash of
-/// the row, by stored part), so that each reader fetches and decodes only
-/// its part. A share is valid iff `count > 0` and `index < count`; the
-/// backends answer an invalid one with
-/// [`InvalidUsage::InvalidShare`].
+/// consolidate to the whole read; each share is itself consolidated. The
+/// division depends only on the update, never on how the shard happens to
+/// be stored, so a share holds the same updates in every read: readers that
+/// each read their share of *different* ranges, at different states of the
+/// shard (appends and compactions in between), together read every update
+/// exactly once. Backends divide by row ([`holds_row`](Self::holds_row), or
+/// a hash the server computes), as early in the read as they can. A share is
+/// valid iff `count > 0` and `index < count`; the backends answer an invalid
+/// one with [`InvalidUsage::InvalidShare`].
 ///
 /// ```
 /// use tidemark_storage_types::{ReadShare, Row, Datum, ShardId};
@@ -83,13 +86,6 @@ impl ReadShare {
     pub fn holds_row(&self, row: &Row) -> bool {
         self.count > 0 && crc32fast::hash(row.as_bytes()) % self.count == self.index
     }
-
-    /// Whether this share holds the `position`-th of some sequence of items
-    /// divided round-robin (stored parts, say).
-    #[must_use]
-    pub fn holds_position(&self, position: usize) -> bool {
-        self.count > 0 && position % self.count as usize == self.index as usize
-    }
 }
 
 impl fmt::Display for ReadShare {
@@ -129,7 +125,5 @@ mod tests {
         );
         assert!(ReadShare::new(2, 2).check(shard).is_err());
         assert!(!ReadShare::new(0, 0).holds_row(&Row::pack([Datum::Int64(1)])));
-        assert!(!ReadShare::new(0, 0).holds_position(3));
-        assert!(ReadShare::new(1, 2).holds_position(3));
     }
 }
