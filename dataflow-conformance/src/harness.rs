@@ -35,7 +35,7 @@ impl RunningDataflow {
         let (worker_stop, worker_statuses) = (Arc::clone(&stop), Arc::clone(&statuses));
         let handle = tokio::task::spawn_blocking(move || {
             let guards = timely::execute(timely::Config::process(workers), move |worker| {
-                let built = worker.dataflow::<u64, _, _>(|scope| build(scope));
+                let built = worker.dataflow::<u64, _, _>(&build);
                 worker_statuses.lock().expect("statuses lock").extend(built);
                 while !worker_stop.load(Ordering::SeqCst) {
                     worker.step_or_park(Some(Duration::from_millis(5)));

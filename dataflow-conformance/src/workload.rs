@@ -23,12 +23,15 @@ pub(crate) struct JoinShards {
     pub(crate) output: ShardId,
 }
 
+/// One batch: the updates of the left input, then of the right.
+pub(crate) type InputBatch = (Vec<Update<u64>>, Vec<Update<u64>>);
+
 /// Batches of updates for the two inputs: batch `i` holds times
 /// `[2i, 2i + 2)` and moves both uppers to `2i + 2`. Multiplicities never go
 /// negative (only present rows are retracted).
 #[derive(Clone, Debug)]
 pub(crate) struct Workload {
-    pub(crate) batches: Vec<(Vec<Update<u64>>, Vec<Update<u64>>)>,
+    pub(crate) batches: Vec<InputBatch>,
 }
 
 impl Workload {

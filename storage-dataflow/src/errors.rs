@@ -58,7 +58,7 @@ pub enum DataflowError {
         shard: ShardId,
         /// The backend method.
         operation: &'static str,
-        /// The last failure.
-        error: BackendError,
+        /// The last failure (boxed: it is large, and rare).
+        error: Box<BackendError>,
     },
 }

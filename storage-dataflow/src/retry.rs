@@ -87,7 +87,7 @@ impl RetryPolicy {
                     return Err(DataflowError::Backend {
                         shard,
                         operation: operation_name,
-                        error,
+                        error: Box::new(error),
                     });
                 }
             }

@@ -206,7 +206,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> ShardSource<T, B> {
                             return;
                         };
                         let mut updates = batch.updates;
-                        updates.sort_by(|left, right| left.1.cmp(&right.1));
+                        updates.sort_by_key(|update| update.1);
                         let mut updates = updates.into_iter().peekable();
                         while let Some(first) = updates.next() {
                             let time = first.1;
@@ -247,9 +247,9 @@ fn out_of_range<T: StorageTimestamp>(shard: ShardId, time: &T, held: &T) -> Data
     DataflowError::Backend {
         shard,
         operation: "fetch",
-        error: BackendError::indeterminate(format!(
+        error: Box::new(BackendError::indeterminate(format!(
             "backend answered a time the source has already passed: time={time} source_frontier={held}"
-        )),
+        ))),
     }
 }
 
@@ -290,10 +290,12 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Reader<T, B> {
             })
             .await
         {
-            Err(DataflowError::Backend {
-                error: BackendError::InvalidUsage(InvalidUsage::AsOfNotReadable { .. }),
-                ..
-            }) => {
+            Err(DataflowError::Backend { error, .. })
+                if matches!(
+                    *error,
+                    BackendError::InvalidUsage(InvalidUsage::AsOfNotReadable { .. })
+                ) =>
+            {
                 // The since passed the as_of meanwhile (or the shard was
                 // finalized): say which.
                 let frontiers = self
