@@ -34,6 +34,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 pub use tidemark_storage_controller as controller;
+pub use tidemark_storage_dataflow as dataflow;
 pub use tidemark_storage_types as types;
 pub use tidemark_storage_types::{BackendError, PersistBackend};
 

@@ -26,8 +26,8 @@ use timely::progress::Antichain;
 use tracing::Instrument;
 
 use crate::types::{
-    BackendError, CompactionStats, Diff, IdempotencyToken, PersistBackend, Row, ShardFrontiers,
-    ShardId, ShardUsage, Update, UpperMismatch,
+    BackendError, CompactionStats, Diff, IdempotencyToken, PersistBackend, ReadShare, Row,
+    ShardFrontiers, ShardId, ShardUsage, Update, UpperMismatch,
 };
 
 /// Backend operations, by `backend`, `operation` and `outcome`.
@@ -238,6 +238,39 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for InstrumentedBackend<B> {
             Some(shard),
             0,
             self.inner.fetch(shard, lower, upper),
+            |updates| ("ok", row_bytes(updates.iter().map(|update| &update.row))),
+        )
+        .await
+    }
+
+    async fn snapshot_share(
+        &self,
+        shard: ShardId,
+        as_of: &u64,
+        share: ReadShare,
+    ) -> Result<Vec<(Row, Diff)>, BackendError> {
+        self.observe(
+            "snapshot_share",
+            Some(shard),
+            0,
+            self.inner.snapshot_share(shard, as_of, share),
+            |rows| ("ok", row_bytes(rows.iter().map(|(row, _)| row))),
+        )
+        .await
+    }
+
+    async fn fetch_share(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<u64>,
+        upper: &Antichain<u64>,
+        share: ReadShare,
+    ) -> Result<Vec<Update<u64>>, BackendError> {
+        self.observe(
+            "fetch_share",
+            Some(shard),
+            0,
+            self.inner.fetch_share(shard, lower, upper, share),
             |updates| ("ok", row_bytes(updates.iter().map(|update| &update.row))),
         )
         .await

@@ -34,8 +34,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use thiserror::Error;
 use tidemark_storage_types::{
-    BackendError, CompactionStats, DeterminateKind, Diff, IdempotencyToken, PersistBackend, Row,
-    ShardFrontiers, ShardId, ShardUsage, Update, UpperMismatch,
+    BackendError, CompactionStats, DeterminateKind, Diff, IdempotencyToken, PersistBackend,
+    ReadShare, Row, ShardFrontiers, ShardId, ShardUsage, Update, UpperMismatch,
 };
 use timely::progress::Antichain;
 
@@ -52,6 +52,10 @@ pub enum Operation {
     Snapshot,
     /// [`PersistBackend::fetch`].
     Fetch,
+    /// [`PersistBackend::snapshot_share`].
+    SnapshotShare,
+    /// [`PersistBackend::fetch_share`].
+    FetchShare,
     /// [`PersistBackend::wait_for_upper_past`].
     WaitForUpperPast,
     /// [`PersistBackend::downgrade_since`].
@@ -68,12 +72,14 @@ pub enum Operation {
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 11] = [
+    pub const ALL: [Operation; 13] = [
         Operation::Open,
         Operation::Frontiers,
         Operation::CompareAndAppend,
         Operation::Snapshot,
         Operation::Fetch,
+        Operation::SnapshotShare,
+        Operation::FetchShare,
         Operation::WaitForUpperPast,
         Operation::DowngradeSince,
         Operation::Compact,
@@ -91,6 +97,8 @@ impl Operation {
             Operation::CompareAndAppend => "compare_and_append",
             Operation::Snapshot => "snapshot",
             Operation::Fetch => "fetch",
+            Operation::SnapshotShare => "snapshot_share",
+            Operation::FetchShare => "fetch_share",
             Operation::WaitForUpperPast => "wait_for_upper_past",
             Operation::DowngradeSince => "downgrade_since",
             Operation::Compact => "compact",
@@ -347,6 +355,31 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for FaultyBackend<B> {
             .await
     }
 
+    async fn snapshot_share(
+        &self,
+        shard: ShardId,
+        as_of: &u64,
+        share: ReadShare,
+    ) -> Result<Vec<(Row, Diff)>, BackendError> {
+        self.run(Operation::SnapshotShare, || {
+            self.inner.snapshot_share(shard, as_of, share)
+        })
+        .await
+    }
+
+    async fn fetch_share(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<u64>,
+        upper: &Antichain<u64>,
+        share: ReadShare,
+    ) -> Result<Vec<Update<u64>>, BackendError> {
+        self.run(Operation::FetchShare, || {
+            self.inner.fetch_share(shard, lower, upper, share)
+        })
+        .await
+    }
+
     async fn wait_for_upper_past(
         &self,
         shard: ShardId,
@@ -416,7 +449,7 @@ mod tests {
     #[test]
     fn operation_names_are_the_method_names() {
         let names: Vec<_> = Operation::ALL.iter().map(|op| op.to_string()).collect();
-        assert_eq!(names.len(), 11);
+        assert_eq!(names.len(), 13);
         assert!(names.contains(&"compare_and_append".to_string()));
         assert!(names.contains(&"wait_for_upper_past".to_string()));
     }

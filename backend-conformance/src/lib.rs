@@ -9,7 +9,7 @@
 //!
 //! The properties are grouped by theme: [`open`], [`unknown`], [`datums`],
 //! [`append`], [`read`], [`wait`], [`since`], [`compaction`], [`finalize`],
-//! [`concurrency`], [`idempotency`], [`size`], [`model`] and
+//! [`concurrency`], [`idempotency`], [`share`], [`size`], [`model`] and
 //! [`fault_tolerance`]. [`faults`] holds [`FaultyBackend`], a seeded
 //! fault-injection wrapper any backend can be put behind.
 //!
@@ -30,6 +30,7 @@ pub mod idempotency;
 pub mod model;
 pub mod open;
 pub mod read;
+pub mod share;
 pub mod since;
 pub mod size;
 pub mod unknown;
@@ -84,7 +85,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     /// Every module of properties, with its source.
-    const PROPERTY_MODULES: [(&str, &str); 14] = [
+    const PROPERTY_MODULES: [(&str, &str); 15] = [
         ("open", include_str!("open.rs")),
         ("unknown", include_str!("unknown.rs")),
         ("datums", include_str!("datums.rs")),
@@ -96,6 +97,7 @@ mod tests {
         ("finalize", include_str!("finalize.rs")),
         ("concurrency", include_str!("concurrency.rs")),
         ("idempotency", include_str!("idempotency.rs")),
+        ("share", include_str!("share.rs")),
         ("size", include_str!("size.rs")),
         ("model", include_str!("model.rs")),
         ("fault_tolerance", include_str!("fault_tolerance.rs")),

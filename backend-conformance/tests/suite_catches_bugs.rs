@@ -10,8 +10,8 @@ use tidemark_backend_conformance::{
 };
 use tidemark_backend_memory::MemoryBackend;
 use tidemark_storage_types::{
-    BackendError, CompactionStats, Diff, IdempotencyToken, InvalidUsage, PersistBackend, Row,
-    ShardFrontiers, ShardId, ShardUsage, Update, UpperMismatch,
+    BackendError, CompactionStats, Diff, IdempotencyToken, InvalidUsage, PersistBackend, ReadShare,
+    Row, ShardFrontiers, ShardId, ShardUsage, Update, UpperMismatch,
 };
 use timely::progress::Antichain;
 
@@ -123,6 +123,25 @@ impl PersistBackend<u64> for MutantBackend {
             }
             other => other,
         }
+    }
+
+    async fn snapshot_share(
+        &self,
+        shard: ShardId,
+        as_of: &u64,
+        share: ReadShare,
+    ) -> Result<Vec<(Row, Diff)>, BackendError> {
+        self.inner.snapshot_share(shard, as_of, share).await
+    }
+
+    async fn fetch_share(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<u64>,
+        upper: &Antichain<u64>,
+        share: ReadShare,
+    ) -> Result<Vec<Update<u64>>, BackendError> {
+        self.inner.fetch_share(shard, lower, upper, share).await
     }
 
     async fn wait_for_upper_past(

@@ -55,6 +55,7 @@ mod config;
 mod read;
 mod registry;
 mod shard;
+mod share;
 mod spine;
 mod tokens;
 
@@ -63,8 +64,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tidemark_storage_types::{
-    BackendError, CompactionStats, Diff, IdempotencyToken, PersistBackend, Row, ShardFrontiers,
-    ShardId, ShardUsage, StorageTimestamp, Update, UpperMismatch, contract,
+    BackendError, CompactionStats, Diff, IdempotencyToken, PersistBackend, ReadShare, Row,
+    ShardFrontiers, ShardId, ShardUsage, StorageTimestamp, Update, UpperMismatch, contract,
 };
 use timely::PartialOrder;
 use timely::progress::Antichain;
@@ -169,6 +170,27 @@ impl<T: StorageTimestamp> PersistBackend<T> for MemoryBackend {
     ) -> Result<Vec<Update<T>>, BackendError> {
         let view = self.shard::<T>(shard)?.read_view()?;
         Ok(read::fetch(shard, &view, lower, upper)?)
+    }
+
+    async fn snapshot_share(
+        &self,
+        shard: ShardId,
+        as_of: &T,
+        share: ReadShare,
+    ) -> Result<Vec<(Row, Diff)>, BackendError> {
+        let view = self.shard::<T>(shard)?.read_view()?;
+        Ok(share::snapshot_share(shard, &view, as_of, share)?)
+    }
+
+    async fn fetch_share(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<T>,
+        upper: &Antichain<T>,
+        share: ReadShare,
+    ) -> Result<Vec<Update<T>>, BackendError> {
+        let view = self.shard::<T>(shard)?.read_view()?;
+        Ok(share::fetch_share(shard, &view, lower, upper, share)?)
     }
 
     async fn wait_for_upper_past(

@@ -52,6 +52,7 @@ mod maintenance;
 mod notify;
 mod read;
 pub mod schema;
+mod share;
 
 use std::sync::Arc;
 
@@ -60,8 +61,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgPool, Postgres};
 use tidemark_storage_types::{
-    BackendError, CompactionStats, DeterminateKind, Diff, IdempotencyToken, PersistBackend, Row,
-    ShardFrontiers, ShardId, ShardUsage, StorageTimestamp, Update, UpperMismatch,
+    BackendError, CompactionStats, DeterminateKind, Diff, IdempotencyToken, PersistBackend,
+    ReadShare, Row, ShardFrontiers, ShardId, ShardUsage, StorageTimestamp, Update, UpperMismatch,
 };
 use timely::progress::Antichain;
 
@@ -254,6 +255,25 @@ impl<T: StorageTimestamp> PersistBackend<T> for PostgresBackend {
         upper: &Antichain<T>,
     ) -> Result<Vec<Update<T>>, BackendError> {
         read::fetch(self, shard, lower, upper).await
+    }
+
+    async fn snapshot_share(
+        &self,
+        shard: ShardId,
+        as_of: &T,
+        share: ReadShare,
+    ) -> Result<Vec<(Row, Diff)>, BackendError> {
+        share::snapshot_share(self, shard, as_of, share).await
+    }
+
+    async fn fetch_share(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<T>,
+        upper: &Antichain<T>,
+        share: ReadShare,
+    ) -> Result<Vec<Update<T>>, BackendError> {
+        share::fetch_share(self, shard, lower, upper, share).await
     }
 
     async fn wait_for_upper_past(

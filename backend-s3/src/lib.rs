@@ -55,6 +55,7 @@ mod gc;
 mod keys;
 mod read;
 mod shards;
+mod share;
 mod state;
 mod store;
 
@@ -70,7 +71,7 @@ use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use tidemark_storage_types::{
     BackendError, CompactionStats, DeterminateKind, Diff, IdempotencyToken, InvalidUsage,
-    PersistBackend, Row, ShardFrontiers, ShardId, ShardUsage, StorageTimestamp, Update,
+    PersistBackend, ReadShare, Row, ShardFrontiers, ShardId, ShardUsage, StorageTimestamp, Update,
     UpperMismatch,
 };
 use timely::progress::Antichain;
@@ -476,6 +477,25 @@ impl<T: StorageTimestamp> PersistBackend<T> for S3Backend {
         upper: &Antichain<T>,
     ) -> Result<Vec<Update<T>>, BackendError> {
         self.fetch(shard, lower, upper).await
+    }
+
+    async fn snapshot_share(
+        &self,
+        shard: ShardId,
+        as_of: &T,
+        share: ReadShare,
+    ) -> Result<Vec<(Row, Diff)>, BackendError> {
+        self.snapshot_share(shard, as_of, share).await
+    }
+
+    async fn fetch_share(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<T>,
+        upper: &Antichain<T>,
+        share: ReadShare,
+    ) -> Result<Vec<Update<T>>, BackendError> {
+        self.fetch_share(shard, lower, upper, share).await
     }
 
     async fn wait_for_upper_past(

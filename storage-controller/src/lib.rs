@@ -48,6 +48,7 @@ mod instance;
 mod internal;
 mod metadata_view;
 pub mod protocol;
+mod read_hold;
 mod reconnect;
 mod retry;
 pub mod state;
@@ -64,6 +65,7 @@ pub use protocol::{
     ClusterReplicaLocation, ExportCommand, IngestionCommand, StatisticsUpdate, StorageCommand,
     StorageResponse, TimelyConfig,
 };
+pub use read_hold::ReadHold;
 pub use reconnect::ReconnectPolicy;
 pub use retry::RETRIES_METRIC;
 pub use state::{CollectionMetadata, CollectionState, CreateExportToken, ExportState};

@@ -2,19 +2,20 @@
 //! change, as a [`Stream`].
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::Stream;
 use tidemark_storage_types::{
     GlobalId, PersistBackend, ShardId, StorageError, StorageTimestamp, Update,
 };
-use timely::progress::{Antichain, ChangeBatch};
+use timely::progress::Antichain;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::controller::read_snapshot;
 use crate::internal::Internal;
+use crate::read_hold::ReadHold;
 use crate::retry::{RetryPolicy, retry_indeterminate};
 
 /// One item of a [`Subscription`].
@@ -40,44 +41,15 @@ pub struct Subscription<T: StorageTimestamp> {
     id: GlobalId,
     events: mpsc::Receiver<Result<SubscriptionEvent<T>, StorageError>>,
     task: JoinHandle<()>,
-    hold: Arc<Mutex<Option<T>>>,
-    internal: mpsc::UnboundedSender<Internal<T>>,
+    hold: Arc<ReadHold<T>>,
 }
 
 impl<T: StorageTimestamp> std::fmt::Debug for Subscription<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscription")
             .field("id", &self.id)
-            .field("hold", &*self.hold.lock().expect("hold lock poisoned"))
+            .field("hold", &*self.hold)
             .finish_non_exhaustive()
-    }
-}
-
-/// The subscription's read hold, shared by its task and its handle.
-#[derive(Clone)]
-struct Hold<T> {
-    id: GlobalId,
-    time: Arc<Mutex<Option<T>>>,
-    internal: mpsc::UnboundedSender<Internal<T>>,
-}
-
-impl<T: StorageTimestamp> Hold<T> {
-    /// Moves the hold to `to` (`None` releases it).
-    ///
-    /// SUBTLE: the time is swapped and the change sent under the lock, with
-    /// no await in between, so an abort of the task between the two cannot
-    /// lose or double a hold.
-    fn move_to(&self, to: Option<T>) {
-        let mut time = self.time.lock().expect("hold lock poisoned");
-        let mut changes = ChangeBatch::new();
-        if let Some(to) = to {
-            changes.update(to, 1);
-        }
-        if let Some(from) = time.take() {
-            changes.update(from, -1);
-        }
-        *time = to;
-        let _ = self.internal.send(Internal::HoldChanges(self.id, changes));
     }
 }
 
@@ -92,15 +64,11 @@ impl<T: StorageTimestamp> Subscription<T> {
         as_of: T,
         internal: mpsc::UnboundedSender<Internal<T>>,
     ) -> Self {
-        let time = Arc::new(Mutex::new(Some(as_of)));
-        let hold = Hold {
-            id,
-            time: Arc::clone(&time),
-            internal: internal.clone(),
-        };
+        let hold = Arc::new(ReadHold::new(id, as_of, internal));
+        let task_hold = Arc::clone(&hold);
         let (sender, events) = mpsc::channel(16);
         let task = tokio::spawn(async move {
-            if let Err(err) = follow(&*backend, retry, shard, as_of, &hold, &sender).await {
+            if let Err(err) = follow(&*backend, retry, shard, as_of, &task_hold, &sender).await {
                 let _ = sender.send(Err(err)).await;
             }
         });
@@ -108,8 +76,7 @@ impl<T: StorageTimestamp> Subscription<T> {
             id,
             events,
             task,
-            hold: time,
-            internal,
+            hold,
         }
     }
 
@@ -135,14 +102,14 @@ async fn follow<T, B>(
     retry: RetryPolicy,
     shard: ShardId,
     as_of: T,
-    hold: &Hold<T>,
+    hold: &ReadHold<T>,
     sender: &EventSender<T>,
 ) -> Result<(), StorageError>
 where
     T: StorageTimestamp,
     B: PersistBackend<T>,
 {
-    let rows = read_snapshot(backend, retry, hold.id, shard, as_of).await?;
+    let rows = read_snapshot(backend, retry, hold.id(), shard, as_of).await?;
     let snapshot = rows
         .into_iter()
         .map(|(row, diff)| Update::new(row, as_of, diff))
@@ -155,14 +122,14 @@ where
         return Ok(());
     }
     let Some(next) = as_of.checked_step_forward() else {
-        hold.move_to(None);
+        hold.release();
         let _ = sender
             .send(Ok(SubscriptionEvent::Progress(Antichain::new())))
             .await;
         return Ok(());
     };
     let mut lower = Antichain::from_elem(next);
-    hold.move_to(Some(next));
+    hold.downgrade(&lower);
     if sender
         .send(Ok(SubscriptionEvent::Progress(lower.clone())))
         .await
@@ -180,7 +147,7 @@ where
                 .is_empty()
         {
             // Finalized (by a newer controller), not sealed: the data is gone.
-            return Err(StorageError::CollectionDropped(hold.id));
+            return Err(StorageError::CollectionDropped(hold.id()));
         }
         let updates = retry_indeterminate(retry, || backend.fetch(shard, &lower, &upper)).await?;
         if !updates.is_empty()
@@ -191,7 +158,7 @@ where
         {
             return Ok(());
         }
-        hold.move_to(upper.elements().first().copied());
+        hold.downgrade(&upper);
         let done = upper.is_empty();
         if sender
             .send(Ok(SubscriptionEvent::Progress(upper.clone())))
@@ -216,15 +183,8 @@ impl<T: StorageTimestamp> Stream for Subscription<T> {
 impl<T: StorageTimestamp> Drop for Subscription<T> {
     fn drop(&mut self) {
         self.task.abort();
-        let mut time = match self.hold.lock() {
-            Ok(time) => time,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some(from) = time.take() {
-            let _ = self.internal.send(Internal::HoldChanges(
-                self.id,
-                ChangeBatch::new_from(from, -1),
-            ));
-        }
+        // The aborted task may still own a reference for a moment: release
+        // the hold now rather than when the last reference goes.
+        self.hold.release();
     }
 }

@@ -9,7 +9,7 @@ use tidemark_storage_controller::{
 };
 use tidemark_storage_types::{
     BackendError, CollectionDescription, CompactionStats, Datum, Diff, GlobalId, IdempotencyToken,
-    PersistBackend, RelationDesc, Row, ScalarType, ShardFrontiers, ShardId, ShardUsage,
+    PersistBackend, ReadShare, RelationDesc, Row, ScalarType, ShardFrontiers, ShardId, ShardUsage,
     StorageError, Update, UpperMismatch,
 };
 use timely::progress::Antichain;
@@ -60,6 +60,25 @@ impl PersistBackend<u64> for PanicsOnDataAppends {
         upper: &Antichain<u64>,
     ) -> Result<Vec<Update<u64>>, BackendError> {
         self.0.fetch(shard, lower, upper).await
+    }
+
+    async fn snapshot_share(
+        &self,
+        shard: ShardId,
+        as_of: &u64,
+        share: ReadShare,
+    ) -> Result<Vec<(Row, Diff)>, BackendError> {
+        self.0.snapshot_share(shard, as_of, share).await
+    }
+
+    async fn fetch_share(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<u64>,
+        upper: &Antichain<u64>,
+        share: ReadShare,
+    ) -> Result<Vec<Update<u64>>, BackendError> {
+        self.0.fetch_share(shard, lower, upper, share).await
     }
 
     async fn wait_for_upper_past(

@@ -8,6 +8,7 @@ use timely::progress::Antichain;
 use crate::errors::BackendError;
 use crate::ids::{IdempotencyToken, ShardId};
 use crate::row::Row;
+use crate::share::ReadShare;
 use crate::time::{Diff, Update, display_frontier};
 
 /// A shard's read frontier (`since`) and write frontier (`upper`).
@@ -107,8 +108,8 @@ pub struct ShardUsage {
 /// Every method returns [`BackendError`]:
 /// - [`BackendError::InvalidUsage`] for calls that break the contract (an
 ///   unknown shard, updates outside the append bounds, a new upper behind
-///   the expected one, an unreadable `as_of`, an invalid fetch range,
-///   waiting past the empty frontier). Nothing happened.
+///   the expected one, an unreadable `as_of`, an invalid fetch range, an
+///   invalid read share, waiting past the empty frontier). Nothing happened.
 /// - [`BackendError::Determinate`] when the operation definitely did not
 ///   happen (connection refused, bad credentials, missing database or
 ///   bucket, a serialization conflict, corrupted stored data).
@@ -187,6 +188,46 @@ pub trait PersistBackend<T>: Debug + Send + Sync + 'static {
         shard: ShardId,
         lower: &Antichain<T>,
         upper: &Antichain<T>,
+    ) -> Result<Vec<Update<T>>, BackendError>;
+
+    /// One share of [`snapshot`](Self::snapshot): the shares `0..count` of
+    /// one `as_of`, taken together, consolidate to the snapshot at `as_of`;
+    /// each share is itself consolidated and sorted by row. The division
+    /// depends only on the update (its row), never on the stored layout, so
+    /// share `i` holds the same updates in every read (see [`ReadShare`]).
+    /// A backend divides as early as it can, so that a reader of one share
+    /// receives and decodes as little of the rest as its storage allows.
+    /// `ReadShare::WHOLE` is the whole snapshot.
+    ///
+    /// # Errors
+    ///
+    /// As [`snapshot`](Self::snapshot), and
+    /// `InvalidUsage::InvalidShare` unless `share.count > 0` and
+    /// `share.index < share.count`.
+    async fn snapshot_share(
+        &self,
+        shard: ShardId,
+        as_of: &T,
+        share: ReadShare,
+    ) -> Result<Vec<(Row, Diff)>, BackendError>;
+
+    /// One share of [`fetch`](Self::fetch): the shares `0..count` of one
+    /// range, taken together, consolidate to the fetch of that range; each
+    /// share is itself consolidated and sorted by `(time, row)`. As for
+    /// snapshots, share `i` holds the same updates in every read, so readers
+    /// of different shares may follow a shard over different ranges and
+    /// together still read every update exactly once.
+    ///
+    /// # Errors
+    ///
+    /// As [`fetch`](Self::fetch), and `InvalidUsage::InvalidShare` for an
+    /// invalid share.
+    async fn fetch_share(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<T>,
+        upper: &Antichain<T>,
+        share: ReadShare,
     ) -> Result<Vec<Update<T>>, BackendError>;
 
     /// Waits until the shard's upper is not `<= frontier` (some write moved
@@ -268,6 +309,25 @@ where
         upper: &Antichain<T>,
     ) -> Result<Vec<Update<T>>, BackendError> {
         (**self).fetch(shard, lower, upper).await
+    }
+
+    async fn snapshot_share(
+        &self,
+        shard: ShardId,
+        as_of: &T,
+        share: ReadShare,
+    ) -> Result<Vec<(Row, Diff)>, BackendError> {
+        (**self).snapshot_share(shard, as_of, share).await
+    }
+
+    async fn fetch_share(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<T>,
+        upper: &Antichain<T>,
+        share: ReadShare,
+    ) -> Result<Vec<Update<T>>, BackendError> {
+        (**self).fetch_share(shard, lower, upper, share).await
     }
 
     async fn wait_for_upper_past(

@@ -476,6 +476,19 @@ pub enum InvalidUsage {
         /// The shard's upper.
         shard_upper: String,
     },
+    /// A [`ReadShare`](crate::ReadShare) with `count == 0` or
+    /// `index >= count`.
+    #[error(
+        "invalid read share: index must be below a count above zero: shard={shard} index={index} count={count}"
+    )]
+    InvalidShare {
+        /// The shard.
+        shard: ShardId,
+        /// The share's index.
+        index: u32,
+        /// The share's count.
+        count: u32,
+    },
     /// Waiting for the upper to pass the empty frontier can never finish.
     #[error("cannot wait for the upper to pass the empty frontier: shard={shard}")]
     WaitPastEmptyFrontier {

@@ -15,6 +15,7 @@ pub mod errors;
 pub mod ids;
 pub mod read_policy;
 pub mod row;
+pub mod share;
 pub mod time;
 
 pub use backend::{CompactionStats, PersistBackend, ShardFrontiers, ShardUsage, UpperMismatch};
@@ -31,6 +32,7 @@ pub use errors::{
 pub use ids::{GlobalId, IdempotencyToken, ShardId, StorageInstanceId};
 pub use read_policy::{LagFn, ReadPolicy};
 pub use row::{ColumnType, Datum, DatumIter, RelationDesc, Row, ScalarType};
+pub use share::ReadShare;
 pub use time::{
     Codec64, Diff, EncodedFrontier, StorageTimestamp, Update, decode_frontier, display_frontier,
     encode_frontier, frontier_time, readable_at, step_back_frontier,

@@ -309,6 +309,39 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
         ))
     }
 
+    /// A [`ReadHold`](crate::ReadHold) on collection `id` at `as_of`: the
+    /// collection's since cannot pass the hold until it is downgraded past
+    /// `as_of` or dropped. For readers outside the controller (a dataflow
+    /// source) that need the data kept readable while they read. Taking the
+    /// hold applies at once; its later changes reach the collection at the
+    /// next [`process`](crate::StorageController::process).
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::IdentifierMissing`], [`StorageError::ReadBeforeSince`]
+    /// (`as_of` before the since), [`StorageError::Fenced`].
+    pub fn acquire_read_hold(
+        &mut self,
+        id: GlobalId,
+        as_of: T,
+    ) -> Result<crate::ReadHold<T>, StorageError> {
+        self.check_not_fenced()?;
+        let collection = self
+            .collections
+            .get(&id)
+            .ok_or(StorageError::IdentifierMissing(id))?;
+        if !collection.read_capabilities.frontier().less_equal(&as_of) {
+            return Err(StorageError::ReadBeforeSince(id));
+        }
+        let mut hold = BTreeMap::from([(id, ChangeBatch::new_from(as_of, 1))]);
+        self.update_read_capabilities_inner(&mut hold);
+        Ok(crate::ReadHold::new(
+            id,
+            as_of,
+            self.internal_sender.clone(),
+        ))
+    }
+
     pub(crate) async fn migrate_collections_inner(
         &mut self,
         collections: Vec<(GlobalId, CollectionDescription<T>)>,
