@@ -17,9 +17,11 @@
 
 #![warn(missing_docs)]
 
+pub mod ledger;
 pub mod proxy;
 pub mod retrying;
 pub mod services;
+pub mod writer;
 
 pub use proxy::{Fault, FaultPlan, FaultProxy};
 pub use retrying::{CallerRetries, FailureCounts};
