@@ -1,7 +1,7 @@
 //! The replica protocol over TCP: [`TcpTransport`] for the controller,
 //! [`TcpReplicaListener`] for a replica process.
 //!
-//! Each connection speaks the [`wire`](crate::wire) format: both sides send
+//! Each connection speaks the [`wire`] format: both sides send
 //! the handshake, then the controller sends its commands (the first is
 //! always `CreateTimely`) and the replica its responses. A failed handshake,
 //! a malformed or oversized frame, a cut connection or a timeout closes the
