@@ -55,7 +55,6 @@ mod config;
 mod read;
 mod registry;
 mod shard;
-mod share;
 mod spine;
 mod tokens;
 
@@ -159,7 +158,7 @@ impl<T: StorageTimestamp> PersistBackend<T> for MemoryBackend {
 
     async fn snapshot(&self, shard: ShardId, as_of: &T) -> Result<Vec<(Row, Diff)>, BackendError> {
         let view = self.shard::<T>(shard)?.read_view()?;
-        Ok(read::snapshot(shard, &view, as_of)?)
+        Ok(read::snapshot(shard, &view, as_of, ReadShare::WHOLE)?)
     }
 
     async fn fetch(
@@ -169,7 +168,7 @@ impl<T: StorageTimestamp> PersistBackend<T> for MemoryBackend {
         upper: &Antichain<T>,
     ) -> Result<Vec<Update<T>>, BackendError> {
         let view = self.shard::<T>(shard)?.read_view()?;
-        Ok(read::fetch(shard, &view, lower, upper)?)
+        Ok(read::fetch(shard, &view, lower, upper, ReadShare::WHOLE)?)
     }
 
     async fn snapshot_share(
@@ -179,7 +178,7 @@ impl<T: StorageTimestamp> PersistBackend<T> for MemoryBackend {
         share: ReadShare,
     ) -> Result<Vec<(Row, Diff)>, BackendError> {
         let view = self.shard::<T>(shard)?.read_view()?;
-        Ok(share::snapshot_share(shard, &view, as_of, share)?)
+        Ok(read::snapshot(shard, &view, as_of, share)?)
     }
 
     async fn fetch_share(
@@ -190,7 +189,7 @@ impl<T: StorageTimestamp> PersistBackend<T> for MemoryBackend {
         share: ReadShare,
     ) -> Result<Vec<Update<T>>, BackendError> {
         let view = self.shard::<T>(shard)?.read_view()?;
-        Ok(share::fetch_share(shard, &view, lower, upper, share)?)
+        Ok(read::fetch(shard, &view, lower, upper, share)?)
     }
 
     async fn wait_for_upper_past(

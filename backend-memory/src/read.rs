@@ -1,16 +1,19 @@
-//! Snapshots and fetches, computed from a [`ReadView`] without the shard's
-//! lock.
+//! Snapshots and fetches, whole or one [`ReadShare`] of them, computed from
+//! a [`ReadView`] without the shard's lock. A share keeps the rows it holds
+//! by a stable hash of the row ([`ReadShare::holds_row`]), so the shares of
+//! one read are disjoint by row.
 
 use differential_dataflow::consolidation::{consolidate, consolidate_updates};
 use tidemark_storage_types::{
-    Diff, InvalidUsage, Row, ShardId, StorageTimestamp, Update, contract,
+    Diff, InvalidUsage, ReadShare, Row, ShardId, StorageTimestamp, Update, contract,
 };
 use timely::progress::Antichain;
 
 use crate::shard::ReadView;
 
-/// The consolidated contents at `as_of`: each row with the sum of its diffs
-/// at times `<= as_of`, zero sums omitted, sorted by row.
+/// The consolidated contents at `as_of` of the rows `share` holds: each row
+/// with the sum of its diffs at times `<= as_of`, zero sums omitted, sorted
+/// by row.
 ///
 /// Each batch is sorted by row, so the pairs collected from one batch are
 /// sorted by row already: a compacted shard (one batch) only needs equal
@@ -19,13 +22,16 @@ use crate::shard::ReadView;
 ///
 /// # Errors
 ///
+/// [`InvalidUsage::InvalidShare`] for an invalid share;
 /// [`InvalidUsage::AsOfNotReadable`] unless `since <= as_of` and not
 /// `upper <= as_of`.
 pub fn snapshot<T: StorageTimestamp>(
     shard: ShardId,
     view: &ReadView<T>,
     as_of: &T,
+    share: ReadShare,
 ) -> Result<Vec<(Row, Diff)>, InvalidUsage> {
+    share.check(shard)?;
     contract::check_readable(shard, &view.since, &view.upper, as_of)?;
     let capacity = view.batches.iter().map(|batch| batch.len()).sum();
     let mut contents = Vec::with_capacity(capacity);
@@ -40,7 +46,7 @@ pub fn snapshot<T: StorageTimestamp>(
             batch
                 .updates()
                 .iter()
-                .filter(|(_, time, _)| time.less_equal(as_of))
+                .filter(|(row, time, _)| time.less_equal(as_of) && share.holds_row(row))
                 .map(|(row, _, diff)| (row.clone(), *diff)),
         );
     }
@@ -75,8 +81,9 @@ fn sum_sorted_neighbours(contents: &mut Vec<(Row, Diff)>) {
     contents.truncate(kept);
 }
 
-/// The updates with times in `[lower, upper)` after advancing every time by
-/// the since, consolidated and sorted by `(time, row)`.
+/// The updates of the rows `share` holds with times in `[lower, upper)` after
+/// advancing every time by the since, consolidated and sorted by
+/// `(time, row)`.
 ///
 /// The range applies to the advanced times: physical compaction may already
 /// have advanced a stored time to an earlier since, and advancing again to
@@ -86,6 +93,7 @@ fn sum_sorted_neighbours(contents: &mut Vec<(Row, Diff)>) {
 ///
 /// # Errors
 ///
+/// [`InvalidUsage::InvalidShare`] for an invalid share;
 /// [`InvalidUsage::FetchRangeInvalid`] unless `lower <= upper` and `upper`
 /// is not beyond the shard's upper.
 pub fn fetch<T: StorageTimestamp>(
@@ -93,7 +101,9 @@ pub fn fetch<T: StorageTimestamp>(
     view: &ReadView<T>,
     lower: &Antichain<T>,
     upper: &Antichain<T>,
+    share: ReadShare,
 ) -> Result<Vec<Update<T>>, InvalidUsage> {
+    share.check(shard)?;
     contract::check_fetch_range(shard, lower, upper, &view.upper)?;
     if view.since.is_empty() {
         return Ok(Vec::new());
@@ -113,6 +123,9 @@ pub fn fetch<T: StorageTimestamp>(
             continue;
         }
         for (row, time, diff) in batch.updates() {
+            if !share.holds_row(row) {
+                continue;
+            }
             let mut time = *time;
             time.advance_by(view.since.borrow());
             if lower.less_equal(&time) && !upper.less_equal(&time) {
@@ -166,14 +179,14 @@ mod tests {
             10,
             &[&[(1, 0, 1), (2, 1, 1), (3, 5, 1)], &[(1, 2, 1), (2, 3, -1)]],
         );
-        assert_eq!(snapshot(shard, &view, &0).unwrap(), vec![(row(1), 1)]);
+        assert_eq!(snapshot(shard, &view, &0, ReadShare::WHOLE).unwrap(), vec![(row(1), 1)]);
         assert_eq!(
-            snapshot(shard, &view, &1).unwrap(),
+            snapshot(shard, &view, &1, ReadShare::WHOLE).unwrap(),
             vec![(row(1), 1), (row(2), 1)]
         );
-        assert_eq!(snapshot(shard, &view, &4).unwrap(), vec![(row(1), 2)]);
+        assert_eq!(snapshot(shard, &view, &4, ReadShare::WHOLE).unwrap(), vec![(row(1), 2)]);
         assert_eq!(
-            snapshot(shard, &view, &9).unwrap(),
+            snapshot(shard, &view, &9, ReadShare::WHOLE).unwrap(),
             vec![(row(1), 2), (row(3), 1)]
         );
     }
@@ -208,11 +221,11 @@ mod tests {
             &[&[(1, 0, 1), (1, 1, -1), (2, 0, 1), (2, 2, 2), (3, 1, 1)]],
         );
         assert_eq!(
-            snapshot(shard, &view, &2).unwrap(),
+            snapshot(shard, &view, &2, ReadShare::WHOLE).unwrap(),
             vec![(row(2), 3), (row(3), 1)]
         );
         assert_eq!(
-            snapshot(shard, &view, &0).unwrap(),
+            snapshot(shard, &view, &0, ReadShare::WHOLE).unwrap(),
             vec![(row(1), 1), (row(2), 1)]
         );
     }
@@ -222,17 +235,17 @@ mod tests {
         let shard = ShardId::new();
         let view = view(3, 6, &[]);
         for as_of in [2, 6, 7] {
-            let err = snapshot(shard, &view, &as_of).unwrap_err();
+            let err = snapshot(shard, &view, &as_of, ReadShare::WHOLE).unwrap_err();
             assert!(
                 matches!(err, InvalidUsage::AsOfNotReadable { .. }),
                 "as_of {as_of}: {err}"
             );
         }
         assert_eq!(
-            snapshot(shard, &view, &7).unwrap_err().to_string(),
+            snapshot(shard, &view, &7, ReadShare::WHOLE).unwrap_err().to_string(),
             format!("as_of 7 is not readable: shard={shard} since=[3] upper=[6]")
         );
-        assert!(snapshot(shard, &view, &3).unwrap().is_empty());
+        assert!(snapshot(shard, &view, &3, ReadShare::WHOLE).unwrap().is_empty());
     }
 
     #[test]
@@ -248,6 +261,7 @@ mod tests {
             &view,
             &Antichain::from_elem(0),
             &Antichain::from_elem(10),
+            ReadShare::WHOLE,
         )
         .unwrap();
         assert_eq!(
@@ -264,6 +278,7 @@ mod tests {
             &view,
             &Antichain::from_elem(3),
             &Antichain::from_elem(4),
+            ReadShare::WHOLE,
         )
         .unwrap();
         assert_eq!(later, all[2..].to_vec());
@@ -272,6 +287,7 @@ mod tests {
             &view,
             &Antichain::from_elem(0),
             &Antichain::from_elem(2),
+            ReadShare::WHOLE,
         )
         .unwrap();
         assert!(before_since.is_empty(), "every time was advanced to 2");
@@ -295,6 +311,7 @@ mod tests {
                 &view,
                 &Antichain::from_elem(lower),
                 &Antichain::from_elem(upper),
+                ReadShare::WHOLE,
             )
             .unwrap()
         };
@@ -312,7 +329,7 @@ mod tests {
         );
         assert_eq!(fetched(8, 9), vec![Update::new(row(6), 8, 1)]);
         assert!(fetched(7, 8).is_empty());
-        assert_eq!(snapshot(shard, &view, &4).unwrap().len(), 3);
+        assert_eq!(snapshot(shard, &view, &4, ReadShare::WHOLE).unwrap().len(), 3);
     }
 
     #[test]
@@ -325,7 +342,7 @@ mod tests {
             (Antichain::from_elem(0), Antichain::new()),
         ];
         for (lower, upper) in ranges {
-            let err = fetch(shard, &view, &lower, &upper).unwrap_err();
+            let err = fetch(shard, &view, &lower, &upper, ReadShare::WHOLE).unwrap_err();
             assert!(
                 matches!(err, InvalidUsage::FetchRangeInvalid { .. }),
                 "{err}"
@@ -336,6 +353,7 @@ mod tests {
             &view,
             &Antichain::from_elem(0),
             &Antichain::from_elem(6),
+            ReadShare::WHOLE,
         )
         .unwrap_err();
         assert_eq!(
@@ -349,7 +367,8 @@ mod tests {
                 shard,
                 &view,
                 &Antichain::from_elem(5),
-                &Antichain::from_elem(5)
+                &Antichain::from_elem(5),
+                ReadShare::WHOLE,
             )
             .unwrap()
             .is_empty()

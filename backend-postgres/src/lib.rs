@@ -52,7 +52,6 @@ mod maintenance;
 mod notify;
 mod read;
 pub mod schema;
-mod share;
 
 use std::sync::Arc;
 
@@ -245,7 +244,7 @@ impl<T: StorageTimestamp> PersistBackend<T> for PostgresBackend {
     }
 
     async fn snapshot(&self, shard: ShardId, as_of: &T) -> Result<Vec<(Row, Diff)>, BackendError> {
-        read::snapshot(self, shard, as_of).await
+        read::snapshot(self, shard, as_of, ReadShare::WHOLE).await
     }
 
     async fn fetch(
@@ -254,7 +253,7 @@ impl<T: StorageTimestamp> PersistBackend<T> for PostgresBackend {
         lower: &Antichain<T>,
         upper: &Antichain<T>,
     ) -> Result<Vec<Update<T>>, BackendError> {
-        read::fetch(self, shard, lower, upper).await
+        read::fetch(self, shard, lower, upper, ReadShare::WHOLE).await
     }
 
     async fn snapshot_share(
@@ -263,7 +262,7 @@ impl<T: StorageTimestamp> PersistBackend<T> for PostgresBackend {
         as_of: &T,
         share: ReadShare,
     ) -> Result<Vec<(Row, Diff)>, BackendError> {
-        share::snapshot_share(self, shard, as_of, share).await
+        read::snapshot(self, shard, as_of, share).await
     }
 
     async fn fetch_share(
@@ -273,7 +272,7 @@ impl<T: StorageTimestamp> PersistBackend<T> for PostgresBackend {
         upper: &Antichain<T>,
         share: ReadShare,
     ) -> Result<Vec<Update<T>>, BackendError> {
-        share::fetch_share(self, shard, lower, upper, share).await
+        read::fetch(self, shard, lower, upper, share).await
     }
 
     async fn wait_for_upper_past(

@@ -8,8 +8,8 @@
 use futures::TryStreamExt;
 use sqlx::{Connection, PgConnection};
 use tidemark_storage_types::{
-    BackendError, DeterminateKind, Diff, InvalidUsage, Row, ShardFrontiers, ShardId, ShardUsage,
-    StorageTimestamp, Update, contract,
+    BackendError, DeterminateKind, Diff, InvalidUsage, ReadShare, Row, ShardFrontiers, ShardId,
+    ShardUsage, StorageTimestamp, Update, contract,
 };
 use timely::progress::Antichain;
 
@@ -95,11 +95,16 @@ pub(crate) async fn frontiers<T: StorageTimestamp>(
     Ok(decode_frontiers(row.since, row.upper))
 }
 
+/// The snapshot at `as_of` of the rows `share` holds. A share other than
+/// the whole is filtered in SQL by a hash of the row bytes, so the server
+/// sends only that share.
 pub(crate) async fn snapshot<T: StorageTimestamp>(
     backend: &PostgresBackend,
     shard: ShardId,
     as_of: &T,
+    share: ReadShare,
 ) -> Result<Vec<(Row, Diff)>, BackendError> {
+    share.check(shard)?;
     let context = context(backend, shard);
     let fail = |err| statement_error(err, &context);
     let mut conn = backend.acquire().await?;
@@ -115,14 +120,25 @@ pub(crate) async fn snapshot<T: StorageTimestamp>(
     contract::check_readable(shard, &frontiers.since, &frontiers.upper, as_of)?;
     let mut contents = Vec::new();
     {
-        let mut rows = sqlx::query_as::<_, (Vec<u8>, i64)>(
+        let statement = if share == ReadShare::WHOLE {
             "SELECT row_bytes, sum(diff)::BIGINT FROM updates
              WHERE shard_id = $1 AND ts <= $2
-             GROUP BY row_bytes HAVING sum(diff) <> 0",
-        )
-        .bind(shard.0)
-        .bind(as_of.encode())
-        .fetch(&mut *tx);
+             GROUP BY row_bytes HAVING sum(diff) <> 0"
+        } else {
+            "SELECT row_bytes, sum(diff)::BIGINT FROM updates
+             WHERE shard_id = $1 AND ts <= $2
+               AND (('x' || left(md5(row_bytes), 8))::bit(32)::BIGINT % $3::BIGINT) = $4::BIGINT
+             GROUP BY row_bytes HAVING sum(diff) <> 0"
+        };
+        let mut query = sqlx::query_as::<_, (Vec<u8>, i64)>(statement)
+            .bind(shard.0)
+            .bind(as_of.encode());
+        if share != ReadShare::WHOLE {
+            query = query
+                .bind(i64::from(share.count))
+                .bind(i64::from(share.index));
+        }
+        let mut rows = query.fetch(&mut *tx);
         while let Some((bytes, diff)) = rows.try_next().await.map_err(fail)? {
             contents.push((decode_row(&bytes, &context)?, diff));
         }
@@ -132,12 +148,16 @@ pub(crate) async fn snapshot<T: StorageTimestamp>(
     Ok(contents)
 }
 
+/// The fetch of `[lower, upper)` of the rows `share` holds (filtered in SQL
+/// as [`snapshot`] does).
 pub(crate) async fn fetch<T: StorageTimestamp>(
     backend: &PostgresBackend,
     shard: ShardId,
     lower: &Antichain<T>,
     upper: &Antichain<T>,
+    share: ReadShare,
 ) -> Result<Vec<Update<T>>, BackendError> {
+    share.check(shard)?;
     let context = context(backend, shard);
     let fail = |err| statement_error(err, &context);
     let mut conn = backend.acquire().await?;
@@ -174,18 +194,31 @@ pub(crate) async fn fetch<T: StorageTimestamp>(
     }
     let mut updates = Vec::new();
     {
-        let mut rows = sqlx::query_as::<_, (i64, Vec<u8>, i64)>(
+        let statement = if share == ReadShare::WHOLE {
             "SELECT greatest(ts, $2) AS advanced, row_bytes, sum(diff)::BIGINT FROM updates
              WHERE shard_id = $1
                AND (ts >= $3 OR $2 >= $3)
                AND ($4::BIGINT IS NULL OR ts < $4)
-             GROUP BY advanced, row_bytes HAVING sum(diff) <> 0",
-        )
-        .bind(shard.0)
-        .bind(since_code)
-        .bind(lower_code)
-        .bind(upper_code)
-        .fetch(&mut *tx);
+             GROUP BY advanced, row_bytes HAVING sum(diff) <> 0"
+        } else {
+            "SELECT greatest(ts, $2) AS advanced, row_bytes, sum(diff)::BIGINT FROM updates
+             WHERE shard_id = $1
+               AND (ts >= $3 OR $2 >= $3)
+               AND ($4::BIGINT IS NULL OR ts < $4)
+               AND (('x' || left(md5(row_bytes), 8))::bit(32)::BIGINT % $5::BIGINT) = $6::BIGINT
+             GROUP BY advanced, row_bytes HAVING sum(diff) <> 0"
+        };
+        let mut query = sqlx::query_as::<_, (i64, Vec<u8>, i64)>(statement)
+            .bind(shard.0)
+            .bind(since_code)
+            .bind(lower_code)
+            .bind(upper_code);
+        if share != ReadShare::WHOLE {
+            query = query
+                .bind(i64::from(share.count))
+                .bind(i64::from(share.index));
+        }
+        let mut rows = query.fetch(&mut *tx);
         while let Some((time, bytes, diff)) = rows.try_next().await.map_err(fail)? {
             updates.push(Update::new(
                 decode_row(&bytes, &context)?,
