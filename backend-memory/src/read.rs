@@ -179,12 +179,18 @@ mod tests {
             10,
             &[&[(1, 0, 1), (2, 1, 1), (3, 5, 1)], &[(1, 2, 1), (2, 3, -1)]],
         );
-        assert_eq!(snapshot(shard, &view, &0, ReadShare::WHOLE).unwrap(), vec![(row(1), 1)]);
+        assert_eq!(
+            snapshot(shard, &view, &0, ReadShare::WHOLE).unwrap(),
+            vec![(row(1), 1)]
+        );
         assert_eq!(
             snapshot(shard, &view, &1, ReadShare::WHOLE).unwrap(),
             vec![(row(1), 1), (row(2), 1)]
         );
-        assert_eq!(snapshot(shard, &view, &4, ReadShare::WHOLE).unwrap(), vec![(row(1), 2)]);
+        assert_eq!(
+            snapshot(shard, &view, &4, ReadShare::WHOLE).unwrap(),
+            vec![(row(1), 2)]
+        );
         assert_eq!(
             snapshot(shard, &view, &9, ReadShare::WHOLE).unwrap(),
             vec![(row(1), 2), (row(3), 1)]
@@ -242,10 +248,16 @@ mod tests {
             );
         }
         assert_eq!(
-            snapshot(shard, &view, &7, ReadShare::WHOLE).unwrap_err().to_string(),
+            snapshot(shard, &view, &7, ReadShare::WHOLE)
+                .unwrap_err()
+                .to_string(),
             format!("as_of 7 is not readable: shard={shard} since=[3] upper=[6]")
         );
-        assert!(snapshot(shard, &view, &3, ReadShare::WHOLE).unwrap().is_empty());
+        assert!(
+            snapshot(shard, &view, &3, ReadShare::WHOLE)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -329,7 +341,10 @@ mod tests {
         );
         assert_eq!(fetched(8, 9), vec![Update::new(row(6), 8, 1)]);
         assert!(fetched(7, 8).is_empty());
-        assert_eq!(snapshot(shard, &view, &4, ReadShare::WHOLE).unwrap().len(), 3);
+        assert_eq!(
+            snapshot(shard, &view, &4, ReadShare::WHOLE).unwrap().len(),
+            3
+        );
     }
 
     #[test]
