@@ -1,0 +1,404 @@
+//! A replica in this process, served through a real controller on the
+//! memory backend: ingestions write what their generators say at the times
+//! they say, exports of several outputs advance together, a dropped
+//! ingestion stops and is reported dropped, and the file sink writes the
+//! exported collection exactly, moving the export's read hold as it
+//! commits.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidemark_backend_memory::MemoryBackend;
+use tidemark_storage_controller::protocol::ClusterReplicaLocation;
+use tidemark_storage_controller::{
+    Controller, ControllerConfig, InProcessTransport, StorageController,
+};
+use tidemark_storage_replica::file_sink::read_committed;
+use tidemark_storage_replica::generator::Generator;
+use tidemark_storage_replica::{Replica, ReplicaConfig};
+use tidemark_storage_types::{
+    CollectionDescription, DataSource, Datum, Diff, ExportDescription, GlobalId,
+    IngestionDescription, LoadGenerator, PersistBackend, ReadPolicy, RelationDesc, Row,
+    SinkConnection, SourceConnection, StorageInstanceId, Update,
+};
+use timely::progress::Antichain;
+
+const INSTANCE: StorageInstanceId = StorageInstanceId(1);
+const ADDRESS: &str = "replica";
+
+type TestController = Controller<u64, MemoryBackend>;
+
+fn user(n: u64) -> GlobalId {
+    GlobalId::User(n)
+}
+
+fn unique(label: &str) -> String {
+    format!("{label}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Fails the test instead of hanging (a bound, not a timing assertion).
+async fn within<R>(future: impl Future<Output = R>, what: &str) -> R {
+    tokio::time::timeout(Duration::from_secs(120), future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// A controller on a fresh memory store, with a replica of `workers`
+/// workers serving it in this process.
+struct Setup {
+    controller: TestController,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        self.serving.abort();
+    }
+}
+
+async fn setup(workers: usize) -> Setup {
+    let transport = InProcessTransport::<u64>::new();
+    let listener = transport.listen(ADDRESS);
+    let mut controller = Controller::with_transport(
+        MemoryBackend::open(&unique("replica-test")),
+        ControllerConfig::default(),
+        transport,
+    )
+    .await
+    .expect("a controller starts");
+    let replica = Replica::start(
+        Arc::clone(controller.backend()),
+        ReplicaConfig::single(workers),
+        tokio::runtime::Handle::current(),
+    )
+    .expect("the replica starts");
+    let serving = tokio::spawn(replica.serve(listener));
+    controller.create_instance(INSTANCE);
+    controller.initialization_complete();
+    controller.connect_replica(INSTANCE, ClusterReplicaLocation::single(ADDRESS));
+    Setup {
+        controller,
+        serving,
+    }
+}
+
+fn ingestion(
+    generator: LoadGenerator,
+    exports: BTreeMap<GlobalId, String>,
+) -> IngestionDescription {
+    IngestionDescription {
+        instance_id: INSTANCE,
+        connection: SourceConnection::LoadGenerator {
+            generator,
+            tick: Duration::from_millis(5),
+        },
+        remap_collection_id: None,
+        source_exports: exports,
+    }
+}
+
+fn counter() -> CollectionDescription<u64> {
+    let generator = LoadGenerator::Counter {
+        max_cardinality: None,
+    };
+    let relation = Generator::relations(&generator)[0].1.clone();
+    CollectionDescription::new(
+        relation,
+        DataSource::Ingestion(ingestion(generator, BTreeMap::new())),
+    )
+}
+
+fn upper_of(controller: &TestController, id: GlobalId) -> u64 {
+    let state = controller
+        .collection(id)
+        .or_else(|_| Err(()))
+        .map(|state| state.write_frontier.clone());
+    match state {
+        Ok(frontier) => frontier.elements().first().copied().unwrap_or(u64::MAX),
+        Err(()) => controller
+            .export(id)
+            .expect("a collection or an export")
+            .write_frontier
+            .elements()
+            .first()
+            .copied()
+            .unwrap_or(u64::MAX),
+    }
+}
+
+/// Runs the controller until `done` holds.
+async fn process_until(
+    controller: &mut TestController,
+    what: &str,
+    mut done: impl FnMut(&TestController) -> bool,
+) {
+    within(
+        async {
+            while !done(controller) {
+                tokio::select! {
+                    () = controller.ready() => controller.process().await.expect("process succeeds"),
+                    () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+        },
+        what,
+    )
+    .await;
+}
+
+async fn updates_of(controller: &TestController, id: GlobalId, upper: u64) -> Vec<Update<u64>> {
+    let shard = controller
+        .collection(id)
+        .expect("a collection")
+        .collection_metadata
+        .data_shard;
+    let mut updates = controller
+        .backend()
+        .fetch(
+            shard,
+            &Antichain::from_elem(0),
+            &Antichain::from_elem(upper),
+        )
+        .await
+        .expect("the shard reads");
+    updates.sort_by(|a, b| (a.timestamp, &a.row).cmp(&(b.timestamp, &b.row)));
+    updates
+}
+
+fn int(n: i64) -> Row {
+    Row::pack([Datum::Int64(n)])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_reaches_upper_n_with_exactly_the_values_1_to_n_at_their_times() {
+    let mut setup = setup(2).await;
+    let c = &mut setup.controller;
+    c.create_collections(vec![(user(1), counter())])
+        .await
+        .unwrap();
+    const N: u64 = 40;
+    process_until(c, "the counter's upper reaches N", |c| {
+        upper_of(c, user(1)) >= N
+    })
+    .await;
+    let updates = updates_of(c, user(1), N).await;
+    let expected: Vec<Update<u64>> = (0..N)
+        .map(|tick| Update::new(int(i64::try_from(tick).unwrap() + 1), tick, 1))
+        .collect();
+    assert_eq!(updates, expected);
+    let snapshot = c.snapshot(user(1), N - 1).await.unwrap();
+    assert_eq!(snapshot.len(), usize::try_from(N).unwrap());
+    assert!(snapshot.iter().all(|(_, diff)| *diff == 1));
+    process_until(c, "the status says running", |c| {
+        c.status(user(1)) == Some("running")
+    })
+    .await;
+    process_until(c, "statistics count the updates", |c| {
+        c.statistics(user(1)).is_some_and(|s| s.updates >= N)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auction_ingestions_exports_advance_together() {
+    let mut setup = setup(2).await;
+    let c = &mut setup.controller;
+    let outputs = ["auctions", "bids", "users", "organizations", "accounts"];
+    let relations: BTreeMap<&str, RelationDesc> = Generator::relations(&LoadGenerator::Auction)
+        .into_iter()
+        .collect();
+    let mut exports = BTreeMap::new();
+    let mut collections = Vec::new();
+    for (n, output) in outputs.iter().enumerate() {
+        let id = user(10 + n as u64);
+        exports.insert(id, (*output).to_string());
+        collections.push((
+            id,
+            CollectionDescription::new(relations[output].clone(), DataSource::Other),
+        ));
+    }
+    let primary = Generator::relations(&LoadGenerator::Auction)[0].1.clone();
+    collections.push((
+        user(1),
+        CollectionDescription::new(
+            primary,
+            DataSource::Ingestion(ingestion(LoadGenerator::Auction, exports.clone())),
+        ),
+    ));
+    c.create_collections(collections).await.unwrap();
+    const N: u64 = 20;
+    process_until(c, "every export reaches N", |c| {
+        exports.keys().all(|id| upper_of(c, *id) >= N)
+    })
+    .await;
+    // Each export holds exactly what the generator wrote for its output.
+    let generator = Generator::new(&ingestion(LoadGenerator::Auction, exports.clone())).unwrap();
+    for (id, output) in &exports {
+        let written = updates_of(c, *id, N).await;
+        let mut expected = Vec::new();
+        for tick in 0..N {
+            for (name, rows) in generator.tick(tick) {
+                if name == output {
+                    expected.extend(
+                        rows.into_iter()
+                            .map(|(row, diff)| Update::new(row, tick, diff)),
+                    );
+                }
+            }
+        }
+        let consolidate = |updates: Vec<Update<u64>>| {
+            let mut triples: Vec<(Row, u64, Diff)> = updates
+                .into_iter()
+                .map(|u| (u.row, u.timestamp, u.diff))
+                .collect();
+            differential_dataflow::consolidation::consolidate_updates(&mut triples);
+            triples
+        };
+        assert_eq!(
+            consolidate(written),
+            consolidate(expected),
+            "output {output}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_ingestion_stops_and_is_reported_dropped() {
+    let mut setup = setup(1).await;
+    let c = &mut setup.controller;
+    c.create_collections(vec![(user(1), counter())])
+        .await
+        .unwrap();
+    process_until(c, "the counter runs", |c| upper_of(c, user(1)) >= 5).await;
+    let shard = c
+        .collection(user(1))
+        .unwrap()
+        .collection_metadata
+        .data_shard;
+    c.drop_sources(vec![user(1)]).unwrap();
+    process_until(c, "the collection is gone after DroppedIds", |c| {
+        c.collection(user(1)).is_err() && c.status(user(1)).is_none()
+    })
+    .await;
+    // Stopped: the shard's upper no longer moves (it is finalized or
+    // stays where the ingestion left it).
+    let first = PersistBackend::<u64>::frontiers(&**c.backend(), shard)
+        .await
+        .unwrap()
+        .upper;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let later = PersistBackend::<u64>::frontiers(&**c.backend(), shard)
+        .await
+        .unwrap()
+        .upper;
+    assert_eq!(first, later, "nothing writes the dropped ingestion's shard");
+}
+
+fn sink_dir(label: &str) -> PathBuf {
+    std::env::temp_dir().join(unique(label))
+}
+
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn export_counter(
+    c: &mut TestController,
+    export: GlobalId,
+    dir: &std::path::Path,
+    as_of: u64,
+    with_snapshot: bool,
+) {
+    let token = c.prepare_export(export, user(1)).unwrap();
+    let description = ExportDescription {
+        from: user(1),
+        from_desc: c.collection(user(1)).unwrap().description.desc.clone(),
+        connection: SinkConnection::File {
+            path: dir.to_path_buf(),
+        },
+        as_of: Antichain::from_elem(as_of),
+        with_snapshot,
+        instance_id: INSTANCE,
+    };
+    c.create_exports(vec![(token, description)]).await.unwrap();
+}
+
+/// The collection's updates from `as_of` on, as an export of it writes
+/// them: the snapshot at `as_of` (if asked for) at time `as_of`, then every
+/// later update at its time, up to `upper`.
+async fn expected_export(
+    c: &TestController,
+    as_of: u64,
+    with_snapshot: bool,
+    upper: u64,
+) -> Vec<(Row, u64, Diff)> {
+    let mut expected: Vec<(Row, u64, Diff)> = updates_of(c, user(1), upper)
+        .await
+        .into_iter()
+        .filter(|u| {
+            if with_snapshot {
+                true
+            } else {
+                u.timestamp > as_of
+            }
+        })
+        .map(|u| (u.row, u.timestamp.max(as_of), u.diff))
+        .collect();
+    differential_dataflow::consolidation::consolidate_updates(&mut expected);
+    expected
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_sink_writes_the_exported_collection_and_moves_its_read_hold() {
+    let mut setup = setup(2).await;
+    let c = &mut setup.controller;
+    c.create_collections(vec![(user(1), counter())])
+        .await
+        .unwrap();
+    process_until(c, "the counter has data", |c| upper_of(c, user(1)) >= 10).await;
+    let (with, without) = (sink_dir("with-snapshot"), sink_dir("without-snapshot"));
+    let _cleanup = (RemoveDir(with.clone()), RemoveDir(without.clone()));
+    export_counter(c, user(2), &with, 5, true).await;
+    export_counter(c, user(3), &without, 5, false).await;
+    let since_at_start = c.collection(user(1)).unwrap().implied_capability.clone();
+    const UPPER: u64 = 30;
+    process_until(c, "both exports commit past UPPER", |c| {
+        upper_of(c, user(2)) >= UPPER && upper_of(c, user(3)) >= UPPER
+    })
+    .await;
+    for (dir, with_snapshot) in [(&with, true), (&without, false)] {
+        let mut written: Vec<(Row, u64, Diff)> = read_committed(dir).unwrap();
+        let upper = written.iter().map(|(_, t, _)| *t + 1).max().unwrap_or(5);
+        differential_dataflow::consolidation::consolidate_updates(&mut written);
+        let expected = expected_export(c, 5, with_snapshot, upper).await;
+        assert_eq!(written, expected, "with_snapshot={with_snapshot}");
+        assert!(!written.is_empty());
+    }
+    // The exports' holds followed their commits, and with the collection's
+    // own policy following its upper, its since moves past the as_of.
+    for export in [user(2), user(3)] {
+        let hold = c.export(export).unwrap().read_capability.clone();
+        assert!(
+            hold.elements().iter().all(|time| *time >= UPPER - 1),
+            "export {export} holds at {hold:?}"
+        );
+    }
+    assert!(since_at_start.less_equal(&5));
+    c.set_read_policy(vec![(user(1), ReadPolicy::step_back())]);
+    process_until(c, "the source's since advances", |c| {
+        c.collection(user(1))
+            .unwrap()
+            .since()
+            .elements()
+            .iter()
+            .all(|time| *time >= UPPER - 1)
+    })
+    .await;
+}
