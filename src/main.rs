@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tidemark::cli::{ToolError, bench, cat, doctor, inspect};
+use tidemark::cli::{ToolError, bench, cat, doctor, inspect, replica};
 
 /// Durable, versioned collections with frontier semantics.
 #[derive(Debug, Parser)]
@@ -99,6 +99,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serves a storage replica: runs the ingestions and sinks a
+    /// controller connecting over TCP asks for, writing to the backend
+    /// given here (never sent by the controller, never logged). Prints
+    /// `listening on ADDR` once bound; serves until Ctrl-C or SIGTERM.
+    Replica {
+        /// Where controllers connect, host:port (port 0 picks a free one).
+        #[arg(long)]
+        listen: String,
+        /// The backend: memory://NAME, postgres://... or s3://BUCKET/PREFIX?...
+        #[arg(long)]
+        backend: String,
+        /// Timely worker threads in this process.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// This process's index in --peers.
+        #[arg(long, default_value_t = 0)]
+        process: usize,
+        /// The timely addresses of every process of the replica, in the
+        /// same order for each process (host:port,host:port,...).
+        #[arg(long, value_parser = peer_list)]
+        peers: Option<Vec<String>>,
+    },
     /// Checks that a store is safe for tidemark data and says why not.
     /// S3: conditional writes enforced and atomic under a race (8 writers
     /// per round), ETags, PUT/GET/conditional PUT latency. PostgreSQL:
@@ -115,6 +137,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Splits `--peers A,B,...` into addresses.
+fn peer_list(text: &str) -> Result<Vec<String>, String> {
+    let peers: Vec<String> = text
+        .split(',')
+        .map(|peer| peer.trim().to_string())
+        .collect();
+    if peers.iter().any(String::is_empty) {
+        return Err(format!("an empty address in the peer list: {text:?}"));
+    }
+    Ok(peers)
 }
 
 fn main() -> ExitCode {
@@ -230,6 +264,22 @@ fn main() -> ExitCode {
                 }
                 Ok(())
             }))
+        }
+        Command::Replica {
+            listen,
+            backend,
+            workers,
+            process,
+            peers,
+        } => {
+            let options = replica::ReplicaOptions {
+                listen,
+                backend,
+                workers,
+                process,
+                peers: peers.unwrap_or_default(),
+            };
+            report(runtime.block_on(replica::run(&options, &mut stdout)))
         }
         Command::Doctor { url, rounds, json } => {
             let options = doctor::DoctorOptions { rounds };

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cat;
 pub mod doctor;
 pub mod inspect;
+pub mod replica;
 pub mod stats;
 
 use serde_json::Value;
@@ -69,6 +70,9 @@ pub enum ToolError {
     /// Writing the output failed.
     #[error("cannot write output: {0}")]
     Io(#[from] std::io::Error),
+    /// The replica could not start.
+    #[error(transparent)]
+    Replica(#[from] tidemark_storage_replica::ReplicaError),
     /// The metrics exporter could not start.
     #[error("cannot start the metrics exporter: {0}")]
     Metrics(String),
