@@ -297,7 +297,9 @@ pub async fn ingestion_is_sent_with_its_resume_upper<F: BackendFactory>(factory:
     append_and_settle(&mut c, user(1), vec![], 7).await;
     let mut description = ingestion(INSTANCE, None);
     if let DataSource::Ingestion(ingestion) = &mut description.data_source {
-        ingestion.source_exports.insert(user(1));
+        ingestion
+            .source_exports
+            .insert(user(1), "counter".to_owned());
     }
     c.create_collections(vec![(user(2), description)])
         .await

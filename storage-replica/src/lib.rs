@@ -43,4 +43,5 @@ impl<T> ReplicaTimestamp for T where
     T: tidemark_storage_types::StorageTimestamp + timely::progress::timestamp::Refines<()>
 {
 }
+
 pub use server::{Replica, ReplicaError};

@@ -1,6 +1,6 @@
 //! Descriptions of collections and exports, and storage configuration.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -45,13 +45,18 @@ pub struct IngestionDescription {
     /// Its progress collection, which must exist before the ingestion is
     /// created; the ingestion holds reads on it.
     pub remap_collection_id: Option<GlobalId>,
-    /// Further collections the ingestion writes (besides itself).
-    pub source_exports: BTreeSet<GlobalId>,
+    /// Further collections the ingestion writes (besides itself), each with
+    /// the name of the source output it receives (for a load generator, one
+    /// of its outputs such as `"bids"`). The ingestion's own collection
+    /// receives the source's primary output.
+    pub source_exports: BTreeMap<GlobalId, String>,
 }
 
 /// Where an ingestion reads from.
+///
+/// Not `#[non_exhaustive]`: a replica must run every kind of source, so a
+/// new kind is a compile error in the replica rather than a runtime refusal.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
 pub enum SourceConnection {
     /// A generator of synthetic data.
     LoadGenerator {
@@ -62,18 +67,39 @@ pub enum SourceConnection {
     },
 }
 
-/// A synthetic data generator.
+/// A synthetic data generator. Its output is a pure function of the
+/// description and the tick number, so a restarted ingestion writes exactly
+/// what the first run would have (the replica's `generator` module defines
+/// the outputs and their relations).
+///
+/// Not `#[non_exhaustive]`, for the reason given on [`SourceConnection`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
 pub enum LoadGenerator {
     /// Emits one increasing integer per tick, up to `max_cardinality` live
     /// values (older ones are retracted) if given.
     Counter {
-        /// Bounds how many values are live at once.
+        /// Bounds how many values are live at once (at least 1).
         max_cardinality: Option<u64>,
     },
-    /// An auction: bids on items, in one relation.
+    /// An auction house: organizations, users and accounts created at the
+    /// first tick and updated rarely, auctions opened and bids placed every
+    /// tick, each in an output of its own (`"organizations"`, `"users"`,
+    /// `"accounts"`, `"auctions"`, `"bids"`).
     Auction,
+    /// Upserts over a fixed key space, `batch_size` writes per tick: the
+    /// throughput workload. The `n`-th write overall sets key `n % keys` to
+    /// a value of `value_size` bytes derived from `seed` and `n`, retracting
+    /// the key's previous value.
+    KeyValue {
+        /// How many distinct keys there are (at least 1).
+        keys: u64,
+        /// The length of each value in bytes.
+        value_size: u32,
+        /// How many writes each tick makes (at least 1).
+        batch_size: u32,
+        /// Seeds the values.
+        seed: u64,
+    },
 }
 
 /// How a collection comes to be and what it holds.
@@ -141,10 +167,13 @@ pub struct ExportDescription<T> {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum SinkConnection {
-    /// JSON lines with the row, time and diff, exactly once via a progress
-    /// record beside the file.
+    /// JSON lines `{"row": [...], "time": T, "diff": D}`, written exactly
+    /// once across restarts through a committed-progress record beside the
+    /// data.
     File {
-        /// The file written.
+        /// A directory the sink owns: it holds the data file and the
+        /// progress record (and, while a commit is under way, a temporary
+        /// record). It is created if missing; nothing else may write there.
         path: PathBuf,
     },
 }

@@ -23,7 +23,7 @@ fn required_collections<T>(description: &CollectionDescription<T>) -> Vec<Global
     let mut required: Vec<GlobalId> = description.status_collection_id.into_iter().collect();
     if let DataSource::Ingestion(ingestion) = &description.data_source {
         required.extend(ingestion.remap_collection_id);
-        required.extend(ingestion.source_exports.iter().copied());
+        required.extend(ingestion.source_exports.keys().copied());
     }
     required
 }
@@ -188,7 +188,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
             return;
         };
         let mut outputs = vec![id];
-        outputs.extend(ingestion.source_exports.iter().copied());
+        outputs.extend(ingestion.source_exports.keys().copied());
         let mut resume_upper = Antichain::new();
         let mut data_shards = Vec::with_capacity(outputs.len());
         for output in outputs {

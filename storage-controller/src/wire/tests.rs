@@ -1,4 +1,4 @@
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ fn every_command() -> Vec<StorageCommand<u64>> {
                     tick: Duration::from_millis(250),
                 },
                 remap_collection_id: Some(GlobalId::User(3)),
-                source_exports: BTreeSet::from([GlobalId::User(4)]),
+                source_exports: BTreeMap::from([(GlobalId::User(4), "counter".to_owned())]),
             }),
         )
         .with_since(Antichain::from_elem(7)),
