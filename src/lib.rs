@@ -35,6 +35,7 @@ use thiserror::Error;
 
 pub use tidemark_storage_controller as controller;
 pub use tidemark_storage_dataflow as dataflow;
+pub use tidemark_storage_replica as replica;
 pub use tidemark_storage_types as types;
 pub use tidemark_storage_types::{BackendError, PersistBackend};
 

@@ -118,8 +118,8 @@ enum Command {
         process: usize,
         /// The timely addresses of every process of the replica, in the
         /// same order for each process (host:port,host:port,...).
-        #[arg(long, value_parser = peer_list)]
-        peers: Option<Vec<String>>,
+        #[arg(long)]
+        peers: Option<String>,
     },
     /// Checks that a store is safe for tidemark data and says why not.
     /// S3: conditional writes enforced and atomic under a race (8 writers
@@ -272,14 +272,24 @@ fn main() -> ExitCode {
             process,
             peers,
         } => {
+            let peers = match peers.as_deref().map(peer_list).transpose() {
+                Ok(peers) => peers.unwrap_or_default(),
+                Err(err) => {
+                    eprintln!("error: invalid argument: --peers: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let options = replica::ReplicaOptions {
                 listen,
                 backend,
                 workers,
                 process,
-                peers: peers.unwrap_or_default(),
+                peers,
             };
-            report(runtime.block_on(replica::run(&options, &mut stdout)))
+            // SUBTLE: timely's cluster setup prints to stdout from its own
+            // threads; holding the lock here would deadlock it.
+            drop(stdout);
+            report(runtime.block_on(replica::run(&options, &mut std::io::stdout())))
         }
         Command::Doctor { url, rounds, json } => {
             let options = doctor::DoctorOptions { rounds };

@@ -402,3 +402,81 @@ async fn a_file_sink_writes_the_exported_collection_and_moves_its_read_hold() {
     })
     .await;
 }
+
+/// A free loopback port (probed; timely binds it right after).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|probe| probe.local_addr())
+        .expect("loopback binds")
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_of_two_processes_runs_an_ingestion_and_a_sink() {
+    let transport = InProcessTransport::<u64>::new();
+    let mut c = Controller::with_transport(
+        MemoryBackend::open(&unique("two-processes")),
+        ControllerConfig::default(),
+        transport.clone(),
+    )
+    .await
+    .expect("a controller starts");
+    let peers = vec![
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    ];
+    // Each process blocks in `start` until the other has connected.
+    let starting: Vec<_> = (0..2)
+        .map(|process| {
+            let backend = Arc::clone(c.backend());
+            let config = ReplicaConfig {
+                workers: 1,
+                process,
+                peers: peers.clone(),
+            };
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || Replica::start(backend, config, runtime))
+        })
+        .collect();
+    let mut serving = Vec::new();
+    for (process, start) in starting.into_iter().enumerate() {
+        let replica = within(start, "the cluster connects")
+            .await
+            .unwrap()
+            .unwrap();
+        let listener = transport.listen(&format!("p{process}"));
+        serving.push(AbortOnDrop(tokio::spawn(replica.serve(listener))));
+    }
+    c.create_instance(INSTANCE);
+    c.create_collections(vec![(user(1), counter())])
+        .await
+        .unwrap();
+    let dir = sink_dir("two-processes");
+    let _cleanup = RemoveDir(dir.clone());
+    // u1 runs on worker 1 (process 1), u2 on worker 0 (process 0).
+    export_counter(&mut c, user(2), &dir, 0, true).await;
+    c.initialization_complete();
+    c.connect_replica(
+        INSTANCE,
+        ClusterReplicaLocation {
+            addresses: vec!["p0".into(), "p1".into()],
+        },
+    );
+    process_until(&mut c, "both dataflows make progress", |c| {
+        upper_of(c, user(1)) >= 20 && upper_of(c, user(2)) >= 15
+    })
+    .await;
+    let mut written: Vec<(Row, u64, Diff)> = read_committed(&dir).unwrap();
+    let upper = written.iter().map(|(_, t, _)| *t + 1).max().unwrap();
+    differential_dataflow::consolidation::consolidate_updates(&mut written);
+    assert_eq!(written, expected_export(&c, 0, true, upper).await);
+    drop(serving);
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
