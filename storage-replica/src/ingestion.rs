@@ -241,6 +241,13 @@ fn durable_upper<T: StorageTimestamp>(parts: &[DataflowStatus<T>]) -> Antichain<
     meet
 }
 
+/// The generator operator's output: `(output index, row)` updates.
+type GeneratorOutput<'a, T> = timely::dataflow::operators::generic::OutputBuilderSession<
+    'a,
+    T,
+    CapacityContainerBuilder<Vec<((usize, Row), T, Diff)>>,
+>;
+
 /// The generator operator's state on its worker.
 struct Ticking<T: StorageTimestamp> {
     generator: Generator,
@@ -298,11 +305,7 @@ impl<T: StorageTimestamp> Ticking<T> {
     /// (`None`: never, the generator is done or not on this worker).
     fn step(
         &mut self,
-        output: &mut timely::dataflow::operators::generic::OutputBuilderSession<
-            '_,
-            T,
-            CapacityContainerBuilder<Vec<((usize, Row), T, Diff)>>,
-        >,
+        output: &mut GeneratorOutput<'_, T>,
     ) -> Option<Duration> {
         let capability = self.capability.as_mut()?;
         if self.monitor.error().is_some() {

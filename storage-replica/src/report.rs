@@ -35,12 +35,14 @@ pub(crate) enum WorkerEvent<T> {
     Statistics(Vec<(GlobalId, StatisticsUpdate)>),
 }
 
+/// One id's uppers: each worker's, and the meet last reported.
+type Uppers<T> = (Vec<Option<Antichain<T>>>, Option<Antichain<T>>);
+
 /// The process's aggregate of its workers' reports.
 #[derive(Debug)]
 pub(crate) struct Reports<T> {
     workers: usize,
-    /// Per id: each worker's upper, and the meet last reported.
-    uppers: BTreeMap<GlobalId, (Vec<Option<Antichain<T>>>, Option<Antichain<T>>)>,
+    uppers: BTreeMap<GlobalId, Uppers<T>>,
     dropped: BTreeMap<GlobalId, BTreeSet<usize>>,
     statuses: BTreeMap<GlobalId, String>,
 }

@@ -185,12 +185,10 @@ where
             if let Definition::Ingestion {
                 command: current, ..
             } = &running.definition
+                && current.description == command.description
+                && current.data_shards == command.data_shards
             {
-                if current.description == command.description
-                    && current.data_shards == command.data_shards
-                {
-                    return;
-                }
+                return;
             }
             self.drop_id(worker, command.id);
         }
@@ -222,12 +220,11 @@ where
             named.insert(command.id);
         }
         if let Some(running) = self.running.get(&command.id) {
-            if let Definition::Export(current) = &running.definition {
-                if current.description == command.description
-                    && current.from_shard == command.from_shard
-                {
-                    return;
-                }
+            if let Definition::Export(current) = &running.definition
+                && current.description == command.description
+                && current.from_shard == command.from_shard
+            {
+                return;
             }
             self.drop_id(worker, command.id);
         }
