@@ -125,22 +125,15 @@ pub(super) fn tick(tick: u64) -> Vec<(&'static str, Vec<(Row, Diff)>)> {
         users.extend((0..USERS).map(|user_id| (user(user_id, 0), 1)));
         accounts.extend((0..ORGANIZATIONS).map(|account_id| (account(account_id, 0), 1)));
     } else {
-        let entities: [(u64, u64, fn(u64, u64) -> Row, &mut Vec<(Row, Diff)>); 3] = [
-            (
-                ORGANIZATION_PERIOD,
-                ORGANIZATIONS,
-                organization,
-                &mut organizations,
-            ),
-            (USER_PERIOD, USERS, user, &mut users),
-            (ACCOUNT_PERIOD, ORGANIZATIONS, account, &mut accounts),
-        ];
-        for (period, count, make, rows) in entities {
-            if let Some((entity, version)) = turn(tick, period, count) {
-                rows.push((make(entity, version - 1), -1));
-                rows.push((make(entity, version), 1));
-            }
-        }
+        update_in_turn(
+            tick,
+            ORGANIZATION_PERIOD,
+            ORGANIZATIONS,
+            organization,
+            &mut organizations,
+        );
+        update_in_turn(tick, USER_PERIOD, USERS, user, &mut users);
+        update_in_turn(tick, ACCOUNT_PERIOD, ORGANIZATIONS, account, &mut accounts);
     }
 
     let mut auctions = vec![(auction(tick), 1)];
@@ -169,12 +162,28 @@ pub(super) fn tick(tick: u64) -> Vec<(&'static str, Vec<(Row, Diff)>)> {
     ]
 }
 
+/// Adds to `rows` the update of one of `count` entities (made by `row` from
+/// an id and a version) that `tick` makes, if it is one of the update ticks
+/// of `period`: the old version out, the new one in.
+fn update_in_turn(
+    tick: u64,
+    period: u64,
+    count: u64,
+    row: fn(u64, u64) -> Row,
+    rows: &mut Vec<(Row, Diff)>,
+) {
+    if let Some((entity, version)) = turn(tick, period, count) {
+        rows.push((row(entity, version - 1), -1));
+        rows.push((row(entity, version), 1));
+    }
+}
+
 /// Which entity an update at `tick` changes and its new version, when
 /// `tick` is one of the period's update ticks: the `j`-th update tick
 /// (`tick = j * period`, `j >= 1`) gives entity `(j - 1) % count` its
 /// version `(j - 1) / count + 1`.
 fn turn(tick: u64, period: u64, count: u64) -> Option<(u64, u64)> {
-    if tick == 0 || tick % period != 0 {
+    if tick == 0 || !tick.is_multiple_of(period) {
         return None;
     }
     let turn = tick / period - 1;
