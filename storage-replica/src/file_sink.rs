@@ -282,7 +282,14 @@ impl<T: StorageTimestamp> FileSink<T> {
     /// trusted (nothing is cut off then); [`FileSinkError::Io`] when a file
     /// system call fails.
     pub fn open(dir: &Path) -> Result<FileSink<T>, FileSinkError> {
+        let created = !dir.is_dir();
         fs::create_dir_all(dir).map_err(io_error(dir, "create the directory"))?;
+        if created
+            && let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty())
+        {
+            // The directory's own entry must survive a machine crash too.
+            sync_dir(parent)?;
+        }
         let data_path = dir.join(DATA_FILE);
         let data = OpenOptions::new()
             .read(true)
