@@ -28,7 +28,6 @@
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -266,7 +265,6 @@ pub struct FileSink<T> {
     /// Whether the data file may hold bytes past the committed length (a
     /// crashed or failed commit's); they are cut off before the next append.
     uncommitted_tail: bool,
-    _time: PhantomData<T>,
 }
 
 impl<T: StorageTimestamp> FileSink<T> {
@@ -329,7 +327,6 @@ impl<T: StorageTimestamp> FileSink<T> {
             data,
             committed,
             uncommitted_tail: data_len > committed_len,
-            _time: PhantomData,
         };
         sink.cut_to_committed()?;
         Ok(sink)
@@ -473,6 +470,20 @@ impl<T: StorageTimestamp> FileSink<T> {
         self.uncommitted_tail = false;
         sync_dir(&self.dir)
     }
+}
+
+/// The committed upper of a sink directory, as
+/// [`FileSink::committed_upper`] gives it (`None` before the first commit),
+/// read without opening the sink: it takes no lock and changes nothing.
+///
+/// # Errors
+///
+/// [`FileSinkError::CorruptRecord`] when the record cannot be read back;
+/// [`FileSinkError::Io`] when it cannot be read at all.
+pub fn read_committed_upper<T: StorageTimestamp>(
+    dir: &Path,
+) -> Result<Option<Antichain<T>>, FileSinkError> {
+    Ok(read_record::<T>(dir)?.map(|committed| committed.upper))
 }
 
 /// Reads a sink directory back: the committed updates only, in the order
