@@ -290,17 +290,26 @@ fn auction_updates_entities_in_place() {
         ticks_of("accounts"),
         (1..=105).map(|j| j * 20).collect::<Vec<_>>()
     );
-    // Some auction drew bids, and bids were retracted with their auctions.
-    let bids_placed: usize = (0..=2_100)
-        .map(|tick| {
-            generator.tick(tick)[5]
+    // Every tick opens an auction and places one to four bids; bids leave
+    // with their auctions, so few are live at the end.
+    let mut bids_placed = 0;
+    for tick in 0..=2_100 {
+        let outputs = generator.tick(tick);
+        let placed = |output: usize| {
+            outputs[output]
                 .1
                 .iter()
                 .filter(|(_, diff)| *diff > 0)
                 .count()
-        })
-        .sum();
-    assert!(bids_placed > 1_000, "{bids_placed} bids placed");
+        };
+        assert_eq!(placed(4), 1, "tick {tick} opens one auction");
+        assert!(
+            (1..=4).contains(&placed(5)),
+            "tick {tick} places {} bids",
+            placed(5)
+        );
+        bids_placed += placed(5);
+    }
     assert!(state["bids"].len() < bids_placed / 10);
 }
 

@@ -10,7 +10,7 @@
 //!   [`ORGANIZATION_PERIOD`]-th tick an organization's name. The entities
 //!   take turns, so the row an update retracts is computed from the tick.
 //! - Tick `k` opens auction `k` (a seller and an item), open for
-//!   [`AUCTION_TICKS`] ticks, and places up to [`MAX_BIDS_PER_TICK`] bids on
+//!   [`AUCTION_TICKS`] ticks, and places one to [`MAX_BIDS_PER_TICK`] bids on
 //!   open auctions; at tick `k + AUCTION_TICKS` auction `k` closes: it and
 //!   all its bids are retracted. So every live bid names a live auction and
 //!   every id names a live user or organization.
@@ -264,7 +264,7 @@ impl Bid {
 /// The bids tick `tick` places: each on an auction open at that tick (one
 /// of the last [`AUCTION_TICKS`] opened, this tick's included).
 fn bids_of_tick(tick: u64) -> Vec<Bid> {
-    let count = below(MAX_BIDS_PER_TICK + 1, &[SALT_BID_COUNT, tick]);
+    let count = 1 + below(MAX_BIDS_PER_TICK, &[SALT_BID_COUNT, tick]);
     let open = (tick + 1).min(AUCTION_TICKS);
     (0..count)
         .map(|index| Bid {
