@@ -28,7 +28,6 @@
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -266,7 +265,6 @@ pub struct FileSink<T> {
     /// Whether the data file may hold bytes past the committed length (a
     /// crashed or failed commit's); they are cut off before the next append.
     uncommitted_tail: bool,
-    _time: PhantomData<T>,
 }
 
 impl<T: StorageTimestamp> FileSink<T> {
@@ -282,7 +280,14 @@ impl<T: StorageTimestamp> FileSink<T> {
     /// trusted (nothing is cut off then); [`FileSinkError::Io`] when a file
     /// system call fails.
     pub fn open(dir: &Path) -> Result<FileSink<T>, FileSinkError> {
+        let created = !dir.is_dir();
         fs::create_dir_all(dir).map_err(io_error(dir, "create the directory"))?;
+        if created
+            && let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty())
+        {
+            // The directory's own entry must survive a machine crash too.
+            sync_dir(parent)?;
+        }
         let data_path = dir.join(DATA_FILE);
         let data = OpenOptions::new()
             .read(true)
@@ -322,7 +327,6 @@ impl<T: StorageTimestamp> FileSink<T> {
             data,
             committed,
             uncommitted_tail: data_len > committed_len,
-            _time: PhantomData,
         };
         sink.cut_to_committed()?;
         Ok(sink)
@@ -466,6 +470,20 @@ impl<T: StorageTimestamp> FileSink<T> {
         self.uncommitted_tail = false;
         sync_dir(&self.dir)
     }
+}
+
+/// The committed upper of a sink directory, as
+/// [`FileSink::committed_upper`] gives it (`None` before the first commit),
+/// read without opening the sink: it takes no lock and changes nothing.
+///
+/// # Errors
+///
+/// [`FileSinkError::CorruptRecord`] when the record cannot be read back;
+/// [`FileSinkError::Io`] when it cannot be read at all.
+pub fn read_committed_upper<T: StorageTimestamp>(
+    dir: &Path,
+) -> Result<Option<Antichain<T>>, FileSinkError> {
+    Ok(read_record::<T>(dir)?.map(|committed| committed.upper))
 }
 
 /// Reads a sink directory back: the committed updates only, in the order

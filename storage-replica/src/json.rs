@@ -18,6 +18,7 @@
 //! unsigned number [`time_number`] gives: for `u64` times, the time
 //! itself.
 
+use serde::Serialize;
 use serde_json::{Map, Number, Value};
 use tidemark_storage_types::{Codec64, Datum, Diff, Row};
 
@@ -157,7 +158,7 @@ fn datum_from_json(value: &Value) -> Result<OwnedDatum, String> {
 }
 
 fn decode_hex(hex: &str) -> Result<Vec<u8>, String> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return Err(format!("bytes has an odd number of hex digits: {hex:?}"));
     }
     (0..hex.len())
@@ -174,11 +175,19 @@ fn decode_hex(hex: &str) -> Result<Vec<u8>, String> {
 /// `{"row":[...],"time":T,"diff":D}`.
 #[must_use]
 pub(crate) fn encode_update<T: Codec64>(row: &Row, time: &T, diff: Diff) -> String {
-    let mut object = Map::new();
-    object.insert("row".to_owned(), row_to_json(row));
-    object.insert("time".to_owned(), Value::from(time_number(time)));
-    object.insert("diff".to_owned(), Value::from(diff));
-    Value::Object(object).to_string()
+    /// The line's fields, in the order they are written.
+    #[derive(Serialize)]
+    struct Line {
+        row: Value,
+        time: u64,
+        diff: Diff,
+    }
+    serde_json::to_string(&Line {
+        row: row_to_json(row),
+        time: time_number(time),
+        diff,
+    })
+    .expect("a JSON value serializes")
 }
 
 /// The update an [`encode_update`] line stands for.
@@ -305,7 +314,7 @@ mod tests {
             (json!([[1]]), "datum 0: a datum cannot be an array"),
             (json!([{"bytes": "abc"}]), "odd number of hex digits"),
             (json!([{"bytes": "zz"}]), "bytes is not hex"),
-            (json!([{"bytes": "é0"}]), "bytes is not hex"),
+            (json!([{"bytes": "é"}]), "bytes is not hex"),
             (json!([{"bytes": 1}]), "bytes is not a string"),
             (json!([{"float64_bits": -1}]), "float64_bits is not a u64"),
             (json!([{"timestamp": 1.5}]), "timestamp is not an int64"),

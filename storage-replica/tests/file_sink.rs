@@ -11,6 +11,7 @@ use proptest::prelude::*;
 use support::TempDir;
 use tidemark_storage_replica::file_sink::{
     DATA_FILE, FileSink, FileSinkError, PROGRESS_FILE, PROGRESS_TEMP_FILE, read_committed,
+    read_committed_upper,
 };
 use tidemark_storage_types::{Datum, Diff, Row};
 use timely::progress::Antichain;
@@ -156,6 +157,7 @@ proptest! {
                 }
             }
             prop_assert_eq!(sink.committed_upper(), model_upper.clone());
+            prop_assert_eq!(read_committed_upper::<u64>(dir.path()).unwrap(), model_upper.clone());
             let read: Vec<Update> = read_committed(dir.path()).unwrap();
             prop_assert_eq!(read.len(), model.len());
             for (read, expected) in read.iter().zip(&model) {
@@ -175,6 +177,7 @@ fn a_new_directory_has_nothing_committed() {
     assert_eq!(sink.commits(), 0);
     assert_eq!(sink.dir(), nested);
     assert_eq!(read_committed::<u64>(&nested).unwrap(), vec![]);
+    assert_eq!(read_committed_upper::<u64>(&nested).unwrap(), None);
     // A directory no sink ever opened reads as empty too.
     assert_eq!(read_committed::<u64>(dir.path()).unwrap(), vec![]);
 }
@@ -305,6 +308,10 @@ fn a_corrupt_record_is_a_clear_error() {
     );
     assert!(matches!(
         read_committed::<u64>(dir.path()),
+        Err(FileSinkError::CorruptRecord { .. })
+    ));
+    assert!(matches!(
+        read_committed_upper::<u64>(dir.path()),
         Err(FileSinkError::CorruptRecord { .. })
     ));
 
@@ -475,6 +482,47 @@ fn refused_commits_write_nothing() {
         FileSink::<u64>::open(dir.path()).unwrap().committed_upper(),
         Some(Antichain::new())
     );
+}
+
+/// A commit that fails after appending its data (here: the temporary
+/// record cannot be created) commits nothing, and the next commit cuts off
+/// what it appended.
+#[test]
+fn a_failed_commit_leaves_nothing_committed() {
+    let dir = TempDir::new("failed-commit");
+    let mut sink = FileSink::<u64>::open(dir.path()).unwrap();
+    sink.commit(&[(row(1, "a"), 0, 1)], &upper(1)).unwrap();
+    let committed_len = data_len(dir.path());
+    fs::create_dir(dir.path().join(PROGRESS_TEMP_FILE)).unwrap();
+    let err = sink
+        .commit(&[(row(2, "lost"), 1, 1)], &upper(2))
+        .unwrap_err();
+    match &err {
+        FileSinkError::Io { path, action, .. } => {
+            assert_eq!(
+                (path, *action),
+                (&dir.path().join(PROGRESS_TEMP_FILE), "create")
+            );
+        }
+        other => panic!("expected Io, got {other}"),
+    }
+    assert!(
+        data_len(dir.path()) > committed_len,
+        "the data was appended"
+    );
+    assert_eq!(sink.committed_upper(), Some(upper(1)));
+    assert_eq!(
+        read_committed::<u64>(dir.path()).unwrap(),
+        vec![(row(1, "a"), 0, 1)]
+    );
+
+    fs::remove_dir(dir.path().join(PROGRESS_TEMP_FILE)).unwrap();
+    sink.commit(&[(row(3, "c"), 1, 1)], &upper(2)).unwrap();
+    assert_eq!(
+        read_committed::<u64>(dir.path()).unwrap(),
+        vec![(row(1, "a"), 0, 1), (row(3, "c"), 1, 1)]
+    );
+    assert_eq!(data_len(dir.path()), sink.committed_len());
 }
 
 #[test]

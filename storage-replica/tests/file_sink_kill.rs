@@ -101,7 +101,8 @@ impl Writer {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if line.starts_with("resuming at ") {
+                // libtest prints "test file_sink_writer ... " on the same line first.
+                if line.contains("resuming at ") {
                     let _ = ready_tx.send(line);
                 }
             }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use differential_dataflow::consolidation::consolidate;
 use proptest::prelude::*;
 use tidemark_storage_replica::generator::{
-    Generator, GeneratorError, MAX_TICK, MAX_VALUE_SIZE, tick_time, time_tick, upper_after,
+    Generator, GeneratorError, MAX_BATCH_SIZE, MAX_TICK, MAX_TICK_BYTES, MAX_VALUE_SIZE, tick_time,
+    time_tick, upper_after,
 };
 use tidemark_storage_types::{
     Datum, Diff, GlobalId, IngestionDescription, LoadGenerator, Row, SourceConnection,
@@ -91,7 +92,7 @@ proptest! {
     /// generators made separately, one run forwards from 0 and one jumping
     /// straight to each tick in reverse, agree.
     #[test]
-    fn a_tick_is_deterministic(load in any_generator(), ticks in proptest::collection::vec(0u64..5_000, 1..12)) {
+    fn a_tick_is_deterministic(load in any_generator(), ticks in proptest::collection::vec(0u64..1_500, 1..12)) {
         let forwards = generator(load.clone());
         let mut seen = Vec::new();
         for tick in 0..=*ticks.iter().max().unwrap() {
@@ -289,17 +290,26 @@ fn auction_updates_entities_in_place() {
         ticks_of("accounts"),
         (1..=105).map(|j| j * 20).collect::<Vec<_>>()
     );
-    // Some auction drew bids, and bids were retracted with their auctions.
-    let bids_placed: usize = (0..=2_100)
-        .map(|tick| {
-            generator.tick(tick)[5]
+    // Every tick opens an auction and places one to four bids; bids leave
+    // with their auctions, so few are live at the end.
+    let mut bids_placed = 0;
+    for tick in 0..=2_100 {
+        let outputs = generator.tick(tick);
+        let placed = |output: usize| {
+            outputs[output]
                 .1
                 .iter()
                 .filter(|(_, diff)| *diff > 0)
                 .count()
-        })
-        .sum();
-    assert!(bids_placed > 1_000, "{bids_placed} bids placed");
+        };
+        assert_eq!(placed(4), 1, "tick {tick} opens one auction");
+        assert!(
+            (1..=4).contains(&placed(5)),
+            "tick {tick} places {} bids",
+            placed(5)
+        );
+        bids_placed += placed(5);
+    }
     assert!(state["bids"].len() < bids_placed / 10);
 }
 
@@ -376,7 +386,7 @@ fn past_the_last_tick_nothing_is_written() {
         LoadGenerator::KeyValue {
             keys: 3,
             value_size: 4,
-            batch_size: u32::MAX,
+            batch_size: 1_000,
             seed: 6,
         },
     ] {
@@ -465,6 +475,16 @@ fn bad_descriptions_are_refused_with_what_is_wrong() {
             "value_size",
             u64::from(MAX_VALUE_SIZE) + 1,
         ),
+        (
+            key_value(8, 0, MAX_BATCH_SIZE + 1),
+            "batch_size",
+            u64::from(MAX_BATCH_SIZE) + 1,
+        ),
+        (
+            key_value(8, MAX_VALUE_SIZE, 257),
+            "batch_size * value_size",
+            u64::from(MAX_VALUE_SIZE) * 257,
+        ),
     ] {
         match invalid(load) {
             GeneratorError::InvalidParameter {
@@ -480,6 +500,9 @@ fn bad_descriptions_are_refused_with_what_is_wrong() {
     }
     // The bounds themselves are accepted.
     generator(key_value(i64::MAX as u64, MAX_VALUE_SIZE, 1));
+    generator(key_value(1, 0, MAX_BATCH_SIZE));
+    assert_eq!(u64::from(MAX_VALUE_SIZE) * 256, MAX_TICK_BYTES);
+    generator(key_value(1, MAX_VALUE_SIZE, 256));
     generator(LoadGenerator::Counter {
         max_cardinality: Some(1),
     });

@@ -10,7 +10,7 @@
 //!   [`ORGANIZATION_PERIOD`]-th tick an organization's name. The entities
 //!   take turns, so the row an update retracts is computed from the tick.
 //! - Tick `k` opens auction `k` (a seller and an item), open for
-//!   [`AUCTION_TICKS`] ticks, and places up to [`MAX_BIDS_PER_TICK`] bids on
+//!   [`AUCTION_TICKS`] ticks, and places one to [`MAX_BIDS_PER_TICK`] bids on
 //!   open auctions; at tick `k + AUCTION_TICKS` auction `k` closes: it and
 //!   all its bids are retracted. So every live bid names a live auction and
 //!   every id names a live user or organization.
@@ -125,22 +125,15 @@ pub(super) fn tick(tick: u64) -> Vec<(&'static str, Vec<(Row, Diff)>)> {
         users.extend((0..USERS).map(|user_id| (user(user_id, 0), 1)));
         accounts.extend((0..ORGANIZATIONS).map(|account_id| (account(account_id, 0), 1)));
     } else {
-        let entities: [(u64, u64, fn(u64, u64) -> Row, &mut Vec<(Row, Diff)>); 3] = [
-            (
-                ORGANIZATION_PERIOD,
-                ORGANIZATIONS,
-                organization,
-                &mut organizations,
-            ),
-            (USER_PERIOD, USERS, user, &mut users),
-            (ACCOUNT_PERIOD, ORGANIZATIONS, account, &mut accounts),
-        ];
-        for (period, count, make, rows) in entities {
-            if let Some((entity, version)) = turn(tick, period, count) {
-                rows.push((make(entity, version - 1), -1));
-                rows.push((make(entity, version), 1));
-            }
-        }
+        update_in_turn(
+            tick,
+            ORGANIZATION_PERIOD,
+            ORGANIZATIONS,
+            organization,
+            &mut organizations,
+        );
+        update_in_turn(tick, USER_PERIOD, USERS, user, &mut users);
+        update_in_turn(tick, ACCOUNT_PERIOD, ORGANIZATIONS, account, &mut accounts);
     }
 
     let mut auctions = vec![(auction(tick), 1)];
@@ -169,12 +162,28 @@ pub(super) fn tick(tick: u64) -> Vec<(&'static str, Vec<(Row, Diff)>)> {
     ]
 }
 
+/// Adds to `rows` the update of one of `count` entities (made by `row` from
+/// an id and a version) that `tick` makes, if it is one of the update ticks
+/// of `period`: the old version out, the new one in.
+fn update_in_turn(
+    tick: u64,
+    period: u64,
+    count: u64,
+    row: fn(u64, u64) -> Row,
+    rows: &mut Vec<(Row, Diff)>,
+) {
+    if let Some((entity, version)) = turn(tick, period, count) {
+        rows.push((row(entity, version - 1), -1));
+        rows.push((row(entity, version), 1));
+    }
+}
+
 /// Which entity an update at `tick` changes and its new version, when
 /// `tick` is one of the period's update ticks: the `j`-th update tick
 /// (`tick = j * period`, `j >= 1`) gives entity `(j - 1) % count` its
 /// version `(j - 1) / count + 1`.
 fn turn(tick: u64, period: u64, count: u64) -> Option<(u64, u64)> {
-    if tick == 0 || tick % period != 0 {
+    if tick == 0 || !tick.is_multiple_of(period) {
         return None;
     }
     let turn = tick / period - 1;
@@ -255,7 +264,7 @@ impl Bid {
 /// The bids tick `tick` places: each on an auction open at that tick (one
 /// of the last [`AUCTION_TICKS`] opened, this tick's included).
 fn bids_of_tick(tick: u64) -> Vec<Bid> {
-    let count = below(MAX_BIDS_PER_TICK + 1, &[SALT_BID_COUNT, tick]);
+    let count = 1 + below(MAX_BIDS_PER_TICK, &[SALT_BID_COUNT, tick]);
     let open = (tick + 1).min(AUCTION_TICKS);
     (0..count)
         .map(|index| Bid {

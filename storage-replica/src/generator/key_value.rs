@@ -19,6 +19,14 @@ pub(super) const OUTPUT: &str = "key_value";
 /// The largest `value_size` the key-value generator accepts: 1 MiB.
 pub const MAX_VALUE_SIZE: u32 = 1 << 20;
 
+/// The largest `batch_size` the key-value generator accepts: 1,048,576
+/// writes per tick.
+pub const MAX_BATCH_SIZE: u32 = 1 << 20;
+
+/// The most value bytes one tick may write (`batch_size * value_size`):
+/// 256 MiB. A tick is built in memory, with a retraction per write.
+pub const MAX_TICK_BYTES: u64 = 1 << 28;
+
 /// The characters values are made of.
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
@@ -61,11 +69,26 @@ impl KeyValue {
         if batch_size == 0 {
             return Err(invalid("batch_size", 0, "at least 1"));
         }
+        if batch_size > MAX_BATCH_SIZE {
+            return Err(invalid(
+                "batch_size",
+                u64::from(batch_size),
+                "at most 1048576 (MAX_BATCH_SIZE)",
+            ));
+        }
         if value_size > MAX_VALUE_SIZE {
             return Err(invalid(
                 "value_size",
                 u64::from(value_size),
                 "at most 1048576 (MAX_VALUE_SIZE)",
+            ));
+        }
+        let tick_bytes = u64::from(batch_size) * u64::from(value_size);
+        if tick_bytes > MAX_TICK_BYTES {
+            return Err(invalid(
+                "batch_size * value_size",
+                tick_bytes,
+                "at most 268435456 (MAX_TICK_BYTES)",
             ));
         }
         Ok(KeyValue {

@@ -5,7 +5,7 @@
 //!
 //! A generator counts in ticks `0, 1, 2, ...`. Tick `k` is written at the
 //! time [`tick_time(k)`](tick_time), the `k`-th time after `T::minimum()` in
-//! [`Codec64`] order (`T::decode(T::minimum().encode() + k)`), and once it
+//! [`Codec64`](tidemark_storage_types::Codec64) order (`T::decode(T::minimum().encode() + k)`), and once it
 //! is written the outputs' upper is [`upper_after(k)`](upper_after), the
 //! time of tick `k + 1`. So an ingestion resuming at upper `U` starts at
 //! tick [`time_tick(U)`](time_tick) and writes exactly what an ingestion
@@ -47,7 +47,7 @@ use tidemark_storage_types::{
 };
 use timely::progress::Antichain;
 
-pub use key_value::MAX_VALUE_SIZE;
+pub use key_value::{MAX_BATCH_SIZE, MAX_TICK_BYTES, MAX_VALUE_SIZE};
 
 /// The last tick any generator writes. Keeping ticks below 2^60 keeps every
 /// number a generator derives from them (counter values, offsets, bid ids)
@@ -224,8 +224,9 @@ impl Generator {
     ///
     /// [`GeneratorError::UnknownOutput`] when a source export names an
     /// output the generator lacks; [`GeneratorError::InvalidParameter`]
-    /// for zero keys or batch size, a value size above
-    /// [`MAX_VALUE_SIZE`], more keys than `i64` counts, or a
+    /// for zero keys or batch size, a batch size above [`MAX_BATCH_SIZE`], a
+    /// value size above [`MAX_VALUE_SIZE`], a tick of more than
+    /// [`MAX_TICK_BYTES`] value bytes, more keys than `i64` counts, or a
     /// `max_cardinality` of zero.
     pub fn new(description: &IngestionDescription) -> Result<Generator, GeneratorError> {
         let SourceConnection::LoadGenerator { generator, tick } = &description.connection;
