@@ -303,10 +303,7 @@ impl<T: StorageTimestamp> Ticking<T> {
 
     /// Emits the ticks that are due; how long until it should run again
     /// (`None`: never, the generator is done or not on this worker).
-    fn step(
-        &mut self,
-        output: &mut GeneratorOutput<'_, T>,
-    ) -> Option<Duration> {
+    fn step(&mut self, output: &mut GeneratorOutput<'_, T>) -> Option<Duration> {
         let capability = self.capability.as_mut()?;
         if self.monitor.error().is_some() {
             // Stalled: hold where we are, look again later.

@@ -112,21 +112,15 @@ fn counter() -> CollectionDescription<u64> {
 }
 
 fn upper_of(controller: &TestController, id: GlobalId) -> u64 {
-    let state = controller
-        .collection(id)
-        .or_else(|_| Err(()))
-        .map(|state| state.write_frontier.clone());
-    match state {
-        Ok(frontier) => frontier.elements().first().copied().unwrap_or(u64::MAX),
-        Err(()) => controller
+    let frontier = match controller.collection(id) {
+        Ok(state) => state.write_frontier.clone(),
+        Err(_) => controller
             .export(id)
             .expect("a collection or an export")
             .write_frontier
-            .elements()
-            .first()
-            .copied()
-            .unwrap_or(u64::MAX),
-    }
+            .clone(),
+    };
+    frontier.elements().first().copied().unwrap_or(u64::MAX)
 }
 
 /// Runs the controller until `done` holds.
