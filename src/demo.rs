@@ -1,15 +1,31 @@
 //! `tidemark demo`: an end-to-end tour of the storage controller on any
 //! backend: tables, appends at advancing times, snapshots at several
 //! as_ofs, a lag read policy moving the since, compaction shrinking
-//! storage, a subscription, and a drop reclaiming a shard.
+//! storage, a subscription, a drop reclaiming a shard, and a storage
+//! instance whose replica (in this process, or a `tidemark replica` process
+//! given with `--replica`) runs a counter and an auction ingestion and a
+//! file sink.
 
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use thiserror::Error;
-use tidemark::controller::{Controller, ControllerConfig, StorageController, SubscriptionEvent};
+use tidemark::controller::protocol::ClusterReplicaLocation;
+use tidemark::controller::tcp::{TcpConfig, TcpTransport};
+use tidemark::controller::{
+    Controller, ControllerConfig, InProcessTransport, ReplicaTransport, StorageController,
+    SubscriptionEvent,
+};
+use tidemark::replica::generator::Generator;
+use tidemark::replica::{Replica, ReplicaConfig, ReplicaError};
 use tidemark::types::{
-    CollectionDescription, Datum, GlobalId, PersistBackend, ReadPolicy, RelationDesc, Row,
-    ScalarType, StorageError, StorageParameters, Update, display_frontier, frontier_time,
+    CollectionDescription, DataSource, Datum, ExportDescription, GlobalId, IngestionDescription,
+    LoadGenerator, PersistBackend, ReadPolicy, RelationDesc, Row, ScalarType, SinkConnection,
+    SourceConnection, StorageError, StorageInstanceId, StorageParameters, Update, display_frontier,
+    frontier_time,
 };
 use tidemark::{DynBackend, OpenError};
 
@@ -22,6 +38,12 @@ pub struct DemoOptions {
     pub ticks: u64,
     /// How many accounts the balances table holds.
     pub accounts: i64,
+    /// A `tidemark replica` process to use (`host:port`) instead of one in
+    /// this process; it must write the same store.
+    pub replica: Option<String>,
+    /// Where the file sink writes (default: a fresh directory under the
+    /// system's temporary directory).
+    pub sink_dir: Option<PathBuf>,
 }
 
 /// Why the demo stopped.
@@ -42,6 +64,12 @@ pub enum DemoError {
     /// The options make no demo.
     #[error("invalid demo options: {0}")]
     Options(String),
+    /// The in-process replica did not start.
+    #[error("cannot start the replica: {0}")]
+    Replica(#[from] ReplicaError),
+    /// The replica made no progress in time.
+    #[error("the replica made no progress within {0:?}: is it running, on the same store?")]
+    ReplicaStuck(Duration),
 }
 
 const BALANCES: GlobalId = GlobalId::User(1);
@@ -83,15 +111,31 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> Result<(), Demo
             options.ticks, options.accounts
         )));
     }
+    if options.replica.is_some() && options.backend.starts_with("memory:") {
+        return Err(DemoError::Options(
+            "a replica in another process cannot share a memory:// store: use postgres:// or s3://"
+                .to_string(),
+        ));
+    }
     let backend = tidemark::open(&options.backend).await?;
     let config = ControllerConfig {
         parameters: StorageParameters {
             compaction_min_updates: Some(1),
+            statistics_interval: Some(Duration::from_millis(100)),
             ..StorageParameters::default()
         },
         ..ControllerConfig::default()
     };
-    let mut controller = Controller::new(backend, config).await?;
+    // The replica section's replica: in this process, or over TCP.
+    let (transport, listener): (Arc<dyn ReplicaTransport<u64>>, _) = match &options.replica {
+        Some(_) => (TcpTransport::<u64>::new(TcpConfig::default()), None),
+        None => {
+            let transport = InProcessTransport::<u64>::new();
+            let listener = transport.listen(IN_PROCESS_REPLICA);
+            (transport, Some(listener))
+        }
+    };
+    let mut controller = Controller::with_transport(backend, config, transport).await?;
     writeln!(out, "tidemark demo on {}", options.backend)?;
     writeln!(
         out,
@@ -196,6 +240,12 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> Result<(), Demo
     )?;
     controller.try_reconcile_state().await?;
 
+    section(
+        out,
+        "8. a storage instance: counter and auction ingestions and a file sink on a replica",
+    )?;
+    replica_demo(&mut controller, options, listener, out).await?;
+
     section(out, "summary")?;
     for (id, state) in controller.collections() {
         let usage = controller
@@ -212,6 +262,221 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> Result<(), Demo
         )?;
     }
     Ok(())
+}
+
+const IN_PROCESS_REPLICA: &str = "in-process";
+const INSTANCE: StorageInstanceId = StorageInstanceId(1);
+const COUNTER: GlobalId = GlobalId::User(10);
+const AUCTION: GlobalId = GlobalId::User(11);
+const AUCTION_OUTPUTS: [(GlobalId, &str); 5] = [
+    (GlobalId::User(12), "auctions"),
+    (GlobalId::User(13), "bids"),
+    (GlobalId::User(14), "users"),
+    (GlobalId::User(15), "organizations"),
+    (GlobalId::User(16), "accounts"),
+];
+const COUNTER_SINK: GlobalId = GlobalId::User(17);
+const REPLICA_PATIENCE: Duration = Duration::from_secs(120);
+
+fn ingestion(generator: LoadGenerator, exports: BTreeMap<GlobalId, String>) -> DataSource {
+    DataSource::Ingestion(IngestionDescription {
+        instance_id: INSTANCE,
+        connection: SourceConnection::LoadGenerator {
+            generator,
+            tick: Duration::from_millis(10),
+        },
+        remap_collection_id: None,
+        source_exports: exports,
+    })
+}
+
+/// Runs an instance with a replica: a counter and an auction ingestion,
+/// a file sink exporting the counter, until each has written `ticks`
+/// ticks; prints what each did.
+async fn replica_demo(
+    controller: &mut DemoController,
+    options: &DemoOptions,
+    listener: Option<tidemark::controller::transport::ReplicaListener<u64>>,
+    out: &mut impl Write,
+) -> Result<(), DemoError> {
+    let (location, serving) = match (&options.replica, listener) {
+        (Some(address), _) => (address.clone(), None),
+        (None, listener) => {
+            let replica = Replica::<u64>::start(
+                Arc::new(controller.backend().clone()),
+                ReplicaConfig::single(2),
+                tokio::runtime::Handle::current(),
+            )?;
+            let listener = listener.ok_or_else(|| {
+                DemoError::Options("no in-process listener for the replica".to_string())
+            })?;
+            (
+                IN_PROCESS_REPLICA.to_string(),
+                Some(AbortOnDrop(tokio::spawn(replica.serve(listener)))),
+            )
+        }
+    };
+    let counter = LoadGenerator::Counter {
+        max_cardinality: None,
+    };
+    let mut collections = vec![(
+        COUNTER,
+        CollectionDescription::new(
+            Generator::relations(&counter)[0].1.clone(),
+            ingestion(counter, BTreeMap::new()),
+        ),
+    )];
+    let relations: BTreeMap<&str, RelationDesc> = Generator::relations(&LoadGenerator::Auction)
+        .into_iter()
+        .collect();
+    let mut exports = BTreeMap::new();
+    for (id, output) in AUCTION_OUTPUTS {
+        exports.insert(id, output.to_string());
+        collections.push((
+            id,
+            CollectionDescription::new(relations[output].clone(), DataSource::Other),
+        ));
+    }
+    collections.push((
+        AUCTION,
+        CollectionDescription::new(
+            Generator::relations(&LoadGenerator::Auction)[0].1.clone(),
+            ingestion(LoadGenerator::Auction, exports),
+        ),
+    ));
+    controller.create_instance(INSTANCE);
+    controller.create_collections(collections).await?;
+    let sink_dir = options.sink_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!(
+            "tidemark-demo-sink-{}",
+            uuid::Uuid::new_v4().simple()
+        ))
+    });
+    let token = controller.prepare_export(COUNTER_SINK, COUNTER)?;
+    let as_of = token.acquired_since().clone();
+    let description = ExportDescription {
+        from: COUNTER,
+        from_desc: controller.collection(COUNTER)?.description.desc.clone(),
+        connection: SinkConnection::File {
+            path: sink_dir.clone(),
+        },
+        as_of: as_of.clone(),
+        with_snapshot: true,
+        instance_id: INSTANCE,
+    };
+    controller
+        .create_exports(vec![(token, description)])
+        .await?;
+    let start = frontier_time(&controller.collection(COUNTER)?.write_frontier).unwrap_or(0);
+    controller.connect_replica(INSTANCE, ClusterReplicaLocation::single(location.clone()));
+    writeln!(
+        out,
+        "  replica {} ; counter {COUNTER}, auction {AUCTION} (exports {}), file sink {COUNTER_SINK} into {}",
+        if serving.is_some() {
+            "in this process (2 workers)".to_string()
+        } else {
+            format!("at {location}")
+        },
+        AUCTION_OUTPUTS
+            .map(|(id, output)| format!("{id} {output}"))
+            .join(", "),
+        sink_dir.display()
+    )?;
+    let goal = start + options.ticks;
+    let upper = |controller: &DemoController, id: GlobalId| -> u64 {
+        let frontier = match controller.collection(id) {
+            Ok(state) => state.write_frontier.clone(),
+            Err(_) => controller
+                .export(id)
+                .map(|export| export.write_frontier.clone())
+                .unwrap_or_default(),
+        };
+        frontier_time(&frontier).unwrap_or(0)
+    };
+    let waited = tokio::time::timeout(REPLICA_PATIENCE, async {
+        let done = |controller: &DemoController| {
+            upper(controller, COUNTER) >= goal
+                && upper(controller, COUNTER_SINK) >= goal
+                && controller.statistics(COUNTER).is_some()
+                && controller.statistics(COUNTER_SINK).is_some()
+                && AUCTION_OUTPUTS
+                    .iter()
+                    .all(|(id, _)| upper(controller, *id) >= goal)
+        };
+        while !done(controller) {
+            tokio::select! {
+                () = controller.ready() => controller.process().await?,
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+        Ok::<_, DemoError>(())
+    })
+    .await;
+    waited.map_err(|_| DemoError::ReplicaStuck(REPLICA_PATIENCE))??;
+    let at = goal - 1;
+    let values = controller.snapshot(COUNTER, at).await?;
+    writeln!(
+        out,
+        "  counter: upper {} ; {} live values at {at} ; status {} ; {}",
+        upper(controller, COUNTER),
+        values.len(),
+        controller.status(COUNTER).unwrap_or("-"),
+        statistics_text(controller, COUNTER)
+    )?;
+    for (id, output) in AUCTION_OUTPUTS {
+        let rows = controller.snapshot(id, at).await?;
+        writeln!(
+            out,
+            "  auction {output:<13} {id}: upper {} ; {} rows at {at}",
+            upper(controller, id),
+            rows.len()
+        )?;
+    }
+    writeln!(
+        out,
+        "  auction {AUCTION}: status {} ; {}",
+        controller.status(AUCTION).unwrap_or("-"),
+        statistics_text(controller, AUCTION)
+    )?;
+    let written = tidemark::replica::file_sink::read_committed::<u64>(&sink_dir)
+        .map_err(|err| DemoError::Output(std::io::Error::other(err)))?;
+    writeln!(
+        out,
+        "  file sink {COUNTER_SINK}: upper {} from as_of {} ; {} updates committed to {} ; status {}",
+        upper(controller, COUNTER_SINK),
+        display_frontier(&as_of),
+        written.len(),
+        sink_dir.display(),
+        controller.status(COUNTER_SINK).unwrap_or("-")
+    )?;
+    writeln!(
+        out,
+        "  file sink {COUNTER_SINK}: {}",
+        statistics_text(controller, COUNTER_SINK)
+    )?;
+    drop(serving);
+    Ok(())
+}
+
+fn statistics_text(controller: &DemoController, id: GlobalId) -> String {
+    controller.statistics(id).map_or_else(
+        || "no statistics yet".to_string(),
+        |statistics| {
+            format!(
+                "{} updates, {} bytes in {} messages",
+                statistics.updates, statistics.bytes, statistics.messages
+            )
+        },
+    )
+}
+
+/// Stops the in-process replica when the demo is done with it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn section(out: &mut impl Write, title: &str) -> std::io::Result<()> {

@@ -20,7 +20,8 @@ struct Cli {
 enum Command {
     /// Runs an end-to-end scenario against a backend and prints what
     /// happens: tables, appends, snapshots, a lag read policy, compaction,
-    /// a subscription and a drop.
+    /// a subscription, a drop, and a storage instance whose replica runs a
+    /// counter and an auction ingestion and a file sink.
     Demo {
         /// The backend: memory://NAME, postgres://... or s3://BUCKET/PREFIX?...
         #[arg(long, default_value = "memory://demo")]
@@ -31,6 +32,14 @@ enum Command {
         /// How many accounts the balances table holds.
         #[arg(long, default_value_t = 10)]
         accounts: i64,
+        /// A `tidemark replica` process (host:port) to run the storage
+        /// instance on, instead of a replica in this process; it must use
+        /// the same (postgres:// or s3://) store.
+        #[arg(long)]
+        replica: Option<String>,
+        /// Where the file sink writes (default: a fresh temporary directory).
+        #[arg(long)]
+        sink_dir: Option<std::path::PathBuf>,
     },
     /// Lists the collections the controller metadata records (id, kind,
     /// shard, since, upper), every shard with its frontiers, stored updates,
@@ -180,11 +189,15 @@ fn main() -> ExitCode {
             backend,
             ticks,
             accounts,
+            replica,
+            sink_dir,
         } => {
             let options = demo::DemoOptions {
                 backend,
                 ticks,
                 accounts,
+                replica,
+                sink_dir,
             };
             match runtime.block_on(demo::run(&options, &mut stdout)) {
                 Ok(()) => ExitCode::SUCCESS,

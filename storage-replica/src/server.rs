@@ -42,7 +42,7 @@ pub enum ReplicaError {
 ///   once every peer is connected).
 /// - [`serve`](Self::serve) takes the controller's sessions from any
 ///   [`AcceptSessions`]: an in-process
-///   [`ReplicaListener`](tidemark_storage_controller::ReplicaListener) or a
+///   [`ReplicaListener`](tidemark_storage_controller::transport::ReplicaListener) or a
 ///   [`TcpReplicaListener`](tidemark_storage_controller::tcp::TcpReplicaListener).
 ///   A session's first command must be `CreateTimely` for this process
 ///   (its index and process count) with an epoch above every earlier one;
