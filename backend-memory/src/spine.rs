@@ -433,7 +433,14 @@ mod tests {
     #[test]
     fn sorted_input_is_consolidated_without_a_sort() {
         // In batch order already, with equal neighbours and a zero sum.
-        let batch = batch(&[(1, 0, 1), (1, 0, 2), (1, 3, 1), (2, 1, 1), (2, 1, -1), (4, 0, -2)]);
+        let batch = batch(&[
+            (1, 0, 1),
+            (1, 0, 2),
+            (1, 3, 1),
+            (2, 1, 1),
+            (2, 1, -1),
+            (4, 0, -2),
+        ]);
         assert_eq!(
             batch.updates(),
             &[(row(1), 0, 3), (row(1), 3, 1), (row(4), 0, -2)]

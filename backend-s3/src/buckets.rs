@@ -151,8 +151,10 @@ mod tests {
                 .map(|index| ShareBuckets::new(ReadShare::new(index, count)))
                 .collect();
             for row in rows() {
-                let holders: Vec<&ShareBuckets> =
-                    shares.iter().filter(|share| share.holds_row(&row)).collect();
+                let holders: Vec<&ShareBuckets> = shares
+                    .iter()
+                    .filter(|share| share.holds_row(&row))
+                    .collect();
                 assert_eq!(holders.len(), 1, "count={count}");
                 let bit = bucket_bit(bucket_of(&row));
                 assert!(holders[0].needs_part(bit), "count={count}");

@@ -62,10 +62,9 @@ pub(crate) fn encode_parts<T: StorageTimestamp>(
             let group = bucket_of(&update.0) % groups;
             by_group[group as usize].push(update);
         }
-        let mut run = 0;
-        for group in by_group.into_iter().filter(|group| !group.is_empty()) {
+        let groups = by_group.into_iter().filter(|group| !group.is_empty());
+        for (run, group) in (0..).zip(groups) {
             writer.write_run(run, group);
-            run += 1;
         }
     }
     let batch = BatchRef {
@@ -175,7 +174,10 @@ mod tests {
         consolidate_updates(&mut expected);
         let (batch, parts) = encode_parts(updates, &frontier(0), &frontier(10), &frontier(0), 8192);
         let groups = group_count(
-            expected.iter().map(|(row, _, _)| row.byte_len() + CODEC_BYTES_PER_UPDATE).sum(),
+            expected
+                .iter()
+                .map(|(row, _, _)| row.byte_len() + CODEC_BYTES_PER_UPDATE)
+                .sum(),
             8192,
         );
         assert!(groups > 1, "expected several groups, got {groups}");
@@ -187,7 +189,10 @@ mod tests {
             let mut run_updates = Vec::new();
             for part_ref in run_parts {
                 assert_eq!(part_ref.run as usize, run);
-                let part = parts.iter().find(|part| part.part.id == part_ref.id).unwrap();
+                let part = parts
+                    .iter()
+                    .find(|part| part.part.id == part_ref.id)
+                    .unwrap();
                 let updates = decode_part::<u64>("k", part.body.clone()).unwrap();
                 assert_eq!(updates.len() as u64, part.part.updates);
                 let mut buckets = 0;

@@ -79,10 +79,10 @@ use tidemark_storage_types::{
 use timely::progress::Antichain;
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
-pub use crate::downloads::PartDownloads;
 pub use crate::config::{MIN_PART_SIZE_BYTES, S3Config, S3Credentials, URL_PARAMETERS};
-pub use crate::gc::GcStats;
 use crate::downloads::DownloadCounters;
+pub use crate::downloads::PartDownloads;
+pub use crate::gc::GcStats;
 use crate::keys::Keys;
 use crate::state::ShardState;
 use crate::store::{Condition, ConditionalPut, Store};

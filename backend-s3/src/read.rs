@@ -188,15 +188,15 @@ impl S3Backend {
                             Some(bytes) => {
                                 downloads.record(bytes.len());
                                 tokio::task::spawn_blocking(move || {
-                                decode_part::<T>(&key, bytes)
-                                    .map(|updates| Ok(transform(&part, updates)))
-                            })
-                            .await
-                            .map_err(|err| {
-                                BackendError::indeterminate(format!(
-                                    "part decode task failed: error={err}"
-                                ))
-                            })?
+                                    decode_part::<T>(&key, bytes)
+                                        .map(|updates| Ok(transform(&part, updates)))
+                                })
+                                .await
+                                .map_err(|err| {
+                                    BackendError::indeterminate(format!(
+                                        "part decode task failed: error={err}"
+                                    ))
+                                })?
                             }
                         };
                     fetched

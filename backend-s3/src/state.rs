@@ -312,7 +312,11 @@ mod tests {
             "tokens":[],"retired":[]}"#;
         let old = ShardState::from_bytes("k", old).unwrap();
         let parts = &old.batches[0].parts;
-        assert!(parts.iter().all(|part| part.buckets == ALL_BUCKETS && part.run == 0));
+        assert!(
+            parts
+                .iter()
+                .all(|part| part.buckets == ALL_BUCKETS && part.run == 0)
+        );
         assert_eq!(old.batches[0].runs().count(), 1);
         let mut future = state.clone();
         future.format = 99;

@@ -14,8 +14,8 @@ use support::{
 use tidemark_backend_conformance::BackendFactory;
 use tidemark_backend_s3::{ManualClock, S3Backend, S3Config};
 use tidemark_storage_types::{
-    BackendError, Datum, DeterminateKind, IdempotencyToken, PersistBackend, ReadShare, Row, ShardId,
-    Update,
+    BackendError, Datum, DeterminateKind, IdempotencyToken, PersistBackend, ReadShare, Row,
+    ShardId, Update,
 };
 use timely::progress::Antichain;
 

@@ -132,8 +132,15 @@ fn sink_time<B: PersistBackend<u64>>(
 }
 
 /// Every figure on one backend; `compact` runs physical compaction on the
-/// written shard before it is read.
-fn figures<B: PersistBackend<u64>>(name: &str, runtime: &Runtime, backend: Arc<B>, compact: bool) {
+/// written shard before it is read; `downloaded` reads the backend's count
+/// of downloaded bytes, where it keeps one.
+fn figures<B: PersistBackend<u64>>(
+    name: &str,
+    runtime: &Runtime,
+    backend: Arc<B>,
+    compact: bool,
+    downloaded: Option<&dyn Fn(&B) -> u64>,
+) {
     let shard = ShardId::new();
     runtime.block_on(async {
         write_batches(&*backend, shard).await;
@@ -155,7 +162,16 @@ fn figures<B: PersistBackend<u64>>(name: &str, runtime: &Runtime, backend: Arc<B
             .collect(),
     );
     println!("{name} snapshot of {UPDATES} updates: {snapshot:?}");
+    let downloads = |backend: &B| downloaded.map(|read| read(backend));
+    let before = downloads(&backend);
+    runtime
+        .block_on(backend.snapshot(shard, &(TIMES - 1)))
+        .expect("snapshot");
+    let snapshot_bytes = downloads(&backend)
+        .zip(before)
+        .map(|(after, before)| after - before);
     for workers in [1, 2] {
+        let before = downloads(&backend);
         let source = median(
             (0..SAMPLES)
                 .map(|_| source_time(runtime, &backend, shard, workers))
@@ -165,6 +181,16 @@ fn figures<B: PersistBackend<u64>>(name: &str, runtime: &Runtime, backend: Arc<B
             "{name} source, {workers} worker(s), to a probe: {source:?}  ratio source/snapshot = {:.2}",
             source.as_secs_f64() / snapshot.as_secs_f64()
         );
+        if let (Some(after), Some(before), Some(whole)) =
+            (downloads(&backend), before, snapshot_bytes)
+        {
+            let per_worker = (after - before) as f64 / (SAMPLES * workers) as f64;
+            println!(
+                "{name} source, {workers} worker(s): each worker downloaded {per_worker:.0} bytes of parts, \
+                 the snapshot {whole}  ratio {:.2}",
+                per_worker / whole as f64
+            );
+        }
     }
 
     let mut written = vec![shard];
@@ -251,11 +277,18 @@ fn main() {
         &runtime,
         Arc::new(MemoryBackend::open("dataflow-bench")),
         false,
+        None,
     );
     match std::env::var("TIDEMARK_TEST_S3_ENDPOINT") {
         Ok(endpoint) => {
             let backend = runtime.block_on(s3_backend(&endpoint));
-            figures("s3", &runtime, Arc::new(backend), true);
+            figures(
+                "s3",
+                &runtime,
+                Arc::new(backend),
+                true,
+                Some(&|backend: &S3Backend| backend.part_downloads().bytes),
+            );
         }
         Err(_) => println!("s3 figures skipped: TIDEMARK_TEST_S3_ENDPOINT is not set"),
     }
