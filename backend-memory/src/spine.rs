@@ -18,7 +18,6 @@
 use std::cmp::Ordering;
 use std::sync::Arc;
 
-use differential_dataflow::consolidation::consolidate_updates;
 use differential_dataflow::lattice::Lattice;
 use tidemark_storage_types::{Diff, Row};
 use timely::progress::{Antichain, Timestamp};
@@ -45,14 +44,60 @@ pub struct Batch<T> {
     time_bounds: Option<(T, T)>,
 }
 
+/// The order of a batch: by row, then time. The same order as the derived
+/// `Ord` of `(Row, T)` (a row compares as its bytes), compared directly on
+/// the bytes rather than through the tuple's and the row's orderings: the
+/// comparison is most of the work of sorting and merging.
+fn key_order<T: Ord>(left: &(Row, T, Diff), right: &(Row, T, Diff)) -> Ordering {
+    left.0
+        .as_bytes()
+        .cmp(right.0.as_bytes())
+        .then_with(|| left.1.cmp(&right.1))
+}
+
 impl<T: Ord + Clone> Batch<T> {
-    /// Sorts and consolidates `updates` into a batch.
+    /// Sorts and consolidates `updates` into a batch. Input already in
+    /// batch order (a consolidated collection's output, for instance) is
+    /// not sorted again.
     pub fn from_unsorted(mut updates: Vec<(Row, T, Diff)>) -> Self {
-        consolidate_updates(&mut updates);
-        let bytes = updates.iter().map(|(row, _, _)| update_bytes(row)).sum();
-        let earliest = updates.iter().map(|(_, time, _)| time).min();
-        let latest = updates.iter().map(|(_, time, _)| time).max();
-        let time_bounds = earliest.cloned().zip(latest.cloned());
+        if !updates.is_sorted_by(|left, right| key_order(left, right) != Ordering::Greater) {
+            updates.sort_unstable_by(key_order);
+        }
+        Self::from_sorted(updates)
+    }
+
+    /// Consolidates updates sorted in batch order: sums the diffs of equal
+    /// `(row, time)` neighbours and drops zero sums, in one pass.
+    fn from_sorted(mut updates: Vec<(Row, T, Diff)>) -> Self {
+        debug_assert!(
+            updates
+                .windows(2)
+                .all(|pair| key_order(&pair[0], &pair[1]) != Ordering::Greater)
+        );
+        // `dedup_by` hands the later of two equal neighbours first.
+        updates.dedup_by(|later, earlier| {
+            let same = later.0 == earlier.0 && later.1 == earlier.1;
+            if same {
+                earlier.2 += later.2;
+            }
+            same
+        });
+        updates.retain(|(_, _, diff)| *diff != 0);
+        let mut bytes = 0;
+        let mut time_bounds: Option<(T, T)> = None;
+        for (row, time, _) in &updates {
+            bytes += update_bytes(row);
+            match &mut time_bounds {
+                Some((earliest, latest)) => {
+                    if *time < *earliest {
+                        *earliest = time.clone();
+                    } else if *time > *latest {
+                        *latest = time.clone();
+                    }
+                }
+                None => time_bounds = Some((time.clone(), time.clone())),
+            }
+        }
         Batch {
             updates,
             bytes,
@@ -137,27 +182,45 @@ fn merge<T: Ord + Clone>(older: Arc<Batch<T>>, newer: Arc<Batch<T>>) -> Batch<T>
         )),
         (bounds, None) | (None, bounds) => bounds,
     };
-    let mut older = take_updates(older).into_iter().peekable();
-    let mut newer = take_updates(newer).into_iter().peekable();
-    while let (Some(from_older), Some(from_newer)) = (older.peek(), newer.peek()) {
-        match (&from_older.0, &from_older.1).cmp(&(&from_newer.0, &from_newer.1)) {
-            Ordering::Less => merged.extend(older.next()),
-            Ordering::Greater => merged.extend(newer.next()),
-            Ordering::Equal => {
-                let (row, time, older_diff) = older.next().expect("peeked");
-                let (_, _, newer_diff) = newer.next().expect("peeked");
-                let diff = older_diff + newer_diff;
-                if diff == 0 {
-                    bytes -= 2 * update_bytes(&row);
-                } else {
-                    bytes -= update_bytes(&row);
-                    merged.push((row, time, diff));
+    let mut older = take_updates(older).into_iter();
+    let mut newer = take_updates(newer).into_iter();
+    let (mut from_older, mut from_newer) = (older.next(), newer.next());
+    loop {
+        match (from_older.take(), from_newer.take()) {
+            (Some(left), Some(right)) => match key_order(&left, &right) {
+                Ordering::Less => {
+                    merged.push(left);
+                    (from_older, from_newer) = (older.next(), Some(right));
                 }
+                Ordering::Greater => {
+                    merged.push(right);
+                    (from_older, from_newer) = (Some(left), newer.next());
+                }
+                Ordering::Equal => {
+                    let (row, time, older_diff) = left;
+                    let diff = older_diff + right.2;
+                    if diff == 0 {
+                        bytes -= 2 * update_bytes(&row);
+                    } else {
+                        bytes -= update_bytes(&row);
+                        merged.push((row, time, diff));
+                    }
+                    (from_older, from_newer) = (older.next(), newer.next());
+                }
+            },
+            (Some(left), None) => {
+                merged.push(left);
+                merged.extend(older);
+                break;
             }
+            (None, Some(right)) => {
+                merged.push(right);
+                merged.extend(newer);
+                break;
+            }
+            (None, None) => break,
         }
     }
-    merged.extend(older);
-    merged.extend(newer);
     let time_bounds = if merged.is_empty() { None } else { time_bounds };
     Batch {
         updates: merged,
@@ -303,6 +366,7 @@ impl<T: Timestamp + Lattice> Spine<T> {
 
 #[cfg(test)]
 mod tests {
+    use differential_dataflow::consolidation::consolidate_updates;
     use tidemark_storage_types::Datum;
 
     use super::*;
@@ -363,6 +427,28 @@ mod tests {
         assert_eq!(
             batch.bytes(),
             2 * (row(1).byte_len() as u64 + BYTES_PER_UPDATE)
+        );
+    }
+
+    #[test]
+    fn sorted_input_is_consolidated_without_a_sort() {
+        // In batch order already, with equal neighbours and a zero sum.
+        let batch = batch(&[
+            (1, 0, 1),
+            (1, 0, 2),
+            (1, 3, 1),
+            (2, 1, 1),
+            (2, 1, -1),
+            (4, 0, -2),
+        ]);
+        assert_eq!(
+            batch.updates(),
+            &[(row(1), 0, 3), (row(1), 3, 1), (row(4), 0, -2)]
+        );
+        assert_eq!(batch.time_bounds(), Some((&0, &3)));
+        assert_eq!(
+            batch.bytes(),
+            3 * (row(1).byte_len() as u64 + BYTES_PER_UPDATE)
         );
     }
 

@@ -193,7 +193,7 @@ impl S3Backend {
             .flat_map(|batch| batch.parts.iter().cloned())
             .collect();
         let loaded = self
-            .load_parts::<T, _, _>(shard, parts, move |updates| {
+            .load_parts::<T, _, _>(shard, parts, move |_part, updates| {
                 updates
                     .into_iter()
                     .map(|update| {
@@ -335,6 +335,8 @@ mod tests {
                 id: Uuid::new_v4(),
                 updates,
                 bytes: updates * 10,
+                buckets: crate::buckets::ALL_BUCKETS,
+                run: 0,
             }],
         }
     }

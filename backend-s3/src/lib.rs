@@ -46,10 +46,12 @@
 #![warn(missing_docs)]
 
 mod append;
+mod buckets;
 mod clock;
 mod codec;
 mod compaction;
 mod config;
+mod downloads;
 mod errors;
 mod gc;
 mod keys;
@@ -78,6 +80,8 @@ use timely::progress::Antichain;
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::config::{MIN_PART_SIZE_BYTES, S3Config, S3Credentials, URL_PARAMETERS};
+use crate::downloads::DownloadCounters;
+pub use crate::downloads::PartDownloads;
 pub use crate::gc::GcStats;
 use crate::keys::Keys;
 use crate::state::ShardState;
@@ -103,6 +107,8 @@ struct Inner {
     /// Only a starting guess for writes: a conditional write on a stale ETag
     /// is refused, and every read that answers a caller is a fresh GET.
     cache: Mutex<HashMap<ShardId, CachedState>>,
+    /// Part objects downloaded so far.
+    downloads: Arc<DownloadCounters>,
 }
 
 #[derive(Clone)]
@@ -168,6 +174,13 @@ impl S3Backend {
             .collect())
     }
 
+    /// The part objects this handle and its clones have downloaded so far
+    /// (for tests and tooling that check what a read fetched).
+    #[must_use]
+    pub fn part_downloads(&self) -> PartDownloads {
+        self.inner.downloads.totals()
+    }
+
     /// The prefix under which a shard's part objects live.
     #[must_use]
     pub fn parts_prefix(&self, shard: ShardId) -> String {
@@ -226,12 +239,17 @@ impl S3Backend {
                 config,
                 clock,
                 cache: Mutex::new(HashMap::new()),
+                downloads: Arc::new(DownloadCounters::default()),
             }),
         })
     }
 
     pub(crate) fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    pub(crate) fn downloads(&self) -> &Arc<DownloadCounters> {
+        &self.inner.downloads
     }
 
     pub(crate) fn clock(&self) -> &dyn Clock {

@@ -52,8 +52,10 @@ impl S3Backend {
                 .iter()
                 .filter(|batch| frontier_le_time(batch.lower, as_of_encoded))
                 .collect();
-            let parts_per_batch: Vec<usize> =
-                batches.iter().map(|batch| batch.parts.len()).collect();
+            let parts_per_run: Vec<usize> = batches
+                .iter()
+                .flat_map(|batch| batch.runs().map(<[PartRef]>::len))
+                .collect();
             let parts = batches
                 .iter()
                 .flat_map(|batch| batch.parts.iter().cloned())
@@ -62,7 +64,7 @@ impl S3Backend {
             // Each part is consolidated on the runtime as it arrives (parts
             // hold updates sorted by row, then time).
             let loaded = self
-                .load_parts::<T, _, _>(shard, parts, move |updates| {
+                .load_parts::<T, _, _>(shard, parts, move |_part, updates| {
                     consolidate_sorted_rows(
                         updates
                             .into_iter()
@@ -72,23 +74,7 @@ impl S3Backend {
                 })
                 .await?;
             match loaded {
-                Ok(part_rows) => {
-                    // A batch's parts are consecutive row ranges: appended
-                    // in order they form one sorted run per batch, and the
-                    // runs are merged.
-                    let mut part_rows = part_rows.into_iter();
-                    let runs = parts_per_batch
-                        .iter()
-                        .map(|count| {
-                            let mut run = Vec::new();
-                            for rows in part_rows.by_ref().take(*count) {
-                                append_sorted_run(&mut run, rows);
-                            }
-                            run
-                        })
-                        .collect();
-                    return Ok(merge_sorted_runs(runs));
-                }
+                Ok(part_rows) => return Ok(merge_part_runs(part_rows, &parts_per_run)),
                 Err(gone) => last_gone = gone.key,
             }
         }
@@ -115,7 +101,7 @@ impl S3Backend {
             let since = state.since;
             let parts = parts_in_range(&state, lower_encoded, upper_encoded);
             let loaded = self
-                .load_parts::<T, _, _>(shard, parts, move |updates| {
+                .load_parts::<T, _, _>(shard, parts, move |_part, updates| {
                     updates
                         .into_iter()
                         .filter_map(|mut update| {
@@ -169,7 +155,8 @@ impl S3Backend {
     }
 
     /// Fetches and decodes parts (in order, at most `concurrency` at once),
-    /// applying `transform` to each part's updates as it arrives.
+    /// applying `transform` to each part (its reference and its updates) as
+    /// it arrives.
     ///
     /// Returns `Ok(Err(gone))` if a part no longer exists: the caller reads
     /// the state again and starts over.
@@ -182,13 +169,14 @@ impl S3Backend {
     where
         T: StorageTimestamp,
         O: Send + 'static,
-        F: Fn(Vec<Update<T>>) -> O + Clone + Send + Sync + 'static,
+        F: Fn(&PartRef, Vec<Update<T>>) -> O + Clone + Send + Sync + 'static,
     {
         let store = Arc::new(self.store().clone());
         let fetches = parts
             .into_iter()
             .map(|part| {
                 let store = Arc::clone(&store);
+                let downloads = Arc::clone(self.downloads());
                 let transform = transform.clone();
                 let key = store.keys.part(shard, part.id);
                 let task = tokio::spawn(async move {
@@ -197,15 +185,19 @@ impl S3Backend {
                             None => Ok(Err(PartGone { key })),
                             // Decoding is CPU work: off the runtime's
                             // workers, so they keep driving the downloads.
-                            Some(bytes) => tokio::task::spawn_blocking(move || {
-                                decode_part::<T>(&key, bytes).map(|updates| Ok(transform(updates)))
-                            })
-                            .await
-                            .map_err(|err| {
-                                BackendError::indeterminate(format!(
-                                    "part decode task failed: error={err}"
-                                ))
-                            })?,
+                            Some(bytes) => {
+                                downloads.record(bytes.len());
+                                tokio::task::spawn_blocking(move || {
+                                    decode_part::<T>(&key, bytes)
+                                        .map(|updates| Ok(transform(&part, updates)))
+                                })
+                                .await
+                                .map_err(|err| {
+                                    BackendError::indeterminate(format!(
+                                        "part decode task failed: error={err}"
+                                    ))
+                                })?
+                            }
                         };
                     fetched
                 });
@@ -254,9 +246,30 @@ fn parts_in_range(
         .collect()
 }
 
+/// Merges the consolidated rows of parts, in state order, where the parts of
+/// each sorted run (`parts_per_run` of them, in order) are consecutive row
+/// ranges: appended in order they form the run, and the runs are merged.
+pub(crate) fn merge_part_runs(
+    part_rows: Vec<Vec<(Row, Diff)>>,
+    parts_per_run: &[usize],
+) -> Vec<(Row, Diff)> {
+    let mut part_rows = part_rows.into_iter();
+    let runs = parts_per_run
+        .iter()
+        .map(|count| {
+            let mut run = Vec::new();
+            for rows in part_rows.by_ref().take(*count) {
+                append_sorted_run(&mut run, rows);
+            }
+            run
+        })
+        .collect();
+    merge_sorted_runs(runs)
+}
+
 /// Sums the diffs of adjacent equal rows of a row-sorted sequence and drops
 /// zero sums.
-fn consolidate_sorted_rows(rows: impl Iterator<Item = (Row, Diff)>) -> Vec<(Row, Diff)> {
+pub(crate) fn consolidate_sorted_rows(rows: impl Iterator<Item = (Row, Diff)>) -> Vec<(Row, Diff)> {
     let mut consolidated: Vec<(Row, Diff)> = Vec::new();
     for (row, diff) in rows {
         match consolidated.last_mut() {

@@ -1,17 +1,18 @@
-//! Shares of snapshots and fetches, divided by row: a read loads the parts
-//! the whole read would and keeps the updates whose row the share holds
-//! ([`ReadShare::holds_row`], the same division as the memory backend).
+//! Shares of snapshots and fetches, divided by row bucket
+//! ([`crate::buckets`]): a share downloads only the parts whose buckets meet
+//! its own, keeps every row of a part holding only its buckets, and filters
+//! rows only in parts that mix its buckets with others.
 //!
 //! SUBTLE: the division must be a function of the update alone. The readers
 //! of one source follow the upper on their own, so they read different
 //! ranges from different states (appends and compactions in between); a
 //! division by stored part (part `i` of the read's list to share `i % count`)
 //! gives a part to one share in one read and to another share in the next,
-//! and the readers together see some updates twice and others never. So
-//! every reader downloads and decodes the parts of its read, and what is
-//! shared is consolidating, sorting and emitting (see decision 061).
+//! and the readers together see some updates twice and others never. A
+//! row's bucket never changes, whichever part holds it (see decisions 061
+//! and 063).
 
-use differential_dataflow::consolidation::{consolidate, consolidate_updates};
+use differential_dataflow::consolidation::consolidate_updates;
 use tidemark_storage_types::{
     BackendError, DeterminateKind, Diff, ReadShare, Row, ShardId, StorageTimestamp, Update,
     contract,
@@ -19,7 +20,9 @@ use tidemark_storage_types::{
 use timely::progress::Antichain;
 
 use crate::S3Backend;
+use crate::buckets::ShareBuckets;
 use crate::codec::advance_time;
+use crate::read::{consolidate_sorted_rows, merge_part_runs};
 use crate::state::{
     EncodedFrontier, PartRef, ShardState, decode_frontier, encode_frontier, frontier_join,
     frontier_le, frontier_le_time,
@@ -36,6 +39,7 @@ impl S3Backend {
         share: ReadShare,
     ) -> Result<Vec<(Row, Diff)>, BackendError> {
         share.check(shard)?;
+        let buckets = ShareBuckets::new(share);
         let as_of_encoded = as_of.encode();
         for _ in 0..MAX_SHARE_READ_ATTEMPTS {
             let state = self.read_state(shard).await?;
@@ -45,28 +49,41 @@ impl S3Backend {
                 &decode_frontier::<T>(state.upper),
                 as_of,
             )?;
-            let parts: Vec<PartRef> = state
+            // The share's parts of each sorted run, run by run.
+            let mut parts = Vec::new();
+            let mut parts_per_run = Vec::new();
+            for batch in state
                 .batches
                 .iter()
                 .filter(|batch| frontier_le_time(batch.lower, as_of_encoded))
-                .flat_map(|batch| batch.parts.iter().cloned())
-                .collect();
+            {
+                for run in batch.runs() {
+                    let before = parts.len();
+                    parts.extend(
+                        run.iter()
+                            .filter(|part| buckets.needs_part(part.buckets))
+                            .cloned(),
+                    );
+                    parts_per_run.push(parts.len() - before);
+                }
+            }
             let as_of = *as_of;
             let loaded = self
-                .load_parts::<T, _, _>(shard, parts, move |updates| {
-                    let mut rows: Vec<(Row, Diff)> = updates
-                        .into_iter()
-                        .filter(|update| update.timestamp <= as_of && share.holds_row(&update.row))
-                        .map(|update| (update.row, update.diff))
-                        .collect();
-                    consolidate(&mut rows);
-                    rows
+                .load_parts::<T, _, _>(shard, parts, move |part, updates| {
+                    let whole = buckets.holds_whole_part(part.buckets);
+                    consolidate_sorted_rows(
+                        updates
+                            .into_iter()
+                            .filter(|update| {
+                                update.timestamp <= as_of
+                                    && (whole || buckets.holds_row(&update.row))
+                            })
+                            .map(|update| (update.row, update.diff)),
+                    )
                 })
                 .await?;
             if let Ok(part_rows) = loaded {
-                let mut rows: Vec<(Row, Diff)> = part_rows.into_iter().flatten().collect();
-                consolidate(&mut rows);
-                return Ok(rows);
+                return Ok(merge_part_runs(part_rows, &parts_per_run));
             }
         }
         Err(share_part_missing(shard, share))
@@ -80,6 +97,7 @@ impl S3Backend {
         share: ReadShare,
     ) -> Result<Vec<Update<T>>, BackendError> {
         share.check(shard)?;
+        let buckets = ShareBuckets::new(share);
         let lower_encoded = encode_frontier(lower);
         let upper_encoded = encode_frontier(upper);
         for _ in 0..MAX_SHARE_READ_ATTEMPTS {
@@ -89,12 +107,16 @@ impl S3Backend {
                 return Ok(Vec::new());
             }
             let since = state.since;
-            let parts = parts_overlapping(&state, lower_encoded, upper_encoded);
+            let parts = parts_overlapping(&state, lower_encoded, upper_encoded)
+                .into_iter()
+                .filter(|part| buckets.needs_part(part.buckets))
+                .collect();
             let loaded = self
-                .load_parts::<T, _, _>(shard, parts, move |updates| {
+                .load_parts::<T, _, _>(shard, parts, move |part, updates| {
+                    let whole = buckets.holds_whole_part(part.buckets);
                     updates
                         .into_iter()
-                        .filter(|update| share.holds_row(&update.row))
+                        .filter(|update| whole || buckets.holds_row(&update.row))
                         .filter_map(|update| {
                             let time = advance_time(update.timestamp, since);
                             let encoded = time.encode();

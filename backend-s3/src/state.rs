@@ -20,6 +20,8 @@ use tidemark_storage_types::{BackendError, Codec64, DeterminateKind, Idempotency
 use timely::progress::Timestamp;
 use uuid::Uuid;
 
+use crate::buckets::{ALL_BUCKETS, BucketSet};
+
 /// The state format this code writes and reads.
 pub(crate) const STATE_FORMAT: u32 = 1;
 
@@ -53,8 +55,8 @@ pub(crate) fn frontier_join(left: EncodedFrontier, right: EncodedFrontier) -> En
     }
 }
 
-/// One part of a batch: a write-once object holding a contiguous run of the
-/// batch's updates (sorted by row, then time).
+/// One part of a batch: a write-once object holding a contiguous stretch of
+/// one of the batch's sorted runs (updates sorted by row, then time).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct PartRef {
     /// The object is `PREFIX/shards/SHARD/batches/ID`.
@@ -63,6 +65,24 @@ pub(crate) struct PartRef {
     pub updates: u64,
     /// Encoded size of the part object.
     pub bytes: u64,
+    /// The buckets its rows fall in ([`crate::buckets`]). A state written
+    /// before parts recorded them reads as every bucket.
+    #[serde(default = "every_bucket")]
+    pub buckets: BucketSet,
+    /// Which sorted run of the batch the part belongs to. A batch's parts
+    /// are in run order, and the parts of one run are consecutive row
+    /// ranges. A state written before batches had several runs reads as
+    /// run 0 for every part: one run, as those batches were written.
+    #[serde(default, skip_serializing_if = "is_first_run")]
+    pub run: u32,
+}
+
+fn every_bucket() -> BucketSet {
+    ALL_BUCKETS
+}
+
+fn is_first_run(run: &u32) -> bool {
+    *run == 0
 }
 
 /// A batch: the updates of one append, or the merge of adjacent batches.
@@ -79,6 +99,11 @@ pub(crate) struct BatchRef {
 }
 
 impl BatchRef {
+    /// The batch's sorted runs, in order, each as its consecutive parts.
+    pub(crate) fn runs(&self) -> impl Iterator<Item = &[PartRef]> {
+        self.parts.chunk_by(|left, right| left.run == right.run)
+    }
+
     /// Updates in the batch.
     pub(crate) fn updates(&self) -> u64 {
         self.parts.iter().map(|part| part.updates).sum()
@@ -268,6 +293,8 @@ mod tests {
                 id: Uuid::new_v4(),
                 updates: 3,
                 bytes: 99,
+                buckets: 0b1010,
+                run: 0,
             }],
         });
         let bytes = state.to_bytes();
@@ -276,6 +303,21 @@ mod tests {
         let err = ShardState::from_bytes("some/key", &bytes[..10]).unwrap_err();
         assert_eq!(err.determinate_kind(), Some(DeterminateKind::Corrupted));
         assert!(err.to_string().contains("some/key"), "{err}");
+        // A state written before parts recorded buckets and runs: every
+        // part holds every bucket, and each batch is one run.
+        let old = br#"{"format":1,"seqno":3,"since":0,"upper":5,"finalized":false,
+            "batches":[{"lower":0,"upper":5,"since":0,"parts":[
+                {"id":"67e55044-10b1-426f-9247-bb680e5fe0c8","updates":2,"bytes":40},
+                {"id":"67e55044-10b1-426f-9247-bb680e5fe0c9","updates":1,"bytes":20}]}],
+            "tokens":[],"retired":[]}"#;
+        let old = ShardState::from_bytes("k", old).unwrap();
+        let parts = &old.batches[0].parts;
+        assert!(
+            parts
+                .iter()
+                .all(|part| part.buckets == ALL_BUCKETS && part.run == 0)
+        );
+        assert_eq!(old.batches[0].runs().count(), 1);
         let mut future = state.clone();
         future.format = 99;
         let err = ShardState::from_bytes("k", &future.to_bytes()).unwrap_err();

@@ -14,7 +14,8 @@ use support::{
 use tidemark_backend_conformance::BackendFactory;
 use tidemark_backend_s3::{ManualClock, S3Backend, S3Config};
 use tidemark_storage_types::{
-    BackendError, Datum, DeterminateKind, IdempotencyToken, PersistBackend, Row, ShardId, Update,
+    BackendError, Datum, DeterminateKind, IdempotencyToken, PersistBackend, ReadShare, Row,
+    ShardId, Update,
 };
 use timely::progress::Antichain;
 
@@ -570,4 +571,192 @@ async fn from_url_opens_the_same_storage_as_the_builder() {
         PersistBackend::<u64>::list_shards(&by_url).await.unwrap(),
         vec![shard]
     );
+}
+
+/// Reads every share of `count` of the snapshot at `as_of` on its own
+/// handle, returning the consolidated union of the shares and the bytes of
+/// parts each share downloaded.
+async fn snapshot_by_shares(
+    factory: &S3Factory,
+    shard: ShardId,
+    as_of: u64,
+    count: u32,
+) -> (Vec<(Row, i64)>, Vec<u64>) {
+    let mut union = Vec::new();
+    let mut bytes = Vec::new();
+    for index in 0..count {
+        let reader = factory.open_handle().await;
+        let rows = reader
+            .snapshot_share(shard, &as_of, ReadShare::new(index, count))
+            .await
+            .expect("share snapshot");
+        assert!(
+            rows.windows(2).all(|pair| pair[0].0 < pair[1].0),
+            "a share is consolidated and sorted"
+        );
+        bytes.push(reader.part_downloads().bytes);
+        union.extend(rows);
+    }
+    union.sort();
+    (union, bytes)
+}
+
+/// The bytes of parts a fresh handle downloads for the whole snapshot, and
+/// the snapshot.
+async fn whole_snapshot(factory: &S3Factory, shard: ShardId, as_of: u64) -> (Vec<(Row, i64)>, u64) {
+    let reader = factory.open_handle().await;
+    let rows = reader.snapshot(shard, &as_of).await.expect("snapshot");
+    (rows, reader.part_downloads().bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_of_a_large_append_downloads_only_its_buckets() {
+    let Some((_, factory)) = endpoint_and_factory("s3 bucketed shares").await else {
+        return;
+    };
+    let backend = factory.open_handle().await;
+    let shard = ShardId::new();
+    PersistBackend::<u64>::open(&backend, shard).await.unwrap();
+    // About 600 KB against 64 KiB parts: written as one run per bucket group.
+    let updates: Vec<_> = (0..20_000)
+        .map(|i| Update::new(row(i), (i % 5) as u64, 1))
+        .collect();
+    append(&backend, shard, updates, 0, 5).await;
+
+    let (whole, whole_bytes) = whole_snapshot(&factory, shard, 4).await;
+    assert_eq!(whole.len(), 20_000);
+    let (union, share_bytes) = snapshot_by_shares(&factory, shard, 4, 4).await;
+    assert_eq!(union, whole, "the shares together are the whole snapshot");
+    for (index, bytes) in share_bytes.iter().enumerate() {
+        assert!(
+            *bytes > 0 && *bytes < whole_bytes / 2,
+            "share {index} of 4 downloaded {bytes} bytes, the whole read {whole_bytes}"
+        );
+    }
+    assert!(
+        share_bytes.iter().sum::<u64>() <= whole_bytes + whole_bytes / 4,
+        "the shares download about the whole read once: {share_bytes:?} vs {whole_bytes}"
+    );
+
+    // A fetch share downloads only its buckets too.
+    let reader = factory.open_handle().await;
+    let fetched = reader
+        .fetch_share(shard, &frontier(0), &frontier(5), ReadShare::new(1, 4))
+        .await
+        .unwrap();
+    assert!(reader.part_downloads().bytes < whole_bytes / 2);
+    assert!(!fetched.is_empty() && fetched.len() < 20_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_writes_its_output_by_bucket_group() {
+    let Some((_, factory)) = endpoint_and_factory("s3 bucketed compaction").await else {
+        return;
+    };
+    let backend = factory.open_handle().await;
+    let shard = ShardId::new();
+    PersistBackend::<u64>::open(&backend, shard).await.unwrap();
+    // Small appends (about 4 KB against 64 KiB parts): each one mixed run
+    // of nearly every bucket.
+    for time in 0..20u64 {
+        let updates = (0..100)
+            .map(|i| Update::new(row(time as i64 * 100 + i), time, 1))
+            .collect();
+        append(&backend, shard, updates, time, time + 1).await;
+    }
+    let (before, _) = whole_snapshot(&factory, shard, 19).await;
+    let (_, mixed_bytes) = snapshot_by_shares(&factory, shard, 19, 4).await;
+    let (_, whole_mixed) = whole_snapshot(&factory, shard, 19).await;
+    assert!(
+        mixed_bytes.iter().all(|bytes| *bytes == whole_mixed),
+        "mixed parts are downloaded by every share: {mixed_bytes:?} vs {whole_mixed}"
+    );
+
+    // Twenty batches of equal size: one compaction merges them all.
+    PersistBackend::<u64>::compact(&backend, shard)
+        .await
+        .unwrap();
+    assert!(
+        backend.part_keys(shard).await.unwrap().len() > 4,
+        "the merged batch is written as several bucket groups"
+    );
+    let (after, whole_bytes) = whole_snapshot(&factory, shard, 19).await;
+    assert_eq!(after, before);
+    let (union, share_bytes) = snapshot_by_shares(&factory, shard, 19, 4).await;
+    assert_eq!(union, before);
+    assert!(
+        share_bytes.iter().all(|bytes| *bytes < whole_bytes / 2),
+        "compacted parts hold few buckets: {share_bytes:?} vs {whole_bytes}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn states_written_before_parts_had_buckets_read_as_every_bucket() {
+    let Some((endpoint, factory)) = endpoint_and_factory("s3 unbucketed state").await else {
+        return;
+    };
+    let backend = factory.open_handle().await;
+    let shard = ShardId::new();
+    PersistBackend::<u64>::open(&backend, shard).await.unwrap();
+    for time in 0..4u64 {
+        let updates = (0..100)
+            .map(|i| Update::new(row(time as i64 * 100 + i), time, 1))
+            .collect();
+        append(&backend, shard, updates, time, time + 1).await;
+    }
+    // Rewrite the state as the previous format stored it: parts without
+    // their buckets or runs.
+    let client = raw_client(&endpoint);
+    let state_key = format!(
+        "{}state",
+        backend.parts_prefix(shard).trim_end_matches("batches/")
+    );
+    let object = client
+        .get_object()
+        .bucket(factory.config.bucket())
+        .key(&state_key)
+        .send()
+        .await
+        .expect("get state");
+    let bytes = object.body.collect().await.unwrap().into_bytes();
+    let mut state: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let mut stripped = 0;
+    for batch in state["batches"].as_array_mut().unwrap() {
+        for part in batch["parts"].as_array_mut().unwrap() {
+            let part = part.as_object_mut().unwrap();
+            stripped += usize::from(part.remove("buckets").is_some());
+            part.remove("run");
+        }
+    }
+    assert_eq!(stripped, 4, "one part per append");
+    client
+        .put_object()
+        .bucket(factory.config.bucket())
+        .key(&state_key)
+        .body(serde_json::to_vec(&state).unwrap().into())
+        .send()
+        .await
+        .expect("put state");
+
+    let (whole, whole_bytes) = whole_snapshot(&factory, shard, 3).await;
+    assert_eq!(whole.len(), 400);
+    let (union, share_bytes) = snapshot_by_shares(&factory, shard, 3, 4).await;
+    assert_eq!(union, whole);
+    assert!(
+        share_bytes.iter().all(|bytes| *bytes == whole_bytes),
+        "every share reads every part of unknown buckets: {share_bytes:?} vs {whole_bytes}"
+    );
+    let mut fetched = Vec::new();
+    for index in 0..3 {
+        fetched.extend(
+            backend
+                .fetch_share(shard, &frontier(1), &frontier(3), ReadShare::new(index, 3))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(fetched.len(), 200);
+    // Still appendable, and the new part records its buckets.
+    append(&backend, shard, vec![Update::new(row(-1), 4, 1)], 4, 5).await;
+    assert_eq!(backend.snapshot(shard, &4).await.unwrap().len(), 401);
 }

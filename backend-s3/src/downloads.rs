@@ -1,0 +1,37 @@
+//! Counts of the part objects a backend handle downloads: what a read share
+//! saves is visible to tests and tooling without a proxy in between.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Part objects downloaded by a handle and its clones since it was built
+/// (every read, share read and compaction; the state objects not counted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartDownloads {
+    /// Part objects fetched.
+    pub parts: u64,
+    /// Their encoded bytes.
+    pub bytes: u64,
+}
+
+/// The running counts behind [`PartDownloads`].
+#[derive(Debug, Default)]
+pub(crate) struct DownloadCounters {
+    parts: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl DownloadCounters {
+    /// Records one downloaded part of `bytes` bytes.
+    pub(crate) fn record(&self, bytes: usize) {
+        self.parts.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// The counts so far.
+    pub(crate) fn totals(&self) -> PartDownloads {
+        PartDownloads {
+            parts: self.parts.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+}
