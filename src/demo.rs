@@ -619,6 +619,8 @@ mod tests {
             backend: backend.to_string(),
             ticks,
             accounts: 4,
+            replica: None,
+            sink_dir: None,
         };
         let mut out = Vec::new();
         run(&options, &mut out).await.expect("demo runs");
@@ -667,6 +669,8 @@ mod tests {
             backend: "memory://demo-test-bad".to_string(),
             ticks: 1,
             accounts: 4,
+            replica: None,
+            sink_dir: None,
         };
         let err = run(&options, &mut out).await.unwrap_err();
         assert!(err.to_string().contains("ticks=1"), "{err}");

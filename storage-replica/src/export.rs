@@ -6,7 +6,7 @@
 //! ```
 //!
 //! - The writer runs on one worker (see
-//!   [`worker_for`](crate::placement::worker_for)), which opens the
+//!   [`worker_for`]), which opens the
 //!   [`FileSink`] and learns its committed upper `U` (none before the
 //!   first commit).
 //! - Every worker reads the source shard from `as_of = max(initial as_of,

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! - The **generator** operator runs on one worker (see
-//!   [`worker_for`](crate::placement::worker_for)). It emits tick `k`'s
+//!   [`worker_for`]). It emits tick `k`'s
 //!   updates at the tick's time and then downgrades its capability to the
 //!   next tick's time, paced by the description's `tick`, and never more
 //!   than [`WINDOW`] ticks ahead of what is durable.
