@@ -1,5 +1,6 @@
-//! `compare_and_append`: write the batch's parts, then commit the state that
-//! references them.
+//! `compare_and_append`: a small batch is committed inline in the state (one
+//! conditional PUT); a larger one writes its parts, then commits the state
+//! that references them.
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use timely::progress::Antichain;
 use crate::S3Backend;
 use crate::Step;
 use crate::codec::{EncodedPart, encode_parts};
-use crate::state::{EncodedFrontier, ShardState, decode_frontier, encode_frontier};
+use crate::state::{BatchRef, EncodedFrontier, ShardState, decode_frontier, encode_frontier};
 use crate::store::bounded_in_order;
 
 /// What the state said about an append.
@@ -22,6 +23,44 @@ enum Verdict {
     Mismatch(EncodedFrontier),
     /// Committed now.
     Committed,
+    /// The batch would take the state's inline bytes past their bound.
+    NoInlineRoom,
+}
+
+/// The batch stored inline, if it is small enough: one part of at most
+/// `inline_batch_bytes` encoded bytes.
+fn inline_batch(
+    batch: &BatchRef,
+    parts: &[EncodedPart],
+    inline_batch_bytes: usize,
+) -> Option<BatchRef> {
+    let [part] = parts else {
+        return None;
+    };
+    if part.body.len() > inline_batch_bytes {
+        return None;
+    }
+    let mut inline = batch.clone();
+    inline.parts[0].inline = Some(part.body.clone());
+    Some(inline)
+}
+
+/// The state after committing `batch` (none if everything cancelled out)
+/// with `token`, moving the upper to `new`.
+fn committed(
+    state: &ShardState,
+    batch: &BatchRef,
+    token: IdempotencyToken,
+    expected: EncodedFrontier,
+    new: EncodedFrontier,
+) -> ShardState {
+    let mut next = state.successor();
+    next.upper = new;
+    if !batch.parts.is_empty() {
+        next.batches.push(batch.clone());
+    }
+    next.remember_token(token, expected, new);
+    next
 }
 
 impl S3Backend {
@@ -62,13 +101,10 @@ impl S3Backend {
                 Some(Verdict::Mismatch(current)) => {
                     return Ok(Err(mismatch(expected_upper, current)));
                 }
-                Some(Verdict::Committed) | None => {}
+                Some(Verdict::Committed | Verdict::NoInlineRoom) | None => {}
             }
         }
 
-        // SUBTLE: the parts are written (and acknowledged) before the state
-        // that references them is committed, so a committed state never
-        // names a missing part.
         let rows = updates
             .into_iter()
             .map(|update| (update.row, update.timestamp, update.diff))
@@ -80,6 +116,35 @@ impl S3Backend {
             &expected_upper,
             self.config().part_size_bytes,
         );
+        // A small batch goes into the state itself: one conditional PUT.
+        if let Some(inline) = inline_batch(&batch, &parts, self.config().inline_batch_bytes) {
+            let inline_limit = self.config().inline_state_bytes as u64;
+            let outcome = self
+                .update_state(shard, true, |state, _fresh| {
+                    if let Some(verdict) = judge(state) {
+                        return Ok(Step::Done(verdict));
+                    }
+                    // The state's inline bytes stay bounded: past the bound
+                    // the batch goes to a part object instead.
+                    if state.inline_bytes() + inline.bytes() > inline_limit {
+                        return Ok(Step::Done(Verdict::NoInlineRoom));
+                    }
+                    Ok(Step::Write(
+                        committed(state, &inline, token, expected, new),
+                        Verdict::Committed,
+                    ))
+                })
+                .await?;
+            match outcome.0 {
+                Verdict::Committed | Verdict::AlreadyApplied => return Ok(Ok(())),
+                Verdict::Mismatch(current) => return Ok(Err(mismatch(expected_upper, current))),
+                Verdict::NoInlineRoom => {}
+            }
+        }
+
+        // SUBTLE: the parts are written (and acknowledged) before the state
+        // that references them is committed, so a committed state never
+        // names a missing part.
         self.upload_parts(shard, &parts).await?;
 
         let outcome = self
@@ -87,13 +152,10 @@ impl S3Backend {
                 if let Some(verdict) = judge(state) {
                     return Ok(Step::Done(verdict));
                 }
-                let mut next = state.successor();
-                next.upper = new;
-                if !batch.parts.is_empty() {
-                    next.batches.push(batch.clone());
-                }
-                next.remember_token(token, expected, new);
-                Ok(Step::Write(next, Verdict::Committed))
+                Ok(Step::Write(
+                    committed(state, &batch, token, expected, new),
+                    Verdict::Committed,
+                ))
             })
             .await;
         match outcome {
@@ -104,7 +166,9 @@ impl S3Backend {
                 self.discard_parts_in_background(shard, &parts);
                 match verdict {
                     Verdict::Mismatch(current) => Ok(Err(mismatch(expected_upper, current))),
-                    Verdict::AlreadyApplied | Verdict::Committed => Ok(Ok(())),
+                    Verdict::AlreadyApplied | Verdict::Committed | Verdict::NoInlineRoom => {
+                        Ok(Ok(()))
+                    }
                 }
             }
             Err(err) => {

@@ -122,6 +122,7 @@ impl<T: StorageTimestamp> PartWriter<'_, T> {
                 bytes: body.len() as u64,
                 buckets,
                 run,
+                inline: None,
             },
             body: Bytes::from(body),
         });

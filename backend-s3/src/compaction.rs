@@ -16,6 +16,12 @@
 //!   allows. Once the since passes a batch's upper and the batch has been
 //!   rewritten, it is never rewritten for the since again.
 //!
+//! - **Inline data.** Once the parts stored inline in the state hold at
+//!   least half of the configured inline bound, every batch holding one is
+//!   rewritten too. Compaction always writes part objects, so it moves
+//!   inline data out of the state, and appends find room to inline again
+//!   (decision 064).
+//!
 //! Adjacent selected batches are merged into one batch (time order is kept:
 //! batches cover consecutive time ranges).
 //!
@@ -34,7 +40,7 @@ use uuid::Uuid;
 
 use crate::clock::epoch_millis;
 use crate::codec::{EncodedPart, advance_time, encode_parts};
-use crate::state::{BatchRef, RetiredPart, ShardState, decode_frontier, frontier_le};
+use crate::state::{BatchRef, PartRef, RetiredPart, ShardState, decode_frontier, frontier_le};
 use crate::{S3Backend, Step};
 
 /// A run of adjacent batches `[start, end)` to merge.
@@ -44,8 +50,9 @@ pub(crate) struct Run {
     pub end: usize,
 }
 
-/// Picks the runs of batches to rewrite.
-pub(crate) fn plan_runs(state: &ShardState) -> Vec<Run> {
+/// Picks the runs of batches to rewrite; `inline_state_bytes` is the bound
+/// on the state's inline bytes.
+pub(crate) fn plan_runs(state: &ShardState, inline_state_bytes: usize) -> Vec<Run> {
     let count = state.batches.len();
     let mut selected = vec![false; count];
     // Tiers, from the newest batch back.
@@ -60,9 +67,13 @@ pub(crate) fn plan_runs(state: &ShardState) -> Vec<Run> {
             selected[start..].iter_mut().for_each(|flag| *flag = true);
         }
     }
-    // Batches holding times below the since that were never advanced.
+    // Batches holding times below the since that were never advanced, and
+    // inline batches once they fill half their bound.
+    let move_inline_out = state.inline_bytes() > 0
+        && state.inline_bytes().saturating_mul(2) >= inline_state_bytes as u64;
     for (index, batch) in state.batches.iter().enumerate() {
-        if holds_unadvanced_times(batch, state) {
+        let inline = batch.parts.iter().any(PartRef::is_inline);
+        if holds_unadvanced_times(batch, state) || (move_inline_out && inline) {
             selected[index] = true;
         }
     }
@@ -124,7 +135,7 @@ impl S3Backend {
         let runs = if state.finalized {
             Vec::new()
         } else {
-            plan_runs(&state)
+            plan_runs(&state, self.config().inline_state_bytes)
         };
         if runs.is_empty() && expired.is_empty() {
             return Ok(before);
@@ -305,11 +316,13 @@ fn replace_runs(
         };
         next.batches.splice(position..end, replacement);
         debug_assert!(result.run.end > result.run.start);
+        // Inline parts have no object to delete.
         next.retired.extend(
             result
                 .replaced
                 .iter()
                 .flat_map(|batch| batch.parts.iter())
+                .filter(|part| !part.is_inline())
                 .map(|part| RetiredPart {
                     id: part.id,
                     retired_at_ms: now_ms,
@@ -324,7 +337,6 @@ fn replace_runs(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::PartRef;
 
     fn batch(lower: i64, upper: i64, since: i64, updates: u64) -> BatchRef {
         BatchRef {
@@ -337,6 +349,7 @@ mod tests {
                 bytes: updates * 10,
                 buckets: crate::buckets::ALL_BUCKETS,
                 run: 0,
+                inline: None,
             }],
         }
     }
@@ -360,19 +373,58 @@ mod tests {
                 batch(3, 4, 3, 5),
             ],
         );
-        assert_eq!(plan_runs(&shard), vec![Run { start: 1, end: 4 }]);
+        assert_eq!(plan_runs(&shard, 1 << 16), vec![Run { start: 1, end: 4 }]);
         // Already tiered: nothing to do.
         let shard = state(0, vec![batch(0, 1, 0, 100), batch(1, 2, 1, 10)]);
-        assert_eq!(plan_runs(&shard), vec![]);
+        assert_eq!(plan_runs(&shard, 1 << 16), vec![]);
     }
 
     #[test]
     fn batches_with_unadvanced_times_below_since_are_rewritten() {
         let shard = state(10, vec![batch(0, 5, 0, 100), batch(5, 20, 5, 10)]);
-        assert_eq!(plan_runs(&shard), vec![Run { start: 0, end: 2 }]);
+        assert_eq!(plan_runs(&shard, 1 << 16), vec![Run { start: 0, end: 2 }]);
         // Already advanced to since 10 and entirely below it: left alone.
         let shard = state(12, vec![batch(0, 10, 10, 100), batch(10, 20, 12, 10)]);
-        assert_eq!(plan_runs(&shard), vec![]);
+        assert_eq!(plan_runs(&shard, 1 << 16), vec![]);
+    }
+
+    fn inline_batch(lower: i64, bytes: u64) -> BatchRef {
+        let mut batch = batch(lower, lower + 1, lower, 1);
+        batch.parts[0].bytes = bytes;
+        batch.parts[0].inline = Some(bytes::Bytes::from(vec![0; bytes as usize]));
+        batch
+    }
+
+    #[test]
+    fn inline_batches_are_moved_out_once_they_fill_half_their_bound() {
+        // Tiered (100 >= 2 * 1), one inline batch of 10 bytes.
+        let shard = state(0, vec![batch(0, 1, 0, 100), inline_batch(1, 10)]);
+        assert_eq!(plan_runs(&shard, 100), vec![]);
+        assert_eq!(plan_runs(&shard, 20), vec![Run { start: 1, end: 2 }]);
+        // Inline batches between large ones are moved out one run each.
+        let shard = state(
+            0,
+            vec![
+                batch(0, 1, 0, 1000),
+                inline_batch(1, 30),
+                batch(2, 3, 2, 100),
+                inline_batch(3, 30),
+            ],
+        );
+        assert_eq!(
+            plan_runs(&shard, 100),
+            vec![Run { start: 1, end: 2 }, Run { start: 3, end: 4 }]
+        );
+        // Moving them out retires no object.
+        let merged = Merged {
+            run: Run { start: 1, end: 2 },
+            replaced: shard.batches[1..2].to_vec(),
+            batch: batch(1, 2, 0, 1),
+            parts: Vec::new(),
+        };
+        let next = replace_runs(&shard, &[merged], &HashSet::new(), 7).unwrap();
+        assert!(next.retired.is_empty());
+        assert_eq!(next.inline_bytes(), 30);
     }
 
     #[test]

@@ -27,6 +27,14 @@ pub const URL_PARAMETERS: &[&str] = &[
 /// The smallest part size accepted, in bytes.
 pub const MIN_PART_SIZE_BYTES: usize = 1024;
 
+/// The default largest encoded batch an append stores inline in the shard
+/// state (decision 064).
+pub const DEFAULT_INLINE_BATCH_BYTES: usize = 4 << 10;
+
+/// The default bound on the encoded bytes of all the inline batches of one
+/// shard state (decision 064).
+pub const DEFAULT_INLINE_STATE_BYTES: usize = 64 << 10;
+
 /// Credentials given explicitly instead of the standard chain. `Debug`
 /// never shows the secret.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +109,12 @@ pub struct S3Config {
     pub(crate) part_size_bytes: usize,
     /// Parts fetched or written at once.
     pub(crate) concurrency: usize,
+    /// An append whose encoded batch is at most this many bytes stores it
+    /// inline in the shard state (0: never).
+    pub(crate) inline_batch_bytes: usize,
+    /// The inline batches of one state hold at most this many encoded
+    /// bytes; an append that would pass it writes a part object instead.
+    pub(crate) inline_state_bytes: usize,
     /// First delay between polls of a shard's upper.
     pub(crate) poll_interval_min: Duration,
     /// Longest delay between polls of a shard's upper.
@@ -122,6 +136,8 @@ impl Default for S3Config {
             grace_period: Duration::from_secs(15 * 60),
             part_size_bytes: 8 << 20,
             concurrency: 16,
+            inline_batch_bytes: DEFAULT_INLINE_BATCH_BYTES,
+            inline_state_bytes: DEFAULT_INLINE_STATE_BYTES,
             poll_interval_min: Duration::from_millis(5),
             poll_interval_max: Duration::from_millis(500),
         }
@@ -338,6 +354,16 @@ impl S3Config {
         self
     }
 
+    /// Sets the largest encoded batch an append stores inline in the shard
+    /// state (0 stores none inline) and the bound on the inline bytes of
+    /// one state.
+    #[must_use]
+    pub fn with_inline_bytes(mut self, batch_bytes: usize, state_bytes: usize) -> Self {
+        self.inline_batch_bytes = batch_bytes;
+        self.inline_state_bytes = state_bytes;
+        self
+    }
+
     /// Sets the bounds of the upper-poll backoff.
     #[must_use]
     pub fn with_poll_interval(mut self, min: Duration, max: Duration) -> Self {
@@ -418,6 +444,13 @@ impl S3Config {
         self.concurrency
     }
 
+    /// The largest encoded batch stored inline in the shard state, and the
+    /// bound on the inline bytes of one state.
+    #[must_use]
+    pub fn inline_bytes(&self) -> (usize, usize) {
+        (self.inline_batch_bytes, self.inline_state_bytes)
+    }
+
     /// The first and the longest delay between polls of a shard's upper.
     #[must_use]
     pub fn poll_interval(&self) -> (Duration, Duration) {
@@ -456,6 +489,12 @@ impl S3Config {
             return Err(invalid(
                 "concurrency must be at least 1: concurrency=0".to_string(),
             ));
+        }
+        if self.inline_batch_bytes > self.inline_state_bytes {
+            return Err(invalid(format!(
+                "inline batch bytes must be at most the inline state bytes: inline_batch_bytes={} inline_state_bytes={}",
+                self.inline_batch_bytes, self.inline_state_bytes
+            )));
         }
         if self.poll_interval_min.is_zero() || self.poll_interval_max < self.poll_interval_min {
             return Err(invalid(format!(
@@ -573,6 +612,10 @@ mod tests {
                 "part_size_bytes",
             ),
             (S3Config::new("b").with_concurrency(0), "concurrency"),
+            (
+                S3Config::new("b").with_inline_bytes(2048, 1024),
+                "inline_batch_bytes=2048 inline_state_bytes=1024",
+            ),
             (
                 S3Config::new("b")
                     .with_poll_interval(Duration::from_secs(2), Duration::from_secs(1)),

@@ -1,5 +1,6 @@
-//! Counts of the part objects a backend handle downloads: what a read share
-//! saves is visible to tests and tooling without a proxy in between.
+//! Counts of the part objects a backend handle downloads and of the PUTs it
+//! makes: what a read share saves and what a write costs are visible to
+//! tests and tooling without a proxy in between.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -32,6 +33,43 @@ impl DownloadCounters {
         PartDownloads {
             parts: self.parts.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// PUT requests made by a handle and its clones since it was built, by
+/// kind (each attempt counted, whatever its outcome).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ObjectPuts {
+    /// Conditional PUTs (state commits and creations, build-time checks).
+    pub conditional: u64,
+    /// Unconditional PUTs (part objects, markers).
+    pub unconditional: u64,
+}
+
+/// The running counts behind [`ObjectPuts`].
+#[derive(Debug, Default)]
+pub(crate) struct PutCounters {
+    conditional: AtomicU64,
+    unconditional: AtomicU64,
+}
+
+impl PutCounters {
+    /// Records one PUT request.
+    pub(crate) fn record(&self, conditional: bool) {
+        let counter = if conditional {
+            &self.conditional
+        } else {
+            &self.unconditional
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts so far.
+    pub(crate) fn totals(&self) -> ObjectPuts {
+        ObjectPuts {
+            conditional: self.conditional.load(Ordering::Relaxed),
+            unconditional: self.unconditional.load(Ordering::Relaxed),
         }
     }
 }

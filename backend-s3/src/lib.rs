@@ -79,9 +79,12 @@ use tidemark_storage_types::{
 use timely::progress::Antichain;
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
-pub use crate::config::{MIN_PART_SIZE_BYTES, S3Config, S3Credentials, URL_PARAMETERS};
+pub use crate::config::{
+    DEFAULT_INLINE_BATCH_BYTES, DEFAULT_INLINE_STATE_BYTES, MIN_PART_SIZE_BYTES, S3Config,
+    S3Credentials, URL_PARAMETERS,
+};
 use crate::downloads::DownloadCounters;
-pub use crate::downloads::PartDownloads;
+pub use crate::downloads::{ObjectPuts, PartDownloads};
 pub use crate::gc::GcStats;
 use crate::keys::Keys;
 use crate::state::ShardState;
@@ -181,6 +184,13 @@ impl S3Backend {
         self.inner.downloads.totals()
     }
 
+    /// The PUT requests this handle and its clones have made so far (for
+    /// tests and tooling that check what a write cost).
+    #[must_use]
+    pub fn object_puts(&self) -> ObjectPuts {
+        self.inner.store.puts.totals()
+    }
+
     /// The prefix under which a shard's part objects live.
     #[must_use]
     pub fn parts_prefix(&self, shard: ShardId) -> String {
@@ -231,6 +241,7 @@ impl S3Backend {
             client: aws_sdk_s3::Client::from_conf(builder.build()),
             bucket: config.bucket.clone(),
             keys: Keys::new(&config.prefix),
+            puts: Arc::default(),
         };
         verify_conditional_writes(&store).await?;
         Ok(S3Backend {

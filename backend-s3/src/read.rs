@@ -156,7 +156,8 @@ impl S3Backend {
 
     /// Fetches and decodes parts (in order, at most `concurrency` at once),
     /// applying `transform` to each part (its reference and its updates) as
-    /// it arrives.
+    /// it arrives. Inline parts are decoded from the state, like fetched
+    /// ones, without a request.
     ///
     /// Returns `Ok(Err(gone))` if a part no longer exists: the caller reads
     /// the state again and starts over.
@@ -178,8 +179,14 @@ impl S3Backend {
                 let store = Arc::clone(&store);
                 let downloads = Arc::clone(self.downloads());
                 let transform = transform.clone();
-                let key = store.keys.part(shard, part.id);
                 let task = tokio::spawn(async move {
+                    // An inline part is read from the state (no request);
+                    // its checksum is checked by the same decode.
+                    if let Some(body) = part.inline.clone() {
+                        let name = format!("{} (inline part {})", store.keys.state(shard), part.id);
+                        return decode_part::<T>(&name, body).map(|updates| Ok(transform(&part, updates)));
+                    }
+                    let key = store.keys.part(shard, part.id);
                     let fetched: Result<Result<O, PartGone>, BackendError> =
                         match store.get("get_part", &key).await? {
                             None => Ok(Err(PartGone { key })),

@@ -7,6 +7,11 @@
 //! is an `Option<i64>` (`None` = empty) and the state can be compared and
 //! updated without knowing the timestamp type.
 //!
+//! Small batches are stored *inline*: their encoded part (the shared batch
+//! codec, with its checksum) sits base64-encoded in the [`PartRef`] instead
+//! of in an object of its own, so an append of a few rows is one conditional
+//! PUT of the state (decision 064).
+//!
 //! The state is JSON. Every committed state carries a `seqno` one greater
 //! than the state it replaced, so no two versions of a shard's state have the
 //! same bytes (and so the same ETag): a compare-and-swap on the ETag can never
@@ -15,6 +20,7 @@
 
 use std::collections::VecDeque;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tidemark_storage_types::{BackendError, Codec64, DeterminateKind, IdempotencyToken};
 use timely::progress::Timestamp;
@@ -22,8 +28,12 @@ use uuid::Uuid;
 
 use crate::buckets::{ALL_BUCKETS, BucketSet};
 
-/// The state format this code writes and reads.
-pub(crate) const STATE_FORMAT: u32 = 1;
+/// The state format this code writes. Format 2 added inline parts
+/// ([`PartRef::inline`]); format 1 states read as having none.
+pub(crate) const STATE_FORMAT: u32 = 2;
+
+/// The oldest state format this code reads.
+pub(crate) const OLDEST_READABLE_FORMAT: u32 = 1;
 
 /// How many applied idempotency tokens a shard remembers (the contract asks
 /// for at least 128).
@@ -55,11 +65,13 @@ pub(crate) fn frontier_join(left: EncodedFrontier, right: EncodedFrontier) -> En
     }
 }
 
-/// One part of a batch: a write-once object holding a contiguous stretch of
-/// one of the batch's sorted runs (updates sorted by row, then time).
+/// One part of a batch: a contiguous stretch of one of the batch's sorted
+/// runs (updates sorted by row, then time), in a write-once object or, for a
+/// small batch, inline in the state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct PartRef {
-    /// The object is `PREFIX/shards/SHARD/batches/ID`.
+    /// The object is `PREFIX/shards/SHARD/batches/ID` (an inline part has
+    /// no object; its id only names it in errors).
     pub id: Uuid,
     /// Updates in the part.
     pub updates: u64,
@@ -75,6 +87,51 @@ pub(crate) struct PartRef {
     /// run 0 for every part: one run, as those batches were written.
     #[serde(default, skip_serializing_if = "is_first_run")]
     pub run: u32,
+    /// The encoded part itself, when it is stored in the state rather than
+    /// in an object (base64 in the JSON). A format 1 state has none.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "inline_base64"
+    )]
+    pub inline: Option<Bytes>,
+}
+
+impl PartRef {
+    /// Whether the part is stored in the state (it has no object).
+    pub(crate) fn is_inline(&self) -> bool {
+        self.inline.is_some()
+    }
+}
+
+/// Inline part bodies as base64 strings.
+mod inline_base64 {
+    use aws_smithy_types::base64;
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    // serde's `with` passes the field by reference.
+    #[allow(clippy::ref_option)]
+    pub(super) fn serialize<S: Serializer>(
+        body: &Option<Bytes>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match body {
+            Some(body) => serializer.serialize_some(&base64::encode(body)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Bytes>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(deserializer)? else {
+            return Ok(None);
+        };
+        base64::decode(&text)
+            .map(|body| Some(Bytes::from(body)))
+            .map_err(|err| D::Error::custom(format!("inline part is not base64: {err}")))
+    }
 }
 
 fn every_bucket() -> BucketSet {
@@ -170,6 +227,8 @@ impl ShardState {
     pub(crate) fn successor(&self) -> Self {
         let mut next = self.clone();
         next.seqno += 1;
+        // A state read in an older format is written in the current one.
+        next.format = STATE_FORMAT;
         next
     }
 
@@ -205,9 +264,22 @@ impl ShardState {
         }
     }
 
-    /// Every part the batches reference.
+    /// Every part object the batches reference (inline parts have none).
     pub(crate) fn referenced_parts(&self) -> impl Iterator<Item = &PartRef> {
-        self.batches.iter().flat_map(|batch| batch.parts.iter())
+        self.batches
+            .iter()
+            .flat_map(|batch| batch.parts.iter())
+            .filter(|part| !part.is_inline())
+    }
+
+    /// Encoded bytes of the parts stored inline in the state.
+    pub(crate) fn inline_bytes(&self) -> u64 {
+        self.batches
+            .iter()
+            .flat_map(|batch| batch.parts.iter())
+            .filter(|part| part.is_inline())
+            .map(|part| part.bytes)
+            .sum()
     }
 
     /// Stored updates.
@@ -239,11 +311,11 @@ impl ShardState {
             )
             .caused_by(err)
         })?;
-        if state.format != STATE_FORMAT {
+        if !(OLDEST_READABLE_FORMAT..=STATE_FORMAT).contains(&state.format) {
             return Err(BackendError::determinate(
                 DeterminateKind::Corrupted,
                 format!(
-                    "shard state has an unknown format: key={key} format={} supported={STATE_FORMAT}",
+                    "shard state has an unknown format: key={key} format={} supported={OLDEST_READABLE_FORMAT}..={STATE_FORMAT}",
                     state.format
                 ),
             ));
@@ -295,6 +367,7 @@ mod tests {
                 bytes: 99,
                 buckets: 0b1010,
                 run: 0,
+                inline: None,
             }],
         });
         let bytes = state.to_bytes();
@@ -318,9 +391,50 @@ mod tests {
                 .all(|part| part.buckets == ALL_BUCKETS && part.run == 0)
         );
         assert_eq!(old.batches[0].runs().count(), 1);
+        assert!(parts.iter().all(|part| !part.is_inline()), "format 1 has no inline parts");
+        assert_eq!(old.successor().format, STATE_FORMAT, "rewritten in the current format");
         let mut future = state.clone();
         future.format = 99;
         let err = ShardState::from_bytes("k", &future.to_bytes()).unwrap_err();
         assert!(err.to_string().contains("unknown format"), "{err}");
+    }
+
+    #[test]
+    fn inline_parts_round_trip_and_count_apart_from_objects() {
+        let mut state = ShardState::new_shard::<u64>().successor();
+        let body = Bytes::from_static(b"\x00\x01encoded part\xff");
+        let part = |inline: Option<Bytes>| PartRef {
+            id: Uuid::new_v4(),
+            updates: 1,
+            bytes: 17,
+            buckets: 1,
+            run: 0,
+            inline,
+        };
+        state.batches.push(BatchRef {
+            lower: Some(0),
+            upper: Some(1),
+            since: Some(0),
+            parts: vec![part(Some(body.clone()))],
+        });
+        state.batches.push(BatchRef {
+            lower: Some(1),
+            upper: Some(2),
+            since: Some(0),
+            parts: vec![part(None)],
+        });
+        let bytes = state.to_bytes();
+        let read = ShardState::from_bytes("k", &bytes).unwrap();
+        assert_eq!(read, state);
+        assert_eq!(read.batches[0].parts[0].inline.as_ref(), Some(&body));
+        assert_eq!(read.inline_bytes(), 17);
+        assert_eq!(read.referenced_parts().count(), 1, "only the object part");
+        // An inline body that is not base64 is a corrupted state.
+        let text = String::from_utf8(bytes).unwrap();
+        let encoded = aws_smithy_types::base64::encode(&body);
+        let broken = text.replace(&encoded, "not base64!");
+        let err = ShardState::from_bytes("some/state", broken.as_bytes()).unwrap_err();
+        assert_eq!(err.determinate_kind(), Some(DeterminateKind::Corrupted));
+        assert!(err.to_string().contains("base64"), "{err}");
     }
 }

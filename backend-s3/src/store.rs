@@ -1,5 +1,6 @@
 //! The S3 requests the backend makes, with failures classified.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use aws_sdk_s3::Client;
@@ -9,6 +10,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tidemark_storage_types::{BackendError, ShardId};
 
+use crate::downloads::PutCounters;
 use crate::errors::{RequestContext, S3Failure, classify, error_chain};
 use crate::keys::Keys;
 use crate::state::ShardState;
@@ -39,6 +41,8 @@ pub(crate) struct Store {
     pub client: Client,
     pub bucket: String,
     pub keys: Keys,
+    /// PUTs made through this store and its clones.
+    pub puts: Arc<PutCounters>,
 }
 
 impl Store {
@@ -104,6 +108,7 @@ impl Store {
             .bucket(&self.bucket)
             .key(key)
             .body(ByteStream::from(body));
+        self.puts.record(true);
         let request = match condition {
             Condition::Absent => request.if_none_match("*"),
             Condition::Matches(etag) => request.if_match(etag),
@@ -126,6 +131,7 @@ impl Store {
         key: &str,
         body: Bytes,
     ) -> Result<(), BackendError> {
+        self.puts.record(false);
         self.client
             .put_object()
             .bucket(&self.bucket)
