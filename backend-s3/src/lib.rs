@@ -5,7 +5,7 @@
 //! # Layout
 //!
 //! ```text
-//! PREFIX/shards/SHARD/state           since, upper, batch list, recent tokens, retired parts
+//! PREFIX/shards/SHARD/state           since, upper, batch list (small batches inline), recent tokens, retired parts
 //! PREFIX/shards/SHARD/batches/UUID    write-once, checksummed batch parts
 //! PREFIX/live/SHARD                   marks a shard as listed
 //! PREFIX/conditional-write-probe      checked at build
@@ -24,6 +24,11 @@
 //! the same ETag. Reads (frontiers, snapshots, fetches) GET the state
 //! object, which S3 serves strongly consistent. Why this is linearizable is
 //! written down in `docs/decisions/030-s3-state-protocol.md`.
+//!
+//! A small append (at most [`DEFAULT_INLINE_BATCH_BYTES`] encoded, by
+//! default) stores its batch inline in the state, so it is one conditional
+//! PUT; a larger one writes its parts first. Compaction moves inline batches
+//! out into part objects (`docs/decisions/064-s3-inline-batches.md`).
 //!
 //! # Frontiers
 //!

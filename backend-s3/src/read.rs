@@ -184,7 +184,8 @@ impl S3Backend {
                     // its checksum is checked by the same decode.
                     if let Some(body) = part.inline.clone() {
                         let name = format!("{} (inline part {})", store.keys.state(shard), part.id);
-                        return decode_part::<T>(&name, body).map(|updates| Ok(transform(&part, updates)));
+                        return decode_part::<T>(&name, body)
+                            .map(|updates| Ok(transform(&part, updates)));
                     }
                     let key = store.keys.part(shard, part.id);
                     let fetched: Result<Result<O, PartGone>, BackendError> =

@@ -391,8 +391,15 @@ mod tests {
                 .all(|part| part.buckets == ALL_BUCKETS && part.run == 0)
         );
         assert_eq!(old.batches[0].runs().count(), 1);
-        assert!(parts.iter().all(|part| !part.is_inline()), "format 1 has no inline parts");
-        assert_eq!(old.successor().format, STATE_FORMAT, "rewritten in the current format");
+        assert!(
+            parts.iter().all(|part| !part.is_inline()),
+            "format 1 has no inline parts"
+        );
+        assert_eq!(
+            old.successor().format,
+            STATE_FORMAT,
+            "rewritten in the current format"
+        );
         let mut future = state.clone();
         future.format = 99;
         let err = ShardState::from_bytes("k", &future.to_bytes()).unwrap_err();

@@ -75,9 +75,85 @@ async fn endpoint_and_factory(test_name: &str) -> Option<(String, S3Factory)> {
     Some((endpoint, factory))
 }
 
+/// The factory with no batch stored inline: every append writes part
+/// objects (for tests of what happens to those objects).
+fn objects_only(mut factory: S3Factory) -> S3Factory {
+    let (_, state_bytes) = factory.config.inline_bytes();
+    factory.config = factory.config.with_inline_bytes(0, state_bytes);
+    factory
+}
+
+/// As [`endpoint_and_factory`], with every append writing part objects.
+async fn endpoint_and_objects_only_factory(test_name: &str) -> Option<(String, S3Factory)> {
+    let (endpoint, factory) = endpoint_and_factory(test_name).await?;
+    Some((endpoint, objects_only(factory)))
+}
+
+/// The key of a shard's state object.
+fn state_key(backend: &S3Backend, shard: ShardId) -> String {
+    format!(
+        "{}state",
+        backend.parts_prefix(shard).trim_end_matches("batches/")
+    )
+}
+
+/// A shard's state object as JSON, read directly from the bucket.
+async fn raw_state(endpoint: &str, backend: &S3Backend, shard: ShardId) -> serde_json::Value {
+    let object = raw_client(endpoint)
+        .get_object()
+        .bucket(backend.config().bucket())
+        .key(state_key(backend, shard))
+        .send()
+        .await
+        .expect("get state");
+    let bytes = object.body.collect().await.unwrap().into_bytes();
+    serde_json::from_slice(&bytes).expect("state is JSON")
+}
+
+/// Writes a shard's state object directly (unconditionally).
+async fn put_raw_state(
+    endpoint: &str,
+    backend: &S3Backend,
+    shard: ShardId,
+    state: &serde_json::Value,
+) {
+    raw_client(endpoint)
+        .put_object()
+        .bucket(backend.config().bucket())
+        .key(state_key(backend, shard))
+        .body(serde_json::to_vec(state).unwrap().into())
+        .send()
+        .await
+        .expect("put state");
+}
+
+/// The encoded bytes of the parts a raw state holds inline, and how many
+/// parts those are.
+fn inline_parts(state: &serde_json::Value) -> (u64, usize) {
+    let mut bytes = 0;
+    let mut count = 0;
+    for batch in state["batches"].as_array().unwrap() {
+        for part in batch["parts"].as_array().unwrap() {
+            if part.get("inline").is_some() {
+                bytes += part["bytes"].as_u64().unwrap();
+                count += 1;
+            }
+        }
+    }
+    (bytes, count)
+}
+
+/// Ten small updates at `time`.
+fn ten_rows(time: u64) -> Vec<Update<u64>> {
+    (0..10)
+        .map(|i| Update::new(row(time as i64 * 10 + i), time, 1))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupted_part_is_detected_and_names_its_key() {
-    let Some((endpoint, factory)) = endpoint_and_factory("s3 corrupted part").await else {
+    let Some((endpoint, factory)) = endpoint_and_objects_only_factory("s3 corrupted part").await
+    else {
         return;
     };
     let backend = factory.open_handle().await;
@@ -130,7 +206,8 @@ async fn corrupted_part_is_detected_and_names_its_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn part_deleted_under_a_reader_is_reported_after_rereading_state() {
-    let Some((endpoint, factory)) = endpoint_and_factory("s3 missing part").await else {
+    let Some((endpoint, factory)) = endpoint_and_objects_only_factory("s3 missing part").await
+    else {
         return;
     };
     let backend = factory.open_handle().await;
@@ -196,6 +273,7 @@ async fn compaction_and_gc_leave_no_unreferenced_parts_after_the_grace_period() 
     else {
         return;
     };
+    let factory = objects_only(factory);
     let endpoint = test_endpoint("s3 compaction gc").expect("endpoint is set");
     let backend = factory.open_handle().await;
     let shard = ShardId::new();
@@ -270,6 +348,7 @@ async fn compaction_deletes_retired_parts_once_the_grace_period_passed() {
     else {
         return;
     };
+    let factory = objects_only(factory);
     let endpoint = test_endpoint("s3 compaction retire").expect("endpoint is set");
     let backend = factory.open_handle().await;
     let shard = ShardId::new();
@@ -650,7 +729,8 @@ async fn a_share_of_a_large_append_downloads_only_its_buckets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_writes_its_output_by_bucket_group() {
-    let Some((_, factory)) = endpoint_and_factory("s3 bucketed compaction").await else {
+    let Some((_, factory)) = endpoint_and_objects_only_factory("s3 bucketed compaction").await
+    else {
         return;
     };
     let backend = factory.open_handle().await;
@@ -692,7 +772,8 @@ async fn compaction_writes_its_output_by_bucket_group() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn states_written_before_parts_had_buckets_read_as_every_bucket() {
-    let Some((endpoint, factory)) = endpoint_and_factory("s3 unbucketed state").await else {
+    let Some((endpoint, factory)) = endpoint_and_objects_only_factory("s3 unbucketed state").await
+    else {
         return;
     };
     let backend = factory.open_handle().await;
@@ -704,22 +785,11 @@ async fn states_written_before_parts_had_buckets_read_as_every_bucket() {
             .collect();
         append(&backend, shard, updates, time, time + 1).await;
     }
-    // Rewrite the state as the previous format stored it: parts without
-    // their buckets or runs.
-    let client = raw_client(&endpoint);
-    let state_key = format!(
-        "{}state",
-        backend.parts_prefix(shard).trim_end_matches("batches/")
-    );
-    let object = client
-        .get_object()
-        .bucket(factory.config.bucket())
-        .key(&state_key)
-        .send()
-        .await
-        .expect("get state");
-    let bytes = object.body.collect().await.unwrap().into_bytes();
-    let mut state: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    // Rewrite the state as format 1 stored it before parts recorded their
+    // buckets and runs (format 1 had no inline parts either).
+    let mut state = raw_state(&endpoint, &backend, shard).await;
+    assert_eq!(state["format"], 2, "the current format is written");
+    state["format"] = 1.into();
     let mut stripped = 0;
     for batch in state["batches"].as_array_mut().unwrap() {
         for part in batch["parts"].as_array_mut().unwrap() {
@@ -729,14 +799,7 @@ async fn states_written_before_parts_had_buckets_read_as_every_bucket() {
         }
     }
     assert_eq!(stripped, 4, "one part per append");
-    client
-        .put_object()
-        .bucket(factory.config.bucket())
-        .key(&state_key)
-        .body(serde_json::to_vec(&state).unwrap().into())
-        .send()
-        .await
-        .expect("put state");
+    put_raw_state(&endpoint, &backend, shard, &state).await;
 
     let (whole, whole_bytes) = whole_snapshot(&factory, shard, 3).await;
     assert_eq!(whole.len(), 400);
@@ -759,4 +822,190 @@ async fn states_written_before_parts_had_buckets_read_as_every_bucket() {
     // Still appendable, and the new part records its buckets.
     append(&backend, shard, vec![Update::new(row(-1), 4, 1)], 4, 5).await;
     assert_eq!(backend.snapshot(shard, &4).await.unwrap().len(), 401);
+    assert_eq!(
+        raw_state(&endpoint, &backend, shard).await["format"],
+        2,
+        "a format 1 state is rewritten in the current format"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_append_is_one_conditional_put() {
+    let Some((endpoint, factory)) = endpoint_and_factory("s3 inline append").await else {
+        return;
+    };
+    let backend = factory.open_handle().await;
+    let shard = ShardId::new();
+    PersistBackend::<u64>::open(&backend, shard).await.unwrap();
+    let before = backend.object_puts();
+    append(&backend, shard, ten_rows(0), 0, 1).await;
+    let after = backend.object_puts();
+    assert_eq!(
+        after.conditional - before.conditional,
+        1,
+        "one state commit"
+    );
+    assert_eq!(after.unconditional, before.unconditional, "no part object");
+    assert!(backend.part_keys(shard).await.unwrap().is_empty());
+    assert!(
+        list_keys(
+            &endpoint,
+            backend.config().bucket(),
+            &backend.parts_prefix(shard)
+        )
+        .await
+        .is_empty()
+    );
+    assert_eq!(
+        inline_parts(&raw_state(&endpoint, &backend, shard).await).1,
+        1
+    );
+
+    // Read back like any part, with no download.
+    let reader = factory.open_handle().await;
+    let expected: Vec<_> = ten_rows(0).into_iter().map(|u| (u.row, 1)).collect();
+    assert_eq!(reader.snapshot(shard, &0).await.unwrap(), expected);
+    let fetched = reader
+        .fetch(shard, &frontier(0), &frontier(1))
+        .await
+        .unwrap();
+    assert_eq!(fetched.len(), 10);
+    let (union, _) = snapshot_by_shares(&factory, shard, 0, 3).await;
+    assert_eq!(union, expected, "the shares of inline parts are whole");
+    assert_eq!(reader.part_downloads().parts, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_append_writes_part_objects() {
+    let Some((endpoint, factory)) = endpoint_and_factory("s3 large append").await else {
+        return;
+    };
+    let backend = factory.open_handle().await;
+    let shard = ShardId::new();
+    PersistBackend::<u64>::open(&backend, shard).await.unwrap();
+    let (inline_batch_bytes, _) = backend.config().inline_bytes();
+    // About 30 encoded bytes per update: well past the inline bound.
+    let updates: Vec<_> = (0..inline_batch_bytes as i64)
+        .map(|i| Update::new(row(i), 0, 1))
+        .collect();
+    let before = backend.object_puts();
+    append(&backend, shard, updates, 0, 1).await;
+    let after = backend.object_puts();
+    let parts = backend.part_keys(shard).await.unwrap();
+    assert!(!parts.is_empty());
+    assert_eq!(
+        after.unconditional - before.unconditional,
+        parts.len() as u64
+    );
+    assert_eq!(after.conditional - before.conditional, 1);
+    assert_eq!(
+        inline_parts(&raw_state(&endpoint, &backend, shard).await).1,
+        0
+    );
+    assert_eq!(
+        backend.snapshot(shard, &0).await.unwrap().len(),
+        inline_batch_bytes
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_bytes_of_a_state_stay_within_their_bound() {
+    let Some((endpoint, mut factory)) = endpoint_and_factory("s3 inline bound").await else {
+        return;
+    };
+    let bound = 2048;
+    factory.config = factory.config.with_inline_bytes(1024, bound);
+    let backend = factory.open_handle().await;
+    let shard = ShardId::new();
+    PersistBackend::<u64>::open(&backend, shard).await.unwrap();
+    let mut spilled = 0;
+    for time in 0..12u64 {
+        let before = backend.object_puts();
+        append(&backend, shard, ten_rows(time), time, time + 1).await;
+        spilled += backend.object_puts().unconditional - before.unconditional;
+        let (inline_bytes, _) = inline_parts(&raw_state(&endpoint, &backend, shard).await);
+        assert!(inline_bytes <= bound as u64, "{inline_bytes} > {bound}");
+    }
+    assert!(spilled > 0, "appends past the bound wrote part objects");
+    assert!(spilled < 12, "appends within the bound were inline");
+    let snapshot = backend.snapshot(shard, &11).await.unwrap();
+    assert_eq!(snapshot.len(), 120);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_moves_inline_data_out_into_part_objects() {
+    let Some((endpoint, mut factory)) = endpoint_and_factory("s3 inline compaction").await else {
+        return;
+    };
+    factory.config = factory.config.with_inline_bytes(1024, 4096);
+    let backend = factory.open_handle().await;
+    let shard = ShardId::new();
+    PersistBackend::<u64>::open(&backend, shard).await.unwrap();
+    // A large batch first, so that tiering alone would not touch the small
+    // ones after it.
+    let large: Vec<_> = (0..5000).map(|i| Update::new(row(-1 - i), 0, 1)).collect();
+    append(&backend, shard, large, 0, 1).await;
+    for time in 1..9u64 {
+        append(&backend, shard, ten_rows(time), time, time + 1).await;
+    }
+    let (inline_before, count_before) = inline_parts(&raw_state(&endpoint, &backend, shard).await);
+    assert!(
+        count_before >= 2 && inline_before * 2 >= 4096,
+        "{inline_before}"
+    );
+    let expected = backend.snapshot(shard, &8).await.unwrap();
+    let objects_before = backend.part_keys(shard).await.unwrap().len();
+
+    PersistBackend::<u64>::compact(&backend, shard)
+        .await
+        .unwrap();
+    let state = raw_state(&endpoint, &backend, shard).await;
+    assert_eq!(inline_parts(&state), (0, 0), "no inline part is left");
+    assert!(backend.part_keys(shard).await.unwrap().len() > objects_before);
+    assert!(
+        state["retired"].as_array().unwrap().is_empty(),
+        "inline parts retire no object"
+    );
+    assert_eq!(backend.snapshot(shard, &8).await.unwrap(), expected);
+    // And appends are inline again.
+    let before = backend.object_puts();
+    append(&backend, shard, ten_rows(9), 9, 10).await;
+    assert_eq!(backend.object_puts().unconditional, before.unconditional);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_inline_part_is_detected_and_names_the_state() {
+    let Some((endpoint, factory)) = endpoint_and_factory("s3 corrupted inline part").await else {
+        return;
+    };
+    let backend = factory.open_handle().await;
+    let shard = ShardId::new();
+    PersistBackend::<u64>::open(&backend, shard).await.unwrap();
+    append(&backend, shard, ten_rows(0), 0, 1).await;
+    let mut state = raw_state(&endpoint, &backend, shard).await;
+    let inline = state["batches"][0]["parts"][0]["inline"]
+        .as_str()
+        .expect("an inline part")
+        .to_string();
+    // Change one base64 digit in the middle: still base64, other bytes.
+    let middle = inline.len() / 2;
+    let digit = &inline[middle..=middle];
+    let replacement = if digit == "A" { "B" } else { "A" };
+    let corrupted = format!(
+        "{}{replacement}{}",
+        &inline[..middle],
+        &inline[middle + 1..]
+    );
+    state["batches"][0]["parts"][0]["inline"] = corrupted.into();
+    put_raw_state(&endpoint, &backend, shard, &state).await;
+
+    let err = backend.snapshot(shard, &0).await.unwrap_err();
+    assert_eq!(
+        err.determinate_kind(),
+        Some(DeterminateKind::Corrupted),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(text.contains(&state_key(&backend, shard)), "{text}");
+    assert!(text.contains("checksum"), "{text}");
 }
