@@ -168,7 +168,8 @@ impl S3Backend {
     }
 
     /// The keys of the part objects a shard's current state references, in
-    /// state order (for tooling and tests that inspect the bucket).
+    /// state order (for tooling and tests that inspect the bucket). Parts
+    /// stored inline in the state have no key.
     ///
     /// # Errors
     ///
@@ -180,6 +181,22 @@ impl S3Backend {
             .referenced_parts()
             .map(|part| keys.part(shard, part.id))
             .collect())
+    }
+
+    /// How many batch parts a shard's current state references, inline in
+    /// the state or in objects of their own (for tooling; the objects alone
+    /// are [`part_keys`](Self::part_keys)).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidUsage(UnknownShard)` if the shard has no state; S3 failures.
+    pub async fn stored_parts(&self, shard: ShardId) -> Result<u64, BackendError> {
+        let state = self.read_state(shard).await?;
+        Ok(state
+            .batches
+            .iter()
+            .map(|batch| batch.parts.len() as u64)
+            .sum())
     }
 
     /// The part objects this handle and its clones have downloaded so far

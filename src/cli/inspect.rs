@@ -165,7 +165,7 @@ pub async fn run(url: &str) -> Result<InspectReport, ToolError> {
         let s3 = crate::s3::S3Backend::from_url(url).await?;
         for entry in &mut report.shards {
             if let Ok(shard) = entry.shard.parse::<ShardId>() {
-                entry.parts = Some(s3.part_keys(shard).await?.len() as u64);
+                entry.parts = Some(s3.stored_parts(shard).await?);
             }
         }
     }
