@@ -103,6 +103,11 @@ async fn small_appends(endpoint: &str, prefix: &str, raw: &Client) {
         .e_tag()
         .unwrap_or_default()
         .to_string();
+    let state_key = format!(
+        "{}state",
+        backend.parts_prefix(shard).trim_end_matches("batches/")
+    );
+    let mut state_sizes = Vec::new();
     let puts_before = backend.object_puts();
     for round in 0..SMALL_APPENDS {
         let time = round as u64;
@@ -125,13 +130,27 @@ async fn small_appends(endpoint: &str, prefix: &str, raw: &Client) {
             .await
             .unwrap();
         puts.push(start.elapsed());
+        // The raw overwrite writes as many bytes as the shard's state object
+        // holds now (its tokens and inline batches), measured untimed.
+        let state_bytes = raw
+            .head_object()
+            .bucket(BUCKET)
+            .key(&state_key)
+            .send()
+            .await
+            .unwrap()
+            .content_length()
+            .unwrap_or_default();
+        state_sizes.push(state_bytes);
+        let mut state_body = format!("state {round} ").into_bytes();
+        state_body.resize(usize::try_from(state_bytes).unwrap_or_default(), b'x');
         let start = Instant::now();
         etag = raw
             .put_object()
             .bucket(BUCKET)
             .key(&cas_key)
             .if_match(&etag)
-            .body(ByteStream::from(format!("state {round}").into_bytes()))
+            .body(ByteStream::from(state_body))
             .send()
             .await
             .unwrap()
@@ -172,7 +191,9 @@ async fn small_appends(endpoint: &str, prefix: &str, raw: &Client) {
         written.unconditional - puts_before.unconditional
     );
     println!(
-        "  (raw If-Match overwrite PUT {overwrite:?}, ratio {:.2} to one new-key PUT; append / overwrite = {:.2})",
+        "  (raw If-Match overwrite PUT of a body the size of the state ({} to {} bytes) {overwrite:?}, ratio {:.2} to one new-key PUT; append / overwrite = {:.2})",
+        state_sizes.iter().min().unwrap_or(&0),
+        state_sizes.iter().max().unwrap_or(&0),
         overwrite.as_secs_f64() / put.as_secs_f64(),
         append.as_secs_f64() / overwrite.as_secs_f64()
     );
