@@ -291,10 +291,11 @@ pub async fn ingestion_is_sent_with_its_resume_upper<F: BackendFactory>(factory:
     c.create_instance(INSTANCE);
     c.connect_replica(INSTANCE, location("resume"));
     replica.accept().await;
-    c.create_collections(vec![(user(1), table())])
+    let written_elsewhere = CollectionDescription::new(relation(), DataSource::Other);
+    c.create_collections(vec![(user(1), written_elsewhere)])
         .await
         .unwrap();
-    append_and_settle(&mut c, user(1), vec![], 7).await;
+    c.update_write_frontiers(&[(user(1), frontier(7))]);
     let mut description = ingestion(INSTANCE, None);
     if let DataSource::Ingestion(ingestion) = &mut description.data_source {
         ingestion

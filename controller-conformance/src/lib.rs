@@ -14,6 +14,7 @@ pub mod drops;
 pub mod durable;
 pub mod exports;
 pub mod instances;
+pub mod lifecycle;
 pub mod metadata;
 pub mod panics;
 pub mod policies;
@@ -386,7 +387,7 @@ macro_rules! controller_tests {
             exports::identical_export_recreate_is_a_no_op,
             exports::create_exports_sends_create_sinks_and_records_as_of,
             exports::drop_sinks_of_unknown_id_is_identifier_missing,
-            exports::dropped_sink_releases_its_hold_and_is_forgotten_when_the_replica_says,
+            exports::dropped_sink_keeps_its_hold_until_the_replica_confirms,
             exports::export_lookups_of_unknown_ids_fail,
             instances::connect_replays_the_command_history_with_a_new_epoch,
             instances::initialization_complete_is_sent_once,
@@ -399,6 +400,17 @@ macro_rules! controller_tests {
             instances::ingestion_is_sent_with_its_resume_upper,
             instances::connect_to_unreachable_replica_is_not_fatal,
             instances::ready_is_cancellation_safe,
+            lifecycle::dropped_ingestion_is_finalized_only_after_dropped_ids,
+            lifecycle::dropped_ids_of_another_id_finalizes_nothing,
+            lifecycle::restart_between_drop_and_dropped_ids_asks_again,
+            lifecycle::reconnected_replica_is_asked_to_confirm_a_drop,
+            lifecycle::dropping_the_instance_finalizes_awaiting_shards,
+            lifecycle::dropping_the_instance_releases_dropped_exports,
+            lifecycle::allow_compaction_reaches_source_exports_and_progress,
+            lifecycle::allow_compaction_reaches_exports,
+            lifecycle::ingestion_is_sent_with_its_progress_shard,
+            lifecycle::table_as_source_export_is_refused,
+            lifecycle::source_export_of_another_ingestion_is_source_id_reused,
             durable::restart_reattaches_reclaims_and_fences,
             durable::fenced_controller_refuses_work,
             durable::reconcile_failure_is_reported_by_process,

@@ -64,7 +64,9 @@ where
 }
 
 impl DurableMetadata {
-    /// Reads a record's body in its format (1 or 2).
+    /// Reads a record's body in its format (1, 2 or 3; the ingestions
+    /// awaiting their drop that format 3 adds are read by
+    /// [`awaiting_drop`]).
     ///
     /// # Panics
     ///
@@ -81,7 +83,7 @@ impl DurableMetadata {
                         .insert(parsed(&pair[0]), parsed(&pair[1]));
                 }
             }
-            2 => {
+            2 | 3 => {
                 let collections = body["collections"].as_object().expect("collections");
                 for (id, shard) in collections {
                     metadata
@@ -196,4 +198,28 @@ pub async fn overwrite_record<F: BackendFactory>(factory: &F, record: StoredReco
         .await
         .expect("the record is written")
         .expect("no concurrent writer");
+}
+
+/// The ingestions of a format 3 record awaiting their `DroppedIds`, each
+/// with the ids of its outputs whose shards wait (none for older formats).
+///
+/// # Panics
+///
+/// If the body is not json.
+#[must_use]
+pub fn awaiting_drop(record: &StoredRecord) -> BTreeMap<GlobalId, BTreeSet<GlobalId>> {
+    let body: Value = serde_json::from_str(&record.body).expect("the body is json");
+    let mut awaiting = BTreeMap::new();
+    if let Some(entries) = body.get("awaiting_drop").and_then(Value::as_object) {
+        for (ingestion, entry) in entries {
+            let outputs = entry["shards"]
+                .as_object()
+                .expect("awaiting shards")
+                .keys()
+                .map(|id| id.parse().expect("a global id"))
+                .collect();
+            awaiting.insert(ingestion.parse().expect("a global id"), outputs);
+        }
+    }
+    awaiting
 }

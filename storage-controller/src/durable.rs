@@ -19,8 +19,13 @@
 //! # Format versions
 //!
 //! - 1: `{"shards": [["u1", "s<uuid>"], ...]}`.
-//! - 2 (current): `{"collections": {"u1": "s<uuid>"}, "sink_as_ofs":
+//! - 2: `{"collections": {"u1": "s<uuid>"}, "sink_as_ofs":
 //!   {"u2": [<time as Codec64>]}, "finalizing": ["s<uuid>"]}`.
+//! - 3 (current): version 2 plus `"awaiting_drop": {"u3": {"instance": 1,
+//!   "stopping": true, "shards": {"u3": "s<uuid>", "u4": "s<uuid>"}}}`:
+//!   the shards of ingestion `u3`'s dropped outputs, kept until its
+//!   replica confirms it stopped (decision 104). A version 2 body is read
+//!   with no ingestion awaiting.
 //!
 //! An older format is read as is; any write stores the current one
 //! ([`migrate_collections`](crate::StorageController::migrate_collections)
@@ -33,7 +38,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::{Deserialize, Serialize};
 use tidemark_storage_types::{
     BackendError, Codec64, Datum, DeterminateKind, GlobalId, IdempotencyToken, PersistBackend, Row,
-    ShardId, StorageError, StorageTimestamp, Update, display_frontier, frontier_time,
+    ShardId, StorageError, StorageInstanceId, StorageTimestamp, Update, display_frontier,
+    frontier_time,
 };
 use timely::progress::{Antichain, Timestamp};
 
@@ -43,7 +49,7 @@ use crate::retry::{RetryPolicy, retry_indeterminate};
 pub const METADATA_SHARD: ShardId = ShardId::from_bytes(*b"tidemark-meta-v1");
 
 /// The format version this crate writes.
-pub const CURRENT_FORMAT_VERSION: i64 = 2;
+pub const CURRENT_FORMAT_VERSION: i64 = 3;
 
 /// Physically compact the metadata shard after this many writes.
 const COMPACT_METADATA_EVERY: u64 = 64;
@@ -57,6 +63,31 @@ pub struct DurableMetadata {
     pub sink_as_ofs: BTreeMap<GlobalId, Vec<i64>>,
     /// Shards whose collection was dropped and that are not yet finalized.
     pub finalizing: BTreeSet<ShardId>,
+    /// Per ingestion, the shards of its dropped outputs that wait for the
+    /// replica's `DroppedIds` before they are finalized.
+    pub awaiting_drop: BTreeMap<GlobalId, AwaitingDrop>,
+}
+
+/// Dropped outputs of one ingestion whose shards wait for its replica to
+/// confirm (with `DroppedIds`) that the ingestion stopped writing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AwaitingDrop {
+    /// The instance running the ingestion.
+    pub instance: StorageInstanceId,
+    /// Whether the ingestion itself is dropped (its replica was told
+    /// `AllowCompaction(id, [])`); if not, only some of its outputs are.
+    pub stopping: bool,
+    /// The shard of each dropped output (the ingestion's own collection,
+    /// its source exports, its progress collection).
+    pub shards: BTreeMap<GlobalId, ShardId>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AwaitingDropBody {
+    instance: u64,
+    stopping: bool,
+    shards: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -71,6 +102,16 @@ struct BodyV2 {
     collections: BTreeMap<String, String>,
     sink_as_ofs: BTreeMap<String, Vec<i64>>,
     finalizing: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BodyV3 {
+    collections: BTreeMap<String, String>,
+    sink_as_ofs: BTreeMap<String, Vec<i64>>,
+    finalizing: Vec<String>,
+    #[serde(default)]
+    awaiting_drop: BTreeMap<String, AwaitingDropBody>,
 }
 
 fn corrupted(message: String) -> StorageError {
@@ -117,20 +158,14 @@ impl DurableMetadata {
             }
             2 => {
                 let v2: BodyV2 = serde_json::from_str(body).map_err(bad_json)?;
-                let mut metadata = DurableMetadata::default();
-                for (id, shard) in v2.collections {
-                    metadata
-                        .collections
-                        .insert(parse_id(&id)?, parse_shard(&shard)?);
-                }
-                for (id, as_of) in v2.sink_as_ofs {
-                    metadata.sink_as_ofs.insert(parse_id(&id)?, as_of);
-                }
-                for shard in v2.finalizing {
-                    metadata.finalizing.insert(parse_shard(&shard)?);
-                }
-                Ok(metadata)
+                Self::decode_v3(BodyV3 {
+                    collections: v2.collections,
+                    sink_as_ofs: v2.sink_as_ofs,
+                    finalizing: v2.finalizing,
+                    awaiting_drop: BTreeMap::new(),
+                })
             }
+            3 => Self::decode_v3(serde_json::from_str(body).map_err(bad_json)?),
             newer if newer > CURRENT_FORMAT_VERSION => Err(StorageError::MetadataFormatTooNew {
                 found: newer,
                 supported: CURRENT_FORMAT_VERSION,
@@ -141,10 +176,40 @@ impl DurableMetadata {
         }
     }
 
+    fn decode_v3(v3: BodyV3) -> Result<Self, StorageError> {
+        let mut metadata = DurableMetadata::default();
+        for (id, shard) in v3.collections {
+            metadata
+                .collections
+                .insert(parse_id(&id)?, parse_shard(&shard)?);
+        }
+        for (id, as_of) in v3.sink_as_ofs {
+            metadata.sink_as_ofs.insert(parse_id(&id)?, as_of);
+        }
+        for shard in v3.finalizing {
+            metadata.finalizing.insert(parse_shard(&shard)?);
+        }
+        for (id, awaiting) in v3.awaiting_drop {
+            let mut shards = BTreeMap::new();
+            for (output, shard) in awaiting.shards {
+                shards.insert(parse_id(&output)?, parse_shard(&shard)?);
+            }
+            metadata.awaiting_drop.insert(
+                parse_id(&id)?,
+                AwaitingDrop {
+                    instance: StorageInstanceId(awaiting.instance),
+                    stopping: awaiting.stopping,
+                    shards,
+                },
+            );
+        }
+        Ok(metadata)
+    }
+
     /// Encodes in the current format.
     #[must_use]
     pub fn encode(&self) -> String {
-        let body = BodyV2 {
+        let body = BodyV3 {
             collections: self
                 .collections
                 .iter()
@@ -156,6 +221,22 @@ impl DurableMetadata {
                 .map(|(id, as_of)| (id.to_string(), as_of.clone()))
                 .collect(),
             finalizing: self.finalizing.iter().map(ToString::to_string).collect(),
+            awaiting_drop: self
+                .awaiting_drop
+                .iter()
+                .map(|(id, awaiting)| {
+                    let body = AwaitingDropBody {
+                        instance: awaiting.instance.0,
+                        stopping: awaiting.stopping,
+                        shards: awaiting
+                            .shards
+                            .iter()
+                            .map(|(output, shard)| (output.to_string(), shard.to_string()))
+                            .collect(),
+                    };
+                    (id.to_string(), body)
+                })
+                .collect(),
         };
         serde_json::to_string(&body).expect("metadata body serializes")
     }
@@ -482,6 +563,31 @@ mod tests {
         assert_eq!(decoded, metadata);
         let as_of: Antichain<u64> = decode_frontier(&decoded.sink_as_ofs[&GlobalId::User(2)]);
         assert_eq!(as_of, Antichain::from_elem(5));
+    }
+
+    #[test]
+    fn awaiting_drops_round_trip_and_version_2_has_none() {
+        let mut metadata = DurableMetadata::default();
+        let shard = ShardId::new();
+        metadata.collections.insert(GlobalId::User(1), shard);
+        metadata.awaiting_drop.insert(
+            GlobalId::User(3),
+            AwaitingDrop {
+                instance: StorageInstanceId(4),
+                stopping: true,
+                shards: BTreeMap::from([(GlobalId::User(3), ShardId::new())]),
+            },
+        );
+        let decoded = DurableMetadata::decode(3, &metadata.encode()).unwrap();
+        assert_eq!(decoded, metadata);
+        let v2 = format!(
+            r#"{{"collections": {{"u1": "{shard}"}}, "sink_as_ofs": {{}}, "finalizing": []}}"#
+        );
+        let decoded = DurableMetadata::decode(2, &v2).unwrap();
+        assert!(decoded.awaiting_drop.is_empty());
+        assert_eq!(decoded.collections[&GlobalId::User(1)], shard);
+        let err = DurableMetadata::decode(2, &metadata.encode()).unwrap_err();
+        assert!(err.to_string().contains("awaiting_drop"), "{err}");
     }
 
     #[test]

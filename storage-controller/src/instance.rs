@@ -2,7 +2,7 @@
 //! every (re)connected replica, the filtering of replica responses, and
 //! reconnecting a replica whose connection was lost (`crate::reconnect`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use tidemark_storage_types::{GlobalId, StorageInstanceId, StorageParameters, StorageTimestamp};
@@ -20,7 +20,8 @@ use crate::transport::ReplicaTransport;
 
 /// What a newly connected replica must be told, compacted: the latest
 /// configuration, live sources and sinks, their latest compaction
-/// frontiers, and whether initialization is complete.
+/// frontiers, the dropped ids whose `DroppedIds` has not arrived yet, and
+/// whether initialization is complete.
 #[derive(Debug)]
 struct CommandHistory<T> {
     config: StorageParameters,
@@ -28,6 +29,10 @@ struct CommandHistory<T> {
     sources: BTreeMap<GlobalId, IngestionCommand<T>>,
     sinks: BTreeMap<GlobalId, ExportCommand<T>>,
     compaction: BTreeMap<GlobalId, Antichain<T>>,
+    /// Dropped ids (told `AllowCompaction(id, [])`) not yet confirmed by
+    /// `DroppedIds`: told again on every connect, so that a replica that
+    /// still runs one stops it and any replica confirms it.
+    stopping: BTreeSet<GlobalId>,
 }
 
 impl<T: StorageTimestamp> CommandHistory<T> {
@@ -49,8 +54,10 @@ impl<T: StorageTimestamp> CommandHistory<T> {
             StorageCommand::AllowCompaction(frontiers) => {
                 for (id, frontier) in frontiers {
                     if frontier.is_empty() {
-                        // Dropped: a new replica never needs to hear of it.
+                        // Dropped: a new replica is never told to run it,
+                        // only to confirm it stopped.
                         self.forget(*id);
+                        self.stopping.insert(*id);
                     } else {
                         self.compaction.insert(*id, frontier.clone());
                     }
@@ -79,11 +86,13 @@ impl<T: StorageTimestamp> CommandHistory<T> {
                 self.sinks.values().cloned().collect(),
             ));
         }
-        if !self.compaction.is_empty() {
+        if !self.compaction.is_empty() || !self.stopping.is_empty() {
+            let stopping = self.stopping.iter().map(|id| (*id, Antichain::new()));
             commands.push(StorageCommand::AllowCompaction(
                 self.compaction
                     .iter()
                     .map(|(id, frontier)| (*id, frontier.clone()))
+                    .chain(stopping)
                     .collect(),
             ));
         }
@@ -127,6 +136,7 @@ impl<T: StorageTimestamp> Instance<T> {
                 sources: BTreeMap::new(),
                 sinks: BTreeMap::new(),
                 compaction: BTreeMap::new(),
+                stopping: BTreeSet::new(),
             },
             epoch: 0,
             processes: Vec::new(),
@@ -297,6 +307,7 @@ impl<T: StorageTimestamp> Instance<T> {
             StorageResponse::DroppedIds(ids) => {
                 for id in &ids {
                     self.history.forget(*id);
+                    self.history.stopping.remove(id);
                     self.reported_uppers.remove(id);
                     for process in &mut self.processes {
                         process.uppers.remove(id);

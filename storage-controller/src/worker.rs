@@ -12,13 +12,15 @@ use std::sync::Arc;
 
 use tidemark_storage_types::{
     GlobalId, IdempotencyToken, PersistBackend, ShardFrontiers, ShardId, StorageError,
-    StorageParameters, StorageTimestamp, Update,
+    StorageInstanceId, StorageParameters, StorageTimestamp, Update,
 };
 use timely::PartialOrder;
 use timely::progress::Antichain;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::durable::{DurableMetadata, MetadataStore, decode_frontier, encode_frontier};
+use crate::durable::{
+    AwaitingDrop, DurableMetadata, MetadataStore, decode_frontier, encode_frontier,
+};
 use crate::internal::Internal;
 use crate::retry::{RetryPolicy, retry_indeterminate};
 
@@ -64,15 +66,26 @@ pub(crate) enum WorkerCommand<T> {
     /// Retires a dropped collection's shard: durably marks it, finalizes it,
     /// forgets it.
     Finalize { id: GlobalId, shard: ShardId },
+    /// Durably moves dropped outputs of `ingestion` from the live
+    /// collections to those awaiting the ingestion's `DroppedIds`.
+    AwaitDrop {
+        ingestion: GlobalId,
+        awaiting: AwaitingDrop,
+    },
+    /// `ingestion`'s replica confirmed it stopped (or its instance is
+    /// gone): finalizes the shards awaiting it and forgets them.
+    FinalizeAwaited { ingestion: GlobalId },
     /// Rewrites the metadata in the current format if it is older.
     Migrate {
         reply: oneshot::Sender<Result<(), StorageError>>,
     },
-    /// Finalizes every recorded shard not in `live_shards`, forgets sink
+    /// Finalizes every recorded shard not in `live_shards` and the shards
+    /// awaiting a drop on an instance not in `live_instances`, forgets sink
     /// records not in `live_sinks`, finishes interrupted finalizations.
     Reconcile {
         live_shards: BTreeSet<ShardId>,
         live_sinks: BTreeSet<GlobalId>,
+        live_instances: BTreeSet<StorageInstanceId>,
         reply: oneshot::Sender<Result<(), StorageError>>,
     },
     /// New storage parameters.
@@ -147,7 +160,9 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
             WorkerCommand::Configure(_) => {}
             WorkerCommand::ForgetSinks { .. }
             | WorkerCommand::DowngradeSinces(_)
-            | WorkerCommand::Finalize { .. } => self.report(err),
+            | WorkerCommand::Finalize { .. }
+            | WorkerCommand::AwaitDrop { .. }
+            | WorkerCommand::FinalizeAwaited { .. } => self.report(err),
         }
     }
 
@@ -186,6 +201,20 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
                     self.report(err);
                 }
             }
+            WorkerCommand::AwaitDrop {
+                ingestion,
+                awaiting,
+            } => {
+                if let Err(err) = self.await_drop(ingestion, awaiting).await {
+                    self.report(err);
+                }
+            }
+            WorkerCommand::FinalizeAwaited { ingestion } => {
+                let ingestions = BTreeSet::from([ingestion]);
+                if let Err(err) = self.finalize_awaited(ingestions, BTreeSet::new()).await {
+                    self.report(err);
+                }
+            }
             WorkerCommand::Migrate { reply } => {
                 let result =
                     if self.metadata.format_version() < crate::durable::CURRENT_FORMAT_VERSION {
@@ -199,9 +228,13 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
             WorkerCommand::Reconcile {
                 live_shards,
                 live_sinks,
+                live_instances,
                 reply,
             } => {
-                let _ = reply.send(self.reconcile(live_shards, live_sinks).await);
+                let _ = reply.send(
+                    self.reconcile(live_shards, live_sinks, live_instances)
+                        .await,
+                );
             }
             WorkerCommand::Configure(parameters) => self.parameters = parameters,
             WorkerCommand::Barrier { reply } => {
@@ -391,10 +424,62 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
         self.metadata.write(&*self.backend, metadata).await
     }
 
+    /// Records `awaiting` under `ingestion` (merged with what is already
+    /// recorded) and forgets those outputs' live mappings, in one write.
+    async fn await_drop(
+        &mut self,
+        ingestion: GlobalId,
+        awaiting: AwaitingDrop,
+    ) -> Result<(), StorageError> {
+        let mut metadata = self.metadata.metadata().clone();
+        for (output, shard) in &awaiting.shards {
+            if metadata.collections.get(output) == Some(shard) {
+                metadata.collections.remove(output);
+            }
+        }
+        let entry = metadata
+            .awaiting_drop
+            .entry(ingestion)
+            .or_insert_with(|| AwaitingDrop {
+                instance: awaiting.instance,
+                stopping: false,
+                shards: BTreeMap::new(),
+            });
+        entry.stopping |= awaiting.stopping;
+        entry.shards.extend(awaiting.shards);
+        if metadata != *self.metadata.metadata() {
+            self.metadata.write(&*self.backend, metadata).await?;
+        }
+        Ok(())
+    }
+
+    /// Moves the entries of `ingestions` to the shards being finalized
+    /// (with `shards`, in one write), then finalizes them all.
+    async fn finalize_awaited(
+        &mut self,
+        ingestions: BTreeSet<GlobalId>,
+        mut shards: BTreeSet<ShardId>,
+    ) -> Result<(), StorageError> {
+        let mut metadata = self.metadata.metadata().clone();
+        for ingestion in &ingestions {
+            if let Some(awaiting) = metadata.awaiting_drop.remove(ingestion) {
+                shards.extend(awaiting.shards.into_values());
+            }
+        }
+        if metadata != *self.metadata.metadata() {
+            self.metadata.write(&*self.backend, metadata).await?;
+        }
+        if shards.is_empty() {
+            return Ok(());
+        }
+        self.finalize(None, shards).await
+    }
+
     async fn reconcile(
         &mut self,
         live_shards: BTreeSet<ShardId>,
         live_sinks: BTreeSet<GlobalId>,
+        live_instances: BTreeSet<StorageInstanceId>,
     ) -> Result<(), StorageError> {
         let mut metadata: DurableMetadata = self.metadata.metadata().clone();
         let unclaimed: Vec<GlobalId> = metadata
@@ -414,10 +499,17 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
         if metadata != *self.metadata.metadata() {
             self.metadata.write(&*self.backend, metadata).await?;
         }
-        if retiring.is_empty() {
-            return Ok(());
-        }
-        self.finalize(None, retiring).await
+        // An ingestion whose instance nobody re-created has no replica to
+        // confirm its drop: nothing writes its outputs any more.
+        let orphaned: BTreeSet<GlobalId> = self
+            .metadata
+            .metadata()
+            .awaiting_drop
+            .iter()
+            .filter(|(_, awaiting)| !live_instances.contains(&awaiting.instance))
+            .map(|(id, _)| *id)
+            .collect();
+        self.finalize_awaited(orphaned, retiring).await
     }
 }
 

@@ -585,6 +585,18 @@ pub enum StorageError {
         /// The newest format version this controller reads.
         supported: i64,
     },
+    /// An ingestion names a table as one of its outputs (a source export
+    /// or its progress collection): a table is written by the controller,
+    /// and a collection has one writer.
+    #[error(
+        "table {table} cannot be written by ingestion {ingestion}: tables are written by the controller only"
+    )]
+    TableWrittenByIngestion {
+        /// The table.
+        table: GlobalId,
+        /// The ingestion that names it as an output.
+        ingestion: GlobalId,
+    },
     /// The controller's write task has stopped (it panicked, or the
     /// controller is shutting down), so the operation was not done.
     #[error("the controller's write task has stopped")]

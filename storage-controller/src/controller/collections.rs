@@ -28,6 +28,20 @@ fn required_collections<T>(description: &CollectionDescription<T>) -> Vec<Global
     required
 }
 
+/// The collections ingestion `description` writes besides itself: its
+/// source exports and its progress collection.
+fn ingestion_outputs<T>(description: &CollectionDescription<T>) -> Vec<GlobalId> {
+    match &description.data_source {
+        DataSource::Ingestion(ingestion) => ingestion
+            .source_exports
+            .keys()
+            .copied()
+            .chain(ingestion.remap_collection_id)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// The collections `description` holds reads on.
 fn storage_dependencies<T>(description: &CollectionDescription<T>) -> Vec<GlobalId> {
     match &description.data_source {
@@ -102,7 +116,49 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
                 ordered.push((id, description));
             }
         }
+        let batch = ordered.iter().cloned().collect();
+        self.validate_ingestion_outputs(&batch)?;
         Ok(ordered)
+    }
+
+    /// Each collection has one writer: an ingestion's outputs are not
+    /// tables (the controller writes those) and not another ingestion's.
+    fn validate_ingestion_outputs(
+        &self,
+        batch: &BTreeMap<GlobalId, CollectionDescription<T>>,
+    ) -> Result<(), StorageError> {
+        let mut writers: BTreeMap<GlobalId, GlobalId> = BTreeMap::new();
+        for (id, description) in batch {
+            for output in ingestion_outputs(description) {
+                let output_description = batch
+                    .get(&output)
+                    .or_else(|| self.collections.get(&output).map(|c| &c.description));
+                if output_description
+                    .is_some_and(|output| output.data_source.is_controller_written())
+                {
+                    return Err(StorageError::TableWrittenByIngestion {
+                        table: output,
+                        ingestion: *id,
+                    });
+                }
+                let taken =
+                    self.ingestion_outputs.get(&output).is_some_and(|writer| {
+                        writer != id && self.ingestion_writing(output).is_some()
+                    }) || batch.contains_key(&output)
+                        && matches!(batch[&output].data_source, DataSource::Ingestion(_))
+                        || self.collections.get(&output).is_some_and(|collection| {
+                            matches!(collection.description.data_source, DataSource::Ingestion(_))
+                        });
+                if taken
+                    || writers
+                        .insert(output, *id)
+                        .is_some_and(|other| other != *id)
+                {
+                    return Err(StorageError::SourceIdReused(output));
+                }
+            }
+        }
+        Ok(())
     }
 
     pub(crate) async fn create_collections_inner(
@@ -153,6 +209,9 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
             read_capabilities.update_iter(since.iter().map(|time| (*time, 1)));
             if matches!(description.data_source, DataSource::Ingestion(_)) {
                 ingestions.push(id);
+                for output in ingestion_outputs(&description) {
+                    self.ingestion_outputs.insert(output, id);
+                }
             }
             let state = CollectionState {
                 description,
@@ -187,8 +246,9 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
         let DataSource::Ingestion(ingestion) = &collection.description.data_source else {
             return;
         };
+        // Every output: itself, its source exports, its progress collection.
         let mut outputs = vec![id];
-        outputs.extend(ingestion.source_exports.keys().copied());
+        outputs.extend(ingestion_outputs(&collection.description));
         let mut resume_upper = Antichain::new();
         let mut data_shards = Vec::with_capacity(outputs.len());
         for output in outputs {
@@ -377,9 +437,11 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
             .filter(|(_, export)| !export.read_capability.is_empty())
             .map(|(id, _)| *id)
             .collect();
+        let live_instances = self.instances.keys().copied().collect();
         self.call_worker(|reply| WorkerCommand::Reconcile {
             live_shards,
             live_sinks,
+            live_instances,
             reply,
         })
         .await

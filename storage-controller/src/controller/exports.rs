@@ -6,7 +6,7 @@ use tidemark_storage_types::{
     ExportDescription, GlobalId, PersistBackend, ReadPolicy, StorageError, StorageTimestamp,
 };
 use timely::PartialOrder;
-use timely::progress::{Antichain, ChangeBatch};
+use timely::progress::Antichain;
 
 use super::Controller;
 use super::frontiers::frontier_changes;
@@ -149,21 +149,30 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
         Ok(())
     }
 
+    /// Drops exports. The sink may still read its source until its
+    /// replica confirms with `DroppedIds`, so an export's hold on its
+    /// source is released then (or when its instance is dropped), not here.
     pub(crate) fn drop_sinks_inner(&mut self, identifiers: Vec<GlobalId>) {
-        let mut changes: BTreeMap<GlobalId, ChangeBatch<T>> = BTreeMap::new();
         let mut dropped = Vec::new();
+        let mut released = Vec::new();
         for id in identifiers {
+            if self.dropping_exports.contains(&id) {
+                continue;
+            }
+            let instance_exists = self
+                .exports
+                .get(&id)
+                .is_some_and(|export| self.instances.contains_key(&export.description.instance_id));
             let Some(export) = self.exports.get_mut(&id) else {
                 continue;
             };
             if export.read_capability.is_empty() {
                 continue;
             }
-            changes
-                .entry(export.description.from)
-                .or_default()
-                .extend(export.read_capability.iter().map(|time| (*time, -1)));
-            export.read_capability = Antichain::new();
+            self.dropping_exports.insert(id);
+            if !instance_exists {
+                released.push(id);
+            }
             export.write_frontier = Antichain::new();
             export.read_policy = ReadPolicy::ValidFrom(Antichain::new());
             self.pending_compaction
@@ -177,6 +186,25 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
                 .worker
                 .send(WorkerCommand::ForgetSinks { ids: dropped });
         }
+        for id in released {
+            self.release_dropped_export(id);
+        }
+    }
+
+    /// Releases dropped export `id`'s hold on its source, if it is dropped
+    /// and still holds.
+    pub(crate) fn release_dropped_export(&mut self, id: GlobalId) {
+        if !self.dropping_exports.remove(&id) {
+            return;
+        }
+        let Some(export) = self.exports.get_mut(&id) else {
+            return;
+        };
+        let mut changes = BTreeMap::from([(
+            export.description.from,
+            frontier_changes(&export.read_capability, -1),
+        )]);
+        export.read_capability = Antichain::new();
         self.update_read_capabilities_inner(&mut changes);
     }
 }

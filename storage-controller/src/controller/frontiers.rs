@@ -11,6 +11,7 @@ use timely::PartialOrder;
 use timely::progress::{Antichain, ChangeBatch};
 
 use super::Controller;
+use crate::durable::AwaitingDrop;
 use crate::state::CollectionState;
 use crate::worker::WorkerCommand;
 
@@ -92,6 +93,68 @@ fn apply_read_changes<T: StorageTimestamp>(
 }
 
 impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
+    /// The ingestion that writes collection `id` (`id` itself, or the
+    /// ingestion it is a source export or progress collection of) and its
+    /// instance, if that ingestion may still be running: it is live, or
+    /// dropped but not yet confirmed stopped, and its instance exists.
+    pub(crate) fn ingestion_writing(&self, id: GlobalId) -> Option<(GlobalId, StorageInstanceId)> {
+        let ingestion = self.ingestion_outputs.get(&id).copied().unwrap_or(id);
+        let instance = match self.collections.get(&ingestion) {
+            Some(collection) => match &collection.description.data_source {
+                DataSource::Ingestion(description) => Some(description.instance_id),
+                _ => None,
+            },
+            None => self
+                .awaiting_drop
+                .get(&ingestion)
+                .map(|awaiting| awaiting.instance),
+        }?;
+        self.instances
+            .contains_key(&instance)
+            .then_some((ingestion, instance))
+    }
+
+    /// Keeps dropped output `id` (shard `shard`) of `ingestion` until the
+    /// ingestion's `DroppedIds`, durably.
+    fn await_drop(
+        &mut self,
+        ingestion: GlobalId,
+        instance: StorageInstanceId,
+        stopping: bool,
+        id: GlobalId,
+        shard: ShardId,
+    ) {
+        let entry = self
+            .awaiting_drop
+            .entry(ingestion)
+            .or_insert_with(|| AwaitingDrop {
+                instance,
+                stopping: false,
+                shards: BTreeMap::new(),
+            });
+        entry.stopping |= stopping;
+        entry.shards.insert(id, shard);
+        tracing::debug!(%id, %ingestion, "dropped output awaits its ingestion's DroppedIds");
+        let _ = self.worker.send(WorkerCommand::AwaitDrop {
+            ingestion,
+            awaiting: AwaitingDrop {
+                instance,
+                stopping,
+                shards: BTreeMap::from([(id, shard)]),
+            },
+        });
+    }
+
+    /// `ingestion` stopped on its replica (or its instance is gone): the
+    /// shards awaiting it are finalized.
+    pub(crate) fn finalize_awaited(&mut self, ingestion: GlobalId) {
+        if self.awaiting_drop.remove(&ingestion).is_some() {
+            let _ = self
+                .worker
+                .send(WorkerCommand::FinalizeAwaited { ingestion });
+        }
+    }
+
     pub(crate) fn set_read_policy_inner(&mut self, policies: Vec<(GlobalId, ReadPolicy<T>)>) {
         let mut pending: BTreeMap<GlobalId, ChangeBatch<T>> = BTreeMap::new();
         for (id, policy) in policies {
@@ -105,6 +168,8 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
                         .extend(batch.into_inner().into_iter());
                 }
                 collection.read_policy = policy;
+            } else if self.dropping_exports.contains(&id) {
+                // Dropped: its hold goes when the replica confirms.
             } else if let Some(export) = self.exports.get_mut(&id) {
                 let proposed = policy.frontier(export.write_frontier.borrow());
                 if let Some(batch) = capability_change(&mut export.read_capability, proposed) {
@@ -112,6 +177,10 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
                         .entry(export.description.from)
                         .or_default()
                         .extend(batch.into_inner().into_iter());
+                    self.pending_compaction
+                        .entry(export.description.instance_id)
+                        .or_default()
+                        .push((id, export.read_capability.clone()));
                 }
                 export.read_policy = policy;
             } else {
@@ -144,6 +213,8 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
                         &mut since_changes,
                     );
                 }
+            } else if self.dropping_exports.contains(id) {
+                // Dropped: its hold goes when the replica confirms.
             } else if let Some(export) = self.exports.get_mut(id) {
                 if PartialOrder::less_than(&export.write_frontier, upper) {
                     export.write_frontier.clone_from(upper);
@@ -154,6 +225,11 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
                         .entry(export.description.from)
                         .or_default()
                         .extend(batch.into_inner().into_iter());
+                    // The sink need not read before its hold any more.
+                    self.pending_compaction
+                        .entry(export.description.instance_id)
+                        .or_default()
+                        .push((*id, export.read_capability.clone()));
                 }
             } else {
                 panic!("update_write_frontiers: unknown collection or export {id}");
@@ -207,7 +283,10 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
         } in since_changes
         {
             tracing::trace!(%id, since = %display_frontier(&since), "since advanced");
-            if let Some(instance) = instance {
+            // Every collection an ingestion writes (itself, its source
+            // exports, its progress collection) is compacted on its replica.
+            let writer = self.ingestion_writing(id);
+            if let Some(instance) = instance.or(writer.map(|(_, instance)| instance)) {
                 self.pending_compaction
                     .entry(instance)
                     .or_default()
@@ -218,6 +297,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
                 // queued before (the write task runs commands in order, and
                 // the downgrades collected so far are sent first).
                 self.collections.remove(&id);
+                self.ingestion_outputs.remove(&id);
                 if !downgrades.is_empty() {
                     let _ = self
                         .worker
@@ -225,7 +305,16 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
                             &mut downgrades,
                         )));
                 }
-                let _ = self.worker.send(WorkerCommand::Finalize { id, shard });
+                match writer {
+                    // The replica may still write the shard: it is
+                    // finalized once the ingestion's `DroppedIds` arrives.
+                    Some((ingestion, instance)) => {
+                        self.await_drop(ingestion, instance, ingestion == id, id, shard);
+                    }
+                    None => {
+                        let _ = self.worker.send(WorkerCommand::Finalize { id, shard });
+                    }
+                }
             } else {
                 downgrades.push((shard, since));
             }

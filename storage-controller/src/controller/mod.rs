@@ -13,7 +13,7 @@ mod exports;
 mod frontiers;
 mod replicas;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +29,7 @@ use timely::progress::{Antichain, ChangeBatch};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::StorageController;
-use crate::durable::MetadataStore;
+use crate::durable::{AwaitingDrop, MetadataStore};
 use crate::instance::Instance;
 use crate::internal::Internal;
 use crate::protocol::{ClusterReplicaLocation, StatisticsUpdate, StorageCommand, StorageResponse};
@@ -114,6 +114,15 @@ pub struct Controller<T: StorageTimestamp, B: PersistBackend<T>> {
     pub(crate) pending_compaction: BTreeMap<StorageInstanceId, Vec<(GlobalId, Antichain<T>)>>,
     statistics: BTreeMap<GlobalId, StatisticsUpdate>,
     statuses: BTreeMap<GlobalId, String>,
+    /// Source exports and progress collections, each with the ingestion
+    /// that writes it.
+    pub(crate) ingestion_outputs: BTreeMap<GlobalId, GlobalId>,
+    /// Per ingestion, its dropped outputs whose shards wait for its
+    /// `DroppedIds` (mirrors the durable record).
+    pub(crate) awaiting_drop: BTreeMap<GlobalId, AwaitingDrop>,
+    /// Dropped exports whose hold on their source waits for their
+    /// `DroppedIds`.
+    pub(crate) dropping_exports: BTreeSet<GlobalId>,
     pub(crate) fenced: Arc<AtomicBool>,
     pub(crate) retry: RetryPolicy,
     reconnect: ReconnectPolicy,
@@ -171,6 +180,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
         let fenced = Arc::new(AtomicBool::new(false));
         let metadata = MetadataStore::open_and_fence(&*backend, retry, Arc::clone(&fenced)).await?;
         let epoch = metadata.epoch();
+        let awaiting_drop = metadata.metadata().awaiting_drop.clone();
         let (internal_sender, internal_receiver) = mpsc::unbounded_channel();
         let (worker_sender, worker_receiver) = mpsc::unbounded_channel();
         let worker = Worker {
@@ -197,6 +207,9 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
             pending_compaction: BTreeMap::new(),
             statistics: BTreeMap::new(),
             statuses: BTreeMap::new(),
+            ingestion_outputs: BTreeMap::new(),
+            awaiting_drop,
+            dropping_exports: BTreeSet::new(),
             fenced,
             retry,
             reconnect: config.replica_reconnect,
@@ -228,6 +241,21 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
     #[must_use]
     pub fn parameters(&self) -> &StorageParameters {
         &self.parameters
+    }
+
+    /// Whether some dropped outputs of ingestion `id` (its own collection,
+    /// source exports, progress collection) keep their shards until the
+    /// ingestion's replica confirms with `DroppedIds` that it stopped.
+    #[must_use]
+    pub fn is_awaiting_drop(&self, id: GlobalId) -> bool {
+        self.awaiting_drop.contains_key(&id)
+    }
+
+    /// Whether dropped export `id` still holds its source, waiting for its
+    /// replica to confirm with `DroppedIds` that the sink stopped.
+    #[must_use]
+    pub fn is_export_dropping(&self, id: GlobalId) -> bool {
+        self.dropping_exports.contains(&id)
     }
 
     /// The latest statistics a replica reported for `id`.
@@ -315,6 +343,14 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
             StorageResponse::FrontierUppers(uppers) => self.update_known_write_frontiers(uppers),
             StorageResponse::DroppedIds(ids) => {
                 for id in ids {
+                    if self
+                        .awaiting_drop
+                        .get(&id)
+                        .is_some_and(|awaiting| awaiting.stopping)
+                    {
+                        self.finalize_awaited(id);
+                    }
+                    self.release_dropped_export(id);
                     let dropped = self.exports.get(&id).is_some_and(|export| {
                         export.write_frontier.is_empty() && export.read_capability.is_empty()
                     });
@@ -387,7 +423,22 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
             !self.instances.contains_key(&id),
             "storage instance already exists: {id}"
         );
-        let instance = Instance::new(id, self.parameters.clone(), self.initialized);
+        let mut instance = Instance::new(id, self.parameters.clone(), self.initialized);
+        // Ingestions dropped before a restart and not yet confirmed: any
+        // replica of the instance is asked to confirm them.
+        let stopping: Vec<_> = self
+            .awaiting_drop
+            .iter()
+            .filter(|(ingestion, awaiting)| {
+                awaiting.instance == id
+                    && awaiting.stopping
+                    && !self.collections.contains_key(ingestion)
+            })
+            .map(|(ingestion, _)| (*ingestion, Antichain::new()))
+            .collect();
+        if !stopping.is_empty() {
+            instance.send(StorageCommand::AllowCompaction(stopping));
+        }
         self.instances.insert(id, instance);
     }
 
@@ -397,6 +448,29 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
             "storage instance does not exist: {id}"
         );
         self.pending_compaction.remove(&id);
+        // Nothing runs on a dropped instance any more.
+        let orphaned: Vec<GlobalId> = self
+            .awaiting_drop
+            .iter()
+            .filter(|(_, awaiting)| awaiting.instance == id)
+            .map(|(ingestion, _)| *ingestion)
+            .collect();
+        for ingestion in orphaned {
+            self.finalize_awaited(ingestion);
+        }
+        let exports: Vec<GlobalId> = self
+            .dropping_exports
+            .iter()
+            .filter(|export| {
+                self.exports
+                    .get(export)
+                    .is_some_and(|export| export.description.instance_id == id)
+            })
+            .copied()
+            .collect();
+        for export in exports {
+            self.release_dropped_export(export);
+        }
     }
 
     fn connect_replica(&mut self, id: StorageInstanceId, location: ClusterReplicaLocation) {
