@@ -2,8 +2,10 @@
 //! PostgreSQL or S3 store: a counter ingestion and a file sink; the replica
 //! killed with SIGKILL mid-ingestion ten times in a row and started again,
 //! after which the counter still holds every value once and the sink's
-//! output still equals the exported collection; and a replica of two
-//! processes forming one timely cluster.
+//! output still equals the exported collection, and the status collection
+//! records every restart; dropping the ingestion reclaims its shard only
+//! after the replica's `DroppedIds`; and a replica of two processes forming
+//! one timely cluster.
 //!
 //! Every process is killed by pid when its guard drops (also when a test
 //! fails); every wait is bounded.
@@ -22,6 +24,7 @@ use tidemark::controller::tcp::{TcpConfig, TcpTransport};
 use tidemark::controller::{Controller, ControllerConfig, ReconnectPolicy, StorageController};
 use tidemark::replica::file_sink::read_committed;
 use tidemark::replica::generator::Generator;
+use tidemark::types::description::status_history_relation;
 use tidemark::types::{
     CollectionDescription, DataSource, Datum, Diff, ExportDescription, GlobalId,
     IngestionDescription, LoadGenerator, PersistBackend, Row, SinkConnection, SourceConnection,
@@ -32,6 +35,7 @@ use timely::progress::Antichain;
 const INSTANCE: StorageInstanceId = StorageInstanceId(1);
 const COUNTER: GlobalId = GlobalId::User(1);
 const SINK: GlobalId = GlobalId::User(2);
+const STATUS: GlobalId = GlobalId::User(3);
 const RESTARTS: usize = 10;
 
 type TestController = Controller<u64, DynBackend>;
@@ -101,7 +105,7 @@ fn counter() -> CollectionDescription<u64> {
         max_cardinality: None,
     };
     let relation = Generator::relations(&generator)[0].1.clone();
-    CollectionDescription::new(
+    let mut description = CollectionDescription::new(
         relation,
         DataSource::Ingestion(IngestionDescription {
             instance_id: INSTANCE,
@@ -112,7 +116,9 @@ fn counter() -> CollectionDescription<u64> {
             remap_collection_id: None,
             source_exports: Default::default(),
         }),
-    )
+    );
+    description.status_collection_id = Some(STATUS);
+    description
 }
 
 fn upper_of(controller: &TestController, id: GlobalId) -> u64 {
@@ -149,7 +155,9 @@ async fn process_until(
 
 async fn create_counter_and_sink(c: &mut TestController, dir: &Path) {
     c.create_instance(INSTANCE);
-    c.create_collections(vec![(COUNTER, counter())])
+    let status_history =
+        CollectionDescription::new(status_history_relation(), DataSource::StatusHistory);
+    c.create_collections(vec![(STATUS, status_history), (COUNTER, counter())])
         .await
         .expect("the counter is created");
     let token = c.prepare_export(SINK, COUNTER).expect("an export token");
@@ -267,6 +275,91 @@ async fn survives_kill_9(store: Store) {
     })
     .await;
     check_counter_and_sink(&c, &dir.0).await;
+    let lost = status_rows(&c)
+        .await
+        .iter()
+        .filter(|(status, error)| {
+            status == "stalled" && error.as_deref() == Some("replica disconnected")
+        })
+        .count();
+    assert!(
+        lost >= RESTARTS,
+        "one stalled row per restart at least: {lost}"
+    );
+    drop(replica);
+}
+
+/// `(status, error)` of every row of the status collection.
+async fn status_rows(c: &TestController) -> Vec<(String, Option<String>)> {
+    let upper = upper_of(c, STATUS);
+    assert!(upper > 0, "some status was recorded");
+    let text = |datum: &Datum<'_>| match datum {
+        Datum::String(text) => Some((*text).to_owned()),
+        _ => None,
+    };
+    c.snapshot(STATUS, upper - 1)
+        .await
+        .expect("the status collection reads")
+        .iter()
+        .map(|(row, diff)| {
+            assert_eq!(*diff, 1);
+            let datums = row.unpack();
+            assert_eq!(text(&datums[1]).as_deref(), Some("u1"));
+            (text(&datums[2]).expect("a status"), text(&datums[3]))
+        })
+        .collect()
+}
+
+/// Dropping the counter: its shard outlives the drop until the replica
+/// confirms it stopped with `DroppedIds`, then it is reclaimed.
+async fn drop_waits_for_dropped_ids(store: Store) {
+    let dir = TempDir::new("drop");
+    let mut c = controller(&store).await;
+    let replica = ReplicaProcess::start(&store, "127.0.0.1:0", &[]);
+    create_counter_and_sink(&mut c, &dir.0).await;
+    c.connect_replica(
+        INSTANCE,
+        ClusterReplicaLocation::single(replica.address.clone()),
+    );
+    process_until(&mut c, "the counter makes progress", |c| {
+        upper_of(c, COUNTER) >= 3
+    })
+    .await;
+    let shard = c
+        .collection(COUNTER)
+        .unwrap()
+        .collection_metadata
+        .data_shard;
+    // The sink holds the counter until its own `DroppedIds`.
+    c.drop_sinks(vec![SINK]).expect("the sink drops");
+    assert!(c.is_export_dropping(SINK));
+    process_until(&mut c, "the replica confirms the sink's drop", |c| {
+        !c.is_export_dropping(SINK)
+    })
+    .await;
+    c.drop_sources(vec![COUNTER]).expect("the counter drops");
+    assert!(c.collection(COUNTER).is_err(), "forgotten at once");
+    // No response is handled before the next `process`: the shard stays.
+    c.flush().await;
+    assert!(c.is_awaiting_drop(COUNTER));
+    let shards = PersistBackend::<u64>::list_shards(&**c.backend())
+        .await
+        .expect("shards list");
+    assert!(shards.contains(&shard), "reclaimed before DroppedIds");
+    process_until(&mut c, "the replica confirms the drop", |c| {
+        !c.is_awaiting_drop(COUNTER)
+    })
+    .await;
+    c.flush().await;
+    let shards = PersistBackend::<u64>::list_shards(&**c.backend())
+        .await
+        .expect("shards list");
+    assert!(!shards.contains(&shard), "reclaimed after DroppedIds");
+    let statuses = status_rows(&c).await;
+    assert_eq!(
+        statuses.last().map(|(status, _)| status.as_str()),
+        Some("dropped")
+    );
     drop(replica);
 }
 
@@ -311,6 +404,20 @@ async fn postgres_replica_process_survives_kill_9_ten_times() {
 async fn s3_replica_process_survives_kill_9_ten_times() {
     if let Some(store) = support::s3_store("s3_replica_process_survives_kill_9").await {
         survives_kill_9(store).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_dropped_ingestion_is_reclaimed_after_dropped_ids() {
+    if let Some(store) = support::postgres_store("postgres_dropped_ingestion").await {
+        drop_waits_for_dropped_ids(store).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_dropped_ingestion_is_reclaimed_after_dropped_ids() {
+    if let Some(store) = support::s3_store("s3_dropped_ingestion").await {
+        drop_waits_for_dropped_ids(store).await;
     }
 }
 

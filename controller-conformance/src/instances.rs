@@ -237,6 +237,9 @@ pub async fn statistics_and_statuses_are_stored<F: BackendFactory>(factory: &F) 
     c.create_instance(INSTANCE);
     c.connect_replica(INSTANCE, location("stats"));
     replica.accept().await;
+    c.create_collections(vec![(user(2), ingestion(INSTANCE, None))])
+        .await
+        .unwrap();
     let stats = StatisticsUpdate {
         messages: 3,
         updates: 30,

@@ -18,6 +18,7 @@ pub mod lifecycle;
 pub mod metadata;
 pub mod panics;
 pub mod policies;
+pub mod statuses;
 pub mod subscribe;
 
 use std::future::Future;
@@ -272,6 +273,12 @@ impl ScriptedReplica {
         session.commands.is_closed() && session.commands.is_empty()
     }
 
+    /// Closes the current connection from the replica's side, as a replica
+    /// that died would.
+    pub fn disconnect(&mut self) {
+        self.session = None;
+    }
+
     /// Sends a response on the current connection.
     pub fn respond(&self, response: StorageResponse<u64>) {
         let session = self.session.as_ref().expect("a connection was accepted");
@@ -411,6 +418,13 @@ macro_rules! controller_tests {
             lifecycle::ingestion_is_sent_with_its_progress_shard,
             lifecycle::table_as_source_export_is_refused,
             lifecycle::source_export_of_another_ingestion_is_source_id_reused,
+            lifecycle::statistics_are_queryable_per_process_until_dropped,
+            statuses::status_changes_are_written_once_each,
+            statuses::status_rows_survive_a_restart,
+            statuses::status_rows_are_readable_by_subscribe,
+            statuses::lost_replica_is_recorded_as_stalled,
+            statuses::status_collection_id_naming_a_table_is_refused,
+            statuses::status_history_with_another_relation_is_refused,
             durable::restart_reattaches_reclaims_and_fences,
             durable::fenced_controller_refuses_work,
             durable::reconcile_failure_is_reported_by_process,

@@ -14,7 +14,9 @@ use timely::progress::Antichain;
 
 use super::*;
 use crate::exports::sink;
-use tidemark_storage_controller::{ClusterReplicaLocation, StorageCommand, StorageResponse};
+use tidemark_storage_controller::{
+    ClusterReplicaLocation, StatisticsUpdate, StorageCommand, StorageResponse,
+};
 
 const INSTANCE: StorageInstanceId = StorageInstanceId(1);
 const INGESTION: GlobalId = GlobalId::User(10);
@@ -336,4 +338,65 @@ pub async fn source_export_of_another_ingestion_is_source_id_reused<F: BackendFa
         StorageError::SourceIdReused(EXPORT)
     );
     assert!(c.collection(user(21)).is_err());
+}
+
+/// Statistics of one process of a replica.
+fn statistics(messages: u64) -> StatisticsUpdate {
+    StatisticsUpdate {
+        messages,
+        updates: messages * 10,
+        bytes: messages * 100,
+    }
+}
+
+/// Statistics are kept per id and replica process, the latest replacing
+/// the previous, listed by `all_statistics`, and cleared when the id is
+/// dropped; reports for unknown ids are ignored.
+pub async fn statistics_are_queryable_per_process_until_dropped<F: BackendFactory>(factory: &F) {
+    let (mut c, transport) = controller_with_transport(factory).await;
+    let mut first = ScriptedReplica::serve(&transport, "stats-p0");
+    let mut second = ScriptedReplica::serve(&transport, "stats-p1");
+    c.create_instance(INSTANCE);
+    c.connect_replica(
+        INSTANCE,
+        ClusterReplicaLocation {
+            addresses: vec!["stats-p0".into(), "stats-p1".into()],
+        },
+    );
+    first.accept().await;
+    second.accept().await;
+    c.create_collections(vec![(INGESTION, ingestion(INSTANCE, None))])
+        .await
+        .unwrap();
+    first.respond(StorageResponse::StatisticsUpdates(vec![
+        (INGESTION, statistics(1)),
+        (user(99), statistics(9)),
+    ]));
+    first.respond(StorageResponse::StatisticsUpdates(vec![(
+        INGESTION,
+        statistics(2),
+    )]));
+    process_until(&mut c, |c| c.statistics(INGESTION) == Some(&statistics(2))).await;
+    second.respond(StorageResponse::StatisticsUpdates(vec![(
+        INGESTION,
+        statistics(5),
+    )]));
+    process_until(&mut c, |c| c.statistics(INGESTION) == Some(&statistics(5))).await;
+    let per_process: Vec<_> = c
+        .statistics_per_process(INGESTION)
+        .map(|(process, update)| (process, *update))
+        .collect();
+    assert_eq!(per_process, vec![(0, statistics(2)), (1, statistics(5))]);
+    let all: Vec<_> = c
+        .all_statistics()
+        .map(|(id, process, update)| (id, process, *update))
+        .collect();
+    assert_eq!(
+        all,
+        vec![(INGESTION, 0, statistics(2)), (INGESTION, 1, statistics(5))]
+    );
+    assert!(c.statistics(user(99)).is_none());
+    c.drop_sources(vec![INGESTION]).unwrap();
+    assert!(c.statistics(INGESTION).is_none());
+    assert_eq!(c.all_statistics().count(), 0);
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use timely::progress::Antichain;
 
 use crate::ids::{GlobalId, StorageInstanceId};
-use crate::row::RelationDesc;
+use crate::row::{RelationDesc, ScalarType};
 
 /// What writes a collection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +24,32 @@ pub enum DataSource {
     /// Written by some other writer that reports its frontiers through
     /// `update_write_frontiers` (for example a materialized view).
     Other,
+    /// A status history: the controller appends a row of
+    /// [`status_history_relation`] to it for every status change of each
+    /// collection that names it as its `status_collection_id`. Its relation
+    /// must be exactly that one.
+    StatusHistory,
+}
+
+/// The relation of every status history collection
+/// ([`DataSource::StatusHistory`]), one row per status change:
+///
+/// - `occurred_at` (timestamp, microseconds since the Unix epoch): when the
+///   controller learned of the change;
+/// - `id` (string): the collection whose status changed, as `u1`;
+/// - `status` (string): `starting`, `running`, `stalled` or `dropped`, or
+///   what the replica reported;
+/// - `error` (nullable string): why it is stalled;
+/// - `replica` (nullable string): the instance and replica process that
+///   reported it, as `si1/0`; null when the controller itself decided it.
+#[must_use]
+pub fn status_history_relation() -> RelationDesc {
+    RelationDesc::empty()
+        .with_column("occurred_at", ScalarType::Timestamp.nullable(false))
+        .with_column("id", ScalarType::String.nullable(false))
+        .with_column("status", ScalarType::String.nullable(false))
+        .with_column("error", ScalarType::String.nullable(true))
+        .with_column("replica", ScalarType::String.nullable(true))
 }
 
 impl DataSource {

@@ -597,6 +597,23 @@ pub enum StorageError {
         /// The ingestion that names it as an output.
         ingestion: GlobalId,
     },
+    /// A collection names as its `status_collection_id` a collection that
+    /// is not a status history (`DataSource::StatusHistory`).
+    #[error(
+        "collection {id} names {status_collection} as its status collection, but that is not a status history collection"
+    )]
+    NotAStatusCollection {
+        /// The collection naming it.
+        id: GlobalId,
+        /// The collection named.
+        status_collection: GlobalId,
+    },
+    /// A status history collection is described with another relation
+    /// than `status_history_relation()`.
+    #[error(
+        "status history collection {0} must have the status history relation (occurred_at, id, status, error, replica)"
+    )]
+    StatusRelationMismatch(GlobalId),
     /// The controller's write task has stopped (it panicked, or the
     /// controller is shutting down), so the operation was not done.
     #[error("the controller's write task has stopped")]

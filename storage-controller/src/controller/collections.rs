@@ -12,6 +12,7 @@ use timely::progress::{Antichain, ChangeBatch};
 use tokio::sync::oneshot;
 
 use super::Controller;
+use super::statuses::{StatusChange, validate_status_collections};
 use crate::protocol::{IngestionCommand, StorageCommand};
 use crate::retry::{RetryPolicy, retry_indeterminate};
 use crate::state::{CollectionMetadata, CollectionState};
@@ -77,6 +78,11 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
             }
         }
         batch.retain(|id, _| !self.collections.contains_key(id));
+        validate_status_collections(&batch, |id| {
+            batch
+                .get(&id)
+                .or_else(|| self.collections.get(&id).map(|c| &c.description))
+        })?;
         for (id, description) in &batch {
             for required in required_collections(description) {
                 if !self.collections.contains_key(&required) && !batch.contains_key(&required) {
@@ -236,6 +242,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
         self.update_read_capabilities_inner(&mut holds);
         for id in ingestions {
             self.send_ingestion(id);
+            self.record_status(id, StatusChange::plain("starting"), None);
         }
         Ok(())
     }

@@ -11,6 +11,7 @@ use timely::PartialOrder;
 use timely::progress::{Antichain, ChangeBatch};
 
 use super::Controller;
+use super::statuses::StatusChange;
 use crate::durable::AwaitingDrop;
 use crate::state::CollectionState;
 use crate::worker::WorkerCommand;
@@ -296,8 +297,12 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
                 // SUBTLE: the state goes now, the shard after every write
                 // queued before (the write task runs commands in order, and
                 // the downgrades collected so far are sent first).
+                if instance.is_some() {
+                    self.record_status(id, StatusChange::plain("dropped"), None);
+                }
                 self.collections.remove(&id);
                 self.ingestion_outputs.remove(&id);
+                self.forget_reports(id);
                 if !downgrades.is_empty() {
                     let _ = self
                         .worker

@@ -12,6 +12,7 @@ pub(crate) use collections::read_snapshot;
 mod exports;
 mod frontiers;
 mod replicas;
+mod statuses;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -112,7 +113,10 @@ pub struct Controller<T: StorageTimestamp, B: PersistBackend<T>> {
     stashed: Option<Internal<T>>,
     /// `AllowCompaction` commands to send at the next `process`.
     pub(crate) pending_compaction: BTreeMap<StorageInstanceId, Vec<(GlobalId, Antichain<T>)>>,
-    statistics: BTreeMap<GlobalId, StatisticsUpdate>,
+    /// The latest statistics per id and replica process.
+    statistics: BTreeMap<GlobalId, BTreeMap<usize, StatisticsUpdate>>,
+    /// The latest statistics per id, whichever process reported them.
+    latest_statistics: BTreeMap<GlobalId, StatisticsUpdate>,
     statuses: BTreeMap<GlobalId, String>,
     /// Source exports and progress collections, each with the ingestion
     /// that writes it.
@@ -123,6 +127,10 @@ pub struct Controller<T: StorageTimestamp, B: PersistBackend<T>> {
     /// Dropped exports whose hold on their source waits for their
     /// `DroppedIds`.
     pub(crate) dropping_exports: BTreeSet<GlobalId>,
+    /// The last status written to a status collection, per id.
+    pub(crate) last_statuses: BTreeMap<GlobalId, statuses::StatusChange>,
+    /// The next time to write at, per status collection.
+    pub(crate) status_uppers: BTreeMap<GlobalId, T>,
     pub(crate) fenced: Arc<AtomicBool>,
     pub(crate) retry: RetryPolicy,
     reconnect: ReconnectPolicy,
@@ -206,10 +214,13 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
             stashed: None,
             pending_compaction: BTreeMap::new(),
             statistics: BTreeMap::new(),
+            latest_statistics: BTreeMap::new(),
             statuses: BTreeMap::new(),
             ingestion_outputs: BTreeMap::new(),
             awaiting_drop,
             dropping_exports: BTreeSet::new(),
+            last_statuses: BTreeMap::new(),
+            status_uppers: BTreeMap::new(),
             fenced,
             retry,
             reconnect: config.replica_reconnect,
@@ -258,10 +269,46 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
         self.dropping_exports.contains(&id)
     }
 
-    /// The latest statistics a replica reported for `id`.
+    /// The latest statistics a replica reported for `id` (from whichever
+    /// of its processes reported last); `None` before the first report and
+    /// once `id` is dropped.
     #[must_use]
     pub fn statistics(&self, id: GlobalId) -> Option<&StatisticsUpdate> {
-        self.statistics.get(&id)
+        self.latest_statistics.get(&id)
+    }
+
+    /// The latest statistics of `id` from each replica process that
+    /// reported some, by process index.
+    pub fn statistics_per_process(
+        &self,
+        id: GlobalId,
+    ) -> impl Iterator<Item = (usize, &StatisticsUpdate)> + '_ {
+        self.statistics
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .map(|(process, update)| (*process, update))
+    }
+
+    /// The latest statistics of every live id, per replica process, in id
+    /// then process order.
+    pub fn all_statistics(
+        &self,
+    ) -> impl Iterator<Item = (GlobalId, usize, &StatisticsUpdate)> + '_ {
+        self.statistics.iter().flat_map(|(id, processes)| {
+            processes
+                .iter()
+                .map(move |(process, update)| (*id, *process, update))
+        })
+    }
+
+    /// Forgets what replicas reported about `id`.
+    pub(crate) fn forget_reports(&mut self, id: GlobalId) {
+        self.statistics.remove(&id);
+        self.latest_statistics.remove(&id);
+        self.statuses.remove(&id);
+        self.last_statuses.remove(&id);
+        self.status_uppers.remove(&id);
     }
 
     /// The latest status a replica reported for `id`.
@@ -338,7 +385,12 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
         result.await.map_err(|_| write_task_stopped())?
     }
 
-    fn handle_response(&mut self, response: StorageResponse<T>) {
+    fn handle_response(
+        &mut self,
+        instance: StorageInstanceId,
+        process: usize,
+        response: StorageResponse<T>,
+    ) {
         match response {
             StorageResponse::FrontierUppers(uppers) => self.update_known_write_frontiers(uppers),
             StorageResponse::DroppedIds(ids) => {
@@ -357,12 +409,29 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
                     if dropped {
                         self.exports.remove(&id);
                     }
-                    self.statistics.remove(&id);
-                    self.statuses.remove(&id);
+                    self.forget_reports(id);
                 }
             }
-            StorageResponse::StatisticsUpdates(updates) => self.statistics.extend(updates),
-            StorageResponse::StatusUpdates(updates) => self.statuses.extend(updates),
+            StorageResponse::StatisticsUpdates(updates) => {
+                for (id, update) in updates {
+                    // Late reports of an id dropped meanwhile are ignored.
+                    if !self.collections.contains_key(&id) && !self.exports.contains_key(&id) {
+                        continue;
+                    }
+                    self.statistics
+                        .entry(id)
+                        .or_default()
+                        .insert(process, update);
+                    self.latest_statistics.insert(id, update);
+                }
+            }
+            StorageResponse::StatusUpdates(updates) => {
+                for (id, text) in updates {
+                    let change = statuses::StatusChange::parse(&text);
+                    self.record_status(id, change, Some((instance, process)));
+                    self.statuses.insert(id, text);
+                }
+            }
         }
     }
 
@@ -626,7 +695,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> StorageController for Controller
                     .get_mut(&instance)
                     .and_then(|instance| instance.absorb_response(epoch, process, response));
                 if let Some(response) = filtered {
-                    self.handle_response(response);
+                    self.handle_response(instance, process, response);
                 }
             }
             Some(Internal::ReplicaDisconnected {

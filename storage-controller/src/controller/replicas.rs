@@ -30,6 +30,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
             ?wait,
             "replica connection lost; reconnecting after a backoff"
         );
+        self.record_replica_lost(instance_id);
         let internal = self.internal_sender.clone();
         tokio::spawn(async move {
             tokio::time::sleep(wait).await;
