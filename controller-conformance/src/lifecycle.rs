@@ -126,10 +126,13 @@ pub async fn dropped_ids_of_another_id_finalizes_nothing<F: BackendFactory>(fact
     let shards = shards_of(&c, &[INGESTION]);
     c.drop_sources(vec![INGESTION]).unwrap();
     replica.respond(StorageResponse::DroppedIds(BTreeSet::from([user(99)])));
-    c.ready().await;
-    c.process().await.unwrap();
-    c.ready().await;
-    c.process().await.unwrap();
+    // Responses are handled in order: once the marker is in, so is the
+    // `DroppedIds` before it.
+    replica.respond(StorageResponse::StatusUpdates(vec![(
+        user(99),
+        "marker".into(),
+    )]));
+    process_until(&mut c, |c| c.status(user(99)) == Some("marker")).await;
     c.flush().await;
     assert!(c.is_awaiting_drop(INGESTION));
     assert!(all_exist(&c, &shards).await);

@@ -302,7 +302,6 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
                 }
                 self.collections.remove(&id);
                 self.ingestion_outputs.remove(&id);
-                self.forget_reports(id);
                 if !downgrades.is_empty() {
                     let _ = self
                         .worker
@@ -314,9 +313,11 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
                     // The replica may still write the shard: it is
                     // finalized once the ingestion's `DroppedIds` arrives.
                     Some((ingestion, instance)) => {
+                        self.forget_statistics(id);
                         self.await_drop(ingestion, instance, ingestion == id, id, shard);
                     }
                     None => {
+                        self.forget_reports(id);
                         let _ = self.worker.send(WorkerCommand::Finalize { id, shard });
                     }
                 }

@@ -304,9 +304,15 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
 
     /// Forgets what replicas reported about `id`.
     pub(crate) fn forget_reports(&mut self, id: GlobalId) {
+        self.forget_statistics(id);
+        self.statuses.remove(&id);
+    }
+
+    /// Forgets `id`'s statistics and status history bookkeeping, keeping
+    /// the replica's last status (`status(id)`) until its `DroppedIds`.
+    pub(crate) fn forget_statistics(&mut self, id: GlobalId) {
         self.statistics.remove(&id);
         self.latest_statistics.remove(&id);
-        self.statuses.remove(&id);
         self.last_statuses.remove(&id);
         self.status_uppers.remove(&id);
     }

@@ -1,8 +1,7 @@
 //! Status history: every status change of a collection that names a
 //! status collection (`status_collection_id`) is appended to that
-//! collection as one row of
-//! [`status_history_relation`](tidemark_storage_types::description::status_history_relation),
-//! durably, through the write task like any append (decision 104).
+//! collection as one row of [`status_history_relation`], durably, through
+//! the write task like any append (decision 104).
 //!
 //! A change is written once: a status equal to the last one written for the
 //! id in this controller's lifetime is skipped. Rows of one status
