@@ -277,8 +277,9 @@ async fn a_dropped_ingestion_stops_and_is_reported_dropped() {
         c.collection(user(1)).is_err() && c.status(user(1)).is_none()
     })
     .await;
-    // Stopped: the shard's upper no longer moves (it is finalized or
-    // stays where the ingestion left it).
+    // Stopped: the shard's upper no longer moves (it is finalized, once
+    // the finalization queued at `DroppedIds` is done).
+    c.flush().await;
     let first = PersistBackend::<u64>::frontiers(&**c.backend(), shard)
         .await
         .unwrap()
