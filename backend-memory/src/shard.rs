@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use differential_dataflow::lattice::Lattice;
 use tidemark_storage_types::{
     BackendError, CompactionStats, IdempotencyToken, ShardFrontiers, ShardId, ShardUsage,
-    StorageTimestamp, Update, UpperMismatch, contract,
+    StorageTimestamp, Update, UpperMismatch, WriteFence, contract,
 };
 use timely::progress::Antichain;
 use tokio::sync::watch;
@@ -37,6 +37,8 @@ struct ShardState<T> {
     upper: Antichain<T>,
     spine: Spine<T>,
     tokens: AppliedTokens<T>,
+    /// The highest writer epoch a fenced write brought (0 at first).
+    writer_epoch: u64,
     finalized: bool,
 }
 
@@ -62,6 +64,7 @@ impl<T: StorageTimestamp> Shard<T> {
                 upper: minimum.clone(),
                 spine: Spine::default(),
                 tokens: AppliedTokens::with_capacity(REMEMBERED_APPENDS),
+                writer_epoch: 0,
                 finalized: false,
             }),
             upper_watch: watch::Sender::new(minimum),
@@ -106,6 +109,7 @@ impl<T: StorageTimestamp> Shard<T> {
         expected_upper: Antichain<T>,
         new_upper: Antichain<T>,
         token: IdempotencyToken,
+        fence: WriteFence,
     ) -> Result<Result<(), UpperMismatch<T>>, BackendError> {
         contract::check_append_bounds(self.id, &updates, &expected_upper, &new_upper)?;
         // Sorting and consolidating needs no state: do it before taking the
@@ -124,12 +128,18 @@ impl<T: StorageTimestamp> Shard<T> {
         if state.tokens.applied(&token, &expected_upper, &new_upper) {
             return Ok(Ok(()));
         }
+        // The fence is checked under the same lock as the write below.
+        let epoch = contract::check_fence(self.id, state.writer_epoch, fence)?;
         if state.upper != expected_upper {
+            let earlier_attempts =
+                contract::earlier_attempts(&new_upper, state.tokens.oldest_remembered_lower());
             return Ok(Err(UpperMismatch {
                 expected: expected_upper,
                 current: state.upper.clone(),
+                earlier_attempts,
             }));
         }
+        state.writer_epoch = epoch;
         state.spine.insert(batch);
         state.upper = new_upper.clone();
         state
@@ -154,9 +164,15 @@ impl<T: StorageTimestamp> Shard<T> {
         self.upper_watch.subscribe()
     }
 
-    /// Sets since to its join with `new_since` and returns it.
-    pub fn downgrade_since(&self, new_since: &Antichain<T>) -> Result<Antichain<T>, BackendError> {
+    /// Sets since to its join with `new_since` and returns it, if `fence`
+    /// admits the write (raising the shard's epoch to it).
+    pub fn downgrade_since(
+        &self,
+        new_since: &Antichain<T>,
+        fence: WriteFence,
+    ) -> Result<Antichain<T>, BackendError> {
         let mut state = self.lock()?;
+        state.writer_epoch = contract::check_fence(self.id, state.writer_epoch, fence)?;
         state.since = state.since.join(new_since);
         Ok(state.since.clone())
     }
