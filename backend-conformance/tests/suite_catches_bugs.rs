@@ -3,6 +3,7 @@
 //! that promise. A property that passes on a broken backend is worthless.
 
 use std::future::Future;
+use tidemark_storage_types::WriteFence;
 
 use async_trait::async_trait;
 use tidemark_backend_conformance::{
@@ -73,6 +74,7 @@ impl PersistBackend<u64> for MutantBackend {
         expected_upper: Antichain<u64>,
         new_upper: Antichain<u64>,
         mut token: IdempotencyToken,
+        fence: WriteFence,
     ) -> Result<Result<(), UpperMismatch<u64>>, BackendError> {
         match self.mutation {
             Mutation::IgnoresIdempotencyToken => token = IdempotencyToken::new(),
@@ -87,7 +89,7 @@ impl PersistBackend<u64> for MutantBackend {
         }
         let result = self
             .inner
-            .compare_and_append(shard, updates, expected_upper, new_upper, token)
+            .compare_and_append(shard, updates, expected_upper, new_upper, token, fence)
             .await;
         match result {
             Ok(Err(_)) if self.mutation == Mutation::MismatchReportedAsSuccess => Ok(Ok(())),
@@ -159,8 +161,9 @@ impl PersistBackend<u64> for MutantBackend {
         &self,
         shard: ShardId,
         new_since: &Antichain<u64>,
+        fence: WriteFence,
     ) -> Result<Antichain<u64>, BackendError> {
-        let since = self.inner.downgrade_since(shard, new_since).await?;
+        let since = self.inner.downgrade_since(shard, new_since, fence).await?;
         if self.mutation == Mutation::SinceRegresses {
             return Ok(new_since.clone());
         }

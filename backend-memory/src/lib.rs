@@ -64,7 +64,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tidemark_storage_types::{
     BackendError, CompactionStats, Diff, IdempotencyToken, PersistBackend, ReadShare, Row,
-    ShardFrontiers, ShardId, ShardUsage, StorageTimestamp, Update, UpperMismatch, WriteFence, contract,
+    ShardFrontiers, ShardId, ShardUsage, StorageTimestamp, Update, UpperMismatch, WriteFence,
+    contract,
 };
 use timely::PartialOrder;
 use timely::progress::Antichain;

@@ -248,13 +248,25 @@ mod tests {
     fn append_checks_bounds_before_anything_is_written() {
         let shard = Shard::<u64>::new(ShardId::new());
         let token = IdempotencyToken::new();
-        let equal_bounds = shard.compare_and_append(vec![], frontier(0), frontier(0), token);
+        let equal_bounds = shard.compare_and_append(
+            vec![],
+            frontier(0),
+            frontier(0),
+            token,
+            WriteFence::Unfenced,
+        );
         assert!(
             equal_bounds.is_ok(),
             "an equal new upper is not a regression"
         );
         let err = shard
-            .compare_and_append(vec![], frontier(3), frontier(2), IdempotencyToken::new())
+            .compare_and_append(
+                vec![],
+                frontier(3),
+                frontier(2),
+                IdempotencyToken::new(),
+                WriteFence::Unfenced,
+            )
             .unwrap_err();
         assert!(
             matches!(
@@ -269,6 +281,7 @@ mod tests {
                 frontier(0),
                 frontier(5),
                 IdempotencyToken::new(),
+                WriteFence::Unfenced,
             )
             .unwrap_err();
         assert!(err.to_string().contains("update at time 5"), "{err}");
@@ -282,7 +295,13 @@ mod tests {
         let token = IdempotencyToken::new();
         let append = |token| {
             shard
-                .compare_and_append(vec![update(1, 0, 1)], frontier(0), frontier(1), token)
+                .compare_and_append(
+                    vec![update(1, 0, 1)],
+                    frontier(0),
+                    frontier(1),
+                    token,
+                    WriteFence::Unfenced,
+                )
                 .unwrap()
         };
         assert_eq!(append(token), Ok(()));
@@ -292,7 +311,8 @@ mod tests {
             append(IdempotencyToken::new()),
             Err(UpperMismatch {
                 expected: frontier(0),
-                current: frontier(1)
+                current: frontier(1),
+                earlier_attempts: tidemark_storage_types::EarlierAttempts::NotApplied,
             }),
             "another token with the same bounds is a different write"
         );
@@ -304,7 +324,13 @@ mod tests {
         let receiver = shard.subscribe_upper();
         assert_eq!(*receiver.borrow(), frontier(0));
         shard
-            .compare_and_append(vec![], frontier(0), frontier(4), IdempotencyToken::new())
+            .compare_and_append(
+                vec![],
+                frontier(0),
+                frontier(4),
+                IdempotencyToken::new(),
+                WriteFence::Unfenced,
+            )
             .unwrap()
             .unwrap();
         assert_eq!(*receiver.borrow(), frontier(4));
@@ -318,14 +344,28 @@ mod tests {
     #[test]
     fn since_only_moves_forward() {
         let shard = Shard::<u64>::new(ShardId::new());
-        assert_eq!(shard.downgrade_since(&frontier(5)).unwrap(), frontier(5));
-        assert_eq!(shard.downgrade_since(&frontier(2)).unwrap(), frontier(5));
         assert_eq!(
-            shard.downgrade_since(&Antichain::new()).unwrap(),
+            shard
+                .downgrade_since(&frontier(5), WriteFence::Unfenced)
+                .unwrap(),
+            frontier(5)
+        );
+        assert_eq!(
+            shard
+                .downgrade_since(&frontier(2), WriteFence::Unfenced)
+                .unwrap(),
+            frontier(5)
+        );
+        assert_eq!(
+            shard
+                .downgrade_since(&Antichain::new(), WriteFence::Unfenced)
+                .unwrap(),
             Antichain::new()
         );
         assert_eq!(
-            shard.downgrade_since(&frontier(9)).unwrap(),
+            shard
+                .downgrade_since(&frontier(9), WriteFence::Unfenced)
+                .unwrap(),
             Antichain::new()
         );
     }
@@ -340,11 +380,14 @@ mod tests {
                     frontier(time),
                     frontier(time + 1),
                     IdempotencyToken::new(),
+                    WriteFence::Unfenced,
                 )
                 .unwrap()
                 .unwrap();
         }
-        shard.downgrade_since(&frontier(10)).unwrap();
+        shard
+            .downgrade_since(&frontier(10), WriteFence::Unfenced)
+            .unwrap();
         let stats = shard.compact().unwrap();
         assert_eq!(stats.updates_before, 10);
         assert_eq!(stats.updates_after, 1);

@@ -95,7 +95,11 @@ impl<T: PartialEq> AppliedTokens<T> {
         if !self.forgot_any {
             return None;
         }
-        Some(self.recent.front().map_or(&self.no_bound, |oldest| &oldest.expected_upper))
+        Some(
+            self.recent
+                .front()
+                .map_or(&self.no_bound, |oldest| &oldest.expected_upper),
+        )
     }
 
     /// How many appends are remembered.

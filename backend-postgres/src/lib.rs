@@ -243,8 +243,16 @@ impl<T: StorageTimestamp> PersistBackend<T> for PostgresBackend {
         token: IdempotencyToken,
         fence: WriteFence,
     ) -> Result<Result<(), UpperMismatch<T>>, BackendError> {
-        append::compare_and_append(self, shard, updates, expected_upper, new_upper, token, fence)
-            .await
+        append::compare_and_append(
+            self,
+            shard,
+            updates,
+            expected_upper,
+            new_upper,
+            token,
+            fence,
+        )
+        .await
     }
 
     async fn snapshot(&self, shard: ShardId, as_of: &T) -> Result<Vec<(Row, Diff)>, BackendError> {

@@ -2,7 +2,9 @@
 //! and `finalize`.
 
 use sqlx::{Connection, PgConnection};
-use tidemark_storage_types::{BackendError, CompactionStats, ShardId, StorageTimestamp, WriteFence};
+use tidemark_storage_types::{
+    BackendError, CompactionStats, ShardId, StorageTimestamp, WriteFence,
+};
 use timely::progress::Antichain;
 
 use crate::PostgresBackend;

@@ -68,7 +68,10 @@ pub(crate) async fn read_shard_row(
 ///
 /// `Determinate(Unsupported)` for an epoch beyond `i64::MAX`, which the
 /// `BIGINT` column cannot hold.
-pub(crate) fn epoch_parameter(shard: ShardId, fence: WriteFence) -> Result<Option<i64>, BackendError> {
+pub(crate) fn epoch_parameter(
+    shard: ShardId,
+    fence: WriteFence,
+) -> Result<Option<i64>, BackendError> {
     match fence {
         WriteFence::Unfenced => Ok(None),
         WriteFence::Epoch(epoch) => i64::try_from(epoch).map(Some).map_err(|_| {

@@ -53,9 +53,9 @@ pub struct Migration {
 /// Every migration, in version order.
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
-    version: 1,
-    description: "shards, updates and append tokens",
-    sql: r"
+        version: 1,
+        description: "shards, updates and append tokens",
+        sql: r"
 CREATE TABLE shards (
     shard_id   UUID PRIMARY KEY,
     since      BIGINT,

@@ -82,7 +82,8 @@ impl S3Backend {
         let expected = encode_frontier(&expected_upper);
         let new = encode_frontier(&new_upper);
         // The epoch a committed state records; `None` once refused.
-        let admitted = |state: &ShardState| contract::check_fence(shard, state.writer_epoch, fence).ok();
+        let admitted =
+            |state: &ShardState| contract::check_fence(shard, state.writer_epoch, fence).ok();
         let judge = |state: &ShardState| {
             // SUBTLE: the token is looked for before the upper is compared:
             // after an indeterminate commit, a retry must find its own write

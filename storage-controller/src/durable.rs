@@ -29,6 +29,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tidemark_storage_types::WriteFence;
 
 use serde::{Deserialize, Serialize};
 use tidemark_storage_types::{
@@ -306,6 +307,7 @@ where
             expected_upper.clone(),
             new_upper.clone(),
             token,
+            WriteFence::Unfenced,
         )
     })
     .await?;
@@ -315,7 +317,11 @@ where
             // be compacted must not report the write as failed (the caller
             // would think its upper unchanged and then itself fenced).
             if let Err(err) = backend
-                .downgrade_since(METADATA_SHARD, &Antichain::from_elem(time))
+                .downgrade_since(
+                    METADATA_SHARD,
+                    &Antichain::from_elem(time),
+                    WriteFence::Unfenced,
+                )
                 .await
             {
                 tracing::warn!(error = %err, "could not downgrade the metadata shard's since");

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use tidemark_storage_types::WriteFence;
 
 use tidemark_storage_types::{
     GlobalId, IdempotencyToken, PersistBackend, ShardFrontiers, ShardId, StorageError,
@@ -237,9 +238,10 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
             if let Some(since) = since
                 && PartialOrder::less_than(&frontiers.since, &since)
             {
-                frontiers.since =
-                    retry_indeterminate(self.retry, || backend.downgrade_since(shard, &since))
-                        .await?;
+                frontiers.since = retry_indeterminate(self.retry, || {
+                    backend.downgrade_since(shard, &since, WriteFence::Unfenced)
+                })
+                .await?;
             }
             self.uppers.insert(shard, frontiers.upper.clone());
             registered.push((id, shard, frontiers));
@@ -347,7 +349,10 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
         since: Antichain<T>,
     ) -> Result<(), StorageError> {
         let backend = &*self.backend;
-        retry_indeterminate(self.retry, || backend.downgrade_since(shard, &since)).await?;
+        retry_indeterminate(self.retry, || {
+            backend.downgrade_since(shard, &since, WriteFence::Unfenced)
+        })
+        .await?;
         if self.parameters.physical_compaction() && !since.is_empty() {
             let usage = retry_indeterminate(self.retry, || backend.usage(shard)).await?;
             if usage.updates >= self.parameters.compaction_min_updates() {
@@ -490,6 +495,7 @@ async fn append_one<T: StorageTimestamp, B: PersistBackend<T>>(
             expected_upper.clone(),
             new_upper.clone(),
             token,
+            WriteFence::Unfenced,
         )
     })
     .await;

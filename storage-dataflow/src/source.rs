@@ -83,7 +83,7 @@ use crate::task::{Mailbox, TaskLink};
 ///     PersistBackend::<u64>::open(&*backend, shard).await.unwrap();
 ///     let updates = vec![Update::new(Row::pack([Datum::Int64(1)]), 0, 1)];
 ///     backend
-///         .compare_and_append(shard, updates, Antichain::from_elem(0), Antichain::new(), IdempotencyToken::new())
+///         .compare_and_append(shard, updates, Antichain::from_elem(0), Antichain::new(), IdempotencyToken::new(), WriteFence::Unfenced)
 ///         .await.unwrap().unwrap();
 /// });
 /// let handle = runtime.handle().clone();

@@ -87,7 +87,9 @@ impl<T: fmt::Display> fmt::Display for UpperMismatch<T> {
             display_frontier(&self.current)
         )?;
         if self.earlier_attempts == EarlierAttempts::Undetermined {
-            f.write_str(" (whether an earlier attempt with this token applied cannot be determined)")?;
+            f.write_str(
+                " (whether an earlier attempt with this token applied cannot be determined)",
+            )?;
         }
         Ok(())
     }
