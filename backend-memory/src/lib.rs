@@ -11,7 +11,9 @@
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 //! use timely::progress::Antichain;
 //! use tidemark_backend_memory::MemoryBackend;
-//! use tidemark_storage_types::{Datum, IdempotencyToken, PersistBackend, Row, ShardId, Update};
+//! use tidemark_storage_types::{
+//!     Datum, IdempotencyToken, PersistBackend, Row, ShardId, Update, WriteFence,
+//! };
 //!
 //! let writer = MemoryBackend::from_url("memory://doc-example").unwrap();
 //! let reader = MemoryBackend::open("doc-example");
@@ -25,6 +27,7 @@
 //!         Antichain::from_elem(0),
 //!         Antichain::from_elem(1),
 //!         IdempotencyToken::new(),
+//!         WriteFence::Unfenced,
 //!     )
 //!     .await
 //!     .unwrap()

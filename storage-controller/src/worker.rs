@@ -9,11 +9,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use tidemark_storage_types::WriteFence;
-
 use tidemark_storage_types::{
-    GlobalId, IdempotencyToken, PersistBackend, ShardFrontiers, ShardId, StorageError,
-    StorageParameters, StorageTimestamp, Update,
+    BackendError, EarlierAttempts, GlobalId, IdempotencyToken, PersistBackend, ShardFrontiers,
+    ShardId, StorageError, StorageParameters, StorageTimestamp, Update, WriteFence,
 };
 use timely::PartialOrder;
 use timely::progress::Antichain;
@@ -235,14 +233,15 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
             let shard = metadata.collections[&id];
             let backend = &*self.backend;
             let mut frontiers = retry_indeterminate(self.retry, || backend.open(shard)).await?;
-            if let Some(since) = since
-                && PartialOrder::less_than(&frontiers.since, &since)
-            {
-                frontiers.since = retry_indeterminate(self.retry, || {
-                    backend.downgrade_since(shard, &since, WriteFence::Unfenced)
-                })
-                .await?;
-            }
+            // Always written, even when the since stays: it raises the
+            // shard's writer epoch, fencing out older controllers.
+            let since = since
+                .filter(|since| PartialOrder::less_than(&frontiers.since, since))
+                .unwrap_or_else(|| frontiers.since.clone());
+            let fence = self.metadata.write_fence();
+            frontiers.since =
+                retry_indeterminate(self.retry, || backend.downgrade_since(shard, &since, fence))
+                    .await?;
             self.uppers.insert(shard, frontiers.upper.clone());
             registered.push((id, shard, frontiers));
         }
@@ -289,13 +288,14 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
         }
         let backend = &*self.backend;
         let retry = self.retry;
+        let fence = self.metadata.write_fence();
         let shard_runs = per_shard.into_iter().map(|(shard, commands)| {
             let mut known_upper = self.uppers.get(&shard).cloned();
             async move {
                 let mut outcomes = Vec::with_capacity(commands.len());
                 for (call, command) in commands {
                     let (id, _, outcome) =
-                        append_one(backend, retry, known_upper.clone(), command).await;
+                        append_one(backend, retry, fence, known_upper.clone(), command).await;
                     // The next command of this shard starts from here; after
                     // a failure the upper is unknown and read again.
                     known_upper = match &outcome {
@@ -458,10 +458,12 @@ enum AppendOutcome<T> {
 }
 
 /// Appends one command from the shard's upper (`known_upper`, or read
-/// from the backend), retrying indeterminate failures with one token.
+/// from the backend), retrying indeterminate failures with one token, with
+/// this controller's `fence`.
 async fn append_one<T: StorageTimestamp, B: PersistBackend<T>>(
     backend: &B,
     retry: RetryPolicy,
+    fence: WriteFence,
     known_upper: Option<Antichain<T>>,
     command: ShardAppend<T>,
 ) -> (GlobalId, ShardId, AppendOutcome<T>) {
@@ -488,19 +490,31 @@ async fn append_one<T: StorageTimestamp, B: PersistBackend<T>>(
         return (id, shard, AppendOutcome::Stale(expected_upper));
     }
     let token = IdempotencyToken::new();
+    let mut attempts = 0u32;
     let outcome = retry_indeterminate(retry, || {
+        attempts += 1;
         backend.compare_and_append(
             shard,
             updates.clone(),
             expected_upper.clone(),
             new_upper.clone(),
             token,
-            WriteFence::Unfenced,
+            fence,
         )
     })
     .await;
     let outcome = match outcome {
         Ok(Ok(())) => AppendOutcome::Written(new_upper),
+        // SUBTLE: a retry's mismatch proves nothing applied only if the
+        // backend still remembers every append an earlier attempt could
+        // have been; otherwise the outcome stays indeterminate.
+        Ok(Err(mismatch))
+            if attempts > 1 && mismatch.earlier_attempts == EarlierAttempts::Undetermined =>
+        {
+            AppendOutcome::Failed(BackendError::indeterminate(format!(
+                "append retried after an indeterminate failure; whether it applied cannot be determined: shard={shard} {mismatch}"
+            )))
+        }
         Ok(Err(mismatch)) => AppendOutcome::Stale(mismatch.current),
         Err(err) => AppendOutcome::Failed(err),
     };
