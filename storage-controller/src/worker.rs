@@ -233,15 +233,27 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
             let shard = metadata.collections[&id];
             let backend = &*self.backend;
             let mut frontiers = retry_indeterminate(self.retry, || backend.open(shard)).await?;
-            // Always written, even when the since stays: it raises the
-            // shard's writer epoch, fencing out older controllers.
-            let since = since
-                .filter(|since| PartialOrder::less_than(&frontiers.since, since))
-                .unwrap_or_else(|| frontiers.since.clone());
             let fence = self.metadata.write_fence();
-            frontiers.since =
-                retry_indeterminate(self.retry, || backend.downgrade_since(shard, &since, fence))
-                    .await?;
+            if let Some(since) = since
+                && PartialOrder::less_than(&frontiers.since, &since)
+            {
+                frontiers.since = retry_indeterminate(self.retry, || {
+                    backend.downgrade_since(shard, &since, fence)
+                })
+                .await?;
+            } else {
+                // Raises the shard's writer epoch, fencing out older
+                // controllers; best effort, as the start-up fence of every
+                // named shard and the per-chunk metadata check also hold.
+                let current = frontiers.since.clone();
+                if let Err(err) = retry_indeterminate(self.retry, || {
+                    backend.downgrade_since(shard, &current, fence)
+                })
+                .await
+                {
+                    tracing::warn!(%shard, %err, "could not raise the shard's writer epoch");
+                }
+            }
             self.uppers.insert(shard, frontiers.upper.clone());
             registered.push((id, shard, frontiers));
         }
