@@ -5,6 +5,7 @@
 //! Run with `cargo run --example memory`.
 
 use std::error::Error;
+use tidemark_storage_types::WriteFence;
 
 use tidemark::types::{
     Datum, IdempotencyToken, PersistBackend, Row, ShardId, Update, display_frontier,
@@ -53,6 +54,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
                 Antichain::from_elem(upper),
                 Antichain::from_elem(time + 1),
                 IdempotencyToken::new(),
+                WriteFence::Unfenced,
             )
             .await?;
         if let Err(mismatch) = result {
@@ -90,7 +92,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     );
 
     let since = writer
-        .downgrade_since(shard, &Antichain::from_elem(9))
+        .downgrade_since(shard, &Antichain::from_elem(9), WriteFence::Unfenced)
         .await?;
     println!("downgraded since to {}", display_frontier(&since));
     let stats = writer.compact(shard).await?;

@@ -20,6 +20,7 @@
 
 use std::future::Future;
 use std::time::Instant;
+use tidemark_storage_types::WriteFence;
 
 use async_trait::async_trait;
 use timely::progress::Antichain;
@@ -194,11 +195,12 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for InstrumentedBackend<B> {
         expected_upper: Antichain<u64>,
         new_upper: Antichain<u64>,
         token: IdempotencyToken,
+        fence: WriteFence,
     ) -> Result<Result<(), UpperMismatch<u64>>, BackendError> {
         let written = row_bytes(updates.iter().map(|update| &update.row));
-        let call = self
-            .inner
-            .compare_and_append(shard, updates, expected_upper, new_upper, token);
+        let call =
+            self.inner
+                .compare_and_append(shard, updates, expected_upper, new_upper, token, fence);
         self.observe(
             "compare_and_append",
             Some(shard),
@@ -290,8 +292,9 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for InstrumentedBackend<B> {
         &self,
         shard: ShardId,
         new_since: &Antichain<u64>,
+        fence: WriteFence,
     ) -> Result<Antichain<u64>, BackendError> {
-        let call = self.inner.downgrade_since(shard, new_since);
+        let call = self.inner.downgrade_since(shard, new_since, fence);
         self.observe("downgrade_since", Some(shard), 0, call, ok)
             .await
     }

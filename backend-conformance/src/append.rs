@@ -1,6 +1,7 @@
 //! `compare_and_append`: the upper check, the bounds check, sealing, and that
 //! a rejected append writes nothing.
 
+use tidemark_storage_types::{EarlierAttempts, WriteFence};
 use tidemark_storage_types::{
     IdempotencyToken, InvalidUsage, PersistBackend, ShardId, Update, UpperMismatch,
 };
@@ -83,7 +84,8 @@ pub async fn stale_expected_upper_mismatches_and_writes_nothing<F: BackendFactor
         outcome,
         Err(UpperMismatch {
             expected: at(2),
-            current: at(5)
+            current: at(5),
+            earlier_attempts: EarlierAttempts::NotApplied,
         })
     );
     assert_unchanged(&backend, shard, &written, 5).await;
@@ -109,7 +111,8 @@ pub async fn expected_upper_ahead_of_current_mismatches<F: BackendFactory>(facto
         ahead,
         Err(UpperMismatch {
             expected: at(6),
-            current: at(2)
+            current: at(2),
+            earlier_attempts: EarlierAttempts::NotApplied,
         })
     );
     let expecting_sealed = try_append(&backend, shard, Vec::new(), sealed(), sealed()).await;
@@ -117,7 +120,8 @@ pub async fn expected_upper_ahead_of_current_mismatches<F: BackendFactory>(facto
         expecting_sealed,
         Err(UpperMismatch {
             expected: sealed(),
-            current: at(2)
+            current: at(2),
+            earlier_attempts: EarlierAttempts::NotApplied,
         })
     );
     assert_unchanged(&backend, shard, &written, 2).await;
@@ -139,6 +143,7 @@ async fn assert_outside_bounds_rejected<B: PersistBackend<u64>>(
             at(lower),
             new_upper,
             IdempotencyToken::new(),
+            WriteFence::Unfenced,
         )
         .await;
     match expect_invalid_usage(result, "append with an update outside its bounds") {
@@ -184,7 +189,14 @@ pub async fn new_upper_behind_expected_is_upper_regression<F: BackendFactory>(fa
     append_ok(&backend, shard, written.clone(), at(0), at(5)).await;
 
     let result = backend
-        .compare_and_append(shard, Vec::new(), at(5), at(3), IdempotencyToken::new())
+        .compare_and_append(
+            shard,
+            Vec::new(),
+            at(5),
+            at(3),
+            IdempotencyToken::new(),
+            WriteFence::Unfenced,
+        )
         .await;
     match expect_invalid_usage(result, "append with new_upper behind expected_upper") {
         InvalidUsage::UpperRegression { shard: named, .. } => assert_eq!(named, shard),
@@ -258,7 +270,8 @@ pub async fn empty_new_upper_seals_the_shard<F: BackendFactory>(factory: &F) {
             outcome,
             Err(UpperMismatch {
                 expected,
-                current: sealed()
+                current: sealed(),
+                earlier_attempts: EarlierAttempts::NotApplied,
             })
         );
     }
@@ -327,7 +340,7 @@ pub async fn times_across_the_whole_u64_range_round_trip<F: BackendFactory>(fact
         ]
     );
     backend
-        .downgrade_since(shard, &at(1 << 63))
+        .downgrade_since(shard, &at(1 << 63), WriteFence::Unfenced)
         .await
         .expect("downgrade_since");
     expect_not_readable(

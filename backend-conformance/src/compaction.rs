@@ -1,6 +1,7 @@
 //! Physical compaction: invisible to reads, reduces what is stored, and
 //! idempotent.
 
+use tidemark_storage_types::WriteFence;
 use tidemark_storage_types::{PersistBackend, Update};
 
 use crate::BackendFactory;
@@ -60,7 +61,7 @@ pub async fn snapshot_after_compaction_equals_model_at_every_as_of<F: BackendFac
     let shard = open_new_shard(&backend).await;
     let (written, upper) = write_history(&backend, shard).await;
     backend
-        .downgrade_since(shard, &at(6))
+        .downgrade_since(shard, &at(6), WriteFence::Unfenced)
         .await
         .expect("downgrade_since");
     backend.compact(shard).await.expect("compact");
@@ -96,7 +97,7 @@ pub async fn compaction_reduces_stored_updates<F: BackendFactory>(factory: &F) {
     assert_eq!(before.updates, 22, "usage counts every stored update");
     assert!(before.bytes > 0, "usage of a shard with data reports bytes");
     backend
-        .downgrade_since(shard, &at(19))
+        .downgrade_since(shard, &at(19), WriteFence::Unfenced)
         .await
         .expect("downgrade_since");
     let stats = backend.compact(shard).await.expect("compact");
@@ -120,7 +121,7 @@ pub async fn compaction_is_idempotent<F: BackendFactory>(factory: &F) {
     let shard = open_new_shard(&backend).await;
     let (written, upper) = write_history(&backend, shard).await;
     backend
-        .downgrade_since(shard, &at(10))
+        .downgrade_since(shard, &at(10), WriteFence::Unfenced)
         .await
         .expect("downgrade_since");
     let first = backend.compact(shard).await.expect("first compact");
@@ -149,7 +150,7 @@ pub async fn fetch_after_compaction_is_unchanged<F: BackendFactory>(factory: &F)
     let shard = open_new_shard(&backend).await;
     let (written, upper) = write_history(&backend, shard).await;
     backend
-        .downgrade_since(shard, &at(5))
+        .downgrade_since(shard, &at(5), WriteFence::Unfenced)
         .await
         .expect("downgrade_since");
     let ranges = [(0, upper), (5, upper), (5, 6), (6, 10), (0, 3), (9, upper)];
@@ -179,7 +180,7 @@ pub async fn appends_after_compaction_accumulate<F: BackendFactory>(factory: &F)
     let shard = open_new_shard(&backend).await;
     let (mut written, upper) = write_history(&backend, shard).await;
     backend
-        .downgrade_since(shard, &at(upper - 1))
+        .downgrade_since(shard, &at(upper - 1), WriteFence::Unfenced)
         .await
         .expect("downgrade_since");
     backend.compact(shard).await.expect("compact");

@@ -2,6 +2,7 @@
 //! linearizable reads.
 
 use std::sync::Arc;
+use tidemark_storage_types::WriteFence;
 
 use tidemark_storage_types::{
     BackendError, IdempotencyToken, InvalidUsage, PersistBackend, Update,
@@ -29,7 +30,14 @@ async fn race_once<B: PersistBackend<u64>>(
     let token = IdempotencyToken::new();
     for _ in 0..DETERMINATE_RETRIES {
         match backend
-            .compare_and_append(shard, updates.clone(), at(round), at(round + 1), token)
+            .compare_and_append(
+                shard,
+                updates.clone(),
+                at(round),
+                at(round + 1),
+                token,
+                WriteFence::Unfenced,
+            )
             .await
         {
             Ok(outcome) => return outcome,
@@ -253,7 +261,7 @@ pub async fn compaction_racing_appends_is_invisible<F: BackendFactory>(factory: 
             let updates = racing_compaction_update(step);
             append_ok(&writer, shard, updates, at(step), at(step + 1)).await;
             writer
-                .downgrade_since(shard, &at(step.saturating_sub(1)))
+                .downgrade_since(shard, &at(step.saturating_sub(1)), WriteFence::Unfenced)
                 .await
                 .expect("downgrade_since");
         }

@@ -3,6 +3,7 @@
 //! token after an indeterminate outcome, a re-read after a determinate one)
 //! loses and duplicates nothing.
 
+use tidemark_storage_types::WriteFence;
 use tidemark_storage_types::{
     BackendError, DeterminateKind, IdempotencyToken, PersistBackend, ShardId, Update, UpperMismatch,
 };
@@ -75,6 +76,7 @@ async fn append_with_retries<B: PersistBackend<u64>>(
                 expected_upper.clone(),
                 new_upper.clone(),
                 token,
+                WriteFence::Unfenced,
             )
             .await;
         match attempt {
@@ -228,11 +230,14 @@ pub async fn determinate_faults_never_apply<F: BackendFactory>(factory: &F) {
             at(0),
             at(2),
             IdempotencyToken::new(),
+            WriteFence::Unfenced,
         )
         .await;
     assert_injected_determinate(append, "compare_and_append");
     assert_injected_determinate(
-        faulty.downgrade_since(shard, &at(1)).await,
+        faulty
+            .downgrade_since(shard, &at(1), WriteFence::Unfenced)
+            .await,
         "downgrade_since",
     );
     assert_injected_determinate(faulty.finalize(shard).await, "finalize");
@@ -270,7 +275,14 @@ pub async fn indeterminate_faults_after_the_call_did_apply<F: BackendFactory>(fa
     let token = IdempotencyToken::new();
     let updates = vec![update(int_row(1), 0, 1), update(int_row(2), 1, 2)];
     let append = faulty
-        .compare_and_append(shard, updates.clone(), at(0), at(2), token)
+        .compare_and_append(
+            shard,
+            updates.clone(),
+            at(0),
+            at(2),
+            token,
+            WriteFence::Unfenced,
+        )
         .await;
     assert_injected_indeterminate(append, "compare_and_append");
     assert_eq!(
@@ -278,7 +290,14 @@ pub async fn indeterminate_faults_after_the_call_did_apply<F: BackendFactory>(fa
         frontiers(at(0), at(2))
     );
     let retry = observer
-        .compare_and_append(shard, updates.clone(), at(0), at(2), token)
+        .compare_and_append(
+            shard,
+            updates.clone(),
+            at(0),
+            at(2),
+            token,
+            WriteFence::Unfenced,
+        )
         .await
         .expect("same-token retry");
     assert_eq!(
@@ -293,7 +312,9 @@ pub async fn indeterminate_faults_after_the_call_did_apply<F: BackendFactory>(fa
     );
 
     assert_injected_indeterminate(
-        faulty.downgrade_since(shard, &at(1)).await,
+        faulty
+            .downgrade_since(shard, &at(1), WriteFence::Unfenced)
+            .await,
         "downgrade_since",
     );
     assert_eq!(

@@ -28,6 +28,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Mutex;
+use tidemark_storage_types::WriteFence;
 
 use async_trait::async_trait;
 use rand::rngs::StdRng;
@@ -328,10 +329,11 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for FaultyBackend<B> {
         expected_upper: Antichain<u64>,
         new_upper: Antichain<u64>,
         token: IdempotencyToken,
+        fence: WriteFence,
     ) -> Result<Result<(), UpperMismatch<u64>>, BackendError> {
         self.run(Operation::CompareAndAppend, || {
             self.inner
-                .compare_and_append(shard, updates, expected_upper, new_upper, token)
+                .compare_and_append(shard, updates, expected_upper, new_upper, token, fence)
         })
         .await
     }
@@ -395,9 +397,10 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for FaultyBackend<B> {
         &self,
         shard: ShardId,
         new_since: &Antichain<u64>,
+        fence: WriteFence,
     ) -> Result<Antichain<u64>, BackendError> {
         self.run(Operation::DowngradeSince, || {
-            self.inner.downgrade_since(shard, new_since)
+            self.inner.downgrade_since(shard, new_since, fence)
         })
         .await
     }

@@ -2,6 +2,7 @@
 //! idempotent.
 
 use std::sync::Arc;
+use tidemark_storage_types::{EarlierAttempts, WriteFence};
 
 use tidemark_storage_types::{PersistBackend, ShardUsage, UpperMismatch};
 
@@ -91,11 +92,12 @@ pub async fn finalized_shard_rejects_appends<F: BackendFactory>(factory: &F) {
         outcome,
         Err(UpperMismatch {
             expected: at(4),
-            current: sealed()
+            current: sealed(),
+            earlier_attempts: EarlierAttempts::NotApplied,
         })
     );
     let since = backend
-        .downgrade_since(shard, &at(2))
+        .downgrade_since(shard, &at(2), WriteFence::Unfenced)
         .await
         .expect("downgrade_since of a finalized shard");
     assert_eq!(since, sealed(), "the since of a finalized shard stays []");

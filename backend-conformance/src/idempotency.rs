@@ -1,6 +1,7 @@
 //! Idempotency tokens: a retry of an applied append answers success and
 //! applies nothing again; a different token gets no such pass.
 
+use tidemark_storage_types::{EarlierAttempts, WriteFence};
 use tidemark_storage_types::{IdempotencyToken, PersistBackend, UpperMismatch};
 
 use crate::BackendFactory;
@@ -19,7 +20,14 @@ pub async fn retry_with_same_token_after_success_applies_once<F: BackendFactory>
     let updates = vec![update(int_row(1), 0, 1), update(int_row(2), 2, 5)];
     for (attempt, handle) in [&backend, &backend, &other].into_iter().enumerate() {
         let outcome = handle
-            .compare_and_append(shard, updates.clone(), at(0), at(3), token)
+            .compare_and_append(
+                shard,
+                updates.clone(),
+                at(0),
+                at(3),
+                token,
+                WriteFence::Unfenced,
+            )
             .await
             .expect("compare_and_append");
         assert_eq!(outcome, Ok(()), "attempt {attempt} with the same token");
@@ -45,6 +53,7 @@ pub async fn different_token_with_stale_upper_mismatches<F: BackendFactory>(fact
             at(0),
             at(3),
             IdempotencyToken::new(),
+            WriteFence::Unfenced,
         )
         .await
         .expect("compare_and_append")
@@ -56,6 +65,7 @@ pub async fn different_token_with_stale_upper_mismatches<F: BackendFactory>(fact
             at(0),
             at(3),
             IdempotencyToken::new(),
+            WriteFence::Unfenced,
         )
         .await
         .expect("compare_and_append with a new token");
@@ -63,7 +73,8 @@ pub async fn different_token_with_stale_upper_mismatches<F: BackendFactory>(fact
         outcome,
         Err(UpperMismatch {
             expected: at(0),
-            current: at(3)
+            current: at(3),
+            earlier_attempts: EarlierAttempts::NotApplied,
         })
     );
     assert_eq!(snapshot_of(&backend, shard, 2).await, vec![(int_row(1), 1)]);
@@ -79,7 +90,14 @@ pub async fn token_is_remembered_across_127_later_appends<F: BackendFactory>(fac
     let token = IdempotencyToken::new();
     let first = vec![update(keyed_row(0, "first"), 0, 1)];
     backend
-        .compare_and_append(shard, first.clone(), at(0), at(1), token)
+        .compare_and_append(
+            shard,
+            first.clone(),
+            at(0),
+            at(1),
+            token,
+            WriteFence::Unfenced,
+        )
         .await
         .expect("compare_and_append")
         .expect("first append succeeds");
@@ -91,7 +109,7 @@ pub async fn token_is_remembered_across_127_later_appends<F: BackendFactory>(fac
     }
 
     let retry = backend
-        .compare_and_append(shard, first, at(0), at(1), token)
+        .compare_and_append(shard, first, at(0), at(1), token, WriteFence::Unfenced)
         .await
         .expect("retry of the first append");
     assert_eq!(
@@ -118,7 +136,14 @@ pub async fn fresh_token_after_retry_appends_normally<F: BackendFactory>(factory
     let first = vec![update(int_row(1), 0, 1)];
     for _ in 0..2 {
         backend
-            .compare_and_append(shard, first.clone(), at(0), at(2), token)
+            .compare_and_append(
+                shard,
+                first.clone(),
+                at(0),
+                at(2),
+                token,
+                WriteFence::Unfenced,
+            )
             .await
             .expect("compare_and_append")
             .expect("append and its retry succeed");
@@ -137,7 +162,14 @@ pub async fn retry_of_a_sealing_append_answers_success<F: BackendFactory>(factor
     let updates = vec![update(int_row(1), 5, 1)];
     for attempt in 0..2 {
         let outcome = backend
-            .compare_and_append(shard, updates.clone(), at(0), sealed(), token)
+            .compare_and_append(
+                shard,
+                updates.clone(),
+                at(0),
+                sealed(),
+                token,
+                WriteFence::Unfenced,
+            )
             .await
             .expect("compare_and_append");
         assert_eq!(

@@ -25,6 +25,7 @@ pub mod concurrency;
 pub mod datums;
 pub mod fault_tolerance;
 pub mod faults;
+pub mod fencing;
 pub mod finalize;
 pub mod idempotency;
 pub mod model;
@@ -33,6 +34,7 @@ pub mod read;
 pub mod share;
 pub mod since;
 pub mod size;
+pub mod token_window;
 pub mod unknown;
 pub mod wait;
 

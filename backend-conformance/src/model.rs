@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use tidemark_storage_types::{EarlierAttempts, WriteFence};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestCaseResult, TestRunner};
@@ -184,6 +185,7 @@ async fn run_step<B: PersistBackend<u64>>(
                     at(expected_time),
                     new_upper.clone(),
                     IdempotencyToken::new(),
+                    WriteFence::Unfenced,
                 )
                 .await;
             if model.upper == Some(expected_time) {
@@ -205,6 +207,7 @@ async fn run_step<B: PersistBackend<u64>>(
                 let mismatch = UpperMismatch {
                     expected: at(expected_time),
                     current: model.frontiers().upper,
+                    earlier_attempts: EarlierAttempts::NotApplied,
                 };
                 prop_assert_eq!(result, Ok(Err(mismatch)), "append with a wrong upper");
                 "append mismatched"
@@ -229,6 +232,7 @@ async fn run_step<B: PersistBackend<u64>>(
                     at(upper),
                     at(upper + 2),
                     IdempotencyToken::new(),
+                    WriteFence::Unfenced,
                 )
                 .await;
             match result {
@@ -239,7 +243,9 @@ async fn run_step<B: PersistBackend<u64>>(
         }
         Operation::DowngradeSince { offset } => {
             let target = offset_from(model.reference(), offset);
-            let result = backend.downgrade_since(shard, &at(target)).await;
+            let result = backend
+                .downgrade_since(shard, &at(target), WriteFence::Unfenced)
+                .await;
             model.since = model.since.max(target);
             prop_assert_eq!(result, Ok(at(model.since)), "downgrade_since to {}", target);
             "since downgraded"

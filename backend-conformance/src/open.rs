@@ -1,6 +1,7 @@
 //! Opening shards: initial frontiers, idempotence, sharing across handles,
 //! listing and isolation.
 
+use tidemark_storage_types::WriteFence;
 use tidemark_storage_types::{PersistBackend, ShardId};
 
 use crate::BackendFactory;
@@ -24,7 +25,7 @@ pub async fn open_is_idempotent<F: BackendFactory>(factory: &F) {
     let written = vec![update(int_row(1), 0, 1), update(int_row(2), 3, 2)];
     append_ok(&backend, shard, written.clone(), at(0), at(5)).await;
     backend
-        .downgrade_since(shard, &at(2))
+        .downgrade_since(shard, &at(2), WriteFence::Unfenced)
         .await
         .expect("downgrade_since");
 
@@ -112,7 +113,7 @@ pub async fn shards_are_isolated<F: BackendFactory>(factory: &F) {
     )
     .await;
     backend
-        .downgrade_since(left, &at(2))
+        .downgrade_since(left, &at(2), WriteFence::Unfenced)
         .await
         .expect("downgrade_since");
     backend.compact(left).await.expect("compact");

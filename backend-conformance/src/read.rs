@@ -2,6 +2,7 @@
 //! order, and which fetch ranges are valid.
 
 use tidemark_storage_types::PersistBackend;
+use tidemark_storage_types::WriteFence;
 
 use crate::BackendFactory;
 use crate::support::{
@@ -23,7 +24,7 @@ pub async fn snapshot_before_since_is_not_readable<F: BackendFactory>(factory: &
     )
     .await;
     backend
-        .downgrade_since(shard, &at(4))
+        .downgrade_since(shard, &at(4), WriteFence::Unfenced)
         .await
         .expect("downgrade_since");
     for as_of in [0, 3] {
@@ -142,7 +143,7 @@ pub async fn fetch_returns_range_advanced_by_since<F: BackendFactory>(factory: &
     );
 
     backend
-        .downgrade_since(shard, &at(3))
+        .downgrade_since(shard, &at(3), WriteFence::Unfenced)
         .await
         .expect("downgrade_since");
     let from_since = fetch_of(&backend, shard, &at(3), &at(8)).await;
@@ -291,7 +292,7 @@ pub async fn large_diffs_sum_exactly<F: BackendFactory>(factory: &F) {
         vec![(int_row(1), 3 * big + 7), (int_row(3), i64::MAX / 2)]
     );
     backend
-        .downgrade_since(shard, &at(3))
+        .downgrade_since(shard, &at(3), WriteFence::Unfenced)
         .await
         .expect("downgrade_since");
     backend.compact(shard).await.expect("compact");

@@ -3,6 +3,7 @@
 //! rejected.
 
 use differential_dataflow::consolidation::consolidate;
+use tidemark_storage_types::WriteFence;
 use tidemark_storage_types::{Diff, InvalidUsage, PersistBackend, ReadShare, Row, Update};
 
 use crate::BackendFactory;
@@ -75,7 +76,7 @@ pub async fn fetch_shares_consolidate_to_the_fetch<F: BackendFactory>(factory: &
     let shard = open_new_shard(&backend).await;
     fill(&backend, shard).await;
     backend
-        .downgrade_since(shard, &at(3))
+        .downgrade_since(shard, &at(3), WriteFence::Unfenced)
         .await
         .expect("downgrade_since");
     for (lower, upper) in [(0, 10), (3, 7), (4, 5)] {

@@ -2,6 +2,7 @@
 //! the upper.
 
 use tidemark_storage_types::PersistBackend;
+use tidemark_storage_types::WriteFence;
 
 use crate::BackendFactory;
 use crate::support::{
@@ -24,7 +25,7 @@ pub async fn downgrade_since_advances_since<F: BackendFactory>(factory: &F) {
     .await;
     for since in [1, 4, 9] {
         let returned = backend
-            .downgrade_since(shard, &at(since))
+            .downgrade_since(shard, &at(since), WriteFence::Unfenced)
             .await
             .expect("downgrade_since");
         assert_eq!(returned, at(since));
@@ -49,12 +50,12 @@ pub async fn downgrade_to_earlier_since_returns_current<F: BackendFactory>(facto
     )
     .await;
     backend
-        .downgrade_since(shard, &at(6))
+        .downgrade_since(shard, &at(6), WriteFence::Unfenced)
         .await
         .expect("downgrade_since");
     for earlier in [0, 5, 6] {
         let returned = backend
-            .downgrade_since(shard, &at(earlier))
+            .downgrade_since(shard, &at(earlier), WriteFence::Unfenced)
             .await
             .expect("downgrade_since to an earlier time");
         assert_eq!(returned, at(6), "downgrade to [{earlier}] moved the since");
@@ -80,7 +81,7 @@ pub async fn since_may_pass_upper<F: BackendFactory>(factory: &F) {
     )
     .await;
     let returned = backend
-        .downgrade_since(shard, &at(20))
+        .downgrade_since(shard, &at(20), WriteFence::Unfenced)
         .await
         .expect("downgrade_since past the upper");
     assert_eq!(returned, at(20));
@@ -123,7 +124,7 @@ pub async fn concurrent_downgrades_join<F: BackendFactory>(factory: &F) {
         let backend = factory.open_handle().await;
         tasks.push(tokio::spawn(async move {
             let returned = backend
-                .downgrade_since(shard, &at(since))
+                .downgrade_since(shard, &at(since), WriteFence::Unfenced)
                 .await
                 .expect("downgrade_since");
             let returned_time = *returned.as_option().expect("a since that is not empty");

@@ -5,6 +5,7 @@
 use std::fmt::Debug;
 use std::future::Future;
 use std::time::Duration;
+use tidemark_storage_types::WriteFence;
 
 use differential_dataflow::consolidation::consolidate;
 use timely::progress::Antichain;
@@ -99,6 +100,7 @@ pub(crate) async fn try_append<B: PersistBackend<u64>>(
             expected_upper.clone(),
             new_upper.clone(),
             IdempotencyToken::new(),
+            WriteFence::Unfenced,
         )
         .await
         .unwrap_or_else(|err| {

@@ -1,6 +1,7 @@
 //! Every method but `open` and `list_shards` rejects a shard that was never
 //! opened with `InvalidUsage::UnknownShard`, and creates nothing.
 
+use tidemark_storage_types::WriteFence;
 use tidemark_storage_types::{IdempotencyToken, PersistBackend, ShardId};
 
 use crate::BackendFactory;
@@ -40,6 +41,7 @@ pub async fn append_to_unknown_shard_is_rejected<F: BackendFactory>(factory: &F)
             at(0),
             at(1),
             IdempotencyToken::new(),
+            WriteFence::Unfenced,
         )
         .await;
     expect_unknown_shard(result, shard, "compare_and_append");
@@ -81,7 +83,9 @@ pub async fn downgrade_since_of_unknown_shard_is_rejected<F: BackendFactory>(fac
     let backend = factory.open_handle().await;
     let shard = ShardId::new();
     expect_unknown_shard(
-        backend.downgrade_since(shard, &at(3)).await,
+        backend
+            .downgrade_since(shard, &at(3), WriteFence::Unfenced)
+            .await,
         shard,
         "downgrade_since",
     );

@@ -3,10 +3,12 @@
 //! that promise. A property that passes on a broken backend is worthless.
 
 use std::future::Future;
+use tidemark_storage_types::{EarlierAttempts, WriteFence};
 
 use async_trait::async_trait;
 use tidemark_backend_conformance::{
-    BackendFactory, append, compaction, concurrency, idempotency, model, read, since, unknown, wait,
+    BackendFactory, append, compaction, concurrency, fencing, idempotency, model, read, since,
+    token_window, unknown, wait,
 };
 use tidemark_backend_memory::MemoryBackend;
 use tidemark_storage_types::{
@@ -39,6 +41,11 @@ enum Mutation {
     CompactionStatsEmpty,
     /// Updates outside the append bounds are silently dropped.
     OutOfBoundsUpdatesDropped,
+    /// Every write is passed on unfenced: a stale epoch is never refused.
+    IgnoresFence,
+    /// Every mismatch claims no earlier attempt applied, even when the
+    /// token may have left the window.
+    ForgottenTokenReportedNotApplied,
 }
 
 #[derive(Debug)]
@@ -73,8 +80,10 @@ impl PersistBackend<u64> for MutantBackend {
         expected_upper: Antichain<u64>,
         new_upper: Antichain<u64>,
         mut token: IdempotencyToken,
+        mut fence: WriteFence,
     ) -> Result<Result<(), UpperMismatch<u64>>, BackendError> {
         match self.mutation {
+            Mutation::IgnoresFence => fence = WriteFence::Unfenced,
             Mutation::IgnoresIdempotencyToken => token = IdempotencyToken::new(),
             Mutation::DropsLastUpdate if updates.len() > 1 => {
                 updates.pop();
@@ -87,10 +96,16 @@ impl PersistBackend<u64> for MutantBackend {
         }
         let result = self
             .inner
-            .compare_and_append(shard, updates, expected_upper, new_upper, token)
+            .compare_and_append(shard, updates, expected_upper, new_upper, token, fence)
             .await;
         match result {
             Ok(Err(_)) if self.mutation == Mutation::MismatchReportedAsSuccess => Ok(Ok(())),
+            Ok(Err(mismatch)) if self.mutation == Mutation::ForgottenTokenReportedNotApplied => {
+                Ok(Err(UpperMismatch {
+                    earlier_attempts: EarlierAttempts::NotApplied,
+                    ..mismatch
+                }))
+            }
             other => other,
         }
     }
@@ -159,8 +174,12 @@ impl PersistBackend<u64> for MutantBackend {
         &self,
         shard: ShardId,
         new_since: &Antichain<u64>,
+        mut fence: WriteFence,
     ) -> Result<Antichain<u64>, BackendError> {
-        let since = self.inner.downgrade_since(shard, new_since).await?;
+        if self.mutation == Mutation::IgnoresFence {
+            fence = WriteFence::Unfenced;
+        }
+        let since = self.inner.downgrade_since(shard, new_since, fence).await?;
         if self.mutation == Mutation::SinceRegresses {
             return Ok(new_since.clone());
         }
@@ -282,4 +301,24 @@ caught_by!(
     dropped_out_of_bounds_updates_are_caught,
     OutOfBoundsUpdatesDropped,
     append::update_at_or_beyond_new_upper_is_rejected
+);
+caught_by!(
+    ignored_fences_are_caught_on_appends,
+    IgnoresFence,
+    fencing::stale_epoch_append_is_refused_and_writes_nothing
+);
+caught_by!(
+    ignored_fences_are_caught_on_downgrades,
+    IgnoresFence,
+    fencing::stale_epoch_since_downgrade_is_refused
+);
+caught_by!(
+    ignored_fences_are_caught_when_writers_race,
+    IgnoresFence,
+    fencing::racing_writers_only_the_new_one_lands_after_the_fence
+);
+caught_by!(
+    forgotten_tokens_reported_not_applied_are_caught,
+    ForgottenTokenReportedNotApplied,
+    token_window::retry_outside_the_window_is_undetermined
 );

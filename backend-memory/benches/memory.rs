@@ -12,6 +12,7 @@
 //! Run with `cargo bench -p tidemark-backend-memory`.
 
 use std::time::{Duration, Instant};
+use tidemark_storage_types::WriteFence;
 
 use differential_dataflow::consolidation::consolidate_updates;
 use tidemark_backend_memory::MemoryBackend;
@@ -79,6 +80,7 @@ async fn append_all(backend: &MemoryBackend, batches: Vec<Vec<Update<u64>>>) -> 
                 Antichain::from_elem(time),
                 Antichain::from_elem(time + 1),
                 IdempotencyToken::new(),
+                WriteFence::Unfenced,
             )
             .await
             .unwrap()
@@ -173,7 +175,7 @@ async fn bench_snapshot() {
     let shard = append_all(&backend, data).await;
     let as_of = batches as u64 - 1;
     backend
-        .downgrade_since(shard, &Antichain::from_elem(as_of))
+        .downgrade_since(shard, &Antichain::from_elem(as_of), WriteFence::Unfenced)
         .await
         .unwrap();
     let stats = PersistBackend::<u64>::compact(&backend, shard)

@@ -11,7 +11,9 @@
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 //! use timely::progress::Antichain;
 //! use tidemark_backend_memory::MemoryBackend;
-//! use tidemark_storage_types::{Datum, IdempotencyToken, PersistBackend, Row, ShardId, Update};
+//! use tidemark_storage_types::{
+//!     Datum, IdempotencyToken, PersistBackend, Row, ShardId, Update, WriteFence,
+//! };
 //!
 //! let writer = MemoryBackend::from_url("memory://doc-example").unwrap();
 //! let reader = MemoryBackend::open("doc-example");
@@ -25,6 +27,7 @@
 //!         Antichain::from_elem(0),
 //!         Antichain::from_elem(1),
 //!         IdempotencyToken::new(),
+//!         WriteFence::Unfenced,
 //!     )
 //!     .await
 //!     .unwrap()
@@ -64,7 +67,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tidemark_storage_types::{
     BackendError, CompactionStats, Diff, IdempotencyToken, PersistBackend, ReadShare, Row,
-    ShardFrontiers, ShardId, ShardUsage, StorageTimestamp, Update, UpperMismatch, contract,
+    ShardFrontiers, ShardId, ShardUsage, StorageTimestamp, Update, UpperMismatch, WriteFence,
+    contract,
 };
 use timely::PartialOrder;
 use timely::progress::Antichain;
@@ -151,9 +155,10 @@ impl<T: StorageTimestamp> PersistBackend<T> for MemoryBackend {
         expected_upper: Antichain<T>,
         new_upper: Antichain<T>,
         token: IdempotencyToken,
+        fence: WriteFence,
     ) -> Result<Result<(), UpperMismatch<T>>, BackendError> {
         self.shard::<T>(shard)?
-            .compare_and_append(updates, expected_upper, new_upper, token)
+            .compare_and_append(updates, expected_upper, new_upper, token, fence)
     }
 
     async fn snapshot(&self, shard: ShardId, as_of: &T) -> Result<Vec<(Row, Diff)>, BackendError> {
@@ -218,8 +223,9 @@ impl<T: StorageTimestamp> PersistBackend<T> for MemoryBackend {
         &self,
         shard: ShardId,
         new_since: &Antichain<T>,
+        fence: WriteFence,
     ) -> Result<Antichain<T>, BackendError> {
-        self.shard::<T>(shard)?.downgrade_since(new_since)
+        self.shard::<T>(shard)?.downgrade_since(new_since, fence)
     }
 
     async fn compact(&self, shard: ShardId) -> Result<CompactionStats, BackendError> {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use differential_dataflow::lattice::Lattice;
 use tidemark_storage_types::{
     BackendError, CompactionStats, IdempotencyToken, ShardFrontiers, ShardId, ShardUsage,
-    StorageTimestamp, Update, UpperMismatch, contract,
+    StorageTimestamp, Update, UpperMismatch, WriteFence, contract,
 };
 use timely::progress::Antichain;
 use tokio::sync::watch;
@@ -37,6 +37,8 @@ struct ShardState<T> {
     upper: Antichain<T>,
     spine: Spine<T>,
     tokens: AppliedTokens<T>,
+    /// The highest writer epoch a fenced write brought (0 at first).
+    writer_epoch: u64,
     finalized: bool,
 }
 
@@ -62,6 +64,7 @@ impl<T: StorageTimestamp> Shard<T> {
                 upper: minimum.clone(),
                 spine: Spine::default(),
                 tokens: AppliedTokens::with_capacity(REMEMBERED_APPENDS),
+                writer_epoch: 0,
                 finalized: false,
             }),
             upper_watch: watch::Sender::new(minimum),
@@ -106,6 +109,7 @@ impl<T: StorageTimestamp> Shard<T> {
         expected_upper: Antichain<T>,
         new_upper: Antichain<T>,
         token: IdempotencyToken,
+        fence: WriteFence,
     ) -> Result<Result<(), UpperMismatch<T>>, BackendError> {
         contract::check_append_bounds(self.id, &updates, &expected_upper, &new_upper)?;
         // Sorting and consolidating needs no state: do it before taking the
@@ -124,12 +128,18 @@ impl<T: StorageTimestamp> Shard<T> {
         if state.tokens.applied(&token, &expected_upper, &new_upper) {
             return Ok(Ok(()));
         }
+        // The fence is checked under the same lock as the write below.
+        let epoch = contract::check_fence(self.id, state.writer_epoch, fence)?;
         if state.upper != expected_upper {
+            let earlier_attempts =
+                contract::earlier_attempts(&new_upper, state.tokens.oldest_remembered_lower());
             return Ok(Err(UpperMismatch {
                 expected: expected_upper,
                 current: state.upper.clone(),
+                earlier_attempts,
             }));
         }
+        state.writer_epoch = epoch;
         state.spine.insert(batch);
         state.upper = new_upper.clone();
         state
@@ -154,9 +164,15 @@ impl<T: StorageTimestamp> Shard<T> {
         self.upper_watch.subscribe()
     }
 
-    /// Sets since to its join with `new_since` and returns it.
-    pub fn downgrade_since(&self, new_since: &Antichain<T>) -> Result<Antichain<T>, BackendError> {
+    /// Sets since to its join with `new_since` and returns it, if `fence`
+    /// admits the write (raising the shard's epoch to it).
+    pub fn downgrade_since(
+        &self,
+        new_since: &Antichain<T>,
+        fence: WriteFence,
+    ) -> Result<Antichain<T>, BackendError> {
         let mut state = self.lock()?;
+        state.writer_epoch = contract::check_fence(self.id, state.writer_epoch, fence)?;
         state.since = state.since.join(new_since);
         Ok(state.since.clone())
     }
@@ -232,13 +248,25 @@ mod tests {
     fn append_checks_bounds_before_anything_is_written() {
         let shard = Shard::<u64>::new(ShardId::new());
         let token = IdempotencyToken::new();
-        let equal_bounds = shard.compare_and_append(vec![], frontier(0), frontier(0), token);
+        let equal_bounds = shard.compare_and_append(
+            vec![],
+            frontier(0),
+            frontier(0),
+            token,
+            WriteFence::Unfenced,
+        );
         assert!(
             equal_bounds.is_ok(),
             "an equal new upper is not a regression"
         );
         let err = shard
-            .compare_and_append(vec![], frontier(3), frontier(2), IdempotencyToken::new())
+            .compare_and_append(
+                vec![],
+                frontier(3),
+                frontier(2),
+                IdempotencyToken::new(),
+                WriteFence::Unfenced,
+            )
             .unwrap_err();
         assert!(
             matches!(
@@ -253,6 +281,7 @@ mod tests {
                 frontier(0),
                 frontier(5),
                 IdempotencyToken::new(),
+                WriteFence::Unfenced,
             )
             .unwrap_err();
         assert!(err.to_string().contains("update at time 5"), "{err}");
@@ -266,7 +295,13 @@ mod tests {
         let token = IdempotencyToken::new();
         let append = |token| {
             shard
-                .compare_and_append(vec![update(1, 0, 1)], frontier(0), frontier(1), token)
+                .compare_and_append(
+                    vec![update(1, 0, 1)],
+                    frontier(0),
+                    frontier(1),
+                    token,
+                    WriteFence::Unfenced,
+                )
                 .unwrap()
         };
         assert_eq!(append(token), Ok(()));
@@ -276,7 +311,8 @@ mod tests {
             append(IdempotencyToken::new()),
             Err(UpperMismatch {
                 expected: frontier(0),
-                current: frontier(1)
+                current: frontier(1),
+                earlier_attempts: tidemark_storage_types::EarlierAttempts::NotApplied,
             }),
             "another token with the same bounds is a different write"
         );
@@ -288,7 +324,13 @@ mod tests {
         let receiver = shard.subscribe_upper();
         assert_eq!(*receiver.borrow(), frontier(0));
         shard
-            .compare_and_append(vec![], frontier(0), frontier(4), IdempotencyToken::new())
+            .compare_and_append(
+                vec![],
+                frontier(0),
+                frontier(4),
+                IdempotencyToken::new(),
+                WriteFence::Unfenced,
+            )
             .unwrap()
             .unwrap();
         assert_eq!(*receiver.borrow(), frontier(4));
@@ -302,14 +344,28 @@ mod tests {
     #[test]
     fn since_only_moves_forward() {
         let shard = Shard::<u64>::new(ShardId::new());
-        assert_eq!(shard.downgrade_since(&frontier(5)).unwrap(), frontier(5));
-        assert_eq!(shard.downgrade_since(&frontier(2)).unwrap(), frontier(5));
         assert_eq!(
-            shard.downgrade_since(&Antichain::new()).unwrap(),
+            shard
+                .downgrade_since(&frontier(5), WriteFence::Unfenced)
+                .unwrap(),
+            frontier(5)
+        );
+        assert_eq!(
+            shard
+                .downgrade_since(&frontier(2), WriteFence::Unfenced)
+                .unwrap(),
+            frontier(5)
+        );
+        assert_eq!(
+            shard
+                .downgrade_since(&Antichain::new(), WriteFence::Unfenced)
+                .unwrap(),
             Antichain::new()
         );
         assert_eq!(
-            shard.downgrade_since(&frontier(9)).unwrap(),
+            shard
+                .downgrade_since(&frontier(9), WriteFence::Unfenced)
+                .unwrap(),
             Antichain::new()
         );
     }
@@ -324,11 +380,14 @@ mod tests {
                     frontier(time),
                     frontier(time + 1),
                     IdempotencyToken::new(),
+                    WriteFence::Unfenced,
                 )
                 .unwrap()
                 .unwrap();
         }
-        shard.downgrade_since(&frontier(10)).unwrap();
+        shard
+            .downgrade_since(&frontier(10), WriteFence::Unfenced)
+            .unwrap();
         let stats = shard.compact().unwrap();
         assert_eq!(stats.updates_before, 10);
         assert_eq!(stats.updates_after, 1);

@@ -28,6 +28,11 @@ struct AppliedAppend<T> {
 pub struct AppliedTokens<T> {
     recent: VecDeque<AppliedAppend<T>>,
     capacity: usize,
+    /// Whether an applied append was ever forgotten.
+    forgot_any: bool,
+    /// The empty frontier, the bound of forgotten appends when none is
+    /// remembered.
+    no_bound: Antichain<T>,
 }
 
 impl<T: PartialEq> AppliedTokens<T> {
@@ -36,6 +41,8 @@ impl<T: PartialEq> AppliedTokens<T> {
         AppliedTokens {
             recent: VecDeque::with_capacity(capacity),
             capacity,
+            forgot_any: false,
+            no_bound: Antichain::new(),
         }
     }
 
@@ -48,10 +55,12 @@ impl<T: PartialEq> AppliedTokens<T> {
         new_upper: Antichain<T>,
     ) {
         if self.capacity == 0 {
+            self.forgot_any = true;
             return;
         }
         if self.recent.len() == self.capacity {
             self.recent.pop_front();
+            self.forgot_any = true;
         }
         self.recent.push_back(AppliedAppend {
             token,
@@ -74,6 +83,23 @@ impl<T: PartialEq> AppliedTokens<T> {
                 && applied.expected_upper == *expected_upper
                 && applied.new_upper == *new_upper
         })
+    }
+
+    /// The `expected_upper` of the oldest remembered append once some
+    /// applied append was forgotten (every forgotten one applied before
+    /// it), or `None` while every applied append is remembered. With no
+    /// capacity, every append is forgotten and nothing bounds them: the
+    /// minimal frontier is not known here, so the empty frontier (which
+    /// every `new_upper` is `<=`) stands for "anything".
+    pub fn oldest_remembered_lower(&self) -> Option<&Antichain<T>> {
+        if !self.forgot_any {
+            return None;
+        }
+        Some(
+            self.recent
+                .front()
+                .map_or(&self.no_bound, |oldest| &oldest.expected_upper),
+        )
     }
 
     /// How many appends are remembered.
@@ -121,6 +147,22 @@ mod tests {
             let remembered = tokens.applied(token, &expected, &new);
             assert_eq!(remembered, index >= 10, "token of step {step}");
         }
+    }
+
+    #[test]
+    fn forgotten_appends_are_bounded_by_the_oldest_remembered() {
+        let mut tokens = AppliedTokens::with_capacity(2);
+        for step in 0..2 {
+            let (expected, new) = bounds(step, step + 1);
+            tokens.record(IdempotencyToken::new(), expected, new);
+        }
+        assert_eq!(tokens.oldest_remembered_lower(), None);
+        let (expected, new) = bounds(2, 3);
+        tokens.record(IdempotencyToken::new(), expected, new);
+        assert_eq!(
+            tokens.oldest_remembered_lower(),
+            Some(&Antichain::from_elem(1))
+        );
     }
 
     #[test]

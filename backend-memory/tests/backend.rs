@@ -2,6 +2,7 @@
 //! a name, racing writers, waits, finalization, and reads against a model.
 
 use std::collections::BTreeMap;
+use tidemark_storage_types::{EarlierAttempts, WriteFence};
 
 use tidemark_backend_memory::{MemoryBackend, REMEMBERED_APPENDS};
 use tidemark_storage_types::{
@@ -43,6 +44,7 @@ async fn append(
             frontier(expected_upper),
             frontier(new_upper),
             IdempotencyToken::new(),
+            WriteFence::Unfenced,
         )
         .await
         .unwrap()
@@ -187,7 +189,14 @@ async fn a_retried_append_answers_success_through_any_handle() {
     let token = IdempotencyToken::new();
     let updates = vec![Update::new(row(7), 0, 1)];
     let first = backend
-        .compare_and_append(shard, updates.clone(), frontier(0), frontier(1), token)
+        .compare_and_append(
+            shard,
+            updates.clone(),
+            frontier(0),
+            frontier(1),
+            token,
+            WriteFence::Unfenced,
+        )
         .await
         .unwrap();
     assert_eq!(first, Ok(()));
@@ -199,7 +208,14 @@ async fn a_retried_append_answers_success_through_any_handle() {
             .unwrap();
     }
     let retry = other
-        .compare_and_append(shard, updates.clone(), frontier(0), frontier(1), token)
+        .compare_and_append(
+            shard,
+            updates.clone(),
+            frontier(0),
+            frontier(1),
+            token,
+            WriteFence::Unfenced,
+        )
         .await
         .unwrap();
     assert_eq!(retry, Ok(()));
@@ -208,21 +224,30 @@ async fn a_retried_append_answers_success_through_any_handle() {
         vec![(row(7), 1)]
     );
 
-    // Far enough back, the token is forgotten and the retry is a mismatch.
+    // Far enough back, the token is forgotten: the retry is a mismatch that
+    // says whether it applied cannot be determined.
     for time in 129..=(REMEMBERED_APPENDS as u64 + 1) {
         append(&backend, shard, vec![], time, time + 1)
             .await
             .unwrap();
     }
     let late = other
-        .compare_and_append(shard, updates, frontier(0), frontier(1), token)
+        .compare_and_append(
+            shard,
+            updates,
+            frontier(0),
+            frontier(1),
+            token,
+            WriteFence::Unfenced,
+        )
         .await
         .unwrap();
     assert_eq!(
         late,
         Err(UpperMismatch {
             expected: frontier(0),
-            current: frontier(REMEMBERED_APPENDS as u64 + 2)
+            current: frontier(REMEMBERED_APPENDS as u64 + 2),
+            earlier_attempts: EarlierAttempts::Undetermined,
         })
     );
 }
@@ -241,6 +266,7 @@ async fn invalid_appends_write_nothing() {
             frontier(5),
             frontier(9),
             IdempotencyToken::new(),
+            WriteFence::Unfenced,
         )
         .await
         .unwrap_err();
@@ -255,6 +281,7 @@ async fn invalid_appends_write_nothing() {
             frontier(5),
             frontier(9),
             IdempotencyToken::new(),
+            WriteFence::Unfenced,
         )
         .await
         .unwrap_err();
@@ -269,6 +296,7 @@ async fn invalid_appends_write_nothing() {
             frontier(5),
             frontier(4),
             IdempotencyToken::new(),
+            WriteFence::Unfenced,
         )
         .await
         .unwrap_err();
@@ -327,6 +355,7 @@ async fn every_method_but_open_rejects_an_unknown_shard() {
                 frontier(0),
                 frontier(1),
                 IdempotencyToken::new(),
+                WriteFence::Unfenced,
             )
             .await
             .unwrap_err(),
@@ -340,7 +369,7 @@ async fn every_method_but_open_rejects_an_unknown_shard() {
             .await
             .unwrap_err(),
         backend
-            .downgrade_since(shard, &frontier(1))
+            .downgrade_since(shard, &frontier(1), WriteFence::Unfenced)
             .await
             .unwrap_err(),
         PersistBackend::<u64>::compact(&backend, shard)
@@ -444,6 +473,7 @@ async fn finalize_leaves_a_sealed_tombstone() {
             frontier(0),
             frontier(2),
             token,
+            WriteFence::Unfenced,
         )
         .await
         .unwrap()
@@ -492,7 +522,8 @@ async fn finalize_leaves_a_sealed_tombstone() {
         append(&backend, shard, vec![(2, 2, 1)], 2, 3).await,
         Err(UpperMismatch {
             expected: frontier(2),
-            current: Antichain::new()
+            current: Antichain::new(),
+            earlier_attempts: EarlierAttempts::NotApplied,
         }),
         "nothing can be written"
     );
@@ -503,6 +534,7 @@ async fn finalize_leaves_a_sealed_tombstone() {
             frontier(0),
             frontier(2),
             token,
+            WriteFence::Unfenced,
         )
         .await
         .unwrap();
@@ -512,7 +544,10 @@ async fn finalize_leaves_a_sealed_tombstone() {
         "an append that applied before still answers success"
     );
     assert_eq!(
-        backend.downgrade_since(shard, &frontier(1)).await.unwrap(),
+        backend
+            .downgrade_since(shard, &frontier(1), WriteFence::Unfenced)
+            .await
+            .unwrap(),
         Antichain::new()
     );
 }
@@ -563,7 +598,7 @@ async fn reads_match_a_model_whatever_compaction_has_run() {
                 6..=7 => {
                     let requested = rng.next(upper + 2);
                     let result = backend
-                        .downgrade_since(shard, &frontier(requested))
+                        .downgrade_since(shard, &frontier(requested), WriteFence::Unfenced)
                         .await
                         .unwrap();
                     since = since.max(requested);
@@ -636,7 +671,10 @@ async fn compaction_shrinks_storage_and_keeps_reads() {
         .unwrap();
     }
     let before = backend.snapshot(shard, &99).await.unwrap();
-    backend.downgrade_since(shard, &frontier(99)).await.unwrap();
+    backend
+        .downgrade_since(shard, &frontier(99), WriteFence::Unfenced)
+        .await
+        .unwrap();
     let stats = PersistBackend::<u64>::compact(&backend, shard)
         .await
         .unwrap();
@@ -717,7 +755,11 @@ async fn compaction_racing_appends_loses_nothing() {
                 .await
                 .unwrap();
                 handle
-                    .downgrade_since(shard, &frontier(time.saturating_sub(3)))
+                    .downgrade_since(
+                        shard,
+                        &frontier(time.saturating_sub(3)),
+                        WriteFence::Unfenced,
+                    )
                     .await
                     .unwrap();
             }

@@ -2,6 +2,7 @@
 //! only in the timestamp type it was opened with.
 
 use std::fmt;
+use tidemark_storage_types::WriteFence;
 
 use differential_dataflow::lattice::Lattice;
 use serde::{Deserialize, Serialize};
@@ -121,6 +122,7 @@ async fn a_store_holds_shards_of_several_timestamp_types() {
             Antichain::from_elem(Epoch(0)),
             Antichain::from_elem(Epoch(3)),
             IdempotencyToken::new(),
+            WriteFence::Unfenced,
         )
         .await
         .unwrap()

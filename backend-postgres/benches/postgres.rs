@@ -15,6 +15,7 @@
 //! `cargo bench -p tidemark-backend-postgres`.
 
 use std::time::{Duration, Instant};
+use tidemark_storage_types::WriteFence;
 
 use sqlx::{Connection, PgConnection};
 use tidemark_backend_postgres::PostgresConfig;
@@ -126,6 +127,7 @@ async fn bench_bulk(url: &str, schema: &str) {
                 at(round),
                 at(round + 1),
                 IdempotencyToken::new(),
+                WriteFence::Unfenced,
             )
             .await
             .unwrap()
@@ -140,6 +142,7 @@ async fn bench_bulk(url: &str, schema: &str) {
                 at(round),
                 at(round + 1),
                 IdempotencyToken::new(),
+                WriteFence::Unfenced,
             )
             .await
             .unwrap()
@@ -207,6 +210,7 @@ async fn bench_small(url: &str, schema: &str) {
                 at(round),
                 at(round + 1),
                 IdempotencyToken::new(),
+                WriteFence::Unfenced,
             )
             .await
             .unwrap()
@@ -266,6 +270,7 @@ async fn bench_snapshot(url: &str, schema: &str) {
                 at(time),
                 at(time + 1),
                 IdempotencyToken::new(),
+                WriteFence::Unfenced,
             )
             .await
             .unwrap()

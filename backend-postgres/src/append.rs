@@ -18,21 +18,28 @@
 //!
 //! # When the upper did not match
 //!
+//! The statement also requires the write's epoch (if fenced) to be at least
+//! the row's `writer_epoch`, and raises it, so the fence is checked under
+//! the same row lock as the write.
+//!
 //! Then nothing was written, and the append re-reads the shard: an applied
 //! token with the same bounds answers success (a retry of an append whose
-//! first attempt committed but whose answer was lost); otherwise the answer
-//! is an [`UpperMismatch`] with the current upper.
+//! first attempt committed but whose answer was lost); a row epoch above
+//! the write's answers `Fenced`; otherwise the answer is an
+//! [`UpperMismatch`] with the current upper, saying whether the token may
+//! have left the remembered window.
 
 use differential_dataflow::consolidation::consolidate_updates;
 use sqlx::{Connection, PgConnection};
 use tidemark_storage_types::{
-    BackendError, IdempotencyToken, Row, ShardId, StorageTimestamp, Update, UpperMismatch, contract,
+    BackendError, IdempotencyToken, Row, ShardId, StorageTimestamp, Update, UpperMismatch,
+    WriteFence, contract,
 };
 use timely::progress::Antichain;
 
 use crate::PostgresBackend;
 use crate::errors::statement_error;
-use crate::read::{context, read_shard_row, unknown_shard};
+use crate::read::{check_row_fence, context, epoch_parameter, read_shard_row, unknown_shard};
 use crate::schema::TOKENS_KEPT_PER_SHARD;
 use tidemark_storage_types::{decode_frontier, encode_frontier};
 
@@ -41,8 +48,10 @@ use tidemark_storage_types::{decode_frontier, encode_frontier};
 /// row when it applied, none otherwise.
 const APPEND_STATEMENT: &str = "
 WITH advanced AS (
-    UPDATE shards SET upper = $3, append_seq = append_seq + 1
+    UPDATE shards SET upper = $3, append_seq = append_seq + 1,
+        writer_epoch = greatest(writer_epoch, coalesce($11::BIGINT, writer_epoch))
     WHERE shard_id = $1 AND upper IS NOT DISTINCT FROM $2 AND NOT finalized
+        AND ($11::BIGINT IS NULL OR writer_epoch <= $11::BIGINT)
     RETURNING append_seq
 ),
 written AS (
@@ -87,6 +96,8 @@ struct AttemptArgs<'a> {
     expected_code: Option<i64>,
     new_code: Option<i64>,
     token: IdempotencyToken,
+    fence: WriteFence,
+    epoch: Option<i64>,
     context: &'a str,
 }
 
@@ -97,8 +108,10 @@ pub(crate) async fn compare_and_append<T: StorageTimestamp>(
     expected_upper: Antichain<T>,
     new_upper: Antichain<T>,
     token: IdempotencyToken,
+    fence: WriteFence,
 ) -> Result<Result<(), UpperMismatch<T>>, BackendError> {
     contract::check_append_bounds(shard, &updates, &expected_upper, &new_upper)?;
+    let epoch = epoch_parameter(shard, fence)?;
     let mut consolidated: Vec<(Row, T, i64)> = updates
         .into_iter()
         .map(|update| (update.row, update.timestamp, update.diff))
@@ -125,6 +138,8 @@ pub(crate) async fn compare_and_append<T: StorageTimestamp>(
         expected_code,
         new_code,
         token,
+        fence,
+        epoch,
         context: &context,
     };
     loop {
@@ -143,10 +158,15 @@ pub(crate) async fn compare_and_append<T: StorageTimestamp>(
         if token_applied(&mut conn, shard, token, expected_code, new_code, &context).await? {
             return Ok(Ok(()));
         }
+        check_row_fence(shard, &row, fence)?;
         if row.upper != expected_code {
+            let oldest = oldest_remembered_lower(&mut conn, shard, &context).await?;
+            let earlier_attempts =
+                contract::earlier_attempts(&new_upper, oldest.map(decode_frontier).as_ref());
             return Ok(Err(UpperMismatch {
                 expected: expected_upper,
                 current: decode_frontier(row.upper),
+                earlier_attempts,
             }));
         }
         if row.finalized {
@@ -175,6 +195,7 @@ async fn run_append_statement(
         .bind(TOKENS_KEPT_PER_SHARD)
         .bind(backend.shared.watch.channel())
         .bind(args.shard.0.to_string())
+        .bind(args.epoch)
         .fetch_optional(&mut *conn)
         .await
         .map_err(|err| statement_error(err, args.context))?;
@@ -200,7 +221,9 @@ async fn append_by_copy(
     let Some(row) = read_shard_row(&mut tx, shard, true, context).await? else {
         return Ok(Attempt::UpperDidNotMatch);
     };
-    if row.finalized || row.upper != args.expected_code {
+    let fenced = check_row_fence(shard, &row, args.fence).is_err();
+    if fenced || row.finalized || row.upper != args.expected_code {
+        // The caller re-reads the shard to tell which.
         return Ok(Attempt::UpperDidNotMatch);
     }
     let mut copy = tx
@@ -287,4 +310,32 @@ async fn token_applied(
     .await
     .map_err(|err| statement_error(err, context))?;
     Ok(recorded == Some((expected_code, new_code)))
+}
+
+/// The encoded `expected_upper` of the oldest remembered append once the
+/// shard has forgotten some (more appends than [`TOKENS_KEPT_PER_SHARD`]),
+/// else `None`: see [`contract::earlier_attempts`].
+async fn oldest_remembered_lower(
+    conn: &mut PgConnection,
+    shard: ShardId,
+    context: &str,
+) -> Result<Option<Option<i64>>, BackendError> {
+    // SUBTLE: with no remembered token at all the bound is NULL, the empty
+    // frontier, which bounds every append: "cannot be determined".
+    let row: Option<(i64, Option<i64>)> = sqlx::query_as(
+        "SELECT s.append_seq, oldest.expected_upper FROM shards s
+         LEFT JOIN LATERAL (
+             SELECT expected_upper FROM append_tokens
+             WHERE shard_id = s.shard_id ORDER BY append_seq LIMIT 1
+         ) oldest ON true
+         WHERE s.shard_id = $1",
+    )
+    .bind(shard.0)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|err| statement_error(err, context))?;
+    Ok(match row {
+        Some((append_seq, oldest)) if append_seq > TOKENS_KEPT_PER_SHARD => Some(oldest),
+        _ => None,
+    })
 }

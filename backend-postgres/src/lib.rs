@@ -27,7 +27,8 @@
 //!   = expected` with the inserts and the token record as data-modifying
 //!   CTEs) for small batches, and a transaction that locks the shard row
 //!   (`SELECT ... FOR UPDATE`) and writes with binary `COPY` for large ones.
-//!   Either way the upper check, the data and the token commit together.
+//!   Either way the upper check, the fence (the row's `writer_epoch`), the
+//!   data and the token commit together.
 //! - Reads run in a `REPEATABLE READ` transaction, so the frontier check and
 //!   the data come from one snapshot.
 //! - Upper waits `LISTEN` on a per-schema channel that every append
@@ -62,6 +63,7 @@ use sqlx::{Connection, PgPool, Postgres};
 use tidemark_storage_types::{
     BackendError, CompactionStats, DeterminateKind, Diff, IdempotencyToken, PersistBackend,
     ReadShare, Row, ShardFrontiers, ShardId, ShardUsage, StorageTimestamp, Update, UpperMismatch,
+    WriteFence,
 };
 use timely::progress::Antichain;
 
@@ -239,8 +241,18 @@ impl<T: StorageTimestamp> PersistBackend<T> for PostgresBackend {
         expected_upper: Antichain<T>,
         new_upper: Antichain<T>,
         token: IdempotencyToken,
+        fence: WriteFence,
     ) -> Result<Result<(), UpperMismatch<T>>, BackendError> {
-        append::compare_and_append(self, shard, updates, expected_upper, new_upper, token).await
+        append::compare_and_append(
+            self,
+            shard,
+            updates,
+            expected_upper,
+            new_upper,
+            token,
+            fence,
+        )
+        .await
     }
 
     async fn snapshot(&self, shard: ShardId, as_of: &T) -> Result<Vec<(Row, Diff)>, BackendError> {
@@ -287,8 +299,9 @@ impl<T: StorageTimestamp> PersistBackend<T> for PostgresBackend {
         &self,
         shard: ShardId,
         new_since: &Antichain<T>,
+        fence: WriteFence,
     ) -> Result<Antichain<T>, BackendError> {
-        maintenance::downgrade_since(self, shard, new_since).await
+        maintenance::downgrade_since(self, shard, new_since, fence).await
     }
 
     async fn compact(&self, shard: ShardId) -> Result<CompactionStats, BackendError> {

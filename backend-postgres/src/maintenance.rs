@@ -2,36 +2,50 @@
 //! and `finalize`.
 
 use sqlx::{Connection, PgConnection};
-use tidemark_storage_types::{BackendError, CompactionStats, ShardId, StorageTimestamp};
+use tidemark_storage_types::{
+    BackendError, CompactionStats, ShardId, StorageTimestamp, WriteFence,
+};
 use timely::progress::Antichain;
 
 use crate::PostgresBackend;
 use crate::errors::statement_error;
-use crate::read::{context, read_shard_row, unknown_shard};
+use crate::read::{check_row_fence, context, epoch_parameter, read_shard_row, unknown_shard};
 use tidemark_storage_types::{decode_frontier, encode_frontier};
 
 pub(crate) async fn downgrade_since<T: StorageTimestamp>(
     backend: &PostgresBackend,
     shard: ShardId,
     new_since: &Antichain<T>,
+    fence: WriteFence,
 ) -> Result<Antichain<T>, BackendError> {
     let context = context(backend, shard);
+    let epoch = epoch_parameter(shard, fence)?;
     let mut conn = backend.acquire().await?;
     // The join of two totally ordered frontiers is the later one; the empty
     // frontier (NULL) is the latest of all.
     let since: Option<Option<i64>> = sqlx::query_scalar(
         "UPDATE shards
-         SET since = CASE WHEN since IS NULL OR $2::BIGINT IS NULL THEN NULL ELSE greatest(since, $2) END
-         WHERE shard_id = $1
+         SET since = CASE WHEN since IS NULL OR $2::BIGINT IS NULL THEN NULL ELSE greatest(since, $2) END,
+             writer_epoch = greatest(writer_epoch, coalesce($3::BIGINT, writer_epoch))
+         WHERE shard_id = $1 AND ($3::BIGINT IS NULL OR writer_epoch <= $3::BIGINT)
          RETURNING since",
     )
     .bind(shard.0)
     .bind(encode_frontier(new_since))
+    .bind(epoch)
     .fetch_optional(&mut *conn)
     .await
     .map_err(|err| statement_error(err, &context))?;
-    let since = since.ok_or_else(|| unknown_shard(shard))?;
-    Ok(decode_frontier(since))
+    if let Some(since) = since {
+        return Ok(decode_frontier(since));
+    }
+    // No row matched: a fenced write (the epoch only rises, so the re-read
+    // refuses it too), or a shard that did not exist when the statement ran.
+    let row = read_shard_row(&mut conn, shard, false, &context)
+        .await?
+        .ok_or_else(|| unknown_shard(shard))?;
+    check_row_fence(shard, &row, fence)?;
+    Err(unknown_shard(shard))
 }
 
 /// Stored updates and bytes of a shard, as [`usage`](crate::read::usage)

@@ -9,7 +9,7 @@ use futures::TryStreamExt;
 use sqlx::{Connection, PgConnection};
 use tidemark_storage_types::{
     BackendError, DeterminateKind, Diff, InvalidUsage, ReadShare, Row, ShardFrontiers, ShardId,
-    ShardUsage, StorageTimestamp, Update, contract,
+    ShardUsage, StorageTimestamp, Update, WriteFence, contract,
 };
 use timely::progress::Antichain;
 
@@ -23,6 +23,8 @@ pub(crate) struct ShardRow {
     pub since: Option<i64>,
     pub upper: Option<i64>,
     pub finalized: bool,
+    /// The highest writer epoch a fenced write brought.
+    pub writer_epoch: i64,
 }
 
 pub(crate) fn context(backend: &PostgresBackend, shard: ShardId) -> String {
@@ -42,20 +44,52 @@ pub(crate) async fn read_shard_row(
     context: &str,
 ) -> Result<Option<ShardRow>, BackendError> {
     let sql = if lock {
-        "SELECT since, upper, finalized FROM shards WHERE shard_id = $1 FOR UPDATE"
+        "SELECT since, upper, finalized, writer_epoch FROM shards WHERE shard_id = $1 FOR UPDATE"
     } else {
-        "SELECT since, upper, finalized FROM shards WHERE shard_id = $1"
+        "SELECT since, upper, finalized, writer_epoch FROM shards WHERE shard_id = $1"
     };
-    let row: Option<(Option<i64>, Option<i64>, bool)> = sqlx::query_as(sql)
+    let row: Option<(Option<i64>, Option<i64>, bool, i64)> = sqlx::query_as(sql)
         .bind(shard.0)
         .fetch_optional(&mut *conn)
         .await
         .map_err(|err| statement_error(err, context))?;
-    Ok(row.map(|(since, upper, finalized)| ShardRow {
+    Ok(row.map(|(since, upper, finalized, writer_epoch)| ShardRow {
         since,
         upper,
         finalized,
+        writer_epoch,
     }))
+}
+
+/// A write fence as the epoch parameter the statements take: `NULL` for
+/// [`WriteFence::Unfenced`].
+///
+/// # Errors
+///
+/// `Determinate(Unsupported)` for an epoch beyond `i64::MAX`, which the
+/// `BIGINT` column cannot hold.
+pub(crate) fn epoch_parameter(
+    shard: ShardId,
+    fence: WriteFence,
+) -> Result<Option<i64>, BackendError> {
+    match fence {
+        WriteFence::Unfenced => Ok(None),
+        WriteFence::Epoch(epoch) => i64::try_from(epoch).map(Some).map_err(|_| {
+            BackendError::determinate(
+                DeterminateKind::Unsupported,
+                format!("writer epoch is beyond what PostgreSQL stores (i64::MAX): shard={shard} epoch={epoch}"),
+            )
+        }),
+    }
+}
+
+/// Refuses a fenced write whose epoch is below the shard row's.
+pub(crate) fn check_row_fence(
+    shard: ShardId,
+    row: &ShardRow,
+    fence: WriteFence,
+) -> Result<(), BackendError> {
+    contract::check_fence(shard, u64::try_from(row.writer_epoch).unwrap_or(0), fence).map(|_| ())
 }
 
 pub(crate) async fn open<T: StorageTimestamp>(

@@ -3,11 +3,14 @@
 //!
 //! # Layout
 //!
-//! - `shards (shard_id, since, upper, finalized, append_seq)`: one row per
+//! - `shards (shard_id, since, upper, finalized, append_seq, writer_epoch)`:
+//!   one row per
 //!   shard; `since`/`upper` are [`Codec64`](tidemark_storage_types::Codec64)
 //!   encoded times, `NULL` for the empty frontier. A finalized shard keeps
 //!   its row as a sealed tombstone. Every append locks and updates this row,
-//!   which is what serialises appends to a shard.
+//!   which is what serialises appends to a shard. `writer_epoch` (version 2)
+//!   is the highest epoch of a fenced write, checked and raised by the same
+//!   statement that writes.
 //! - `updates (shard_id, ts, row_bytes, diff)`: one row per update, indexed
 //!   by `(shard_id, ts)`, so snapshots and compaction are SQL.
 //! - `append_tokens (shard_id, token, expected_upper, new_upper,
@@ -48,10 +51,11 @@ pub struct Migration {
 }
 
 /// Every migration, in version order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "shards, updates and append tokens",
-    sql: r"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "shards, updates and append tokens",
+        sql: r"
 CREATE TABLE shards (
     shard_id   UUID PRIMARY KEY,
     since      BIGINT,
@@ -76,7 +80,13 @@ CREATE TABLE append_tokens (
 );
 CREATE INDEX append_tokens_shard_seq ON append_tokens (shard_id, append_seq);
 ",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "the shard's writer epoch, for fenced writes",
+        sql: "ALTER TABLE shards ADD COLUMN writer_epoch BIGINT NOT NULL DEFAULT 0;",
+    },
+];
 
 /// The version this build brings a schema to.
 #[must_use]

@@ -5,6 +5,7 @@
 mod support;
 
 use std::time::Duration;
+use tidemark_storage_types::WriteFence;
 
 use sqlx::Connection;
 use support::{PostgresFactory, drop_schema, test_url, unique_schema};
@@ -73,6 +74,7 @@ async fn two_schemas_are_isolated() {
         at(0),
         at(1),
         IdempotencyToken::new(),
+        WriteFence::Unfenced,
     )
     .await
     .unwrap()
@@ -111,6 +113,7 @@ async fn migrations_rerun_without_change_and_keep_data() {
             at(0),
             at(1),
             IdempotencyToken::new(),
+            WriteFence::Unfenced,
         )
         .await
         .unwrap()
@@ -175,6 +178,7 @@ async fn concurrent_startups_on_a_new_schema_all_succeed() {
                 at(lower),
                 at(lower + 1),
                 IdempotencyToken::new(),
+                WriteFence::Unfenced,
             )
             .await
             .unwrap()
@@ -224,6 +228,7 @@ async fn kill_mid_append(url: &str, copy_threshold: usize, rounds: u64) {
                         at(round),
                         at(round + 1),
                         token,
+                        WriteFence::Unfenced,
                     )
                     .await
             })
@@ -294,6 +299,7 @@ async fn kill_mid_append(url: &str, copy_threshold: usize, rounds: u64) {
                     at(round),
                     at(round + 1),
                     token,
+                    WriteFence::Unfenced,
                 )
                 .await;
         }
@@ -380,6 +386,7 @@ async fn waiters_wake_after_the_listener_connection_is_killed() {
                 at(round),
                 at(round + 1),
                 IdempotencyToken::new(),
+                WriteFence::Unfenced,
             )
             .await
             .unwrap()
@@ -408,6 +415,7 @@ async fn a_corrupted_stored_row_is_reported_not_returned() {
             at(0),
             at(1),
             IdempotencyToken::new(),
+            WriteFence::Unfenced,
         )
         .await
         .unwrap()
@@ -529,13 +537,14 @@ async fn compaction_shrinks_the_stored_rows() {
                 at(time),
                 at(time + 1),
                 IdempotencyToken::new(),
+                WriteFence::Unfenced,
             )
             .await
             .unwrap()
             .unwrap();
     }
     let before = backend.snapshot(shard, &9).await.unwrap();
-    PersistBackend::<u64>::downgrade_since(&backend, shard, &at(9))
+    PersistBackend::<u64>::downgrade_since(&backend, shard, &at(9), WriteFence::Unfenced)
         .await
         .unwrap();
     let stats = PersistBackend::<u64>::compact(&backend, shard)

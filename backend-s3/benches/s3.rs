@@ -15,6 +15,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tidemark_storage_types::WriteFence;
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
@@ -166,6 +167,7 @@ async fn small_appends(endpoint: &str, prefix: &str, raw: &Client) {
                 frontier(time),
                 frontier(time + 1),
                 IdempotencyToken::new(),
+                WriteFence::Unfenced,
             )
             .await
             .unwrap()
@@ -219,6 +221,7 @@ async fn big_snapshot(endpoint: &str, prefix: &str, raw: &Client) {
                 frontier(time),
                 frontier(time + 1),
                 IdempotencyToken::new(),
+                WriteFence::Unfenced,
             )
             .await
             .unwrap()
@@ -309,7 +312,14 @@ async fn concurrent_writers(endpoint: &str, prefix: &str, raw: &Client) {
                     .map(|i| Update::new(row(writer * 1_000_000 + sequence * 10 + i), upper, 1))
                     .collect();
                 match backend
-                    .compare_and_append(shard, updates, frontier(upper), frontier(upper + 1), token)
+                    .compare_and_append(
+                        shard,
+                        updates,
+                        frontier(upper),
+                        frontier(upper + 1),
+                        token,
+                        WriteFence::Unfenced,
+                    )
                     .await
                 {
                     Ok(Ok(())) => {

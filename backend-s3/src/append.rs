@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use tidemark_storage_types::{
-    BackendError, IdempotencyToken, ShardId, StorageTimestamp, Update, UpperMismatch, contract,
+    BackendError, EarlierAttempts, IdempotencyToken, ShardId, StorageTimestamp, Update,
+    UpperMismatch, WriteFence, contract,
 };
 use timely::progress::Antichain;
 
@@ -20,7 +21,9 @@ enum Verdict {
     /// The token was applied with these bounds already.
     AlreadyApplied,
     /// The upper is not the expected one.
-    Mismatch(EncodedFrontier),
+    Mismatch(EncodedFrontier, EarlierAttempts),
+    /// The state's writer epoch (higher than the write's) refused it.
+    Fenced(u64),
     /// Committed now.
     Committed,
     /// The batch would take the state's inline bytes past their bound.
@@ -53,9 +56,11 @@ fn committed(
     token: IdempotencyToken,
     expected: EncodedFrontier,
     new: EncodedFrontier,
+    epoch: u64,
 ) -> ShardState {
     let mut next = state.successor();
     next.upper = new;
+    next.writer_epoch = epoch;
     if !batch.parts.is_empty() {
         next.batches.push(batch.clone());
     }
@@ -71,21 +76,36 @@ impl S3Backend {
         expected_upper: Antichain<T>,
         new_upper: Antichain<T>,
         token: IdempotencyToken,
+        fence: WriteFence,
     ) -> Result<Result<(), UpperMismatch<T>>, BackendError> {
         contract::check_append_bounds(shard, &updates, &expected_upper, &new_upper)?;
         let expected = encode_frontier(&expected_upper);
         let new = encode_frontier(&new_upper);
+        // The epoch a committed state records; `None` once refused.
+        let admitted =
+            |state: &ShardState| contract::check_fence(shard, state.writer_epoch, fence).ok();
         let judge = |state: &ShardState| {
             // SUBTLE: the token is looked for before the upper is compared:
             // after an indeterminate commit, a retry must find its own write
             // (which moved the upper) rather than report a mismatch.
             if state.token_applied(token, expected, new) {
                 Some(Verdict::AlreadyApplied)
+            } else if admitted(state).is_none() {
+                Some(Verdict::Fenced(state.writer_epoch))
             } else if state.upper != expected {
-                Some(Verdict::Mismatch(state.upper))
+                let oldest = state.oldest_remembered_lower().map(decode_frontier::<T>);
+                let earlier = contract::earlier_attempts(&new_upper, oldest.as_ref());
+                Some(Verdict::Mismatch(state.upper, earlier))
             } else {
                 None
             }
+        };
+        let epoch = |state: &ShardState| admitted(state).unwrap_or(state.writer_epoch);
+        let fenced = |shard_epoch| match fence {
+            WriteFence::Epoch(write_epoch) => contract::fenced(shard, shard_epoch, write_epoch),
+            WriteFence::Unfenced => BackendError::indeterminate(format!(
+                "an unfenced append was judged fenced: shard={shard}"
+            )),
         };
 
         // Decide on what this handle knows before writing anything: an
@@ -98,9 +118,10 @@ impl S3Backend {
             state = self.read_state(shard).await?;
             match judge(&state) {
                 Some(Verdict::AlreadyApplied) => return Ok(Ok(())),
-                Some(Verdict::Mismatch(current)) => {
-                    return Ok(Err(mismatch(expected_upper, current)));
+                Some(Verdict::Mismatch(current, earlier)) => {
+                    return Ok(Err(mismatch(expected_upper, current, earlier)));
                 }
+                Some(Verdict::Fenced(shard_epoch)) => return Err(fenced(shard_epoch)),
                 Some(Verdict::Committed | Verdict::NoInlineRoom) | None => {}
             }
         }
@@ -130,14 +151,17 @@ impl S3Backend {
                         return Ok(Step::Done(Verdict::NoInlineRoom));
                     }
                     Ok(Step::Write(
-                        committed(state, &inline, token, expected, new),
+                        committed(state, &inline, token, expected, new, epoch(state)),
                         Verdict::Committed,
                     ))
                 })
                 .await?;
             match outcome.0 {
                 Verdict::Committed | Verdict::AlreadyApplied => return Ok(Ok(())),
-                Verdict::Mismatch(current) => return Ok(Err(mismatch(expected_upper, current))),
+                Verdict::Mismatch(current, earlier) => {
+                    return Ok(Err(mismatch(expected_upper, current, earlier)));
+                }
+                Verdict::Fenced(shard_epoch) => return Err(fenced(shard_epoch)),
                 Verdict::NoInlineRoom => {}
             }
         }
@@ -153,7 +177,7 @@ impl S3Backend {
                     return Ok(Step::Done(verdict));
                 }
                 Ok(Step::Write(
-                    committed(state, &batch, token, expected, new),
+                    committed(state, &batch, token, expected, new, epoch(state)),
                     Verdict::Committed,
                 ))
             })
@@ -165,7 +189,10 @@ impl S3Backend {
                 // need not delay the answer.
                 self.discard_parts_in_background(shard, &parts);
                 match verdict {
-                    Verdict::Mismatch(current) => Ok(Err(mismatch(expected_upper, current))),
+                    Verdict::Mismatch(current, earlier) => {
+                        Ok(Err(mismatch(expected_upper, current, earlier)))
+                    }
+                    Verdict::Fenced(shard_epoch) => Err(fenced(shard_epoch)),
                     Verdict::AlreadyApplied | Verdict::Committed | Verdict::NoInlineRoom => {
                         Ok(Ok(()))
                     }
@@ -235,9 +262,11 @@ impl S3Backend {
 fn mismatch<T: StorageTimestamp>(
     expected: Antichain<T>,
     current: EncodedFrontier,
+    earlier_attempts: EarlierAttempts,
 ) -> UpperMismatch<T> {
     UpperMismatch {
         expected,
         current: decode_frontier(current),
+        earlier_attempts,
     }
 }

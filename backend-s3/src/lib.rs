@@ -79,7 +79,7 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use tidemark_storage_types::{
     BackendError, CompactionStats, DeterminateKind, Diff, IdempotencyToken, InvalidUsage,
     PersistBackend, ReadShare, Row, ShardFrontiers, ShardId, ShardUsage, StorageTimestamp, Update,
-    UpperMismatch,
+    UpperMismatch, WriteFence,
 };
 use timely::progress::Antichain;
 
@@ -512,8 +512,9 @@ impl<T: StorageTimestamp> PersistBackend<T> for S3Backend {
         expected_upper: Antichain<T>,
         new_upper: Antichain<T>,
         token: IdempotencyToken,
+        fence: WriteFence,
     ) -> Result<Result<(), UpperMismatch<T>>, BackendError> {
-        self.compare_and_append(shard, updates, expected_upper, new_upper, token)
+        self.compare_and_append(shard, updates, expected_upper, new_upper, token, fence)
             .await
     }
 
@@ -561,8 +562,9 @@ impl<T: StorageTimestamp> PersistBackend<T> for S3Backend {
         &self,
         shard: ShardId,
         new_since: &Antichain<T>,
+        fence: WriteFence,
     ) -> Result<Antichain<T>, BackendError> {
-        self.downgrade_since(shard, new_since).await
+        self.downgrade_since(shard, new_since, fence).await
     }
 
     async fn compact(&self, shard: ShardId) -> Result<CompactionStats, BackendError> {

@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 use tidemark_storage_types::{
-    BackendError, DeterminateKind, ShardFrontiers, ShardId, StorageTimestamp,
+    BackendError, DeterminateKind, ShardFrontiers, ShardId, StorageTimestamp, WriteFence, contract,
 };
 use timely::progress::Antichain;
 
@@ -69,20 +69,28 @@ impl S3Backend {
         &self,
         shard: ShardId,
         new_since: &Antichain<T>,
+        fence: WriteFence,
     ) -> Result<Antichain<T>, BackendError> {
         let requested = encode_frontier(new_since);
         let (since, _) = self
             .update_state(shard, true, |state, _fresh| {
+                // The fence is checked on the state the conditional PUT
+                // replaces, so it holds at the write.
+                let epoch = match contract::check_fence(shard, state.writer_epoch, fence) {
+                    Ok(epoch) => epoch,
+                    Err(err) => return Ok(Step::Done(Err(err))),
+                };
                 let joined = frontier_join(state.since, requested);
-                if joined == state.since {
-                    return Ok(Step::Done(joined));
+                if joined == state.since && epoch == state.writer_epoch {
+                    return Ok(Step::Done(Ok(joined)));
                 }
                 let mut next = state.successor();
                 next.since = joined;
-                Ok(Step::Write(next, joined))
+                next.writer_epoch = epoch;
+                Ok(Step::Write(next, Ok(joined)))
             })
             .await?;
-        Ok(decode_frontier(since))
+        Ok(decode_frontier(since?))
     }
 
     pub(crate) async fn finalize_shard(&self, shard: ShardId) -> Result<(), BackendError> {

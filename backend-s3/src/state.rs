@@ -29,8 +29,9 @@ use uuid::Uuid;
 use crate::buckets::{ALL_BUCKETS, BucketSet};
 
 /// The state format this code writes. Format 2 added inline parts
-/// ([`PartRef::inline`]); format 1 states read as having none.
-pub(crate) const STATE_FORMAT: u32 = 2;
+/// ([`PartRef::inline`]); format 1 states read as having none. Format 3
+/// added [`ShardState::writer_epoch`]; older states read as epoch 0.
+pub(crate) const STATE_FORMAT: u32 = 3;
 
 /// The oldest state format this code reads.
 pub(crate) const OLDEST_READABLE_FORMAT: u32 = 1;
@@ -205,6 +206,10 @@ pub(crate) struct ShardState {
     pub tokens: VecDeque<AppliedToken>,
     /// Unreferenced parts not yet deleted.
     pub retired: Vec<RetiredPart>,
+    /// The highest writer epoch a fenced write brought: checked and raised
+    /// by the same conditional PUT that writes.
+    #[serde(default)]
+    pub writer_epoch: u64,
 }
 
 impl ShardState {
@@ -220,6 +225,7 @@ impl ShardState {
             batches: Vec::new(),
             tokens: VecDeque::new(),
             retired: Vec::new(),
+            writer_epoch: 0,
         }
     }
 
@@ -244,6 +250,16 @@ impl ShardState {
                 && applied.expected_upper == expected_upper
                 && applied.new_upper == new_upper
         })
+    }
+
+    /// The `expected_upper` of the oldest remembered token once the window
+    /// is full (older appends may have been forgotten), else `None`: see
+    /// [`contract::earlier_attempts`](tidemark_storage_types::contract::earlier_attempts).
+    pub(crate) fn oldest_remembered_lower(&self) -> Option<EncodedFrontier> {
+        if self.tokens.len() < REMEMBERED_TOKENS {
+            return None;
+        }
+        self.tokens.front().map(|oldest| oldest.expected_upper)
     }
 
     /// Remembers an applied token, forgetting the oldest beyond

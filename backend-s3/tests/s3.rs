@@ -6,6 +6,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
+use tidemark_storage_types::WriteFence;
 
 use support::stub::{StubResponse, start_stub};
 use support::{
@@ -42,6 +43,7 @@ async fn append(
             frontier(lower),
             frontier(upper),
             IdempotencyToken::new(),
+            WriteFence::Unfenced,
         )
         .await
         .expect("append request")
@@ -301,7 +303,10 @@ async fn compaction_and_gc_leave_no_unreferenced_parts_after_the_grace_period() 
         .await
         .unwrap();
 
-    backend.downgrade_since(shard, &frontier(7)).await.unwrap();
+    backend
+        .downgrade_since(shard, &frontier(7), WriteFence::Unfenced)
+        .await
+        .unwrap();
     let stats = PersistBackend::<u64>::compact(&backend, shard)
         .await
         .unwrap();
@@ -469,6 +474,7 @@ async fn racing_writers_on_separate_handles_never_lose_or_duplicate() {
                         frontier(upper),
                         frontier(upper + 1),
                         IdempotencyToken::new(),
+                        WriteFence::Unfenced,
                     )
                     .await
                     .expect("append request");

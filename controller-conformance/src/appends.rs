@@ -2,6 +2,7 @@
 
 use tidemark_backend_conformance::BackendFactory;
 use tidemark_backend_conformance::faults::{FaultRates, FaultyBackend, Operation};
+use tidemark_storage_types::WriteFence;
 use tidemark_storage_types::{
     BackendError, IdempotencyToken, PersistBackend, StorageError, StorageInstanceId,
 };
@@ -195,6 +196,7 @@ pub async fn racing_writer_resolves_invalid_uppers_then_recovers<F: BackendFacto
             frontier(0),
             frontier(2),
             IdempotencyToken::new(),
+            WriteFence::Unfenced,
         )
         .await
         .unwrap()
@@ -372,6 +374,7 @@ pub async fn snapshot_waits_for_the_upper<F: BackendFactory>(factory: &F) {
                 frontier(0),
                 frontier(6),
                 IdempotencyToken::new(),
+                WriteFence::Unfenced,
             )
             .await
             .unwrap()

@@ -13,6 +13,7 @@ pub mod collections;
 pub mod drops;
 pub mod durable;
 pub mod exports;
+pub mod fencing;
 pub mod instances;
 pub mod lifecycle;
 pub mod metadata;
@@ -427,6 +428,7 @@ macro_rules! controller_tests {
             statuses::status_history_with_another_relation_is_refused,
             durable::restart_reattaches_reclaims_and_fences,
             durable::fenced_controller_refuses_work,
+            fencing::old_controller_appends_do_not_land_after_a_new_one_opens,
             durable::reconcile_failure_is_reported_by_process,
             durable::fenced_background_work_is_reported_by_process,
             durable::migrate_upgrades_version_1_and_can_run_again,

@@ -10,6 +10,7 @@
 //! `{"collections": {..}, "sink_as_ofs": {..}, "finalizing": [..]}`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use tidemark_storage_types::WriteFence;
 
 use serde_json::{Value, json};
 use tidemark_backend_conformance::BackendFactory;
@@ -194,6 +195,7 @@ pub async fn overwrite_record<F: BackendFactory>(factory: &F, record: StoredReco
             upper,
             Antichain::from_elem(time + 1),
             IdempotencyToken::new(),
+            WriteFence::Unfenced,
         )
         .await
         .expect("the record is written")

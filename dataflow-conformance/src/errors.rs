@@ -1,6 +1,7 @@
 //! The source reports a finalized shard and an as_of before the since.
 
 use std::sync::Arc;
+use tidemark_storage_types::WriteFence;
 
 use tidemark_backend_conformance::BackendFactory;
 use tidemark_storage_dataflow::{DataflowError, ShardSource};
@@ -60,7 +61,7 @@ pub async fn source_reports_an_as_of_before_the_since<F: BackendFactory>(factory
     )
     .await;
     backend
-        .downgrade_since(shard, &at(5))
+        .downgrade_since(shard, &at(5), WriteFence::Unfenced)
         .await
         .expect("downgrade_since");
     assert_eq!(

@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tidemark_storage_types::WriteFence;
 
 use differential_dataflow::consolidation::consolidate;
 use tidemark_storage_dataflow::RetryPolicy;
@@ -66,6 +67,7 @@ pub(crate) async fn append<B: PersistBackend<u64>>(
             at(lower),
             upper.clone(),
             IdempotencyToken::new(),
+            WriteFence::Unfenced,
         )
         .await
         .unwrap_or_else(|err| panic!("append to {shard} [{lower}, {upper:?}) failed: {err}"))

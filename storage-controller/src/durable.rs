@@ -15,6 +15,10 @@
 //! A controller starting up rewrites the record with `epoch + 1`. An older
 //! controller's next write then fails its upper expectation: it marks
 //! itself fenced and refuses further work with [`StorageError::Fenced`].
+//! The new controller then raises every data shard's writer epoch to its
+//! own, and its table appends and since downgrades carry that epoch, so an
+//! older controller that passed its fence check just before cannot land a
+//! data write afterwards: the backend refuses it (decision 082).
 //!
 //! # Format versions
 //!
@@ -34,16 +38,54 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tidemark_storage_types::WriteFence;
 
 use serde::{Deserialize, Serialize};
 use tidemark_storage_types::{
-    BackendError, Codec64, Datum, DeterminateKind, GlobalId, IdempotencyToken, PersistBackend, Row,
-    ShardId, StorageError, StorageInstanceId, StorageTimestamp, Update, display_frontier,
+    BackendError, Codec64, Datum, DeterminateKind, GlobalId, IdempotencyToken, InvalidUsage,
+    PersistBackend, Row, ShardId, StorageError, StorageInstanceId, StorageTimestamp, Update,
+    display_frontier,
     frontier_time,
 };
 use timely::progress::{Antichain, Timestamp};
 
 use crate::retry::{RetryPolicy, retry_indeterminate};
+
+/// The fence of the controller that wrote `record`.
+fn record_fence(record: &StoredRecord) -> WriteFence {
+    WriteFence::Epoch(u64::try_from(record.epoch).unwrap_or(0))
+}
+
+/// Raises every data shard's writer epoch to this controller's (a since
+/// downgrade to the minimum changes nothing else), so an older controller's
+/// next data write is refused by the backend itself.
+///
+/// # Errors
+///
+/// `Fenced` if a newer controller already raised a shard's epoch; a backend
+/// failure. A shard the metadata names but that was never opened (a crash
+/// between the two) is skipped: registering it opens and fences it.
+async fn fence_data_shards<T: StorageTimestamp, B: PersistBackend<T> + ?Sized>(
+    backend: &B,
+    retry: RetryPolicy,
+    metadata: &DurableMetadata,
+    record: &StoredRecord,
+) -> Result<(), StorageError> {
+    let minimum = Antichain::from_elem(T::minimum());
+    let fence = record_fence(record);
+    for shard in metadata.collections.values() {
+        let raised =
+            retry_indeterminate(retry, || backend.downgrade_since(*shard, &minimum, fence)).await;
+        match raised {
+            Ok(_) | Err(BackendError::InvalidUsage(InvalidUsage::UnknownShard { .. })) => {}
+            Err(err) if err.determinate_kind() == Some(DeterminateKind::Fenced) => {
+                return Err(StorageError::Fenced);
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(())
+}
 
 /// The reserved shard holding the controller's durable metadata.
 pub const METADATA_SHARD: ShardId = ShardId::from_bytes(*b"tidemark-meta-v1");
@@ -387,6 +429,7 @@ where
             expected_upper.clone(),
             new_upper.clone(),
             token,
+            WriteFence::Unfenced,
         )
     })
     .await?;
@@ -396,7 +439,11 @@ where
             // be compacted must not report the write as failed (the caller
             // would think its upper unchanged and then itself fenced).
             if let Err(err) = backend
-                .downgrade_since(METADATA_SHARD, &Antichain::from_elem(time))
+                .downgrade_since(
+                    METADATA_SHARD,
+                    &Antichain::from_elem(time),
+                    WriteFence::Unfenced,
+                )
                 .await
             {
                 tracing::warn!(error = %err, "could not downgrade the metadata shard's since");
@@ -455,6 +502,7 @@ impl<T: StorageTimestamp> MetadataStore<T> {
             };
             let written = write_record(backend, retry, &upper, previous.as_ref(), &record).await?;
             if let Some(new_upper) = written {
+                fence_data_shards(backend, retry, &metadata, &record).await?;
                 return Ok(MetadataStore {
                     upper: new_upper,
                     record,
@@ -476,6 +524,12 @@ impl<T: StorageTimestamp> MetadataStore<T> {
     /// The epoch this controller wrote.
     pub(crate) fn epoch(&self) -> i64 {
         self.record.epoch
+    }
+
+    /// The fence this controller's data writes carry: its epoch, which the
+    /// backend checks atomically with each write.
+    pub(crate) fn write_fence(&self) -> WriteFence {
+        record_fence(&self.record)
     }
 
     /// The stored format version.

@@ -9,10 +9,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-
 use tidemark_storage_types::{
-    GlobalId, IdempotencyToken, PersistBackend, ShardFrontiers, ShardId, StorageError,
-    StorageInstanceId, StorageParameters, StorageTimestamp, Update,
+    BackendError, EarlierAttempts, GlobalId, IdempotencyToken, PersistBackend, ShardFrontiers,
+    ShardId, StorageError, StorageInstanceId, StorageParameters, StorageTimestamp, Update,
+    WriteFence,
 };
 use timely::PartialOrder;
 use timely::progress::Antichain;
@@ -267,12 +267,26 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
             let shard = metadata.collections[&id];
             let backend = &*self.backend;
             let mut frontiers = retry_indeterminate(self.retry, || backend.open(shard)).await?;
+            let fence = self.metadata.write_fence();
             if let Some(since) = since
                 && PartialOrder::less_than(&frontiers.since, &since)
             {
-                frontiers.since =
-                    retry_indeterminate(self.retry, || backend.downgrade_since(shard, &since))
-                        .await?;
+                frontiers.since = retry_indeterminate(self.retry, || {
+                    backend.downgrade_since(shard, &since, fence)
+                })
+                .await?;
+            } else {
+                // Raises the shard's writer epoch, fencing out older
+                // controllers; best effort, as the start-up fence of every
+                // named shard and the per-chunk metadata check also hold.
+                let current = frontiers.since.clone();
+                if let Err(err) = retry_indeterminate(self.retry, || {
+                    backend.downgrade_since(shard, &current, fence)
+                })
+                .await
+                {
+                    tracing::warn!(%shard, %err, "could not raise the shard's writer epoch");
+                }
             }
             self.uppers.insert(shard, frontiers.upper.clone());
             registered.push((id, shard, frontiers));
@@ -320,13 +334,14 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
         }
         let backend = &*self.backend;
         let retry = self.retry;
+        let fence = self.metadata.write_fence();
         let shard_runs = per_shard.into_iter().map(|(shard, commands)| {
             let mut known_upper = self.uppers.get(&shard).cloned();
             async move {
                 let mut outcomes = Vec::with_capacity(commands.len());
                 for (call, command) in commands {
                     let (id, _, outcome) =
-                        append_one(backend, retry, known_upper.clone(), command).await;
+                        append_one(backend, retry, fence, known_upper.clone(), command).await;
                     // The next command of this shard starts from here; after
                     // a failure the upper is unknown and read again.
                     known_upper = match &outcome {
@@ -380,7 +395,10 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
         since: Antichain<T>,
     ) -> Result<(), StorageError> {
         let backend = &*self.backend;
-        retry_indeterminate(self.retry, || backend.downgrade_since(shard, &since)).await?;
+        retry_indeterminate(self.retry, || {
+            backend.downgrade_since(shard, &since, WriteFence::Unfenced)
+        })
+        .await?;
         if self.parameters.physical_compaction() && !since.is_empty() {
             let usage = retry_indeterminate(self.retry, || backend.usage(shard)).await?;
             if usage.updates >= self.parameters.compaction_min_updates() {
@@ -545,10 +563,12 @@ enum AppendOutcome<T> {
 }
 
 /// Appends one command from the shard's upper (`known_upper`, or read
-/// from the backend), retrying indeterminate failures with one token.
+/// from the backend), retrying indeterminate failures with one token, with
+/// this controller's `fence`.
 async fn append_one<T: StorageTimestamp, B: PersistBackend<T>>(
     backend: &B,
     retry: RetryPolicy,
+    fence: WriteFence,
     known_upper: Option<Antichain<T>>,
     command: ShardAppend<T>,
 ) -> (GlobalId, ShardId, AppendOutcome<T>) {
@@ -575,18 +595,31 @@ async fn append_one<T: StorageTimestamp, B: PersistBackend<T>>(
         return (id, shard, AppendOutcome::Stale(expected_upper));
     }
     let token = IdempotencyToken::new();
+    let mut attempts = 0u32;
     let outcome = retry_indeterminate(retry, || {
+        attempts += 1;
         backend.compare_and_append(
             shard,
             updates.clone(),
             expected_upper.clone(),
             new_upper.clone(),
             token,
+            fence,
         )
     })
     .await;
     let outcome = match outcome {
         Ok(Ok(())) => AppendOutcome::Written(new_upper),
+        // SUBTLE: a retry's mismatch proves nothing applied only if the
+        // backend still remembers every append an earlier attempt could
+        // have been; otherwise the outcome stays indeterminate.
+        Ok(Err(mismatch))
+            if attempts > 1 && mismatch.earlier_attempts == EarlierAttempts::Undetermined =>
+        {
+            AppendOutcome::Failed(BackendError::indeterminate(format!(
+                "append retried after an indeterminate failure; whether it applied cannot be determined: shard={shard} {mismatch}"
+            )))
+        }
         Ok(Err(mismatch)) => AppendOutcome::Stale(mismatch.current),
         Err(err) => AppendOutcome::Failed(err),
     };

@@ -7,6 +7,7 @@ use tidemark_backend_memory::MemoryBackend;
 use tidemark_storage_controller::{
     Controller, ControllerConfig, METADATA_SHARD, StorageController,
 };
+use tidemark_storage_types::WriteFence;
 use tidemark_storage_types::{
     BackendError, CollectionDescription, CompactionStats, Datum, Diff, GlobalId, IdempotencyToken,
     PersistBackend, ReadShare, RelationDesc, Row, ScalarType, ShardFrontiers, ShardId, ShardUsage,
@@ -35,13 +36,14 @@ impl PersistBackend<u64> for PanicsOnDataAppends {
         expected_upper: Antichain<u64>,
         new_upper: Antichain<u64>,
         token: IdempotencyToken,
+        fence: WriteFence,
     ) -> Result<Result<(), UpperMismatch<u64>>, BackendError> {
         assert_eq!(
             shard, METADATA_SHARD,
             "injected panic: append to a data shard"
         );
         self.0
-            .compare_and_append(shard, updates, expected_upper, new_upper, token)
+            .compare_and_append(shard, updates, expected_upper, new_upper, token, fence)
             .await
     }
 
@@ -93,8 +95,9 @@ impl PersistBackend<u64> for PanicsOnDataAppends {
         &self,
         shard: ShardId,
         new_since: &Antichain<u64>,
+        fence: WriteFence,
     ) -> Result<Antichain<u64>, BackendError> {
-        self.0.downgrade_since(shard, new_since).await
+        self.0.downgrade_since(shard, new_since, fence).await
     }
 
     async fn compact(&self, shard: ShardId) -> Result<CompactionStats, BackendError> {

@@ -16,6 +16,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tidemark_storage_types::WriteFence;
 
 use differential_dataflow::input::Input;
 use tidemark_backend_memory::MemoryBackend;
@@ -56,6 +57,7 @@ async fn write_batches<B: PersistBackend<u64>>(backend: &B, shard: ShardId) {
                 Antichain::from_elem(time),
                 Antichain::from_elem(time + 1),
                 IdempotencyToken::new(),
+                WriteFence::Unfenced,
             )
             .await
             .expect("append")

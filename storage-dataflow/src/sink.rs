@@ -3,6 +3,7 @@
 
 use std::marker::PhantomData;
 use std::sync::Arc;
+use tidemark_storage_types::WriteFence;
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::consolidation::consolidate_updates;
@@ -378,6 +379,7 @@ where
                 expected_upper.clone(),
                 new_upper.clone(),
                 token,
+                WriteFence::Unfenced,
             )
         })
         .await?;

@@ -74,7 +74,7 @@ use crate::task::{Mailbox, TaskLink};
 /// use timely::progress::Antichain;
 /// use tidemark_backend_memory::MemoryBackend;
 /// use tidemark_storage_dataflow::ShardSource;
-/// use tidemark_storage_types::{Datum, IdempotencyToken, PersistBackend, Row, ShardId, Update};
+/// use tidemark_storage_types::{Datum, IdempotencyToken, PersistBackend, Row, ShardId, Update, WriteFence};
 ///
 /// let runtime = tokio::runtime::Runtime::new().unwrap();
 /// let backend = Arc::new(MemoryBackend::open("source-doc"));
@@ -83,7 +83,14 @@ use crate::task::{Mailbox, TaskLink};
 ///     PersistBackend::<u64>::open(&*backend, shard).await.unwrap();
 ///     let updates = vec![Update::new(Row::pack([Datum::Int64(1)]), 0, 1)];
 ///     backend
-///         .compare_and_append(shard, updates, Antichain::from_elem(0), Antichain::new(), IdempotencyToken::new())
+///         .compare_and_append(
+///             shard,
+///             updates,
+///             Antichain::from_elem(0),
+///             Antichain::new(),
+///             IdempotencyToken::new(),
+///             WriteFence::Unfenced,
+///         )
 ///         .await.unwrap().unwrap();
 /// });
 /// let handle = runtime.handle().clone();

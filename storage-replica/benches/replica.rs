@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tidemark_storage_types::WriteFence;
 
 use tidemark_backend_memory::MemoryBackend;
 use tidemark_storage_controller::protocol::ClusterReplicaLocation;
@@ -127,6 +128,7 @@ async fn direct<B: PersistBackend<u64>>(backend: &B, batches: &[Vec<Update<u64>>
                 Antichain::from_elem(tick),
                 Antichain::from_elem(tick + 1),
                 IdempotencyToken::new(),
+                WriteFence::Unfenced,
             )
             .await
             .expect("append")

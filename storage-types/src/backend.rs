@@ -20,6 +20,50 @@ pub struct ShardFrontiers<T> {
     pub upper: Antichain<T>,
 }
 
+/// Which writer a [`compare_and_append`](PersistBackend::compare_and_append)
+/// or [`downgrade_since`](PersistBackend::downgrade_since) comes from, as far
+/// as fencing goes.
+///
+/// Each shard records a writer epoch (0 for a new shard). A write with
+/// [`WriteFence::Epoch`] is checked against it atomically with the write:
+/// a lower epoch is refused, an equal or higher one is admitted and raises
+/// the recorded epoch to it. A superseded writer (one with a lower epoch)
+/// therefore cannot land a write once a newer writer has written, however
+/// its own calls interleave with the newer writer's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WriteFence {
+    /// Not fenced: admitted whatever the shard's epoch, which it leaves
+    /// unchanged. For writers that are never superseded by a newer instance
+    /// of themselves (a dataflow sink, a replica's ingestion, operator
+    /// tools).
+    Unfenced,
+    /// A fenced writer's epoch (the controller's metadata-shard epoch).
+    Epoch(u64),
+}
+
+impl fmt::Display for WriteFence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WriteFence::Unfenced => f.write_str("unfenced"),
+            WriteFence::Epoch(epoch) => write!(f, "epoch {epoch}"),
+        }
+    }
+}
+
+/// What an [`UpperMismatch`] says about earlier attempts of the same append
+/// (the same idempotency token and bounds): whether a caller retrying after
+/// an indeterminate outcome may conclude that its append did not apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EarlierAttempts {
+    /// No attempt with this token and these bounds applied: the backend
+    /// still remembers every append that could have been one of them.
+    NotApplied,
+    /// The backend has forgotten appends that could have been an earlier
+    /// attempt (the token left its remembered window): whether one applied
+    /// cannot be determined from this answer.
+    Undetermined,
+}
+
 /// An expectation failure of
 /// [`compare_and_append`](PersistBackend::compare_and_append): the shard's
 /// upper was not the expected one, and nothing was written.
@@ -29,6 +73,9 @@ pub struct UpperMismatch<T> {
     pub expected: Antichain<T>,
     /// The shard's upper when the append was attempted.
     pub current: Antichain<T>,
+    /// Whether an earlier attempt with the same token is known not to have
+    /// applied. Only a retry needs it: a first attempt has no earlier one.
+    pub earlier_attempts: EarlierAttempts,
 }
 
 impl<T: fmt::Display> fmt::Display for UpperMismatch<T> {
@@ -38,7 +85,13 @@ impl<T: fmt::Display> fmt::Display for UpperMismatch<T> {
             "upper mismatch: expected={} current={}",
             display_frontier(&self.expected),
             display_frontier(&self.current)
-        )
+        )?;
+        if self.earlier_attempts == EarlierAttempts::Undetermined {
+            f.write_str(
+                " (whether an earlier attempt with this token applied cannot be determined)",
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -93,6 +146,30 @@ pub struct ShardUsage {
 ///   upper, answers `Ok(Ok(()))` if the first attempt applied, and is applied
 ///   at most once. Backends remember at least the most recent 128 tokens per
 ///   shard.
+/// - **Retries outside the token window are told apart.** When such a retry
+///   answers `UpperMismatch`, its
+///   [`earlier_attempts`](UpperMismatch::earlier_attempts) is
+///   [`EarlierAttempts::NotApplied`] only if no earlier attempt applied;
+///   if the backend may have forgotten an earlier attempt that applied, it
+///   is [`EarlierAttempts::Undetermined`]. A backend decides this with
+///   [`contract::earlier_attempts`](crate::contract::earlier_attempts): an
+///   append it no longer remembers applied before the oldest one it does,
+///   so only a retry whose `new_upper` is not beyond that oldest
+///   remembered append's `expected_upper` can have been forgotten.
+/// - **Writes are fenced atomically.** Each shard records a writer epoch
+///   (0 when opened). A `compare_and_append` or `downgrade_since` with
+///   [`WriteFence::Epoch`]`(e)` compares `e` with it in the same atomic step
+///   as the write: `e` lower is refused with
+///   [`DeterminateKind::Fenced`](crate::DeterminateKind::Fenced) and writes
+///   nothing; otherwise the call proceeds and, if it writes (an applied
+///   append, or any `downgrade_since`, even one that leaves the since
+///   unchanged), raises the recorded epoch to `e` in the same step.
+///   [`WriteFence::Unfenced`] is never refused and never changes the epoch.
+///   A retry of an append that already applied (its token is remembered
+///   with its bounds) answers `Ok(Ok(()))` before the fence is checked: it
+///   writes nothing, and it did land before any newer writer fenced it.
+///   Otherwise the fence is checked before the upper: a fenced writer gets
+///   `Fenced`, not a mismatch.
 /// - **Reads are consistent.** A snapshot or fetch sees all or none of each
 ///   append.
 /// - **Compaction is invisible.** `snapshot(as_of)` equals the logical
@@ -148,12 +225,16 @@ pub trait PersistBackend<T>: Debug + Send + Sync + 'static {
     /// Returns `Ok(Err(mismatch))` with the current upper if the upper was
     /// not `expected_upper` (nothing written), unless `token` was already
     /// applied with these bounds, in which case it returns `Ok(Ok(()))`
-    /// without writing again.
+    /// without writing again. `fence` is checked atomically with the write
+    /// (see the contract's fencing rule); an applied append with
+    /// `WriteFence::Epoch(e)` raises the shard's epoch to `e`.
     ///
     /// # Errors
     ///
     /// `InvalidUsage` (nothing written) for an unknown shard, an update
     /// outside the bounds, or `new_upper` behind `expected_upper`.
+    /// `Determinate(Fenced)` (nothing written) if `fence` is an epoch lower
+    /// than the shard's.
     async fn compare_and_append(
         &self,
         shard: ShardId,
@@ -161,6 +242,7 @@ pub trait PersistBackend<T>: Debug + Send + Sync + 'static {
         expected_upper: Antichain<T>,
         new_upper: Antichain<T>,
         token: IdempotencyToken,
+        fence: WriteFence,
     ) -> Result<Result<(), UpperMismatch<T>>, BackendError>;
 
     /// The consolidated contents at `as_of`: each row with the sum of the
@@ -246,11 +328,20 @@ pub trait PersistBackend<T>: Debug + Send + Sync + 'static {
     /// Logical compaction: sets `since` to the join of the current since and
     /// `new_since` (a `new_since` behind the current one changes nothing) and
     /// returns the resulting since. Reads before the new since become invalid;
-    /// physical compaction may then rewrite times to it.
+    /// physical compaction may then rewrite times to it. With
+    /// `WriteFence::Epoch(e)` it also raises the shard's epoch to `e`, even
+    /// when the since does not move (so a new writer can fence an older one
+    /// without changing anything else).
+    ///
+    /// # Errors
+    ///
+    /// `Determinate(Fenced)` (since unchanged) if `fence` is an epoch lower
+    /// than the shard's.
     async fn downgrade_since(
         &self,
         shard: ShardId,
         new_since: &Antichain<T>,
+        fence: WriteFence,
     ) -> Result<Antichain<T>, BackendError>;
 
     /// Physical compaction: rewrites stored updates at times not beyond since
@@ -292,9 +383,10 @@ where
         expected_upper: Antichain<T>,
         new_upper: Antichain<T>,
         token: IdempotencyToken,
+        fence: WriteFence,
     ) -> Result<Result<(), UpperMismatch<T>>, BackendError> {
         (**self)
-            .compare_and_append(shard, updates, expected_upper, new_upper, token)
+            .compare_and_append(shard, updates, expected_upper, new_upper, token, fence)
             .await
     }
 
@@ -342,8 +434,9 @@ where
         &self,
         shard: ShardId,
         new_since: &Antichain<T>,
+        fence: WriteFence,
     ) -> Result<Antichain<T>, BackendError> {
-        (**self).downgrade_since(shard, new_since).await
+        (**self).downgrade_since(shard, new_since, fence).await
     }
 
     async fn compact(&self, shard: ShardId) -> Result<CompactionStats, BackendError> {

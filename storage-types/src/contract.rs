@@ -10,7 +10,8 @@
 use timely::PartialOrder;
 use timely::progress::Antichain;
 
-use crate::errors::{ErasedFrontier, ErasedTime, InvalidUsage};
+use crate::backend::{EarlierAttempts, WriteFence};
+use crate::errors::{BackendError, DeterminateKind, ErasedFrontier, ErasedTime, InvalidUsage};
 use crate::ids::ShardId;
 use crate::time::{StorageTimestamp, Update, display_frontier, readable_at};
 
@@ -139,6 +140,79 @@ pub fn check_wait_frontier<T>(shard: ShardId, frontier: &Antichain<T>) -> Result
         return Err(InvalidUsage::WaitPastEmptyFrontier { shard });
     }
     Ok(())
+}
+
+/// Checks a write's [`WriteFence`] against the shard's recorded writer
+/// epoch and returns the epoch the shard records if the write goes ahead:
+/// the higher of the two for [`WriteFence::Epoch`], unchanged for
+/// [`WriteFence::Unfenced`].
+///
+/// ```
+/// use tidemark_storage_types::{DeterminateKind, ShardId, WriteFence, contract};
+/// let shard = ShardId::new();
+/// assert_eq!(contract::check_fence(shard, 3, WriteFence::Epoch(5)), Ok(5));
+/// assert_eq!(contract::check_fence(shard, 3, WriteFence::Epoch(3)), Ok(3));
+/// assert_eq!(contract::check_fence(shard, 3, WriteFence::Unfenced), Ok(3));
+/// let err = contract::check_fence(shard, 3, WriteFence::Epoch(2)).unwrap_err();
+/// assert_eq!(err.determinate_kind(), Some(DeterminateKind::Fenced));
+/// ```
+///
+/// # Errors
+///
+/// `Determinate(Fenced)` naming both epochs if the write's epoch is lower
+/// than the shard's.
+pub fn check_fence(
+    shard: ShardId,
+    shard_epoch: u64,
+    fence: WriteFence,
+) -> Result<u64, BackendError> {
+    match fence {
+        WriteFence::Unfenced => Ok(shard_epoch),
+        WriteFence::Epoch(epoch) if epoch >= shard_epoch => Ok(epoch),
+        WriteFence::Epoch(epoch) => Err(fenced(shard, shard_epoch, epoch)),
+    }
+}
+
+/// The `Determinate(Fenced)` error of a write with epoch `epoch` refused by
+/// a shard whose recorded epoch is `shard_epoch`.
+#[must_use]
+pub fn fenced(shard: ShardId, shard_epoch: u64, epoch: u64) -> BackendError {
+    BackendError::determinate(
+        DeterminateKind::Fenced,
+        format!(
+            "write fenced by a newer writer, nothing written: shard={shard} write_epoch={epoch} shard_epoch={shard_epoch}"
+        ),
+    )
+}
+
+/// What an [`UpperMismatch`](crate::UpperMismatch) answer says about earlier
+/// attempts of an append whose token (with its bounds) the backend does not
+/// remember.
+///
+/// `oldest_remembered_lower` is the `expected_upper` of the oldest append
+/// the backend still remembers, or `None` if it has forgotten none of the
+/// shard's applied appends. Applied appends form a chain (each one's
+/// `expected_upper` is the previous one's `new_upper`), so every forgotten
+/// append has a `new_upper <= oldest_remembered_lower`: an append whose
+/// `new_upper` is not that low cannot have been forgotten, and did not
+/// apply.
+///
+/// ```
+/// use timely::progress::Antichain;
+/// use tidemark_storage_types::{EarlierAttempts, contract};
+/// let (five, nine) = (Antichain::from_elem(5u64), Antichain::from_elem(9u64));
+/// assert_eq!(contract::earlier_attempts(&five, None), EarlierAttempts::NotApplied);
+/// assert_eq!(contract::earlier_attempts(&five, Some(&nine)), EarlierAttempts::Undetermined);
+/// assert_eq!(contract::earlier_attempts(&nine, Some(&five)), EarlierAttempts::NotApplied);
+/// ```
+pub fn earlier_attempts<T: StorageTimestamp>(
+    new_upper: &Antichain<T>,
+    oldest_remembered_lower: Option<&Antichain<T>>,
+) -> EarlierAttempts {
+    match oldest_remembered_lower {
+        Some(lower) if PartialOrder::less_equal(new_upper, lower) => EarlierAttempts::Undetermined,
+        _ => EarlierAttempts::NotApplied,
+    }
 }
 
 #[cfg(test)]

@@ -210,6 +210,9 @@ pub enum DeterminateKind {
     /// The backend's configuration is invalid (an unknown URL parameter, a
     /// malformed setting); fix the configuration.
     InvalidConfig,
+    /// A fenced write carried a writer epoch lower than the shard's: a newer
+    /// writer has taken over, and this one must stop writing.
+    Fenced,
     /// Any other failure known not to have applied.
     Other,
 }
@@ -224,6 +227,7 @@ impl std::fmt::Display for DeterminateKind {
             DeterminateKind::Corrupted => "corrupted",
             DeterminateKind::Unsupported => "unsupported",
             DeterminateKind::InvalidConfig => "invalid configuration",
+            DeterminateKind::Fenced => "fenced",
             DeterminateKind::Other => "other",
         };
         f.write_str(name)

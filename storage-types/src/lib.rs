@@ -18,7 +18,10 @@ pub mod row;
 pub mod share;
 pub mod time;
 
-pub use backend::{CompactionStats, PersistBackend, ShardFrontiers, ShardUsage, UpperMismatch};
+pub use backend::{
+    CompactionStats, EarlierAttempts, PersistBackend, ShardFrontiers, ShardUsage, UpperMismatch,
+    WriteFence,
+};
 pub use batch_codec::{Batch, BatchDecodeError, decode_batch, decode_batch_shared, encode_batch};
 pub use description::{
     CollectionDescription, DataSource, ExportDescription, IngestionDescription, LoadGenerator,

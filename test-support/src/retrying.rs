@@ -22,6 +22,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tidemark_storage_types::WriteFence;
 
 use async_trait::async_trait;
 use tidemark_storage_types::{
@@ -152,6 +153,7 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for CallerRetries<B> {
         expected_upper: Antichain<u64>,
         new_upper: Antichain<u64>,
         token: IdempotencyToken,
+        fence: WriteFence,
     ) -> Result<Result<(), UpperMismatch<u64>>, BackendError> {
         let mut backoff = INITIAL_BACKOFF;
         let mut attempt = 0;
@@ -164,6 +166,7 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for CallerRetries<B> {
                     expected_upper.clone(),
                     new_upper.clone(),
                     token,
+                    fence,
                 )
                 .await;
             match outcome {
@@ -239,8 +242,9 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for CallerRetries<B> {
         &self,
         shard: ShardId,
         new_since: &Antichain<u64>,
+        fence: WriteFence,
     ) -> Result<Antichain<u64>, BackendError> {
-        self.retried(|| self.inner.downgrade_since(shard, new_since))
+        self.retried(|| self.inner.downgrade_since(shard, new_since, fence))
             .await
     }
 

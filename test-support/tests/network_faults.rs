@@ -12,6 +12,7 @@
 //!   with the same token lands the append exactly once either way.
 
 use std::time::Duration;
+use tidemark_storage_types::WriteFence;
 
 use tidemark_backend_conformance::{concurrency, model};
 use tidemark_storage_types::{
@@ -143,7 +144,14 @@ async fn append_meeting<B: PersistBackend<u64>>(
     };
     proxy.arm(needle, fault);
     let result = backend
-        .compare_and_append(shard, updates.clone(), at(0), at(1), token)
+        .compare_and_append(
+            shard,
+            updates.clone(),
+            at(0),
+            at(1),
+            token,
+            WriteFence::Unfenced,
+        )
         .await;
     assert!(
         !proxy.is_armed(),
@@ -157,7 +165,14 @@ async fn append_meeting<B: PersistBackend<u64>>(
     // The caller's retry with the same token resolves it: exactly once.
     assert_eq!(
         backend
-            .compare_and_append(shard, updates.clone(), at(0), at(1), token)
+            .compare_and_append(
+                shard,
+                updates.clone(),
+                at(0),
+                at(1),
+                token,
+                WriteFence::Unfenced
+            )
             .await,
         Ok(Ok(())),
         "the retry with the same token after {fault}"

@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tidemark_storage_types::WriteFence;
 
 use serde::Serialize;
 use timely::progress::Antichain;
@@ -314,7 +315,14 @@ async fn tidemark_writer(
                 .collect();
             let new_upper = Antichain::from_elem(time + 1);
             match backend
-                .compare_and_append(shard, updates, upper.clone(), new_upper.clone(), token)
+                .compare_and_append(
+                    shard,
+                    updates,
+                    upper.clone(),
+                    new_upper.clone(),
+                    token,
+                    WriteFence::Unfenced,
+                )
                 .await
             {
                 Ok(Ok(())) => {
