@@ -16,6 +16,7 @@ pub mod ids;
 pub mod read_policy;
 pub mod row;
 pub mod share;
+pub mod sync;
 pub mod time;
 
 pub use backend::{CompactionStats, PersistBackend, ShardFrontiers, ShardUsage, UpperMismatch};
