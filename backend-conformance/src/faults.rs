@@ -547,6 +547,87 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for FaultyBackend<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tidemark_backend_memory::MemoryBackend;
+    use tidemark_storage_types::Datum;
+
+    fn frontier(time: u64) -> Antichain<u64> {
+        Antichain::from_elem(time)
+    }
+
+    #[tokio::test]
+    async fn a_timeout_is_indeterminate_and_never_applies() {
+        let inner = MemoryBackend::open("faults-timeout-never-applies");
+        let timeouts = FaultRates::NONE.with_timeout(1.0).expect("valid rates");
+        let faulty = FaultyBackend::new(inner, 5).with_rates_for_all(timeouts);
+        let shard = ShardId::new();
+        let open = faulty.open(shard).await.unwrap_err();
+        assert!(matches!(open, BackendError::Indeterminate(_)), "{open:?}");
+        PersistBackend::<u64>::open(faulty.inner(), shard)
+            .await
+            .unwrap();
+        let append = faulty
+            .compare_and_append(
+                shard,
+                vec![Update::new(Row::pack([Datum::Int64(1)]), 0, 1)],
+                frontier(0),
+                frontier(1),
+                IdempotencyToken::new(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(append, BackendError::Indeterminate(_)),
+            "{append:?}"
+        );
+        let frontiers = PersistBackend::<u64>::frontiers(faulty.inner(), shard)
+            .await
+            .unwrap();
+        assert_eq!(
+            frontiers.upper,
+            frontier(0),
+            "the timed-out append did not apply"
+        );
+        let counts = faulty.total_counts();
+        assert_eq!((counts.calls, counts.timed_out), (2, 2), "{counts:?}");
+        assert_eq!((counts.failed_before, counts.failed_after), (0, 0));
+    }
+
+    /// The faults each shard sees do not depend on how calls on different
+    /// shards interleave.
+    #[tokio::test]
+    async fn fault_placement_per_shard_does_not_depend_on_interleaving() {
+        let rates = FaultRates::new(0.3, 0.0)
+            .and_then(|rates| rates.with_timeout(0.3))
+            .expect("valid rates");
+        let shards = [ShardId::new(), ShardId::new()];
+        let mut outcomes = Vec::new();
+        for order in [[0, 1], [1, 0]] {
+            let inner = MemoryBackend::open("faults-interleaving");
+            let faulty = FaultyBackend::new(inner, 99).with_rates_for_all(rates);
+            let mut per_shard: BTreeMap<ShardId, Vec<&'static str>> = BTreeMap::new();
+            for _ in 0..20 {
+                for index in order {
+                    let shard = shards[index];
+                    let outcome = match faulty.open(shard).await {
+                        Ok(_) => "ok",
+                        Err(BackendError::Determinate(_)) => "before",
+                        Err(BackendError::Indeterminate(_)) => "timeout",
+                        Err(other) => panic!("unexpected error: {other:?}"),
+                    };
+                    per_shard.entry(shard).or_default().push(outcome);
+                }
+            }
+            outcomes.push(per_shard);
+        }
+        assert_eq!(outcomes[0], outcomes[1]);
+        let all: Vec<_> = outcomes[0].values().flatten().collect();
+        for kind in ["ok", "before", "timeout"] {
+            assert!(
+                all.iter().any(|outcome| **outcome == kind),
+                "{kind}: {all:?}"
+            );
+        }
+    }
 
     #[test]
     fn rates_outside_zero_to_one_are_rejected() {
