@@ -27,8 +27,8 @@ pub use description::{
 };
 pub use errors::{
     BackendError, DeterminateError, DeterminateKind, ErasedFrontier, ErasedTime, ErrorSource,
-    IdParseError, IndeterminateError, InvalidUsage, RowDecodeError, RowValidationError,
-    StorageError,
+    IdParseError, IndeterminateError, InvalidUsage, RowDecodeError, RowTooLarge,
+    RowValidationError, StorageError,
 };
 pub use ids::{GlobalId, IdempotencyToken, ShardId, StorageInstanceId};
 pub use read_policy::{LagFn, ReadPolicy};
