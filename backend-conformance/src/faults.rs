@@ -1,26 +1,36 @@
 //! [`FaultyBackend`]: a seeded fault-injection wrapper around any
 //! [`PersistBackend<u64>`].
 //!
-//! Every call may fail in one of two ways, each with a configured
+//! Every call may fail in one of three ways, each with a configured
 //! probability per [`Operation`]:
 //!
 //! - **before** the call: the wrapped backend is never called and the caller
 //!   gets a [`BackendError::Determinate`] (kind
 //!   [`DeterminateKind::Unavailable`]): nothing happened, as when a
 //!   connection is refused.
+//! - **timed out** before the call: the wrapped backend is never called, but
+//!   the caller gets a [`BackendError::Indeterminate`], as when a request
+//!   times out before the server received it. The caller cannot tell this
+//!   from a lost response; it must resolve the outcome (an append by retrying
+//!   with its token) and find that nothing happened.
 //! - **after** the call: the wrapped backend did the operation, but the
 //!   caller gets a [`BackendError::Indeterminate`], as when the response of a
 //!   committed write is lost.
 //!
-//! The faults come from a [`StdRng`] seeded by the caller, never from
-//! ambient randomness: a single caller issuing the same calls sees the same
-//! faults on every run.
+//! The faults are drawn from the seed given by the caller, never from
+//! ambient randomness, and independently per call site: the draws of a call
+//! depend only on the seed, the operation and how many calls of that
+//! operation on that shard came before it (not on the shard's id, so runs
+//! with fresh random shards repeat). Concurrent callers on
+//! different shards therefore see the same faults on every run whatever
+//! order their calls interleave in; calls of one operation on one shard see
+//! them in the order they reach the wrapper.
 //!
 //! ```
 //! use tidemark_backend_conformance::faults::{FaultRates, FaultyBackend, Operation};
 //! # fn wrap<B: tidemark_storage_types::PersistBackend<u64>>(inner: B) -> Result<(), Box<dyn std::error::Error>> {
 //! let faulty = FaultyBackend::new(inner, 42)
-//!     .with_rates_for_all(FaultRates::new(0.1, 0.1)?)
+//!     .with_rates_for_all(FaultRates::new(0.1, 0.1)?.with_timeout(0.1)?)
 //!     .with_rates(Operation::ListShards, FaultRates::NONE);
 //! # let _ = faulty; Ok(()) }
 //! ```
@@ -34,6 +44,7 @@ use async_trait::async_trait;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use thiserror::Error;
+use tidemark_storage_types::sync::lock;
 use tidemark_storage_types::{
     BackendError, CompactionStats, DeterminateKind, Diff, IdempotencyToken, PersistBackend,
     ReadShare, Row, ShardFrontiers, ShardId, ShardUsage, Update, UpperMismatch,
@@ -124,10 +135,12 @@ pub struct InvalidFaultRate {
     pub rate: f64,
 }
 
-/// How often one operation fails before and after the call.
+/// How often one operation fails before, by a timeout before, and after the
+/// call.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct FaultRates {
     before: f64,
+    timeout: f64,
     after: f64,
 }
 
@@ -135,23 +148,39 @@ impl FaultRates {
     /// No faults.
     pub const NONE: FaultRates = FaultRates {
         before: 0.0,
+        timeout: 0.0,
         after: 0.0,
     };
 
     /// Fails with probability `before` before the call (determinate, nothing
     /// happened) and, when the call was made, with probability `after` after
-    /// it (indeterminate, it happened).
+    /// it (indeterminate, it happened). No timeouts: see
+    /// [`FaultRates::with_timeout`].
     ///
     /// # Errors
     ///
     /// [`InvalidFaultRate`] if either is not a probability in `[0, 1]`.
     pub fn new(before: f64, after: f64) -> Result<FaultRates, InvalidFaultRate> {
         for rate in [before, after] {
-            if !(0.0..=1.0).contains(&rate) {
-                return Err(InvalidFaultRate { rate });
-            }
+            check_rate(rate)?;
         }
-        Ok(FaultRates { before, after })
+        Ok(FaultRates {
+            before,
+            timeout: 0.0,
+            after,
+        })
+    }
+
+    /// These rates, and also, for calls not failed before, probability
+    /// `timeout` of an indeterminate failure without making the call (a
+    /// timeout before the call applied).
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidFaultRate`] if `timeout` is not a probability in `[0, 1]`.
+    pub fn with_timeout(self, timeout: f64) -> Result<FaultRates, InvalidFaultRate> {
+        check_rate(timeout)?;
+        Ok(FaultRates { timeout, ..self })
     }
 
     /// The probability of a fault before the call.
@@ -160,10 +189,25 @@ impl FaultRates {
         self.before
     }
 
+    /// The probability of a timeout before the call (among calls not failed
+    /// before).
+    #[must_use]
+    pub fn timeout(&self) -> f64 {
+        self.timeout
+    }
+
     /// The probability of a fault after the call.
     #[must_use]
     pub fn after(&self) -> f64 {
         self.after
+    }
+}
+
+fn check_rate(rate: f64) -> Result<(), InvalidFaultRate> {
+    if (0.0..=1.0).contains(&rate) {
+        Ok(())
+    } else {
+        Err(InvalidFaultRate { rate })
     }
 }
 
@@ -174,6 +218,9 @@ pub struct FaultCounts {
     pub calls: u64,
     /// Calls failed before reaching the wrapped backend (determinate).
     pub failed_before: u64,
+    /// Calls that never reached the wrapped backend and were reported as
+    /// indeterminate failures (timeouts before the call applied).
+    pub timed_out: u64,
     /// Calls that reached the wrapped backend, succeeded there, and were
     /// reported as indeterminate failures.
     pub failed_after: u64,
@@ -183,6 +230,7 @@ impl FaultCounts {
     fn add(&mut self, other: FaultCounts) {
         self.calls += other.calls;
         self.failed_before += other.failed_before;
+        self.timed_out += other.timed_out;
         self.failed_after += other.failed_after;
     }
 }
@@ -193,19 +241,56 @@ pub struct FaultyBackend<B> {
     inner: B,
     seed: u64,
     rates: BTreeMap<Operation, FaultRates>,
-    rng: Mutex<StdRng>,
+    /// How many calls each call site (shard and operation) has seen: the
+    /// sequence number that, with the seed, decides a call's faults.
+    sequence: Mutex<BTreeMap<CallSite, u64>>,
     counts: Mutex<BTreeMap<Operation, FaultCounts>>,
 }
 
+/// Where a call lands: the shard it names (none for
+/// [`PersistBackend::list_shards`]) and its operation.
+type CallSite = (Option<ShardId>, Operation);
+
+/// The three fault decisions of one call, drawn together so that whether a
+/// call fails after it does not depend on how long the call took.
+#[derive(Clone, Copy, Debug)]
+struct Draws {
+    before: bool,
+    timeout: bool,
+    after: bool,
+}
+
+/// One step of SplitMix64: a well-mixed 64-bit value from `state`.
+fn mix(state: u64) -> u64 {
+    let mut z = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The RNG seed of one call: a function of the wrapper's seed, the call
+/// site's operation and the call's sequence number at its site, and of
+/// nothing else. The shard's id is left out on purpose: shards are usually
+/// fresh random ids, and the faults must repeat across runs.
+fn call_seed(seed: u64, (_, operation): CallSite, sequence: u64) -> u64 {
+    let operation_index = Operation::ALL
+        .iter()
+        .position(|candidate| *candidate == operation)
+        .unwrap_or(Operation::ALL.len());
+    [operation_index as u64, sequence]
+        .into_iter()
+        .fold(mix(seed), |state, word| mix(state ^ word))
+}
+
 impl<B> FaultyBackend<B> {
-    /// Wraps `inner` with no faults configured; faults will be drawn from an
-    /// RNG seeded with `seed`.
+    /// Wraps `inner` with no faults configured; faults will be drawn from
+    /// `seed` (see [the module](self)).
     pub fn new(inner: B, seed: u64) -> FaultyBackend<B> {
         FaultyBackend {
             inner,
             seed,
             rates: BTreeMap::new(),
-            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            sequence: Mutex::new(BTreeMap::new()),
             counts: Mutex::new(BTreeMap::new()),
         }
     }
@@ -234,14 +319,14 @@ impl<B> FaultyBackend<B> {
     /// What happened to the calls of one operation so far.
     #[must_use]
     pub fn counts(&self, operation: Operation) -> FaultCounts {
-        let counts = self.counts.lock().expect("fault counts lock poisoned");
+        let counts = lock(&self.counts);
         counts.get(&operation).copied().unwrap_or_default()
     }
 
     /// What happened to all calls so far.
     #[must_use]
     pub fn total_counts(&self) -> FaultCounts {
-        let counts = self.counts.lock().expect("fault counts lock poisoned");
+        let counts = lock(&self.counts);
         let mut total = FaultCounts::default();
         for operation_counts in counts.values() {
             total.add(*operation_counts);
@@ -256,40 +341,60 @@ impl<B> FaultyBackend<B> {
             .unwrap_or(FaultRates::NONE)
     }
 
-    fn draw(&self, probability: f64) -> bool {
-        let mut rng = self.rng.lock().expect("fault rng lock poisoned");
-        rng.random_bool(probability)
+    /// The fault decisions of the next call at `site`.
+    fn draw(&self, site: CallSite) -> Draws {
+        let rates = self.rates(site.1);
+        let sequence = {
+            let mut sequence = lock(&self.sequence);
+            let next = sequence.entry(site).or_insert(0);
+            let current = *next;
+            *next += 1;
+            current
+        };
+        let mut rng = StdRng::seed_from_u64(call_seed(self.seed, site, sequence));
+        Draws {
+            before: rng.random_bool(rates.before),
+            timeout: rng.random_bool(rates.timeout),
+            after: rng.random_bool(rates.after),
+        }
     }
 
     fn count(&self, operation: Operation, update: impl FnOnce(&mut FaultCounts)) {
-        let mut counts = self.counts.lock().expect("fault counts lock poisoned");
-        update(counts.entry(operation).or_default());
+        update(lock(&self.counts).entry(operation).or_default());
     }
 
-    /// Runs `call` (which makes the real call when awaited) between the two
-    /// fault draws.
+    /// Runs `call` (which makes the real call when awaited) at the call site
+    /// of `shard` and `operation`, between the fault decisions.
     async fn run<V, Fut>(
         &self,
         operation: Operation,
+        shard: Option<ShardId>,
         call: impl FnOnce() -> Fut,
     ) -> Result<V, BackendError>
     where
         Fut: Future<Output = Result<V, BackendError>>,
     {
-        let rates = self.rates(operation);
+        let draws = self.draw((shard, operation));
         self.count(operation, |counts| counts.calls += 1);
-        if self.draw(rates.before) {
+        if draws.before {
             self.count(operation, |counts| counts.failed_before += 1);
             return Err(BackendError::determinate(
                 DeterminateKind::Unavailable,
                 format!("injected fault before the call, it was not made: operation={operation}"),
             ));
         }
-        // SUBTLE: the real call is made (and awaited) before the second draw,
-        // so an after-fault always reports a call that did happen.
+        if draws.timeout {
+            self.count(operation, |counts| counts.timed_out += 1);
+            return Err(BackendError::indeterminate(format!(
+                "injected timeout before the call, it was not made but the caller cannot know: operation={operation}"
+            )));
+        }
+        // SUBTLE: the real call is made (and awaited) before an after-fault
+        // is reported, so an after-fault always reports a call that did
+        // happen.
         let result = call().await;
         match result {
-            Ok(_) if self.draw(rates.after) => {
+            Ok(_) if draws.after => {
                 self.count(operation, |counts| counts.failed_after += 1);
                 Err(BackendError::indeterminate(format!(
                     "injected fault after the call, it was made but its response lost: operation={operation}"
@@ -314,12 +419,15 @@ impl<B: fmt::Debug> fmt::Debug for FaultyBackend<B> {
 #[async_trait]
 impl<B: PersistBackend<u64>> PersistBackend<u64> for FaultyBackend<B> {
     async fn open(&self, shard: ShardId) -> Result<ShardFrontiers<u64>, BackendError> {
-        self.run(Operation::Open, || self.inner.open(shard)).await
+        self.run(Operation::Open, Some(shard), || self.inner.open(shard))
+            .await
     }
 
     async fn frontiers(&self, shard: ShardId) -> Result<ShardFrontiers<u64>, BackendError> {
-        self.run(Operation::Frontiers, || self.inner.frontiers(shard))
-            .await
+        self.run(Operation::Frontiers, Some(shard), || {
+            self.inner.frontiers(shard)
+        })
+        .await
     }
 
     async fn compare_and_append(
@@ -331,7 +439,7 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for FaultyBackend<B> {
         token: IdempotencyToken,
         fence: WriteFence,
     ) -> Result<Result<(), UpperMismatch<u64>>, BackendError> {
-        self.run(Operation::CompareAndAppend, || {
+        self.run(Operation::CompareAndAppend, Some(shard), || {
             self.inner
                 .compare_and_append(shard, updates, expected_upper, new_upper, token, fence)
         })
@@ -343,8 +451,10 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for FaultyBackend<B> {
         shard: ShardId,
         as_of: &u64,
     ) -> Result<Vec<(Row, Diff)>, BackendError> {
-        self.run(Operation::Snapshot, || self.inner.snapshot(shard, as_of))
-            .await
+        self.run(Operation::Snapshot, Some(shard), || {
+            self.inner.snapshot(shard, as_of)
+        })
+        .await
     }
 
     async fn fetch(
@@ -353,8 +463,10 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for FaultyBackend<B> {
         lower: &Antichain<u64>,
         upper: &Antichain<u64>,
     ) -> Result<Vec<Update<u64>>, BackendError> {
-        self.run(Operation::Fetch, || self.inner.fetch(shard, lower, upper))
-            .await
+        self.run(Operation::Fetch, Some(shard), || {
+            self.inner.fetch(shard, lower, upper)
+        })
+        .await
     }
 
     async fn snapshot_share(
@@ -363,7 +475,7 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for FaultyBackend<B> {
         as_of: &u64,
         share: ReadShare,
     ) -> Result<Vec<(Row, Diff)>, BackendError> {
-        self.run(Operation::SnapshotShare, || {
+        self.run(Operation::SnapshotShare, Some(shard), || {
             self.inner.snapshot_share(shard, as_of, share)
         })
         .await
@@ -376,7 +488,7 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for FaultyBackend<B> {
         upper: &Antichain<u64>,
         share: ReadShare,
     ) -> Result<Vec<Update<u64>>, BackendError> {
-        self.run(Operation::FetchShare, || {
+        self.run(Operation::FetchShare, Some(shard), || {
             self.inner.fetch_share(shard, lower, upper, share)
         })
         .await
@@ -387,7 +499,7 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for FaultyBackend<B> {
         shard: ShardId,
         frontier: &Antichain<u64>,
     ) -> Result<Antichain<u64>, BackendError> {
-        self.run(Operation::WaitForUpperPast, || {
+        self.run(Operation::WaitForUpperPast, Some(shard), || {
             self.inner.wait_for_upper_past(shard, frontier)
         })
         .await
@@ -399,28 +511,33 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for FaultyBackend<B> {
         new_since: &Antichain<u64>,
         fence: WriteFence,
     ) -> Result<Antichain<u64>, BackendError> {
-        self.run(Operation::DowngradeSince, || {
+        self.run(Operation::DowngradeSince, Some(shard), || {
             self.inner.downgrade_since(shard, new_since, fence)
         })
         .await
     }
 
     async fn compact(&self, shard: ShardId) -> Result<CompactionStats, BackendError> {
-        self.run(Operation::Compact, || self.inner.compact(shard))
-            .await
+        self.run(Operation::Compact, Some(shard), || {
+            self.inner.compact(shard)
+        })
+        .await
     }
 
     async fn usage(&self, shard: ShardId) -> Result<ShardUsage, BackendError> {
-        self.run(Operation::Usage, || self.inner.usage(shard)).await
-    }
-
-    async fn finalize(&self, shard: ShardId) -> Result<(), BackendError> {
-        self.run(Operation::Finalize, || self.inner.finalize(shard))
+        self.run(Operation::Usage, Some(shard), || self.inner.usage(shard))
             .await
     }
 
+    async fn finalize(&self, shard: ShardId) -> Result<(), BackendError> {
+        self.run(Operation::Finalize, Some(shard), || {
+            self.inner.finalize(shard)
+        })
+        .await
+    }
+
     async fn list_shards(&self) -> Result<Vec<ShardId>, BackendError> {
-        self.run(Operation::ListShards, || self.inner.list_shards())
+        self.run(Operation::ListShards, None, || self.inner.list_shards())
             .await
     }
 }
@@ -428,6 +545,87 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for FaultyBackend<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tidemark_backend_memory::MemoryBackend;
+    use tidemark_storage_types::Datum;
+
+    fn frontier(time: u64) -> Antichain<u64> {
+        Antichain::from_elem(time)
+    }
+
+    #[tokio::test]
+    async fn a_timeout_is_indeterminate_and_never_applies() {
+        let inner = MemoryBackend::open("faults-timeout-never-applies");
+        let timeouts = FaultRates::NONE.with_timeout(1.0).expect("valid rates");
+        let faulty = FaultyBackend::new(inner, 5).with_rates_for_all(timeouts);
+        let shard = ShardId::new();
+        let open = faulty.open(shard).await.unwrap_err();
+        assert!(matches!(open, BackendError::Indeterminate(_)), "{open:?}");
+        PersistBackend::<u64>::open(faulty.inner(), shard)
+            .await
+            .unwrap();
+        let append = faulty
+            .compare_and_append(
+                shard,
+                vec![Update::new(Row::pack([Datum::Int64(1)]), 0, 1)],
+                frontier(0),
+                frontier(1),
+                IdempotencyToken::new(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(append, BackendError::Indeterminate(_)),
+            "{append:?}"
+        );
+        let frontiers = PersistBackend::<u64>::frontiers(faulty.inner(), shard)
+            .await
+            .unwrap();
+        assert_eq!(
+            frontiers.upper,
+            frontier(0),
+            "the timed-out append did not apply"
+        );
+        let counts = faulty.total_counts();
+        assert_eq!((counts.calls, counts.timed_out), (2, 2), "{counts:?}");
+        assert_eq!((counts.failed_before, counts.failed_after), (0, 0));
+    }
+
+    /// The faults each shard sees do not depend on how calls on different
+    /// shards interleave.
+    #[tokio::test]
+    async fn fault_placement_per_shard_does_not_depend_on_interleaving() {
+        let rates = FaultRates::new(0.3, 0.0)
+            .and_then(|rates| rates.with_timeout(0.3))
+            .expect("valid rates");
+        let shards = [ShardId::new(), ShardId::new()];
+        let mut outcomes = Vec::new();
+        for order in [[0, 1], [1, 0]] {
+            let inner = MemoryBackend::open("faults-interleaving");
+            let faulty = FaultyBackend::new(inner, 99).with_rates_for_all(rates);
+            let mut per_shard: BTreeMap<ShardId, Vec<&'static str>> = BTreeMap::new();
+            for _ in 0..20 {
+                for index in order {
+                    let shard = shards[index];
+                    let outcome = match faulty.open(shard).await {
+                        Ok(_) => "ok",
+                        Err(BackendError::Determinate(_)) => "before",
+                        Err(BackendError::Indeterminate(_)) => "timeout",
+                        Err(other) => panic!("unexpected error: {other:?}"),
+                    };
+                    per_shard.entry(shard).or_default().push(outcome);
+                }
+            }
+            outcomes.push(per_shard);
+        }
+        assert_eq!(outcomes[0], outcomes[1]);
+        let all: Vec<_> = outcomes[0].values().flatten().collect();
+        for kind in ["ok", "before", "timeout"] {
+            assert!(
+                all.iter().any(|outcome| **outcome == kind),
+                "{kind}: {all:?}"
+            );
+        }
+    }
 
     #[test]
     fn rates_outside_zero_to_one_are_rejected() {
@@ -447,6 +645,33 @@ mod tests {
                 .to_string()
                 .ends_with("rate=2")
         );
+    }
+
+    #[test]
+    fn timeout_rates_outside_zero_to_one_are_rejected() {
+        assert_eq!(
+            FaultRates::NONE.with_timeout(1.01),
+            Err(InvalidFaultRate { rate: 1.01 })
+        );
+        let rates = FaultRates::new(0.1, 0.2)
+            .and_then(|rates| rates.with_timeout(0.3))
+            .expect("valid rates");
+        assert_eq!(
+            (rates.before(), rates.timeout(), rates.after()),
+            (0.1, 0.3, 0.2)
+        );
+    }
+
+    #[test]
+    fn a_call_seed_depends_on_seed_operation_and_sequence_only() {
+        let shard = ShardId::new();
+        let other = ShardId::new();
+        let base = call_seed(1, (Some(shard), Operation::Fetch), 0);
+        assert_eq!(base, call_seed(1, (Some(shard), Operation::Fetch), 0));
+        assert_ne!(base, call_seed(2, (Some(shard), Operation::Fetch), 0));
+        assert_eq!(base, call_seed(1, (Some(other), Operation::Fetch), 0));
+        assert_ne!(base, call_seed(1, (Some(shard), Operation::Snapshot), 0));
+        assert_ne!(base, call_seed(1, (Some(shard), Operation::Fetch), 1));
     }
 
     #[test]

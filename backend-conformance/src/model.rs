@@ -9,8 +9,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use tidemark_storage_types::{EarlierAttempts, WriteFence};
+use tidemark_storage_types::sync::lock;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestCaseResult, TestRunner};
@@ -343,11 +345,7 @@ async fn run_case<B: PersistBackend<u64>>(
     for step in steps {
         let backend = &handles[usize::from(step.via_second_handle)];
         let outcome = run_step(backend, shard, &mut model, step.operation).await?;
-        *coverage
-            .lock()
-            .expect("coverage lock poisoned")
-            .entry(outcome)
-            .or_insert(0) += 1;
+        *lock(coverage).entry(outcome).or_insert(0) += 1;
     }
     prop_assert_eq!(handles[1].frontiers(shard).await, Ok(model.frontiers()));
     finalize_for_cleanup(&handles[0], shard).await
@@ -408,7 +406,9 @@ pub async fn random_operations_match_the_model<F: BackendFactory>(factory: &F) {
 
     // The property is only as good as what it exercised.
     assert!(cases.into_inner() >= MIN_CASES);
-    let coverage = coverage.into_inner().expect("coverage lock poisoned");
+    let coverage = coverage
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     for outcome in [
         "append applied",
         "append sealed",

@@ -13,8 +13,9 @@
 
 use std::any::{Any, type_name};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
+use tidemark_storage_types::sync::lock;
 use tidemark_storage_types::{
     BackendError, DeterminateKind, InvalidUsage, ShardId, StorageTimestamp,
 };
@@ -29,7 +30,7 @@ static REGISTRY: LazyLock<Mutex<HashMap<String, Arc<Store>>>> =
 pub fn named_store(name: &str) -> Arc<Store> {
     // The map is only read or extended under the lock, never left half
     // updated, so a poisoned lock still guards a consistent map.
-    let mut registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut registry = lock(&REGISTRY);
     Arc::clone(registry.entry(name.to_string()).or_default())
 }
 
@@ -69,7 +70,7 @@ impl std::fmt::Debug for Store {
 impl Store {
     fn lock_shards(&self) -> MutexGuard<'_, BTreeMap<ShardId, Arc<dyn ErasedShard>>> {
         // As for the registry: the map is never left half updated.
-        self.shards.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.shards)
     }
 
     /// The shard, created with `since = upper = [minimum]` if absent.

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use tidemark_storage_types::sync::lock;
 use tidemark_storage_types::{BackendError, ShardId, StorageTimestamp, contract};
 use timely::PartialOrder;
 use timely::progress::Antichain;
@@ -57,21 +58,21 @@ struct WatchState {
 
 impl WatchState {
     fn wake(&self, shard: Uuid) {
-        let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        let waiters = lock(&self.waiters);
         if let Some(sender) = waiters.get(&shard) {
             sender.send_modify(|generation| *generation = generation.wrapping_add(1));
         }
     }
 
     fn wake_all(&self) {
-        let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        let waiters = lock(&self.waiters);
         for sender in waiters.values() {
             sender.send_modify(|generation| *generation = generation.wrapping_add(1));
         }
     }
 
     fn subscribe(&self, shard: Uuid) -> watch::Receiver<u64> {
-        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut waiters = lock(&self.waiters);
         waiters.retain(|_, sender| sender.receiver_count() > 0);
         waiters
             .entry(shard)

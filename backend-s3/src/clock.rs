@@ -2,7 +2,9 @@
 
 use std::fmt::Debug;
 use std::sync::Mutex;
+
 use std::time::{Duration, SystemTime};
+use tidemark_storage_types::sync::lock;
 
 /// The source of "now" for grace periods (when a replaced batch may be
 /// deleted, when an unreferenced object is old enough to collect).
@@ -51,14 +53,14 @@ impl ManualClock {
 
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
-        let mut now = self.now.lock().expect("clock lock poisoned");
+        let mut now = lock(&self.now);
         *now += by;
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
-        *self.now.lock().expect("clock lock poisoned")
+        *lock(&self.now)
     }
 }
 

@@ -70,6 +70,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use tidemark_storage_types::sync::lock;
+
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
 use aws_credential_types::Credentials;
@@ -290,16 +292,11 @@ impl S3Backend {
     }
 
     fn cached(&self, shard: ShardId) -> Option<CachedState> {
-        self.inner
-            .cache
-            .lock()
-            .expect("state cache lock poisoned")
-            .get(&shard)
-            .cloned()
+        lock(&self.inner.cache).get(&shard).cloned()
     }
 
     fn remember(&self, shard: ShardId, state: Arc<ShardState>, etag: String) {
-        let mut cache = self.inner.cache.lock().expect("state cache lock poisoned");
+        let mut cache = lock(&self.inner.cache);
         // Keep the newest state if another task of this handle committed a
         // later one meanwhile.
         let newer_cached = cache
@@ -311,11 +308,7 @@ impl S3Backend {
     }
 
     fn forget(&self, shard: ShardId) {
-        self.inner
-            .cache
-            .lock()
-            .expect("state cache lock poisoned")
-            .remove(&shard);
+        lock(&self.inner.cache).remove(&shard);
     }
 
     /// Reads a shard's state from S3 (and caches it).

@@ -281,12 +281,15 @@ pub async fn appends_to_several_tables_in_one_call<F: BackendFactory>(factory: &
     );
 }
 
-/// Appends through a backend that often fails after applying are retried
-/// with their token: every append lands exactly once.
+/// Appends through a backend that often fails indeterminately, after
+/// applying or by a timeout before applying, are retried with their token:
+/// every append lands exactly once.
 pub async fn indeterminate_failures_are_retried_without_duplicates<F: BackendFactory>(factory: &F) {
     let faulty = FaultyBackend::new(factory.open_handle().await, 7).with_rates(
         Operation::CompareAndAppend,
-        FaultRates::new(0.0, 0.3).expect("valid rates"),
+        FaultRates::new(0.0, 0.3)
+            .and_then(|rates| rates.with_timeout(0.3))
+            .expect("valid rates"),
     );
     let mut c = Controller::new(faulty, test_config()).await.unwrap();
     c.create_collections(vec![(user(1), table())])
@@ -298,9 +301,10 @@ pub async fn indeterminate_failures_are_retried_without_duplicates<F: BackendFac
             .unwrap();
         assert_eq!(outcome(receiver).await, Ok(()), "append at {time}");
     }
+    let counts = c.backend().counts(Operation::CompareAndAppend);
     assert!(
-        c.backend().counts(Operation::CompareAndAppend).failed_after > 0,
-        "the backend injected faults"
+        counts.failed_after > 0 && counts.timed_out > 0,
+        "the backend injected both kinds of indeterminate faults: {counts:?}"
     );
     assert_eq!(
         c.snapshot(user(1), 9).await.unwrap(),

@@ -391,13 +391,16 @@ pub async fn failed_since_downgrade_is_reported_by_process<F: BackendFactory>(fa
 }
 
 /// Every backend operation sometimes applies and then reports an
-/// indeterminate failure: the controller retries (appends with their
-/// token) and nothing is lost or duplicated, across a restart too.
+/// indeterminate failure, or times out before applying and reports the
+/// same: the controller retries (appends with their token) and nothing is
+/// lost or duplicated, across a restart too.
 pub async fn indeterminate_faults_everywhere_lose_and_duplicate_nothing<F: BackendFactory>(
     factory: &F,
 ) {
     use tidemark_backend_conformance::faults::{FaultRates, FaultyBackend};
-    let rates = FaultRates::new(0.0, 0.2).expect("valid rates");
+    let rates = FaultRates::new(0.0, 0.2)
+        .and_then(|rates| rates.with_timeout(0.1))
+        .expect("valid rates");
     let faulty = FaultyBackend::new(factory.open_handle().await, 21).with_rates_for_all(rates);
     let mut a = Controller::new(faulty, test_config()).await.unwrap();
     a.create_collections(vec![(user(1), table()), (user(2), table())])
@@ -434,9 +437,10 @@ pub async fn indeterminate_faults_everywhere_lose_and_duplicate_nothing<F: Backe
     let mut sorted_expected = expected.clone();
     sorted_expected.sort();
     assert_eq!(read, sorted_expected);
+    let counts = a.backend().total_counts();
     assert!(
-        a.backend().total_counts().failed_after > 0,
-        "the backend injected faults"
+        counts.failed_after > 0 && counts.timed_out > 0,
+        "the backend injected both kinds of indeterminate faults: {counts:?}"
     );
 
     let faulty = FaultyBackend::new(factory.open_handle().await, 22).with_rates_for_all(rates);

@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use tidemark_storage_types::sync::lock;
 use tidemark_storage_types::{GlobalId, StorageTimestamp, display_frontier};
 use timely::PartialOrder;
 use timely::progress::{Antichain, ChangeBatch};
@@ -63,10 +64,7 @@ impl<T: StorageTimestamp> ReadHold<T> {
     /// Where the hold is: `[t]`, or `[]` once released.
     #[must_use]
     pub fn time(&self) -> Antichain<T> {
-        let time = self
-            .time
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let time = lock(&self.time);
         time.iter().copied().collect()
     }
 
@@ -77,10 +75,7 @@ impl<T: StorageTimestamp> ReadHold<T> {
         // SUBTLE: the time is swapped and the change sent under the lock,
         // with no await in between, so a task aborted between the two (a
         // dropped subscription) cannot lose or double a hold.
-        let mut time = self
-            .time
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut time = lock(&self.time);
         let Some(from) = *time else {
             return;
         };

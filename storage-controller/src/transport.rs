@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use tidemark_storage_types::sync::lock;
+
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
@@ -75,13 +77,7 @@ pub struct InProcessTransport<T> {
 
 impl<T> fmt::Debug for InProcessTransport<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let addresses: Vec<String> = self
-            .listeners
-            .lock()
-            .expect("transport registry poisoned")
-            .keys()
-            .cloned()
-            .collect();
+        let addresses: Vec<String> = lock(&self.listeners).keys().cloned().collect();
         f.debug_struct("InProcessTransport")
             .field("addresses", &addresses)
             .finish()
@@ -108,10 +104,7 @@ impl<T> InProcessTransport<T> {
     /// same address replaces the previous listener.
     pub fn listen(&self, address: &str) -> ReplicaListener<T> {
         let (sender, receiver) = mpsc::unbounded_channel();
-        self.listeners
-            .lock()
-            .expect("transport registry poisoned")
-            .insert(address.to_string(), sender);
+        lock(&self.listeners).insert(address.to_string(), sender);
         ReplicaListener { sessions: receiver }
     }
 }
@@ -124,7 +117,7 @@ impl<T: Send + 'static> ReplicaTransport<T> for InProcessTransport<T> {
             commands: command_receiver,
             responses: response_sender,
         };
-        let listeners = self.listeners.lock().expect("transport registry poisoned");
+        let listeners = lock(&self.listeners);
         match listeners.get(address) {
             Some(listener) => {
                 if listener.send(session).is_err() {

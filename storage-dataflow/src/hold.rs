@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use tidemark_storage_controller::ReadHold;
 use tidemark_storage_types::StorageTimestamp;
+use tidemark_storage_types::sync::lock;
 use timely::progress::Antichain;
 
 /// Something that keeps a collection readable from a frontier on, and can
@@ -89,11 +90,7 @@ impl<T: StorageTimestamp> SharedReadHold<T> {
 
     /// Worker `worker` has read everything before `frontier`.
     pub fn report(&self, worker: usize, frontier: &Antichain<T>) {
-        let mut progress = self
-            .inner
-            .progress
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut progress = lock(&self.inner.progress);
         progress.insert(worker, frontier.clone());
         if progress.len() < self.inner.workers {
             return;

@@ -41,9 +41,7 @@ impl<T: Timestamp> DataflowStatus<T> {
     }
 
     fn lock(&self) -> MutexGuard<'_, StatusInner<T>> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        tidemark_storage_types::sync::lock(&self.inner)
     }
 
     /// The frontier the operator has reached (see the type's docs).

@@ -9,6 +9,7 @@ use thiserror::Error;
 use tidemark_storage_controller::protocol::StorageCommand;
 use tidemark_storage_controller::transport::{AcceptSessions, ReplicaSession};
 use tidemark_storage_types::PersistBackend;
+use tidemark_storage_types::sync::lock;
 use timely::WorkerConfig;
 use timely::execute::execute_from;
 use tokio::runtime::Handle;
@@ -104,9 +105,7 @@ impl<T: ReplicaTimestamp> Replica<T> {
         let threads = config.workers;
         let workers = execute_from(builders, others, WorkerConfig::default(), move |worker| {
             let local = worker.index() % threads;
-            let receiver = receivers
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())[local]
+            let receiver = lock(&receivers)[local]
                 .take()
                 .expect("each local worker takes its own command channel once");
             let context = Context {

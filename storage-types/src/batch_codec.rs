@@ -92,7 +92,8 @@ pub fn encode_batch<T: Codec64>(batch: &Batch<T>) -> Vec<u8> {
     }
     out.extend_from_slice(&(batch.updates.len() as u64).to_le_bytes());
     for update in &batch.updates {
-        let len = u32::try_from(update.row.byte_len()).expect("row smaller than 4 GiB");
+        let len =
+            u32::try_from(update.row.byte_len()).expect("every Row is at most Row::MAX_BYTES");
         out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(update.row.as_bytes());
     }

@@ -40,6 +40,19 @@ pub struct RowDecodeError {
     pub problem: &'static str,
 }
 
+/// A row whose encoding would reach [`Row::MAX_BYTES`](crate::Row::MAX_BYTES)
+/// (4 GiB): its length could not be stored in a batch.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[error(
+    "row too large: its encoding needs at least {bytes} bytes, the limit is {limit} (Row::MAX_BYTES)"
+)]
+pub struct RowTooLarge {
+    /// How many bytes the encoding needed when the limit was crossed.
+    pub bytes: usize,
+    /// The limit, [`Row::MAX_BYTES`](crate::Row::MAX_BYTES).
+    pub limit: usize,
+}
+
 /// A row that does not match a [`RelationDesc`](crate::RelationDesc).
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 #[non_exhaustive]

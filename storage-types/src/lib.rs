@@ -16,6 +16,7 @@ pub mod ids;
 pub mod read_policy;
 pub mod row;
 pub mod share;
+pub mod sync;
 pub mod time;
 
 pub use backend::{
@@ -29,8 +30,8 @@ pub use description::{
 };
 pub use errors::{
     BackendError, DeterminateError, DeterminateKind, ErasedFrontier, ErasedTime, ErrorSource,
-    IdParseError, IndeterminateError, InvalidUsage, RowDecodeError, RowValidationError,
-    StorageError,
+    IdParseError, IndeterminateError, InvalidUsage, RowDecodeError, RowTooLarge,
+    RowValidationError, StorageError,
 };
 pub use ids::{GlobalId, IdempotencyToken, ShardId, StorageInstanceId};
 pub use read_policy::{LagFn, ReadPolicy};

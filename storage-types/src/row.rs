@@ -13,7 +13,7 @@ use std::fmt;
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::errors::{RowDecodeError, RowValidationError};
+use crate::errors::{RowDecodeError, RowTooLarge, RowValidationError};
 
 const TAG_NULL: u8 = 0;
 const TAG_FALSE: u8 = 1;
@@ -92,18 +92,43 @@ pub struct Row {
 }
 
 impl Row {
+    /// The largest row encoding, in bytes (4 GiB - 1): a batch stores each
+    /// row's length in 32 bits. Every [`Row`] is at most this long.
+    pub const MAX_BYTES: usize = u32::MAX as usize;
+
     /// Packs datums into a row.
+    ///
+    /// # Panics
+    ///
+    /// If the encoding would exceed [`Row::MAX_BYTES`]; use
+    /// [`Row::try_pack`] for datums whose size the caller does not control.
     pub fn pack<'a, I>(datums: I) -> Row
     where
         I: IntoIterator<Item = Datum<'a>>,
     {
-        let mut data = Vec::new();
-        for datum in datums {
-            push_datum(&mut data, datum);
+        match Row::try_pack(datums) {
+            Ok(row) => row,
+            Err(too_large) => panic!("{too_large}"),
         }
-        Row {
-            data: Bytes::from(data),
-        }
+    }
+
+    /// Packs datums into a row, refusing one whose encoding would exceed
+    /// [`Row::MAX_BYTES`].
+    ///
+    /// ```
+    /// use tidemark_storage_types::{Datum, Row};
+    /// let row = Row::try_pack([Datum::Int64(1), Datum::String("a")]).unwrap();
+    /// assert_eq!(row, Row::pack([Datum::Int64(1), Datum::String("a")]));
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`RowTooLarge`] naming the size reached and the limit.
+    pub fn try_pack<'a, I>(datums: I) -> Result<Row, RowTooLarge>
+    where
+        I: IntoIterator<Item = Datum<'a>>,
+    {
+        try_pack_within(datums, Row::MAX_BYTES)
     }
 
     /// The row's encoding, as stored by backends.
@@ -166,6 +191,16 @@ impl Row {
 }
 
 fn validate_encoding(bytes: &[u8]) -> Result<(), RowDecodeError> {
+    validate_encoding_within(bytes, Row::MAX_BYTES)
+}
+
+fn validate_encoding_within(bytes: &[u8], limit: usize) -> Result<(), RowDecodeError> {
+    if bytes.len() > limit {
+        return Err(RowDecodeError {
+            offset: limit,
+            problem: "row longer than Row::MAX_BYTES (4 GiB - 1)",
+        });
+    }
     let mut iter = DatumIter {
         data: bytes,
         offset: 0,
@@ -196,8 +231,45 @@ fn push_datum(data: &mut Vec<u8>, datum: Datum<'_>) {
     }
 }
 
+/// Packs `datums`, refusing before it would grow past `limit` bytes (at
+/// most [`Row::MAX_BYTES`], so every datum length fits in 32 bits).
+fn try_pack_within<'a, I>(datums: I, limit: usize) -> Result<Row, RowTooLarge>
+where
+    I: IntoIterator<Item = Datum<'a>>,
+{
+    let mut data = Vec::new();
+    for datum in datums {
+        let needed = data.len().saturating_add(encoded_len(datum));
+        if needed > limit {
+            return Err(RowTooLarge {
+                bytes: needed,
+                limit,
+            });
+        }
+        push_datum(&mut data, datum);
+    }
+    Ok(Row {
+        data: Bytes::from(data),
+    })
+}
+
+/// How many bytes `datum` takes in a row encoding.
+fn encoded_len(datum: Datum<'_>) -> usize {
+    match datum {
+        Datum::String(s) => 5usize.saturating_add(s.len()),
+        Datum::Bytes(b) => 5usize.saturating_add(b.len()),
+        other => {
+            let mut scratch = Vec::with_capacity(16);
+            push_datum(&mut scratch, other);
+            scratch.len()
+        }
+    }
+}
+
 fn push_variable(data: &mut Vec<u8>, tag: u8, payload: &[u8]) {
-    let len = u32::try_from(payload.len()).expect("a datum is smaller than 4 GiB");
+    // SUBTLE: callers go through `try_pack_within`, which bounds the whole
+    // row, hence every payload, by `Row::MAX_BYTES` = `u32::MAX`.
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     data.push(tag);
     data.extend_from_slice(&len.to_le_bytes());
     data.extend_from_slice(payload);
@@ -464,6 +536,32 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn a_row_past_the_limit_is_refused_naming_it() {
+        let err = try_pack_within([Datum::Int64(1), Datum::String("abcdef")], 12).unwrap_err();
+        assert_eq!(
+            err,
+            RowTooLarge {
+                bytes: 20,
+                limit: 12
+            }
+        );
+        assert!(err.to_string().contains("Row::MAX_BYTES"), "{err}");
+        let fits = try_pack_within([Datum::Int64(1), Datum::String("abc")], 17).unwrap();
+        assert_eq!(fits.as_bytes().len(), 17);
+        assert_eq!(fits, Row::pack([Datum::Int64(1), Datum::String("abc")]));
+        assert_eq!(Row::MAX_BYTES, u32::MAX as usize);
+    }
+
+    #[test]
+    fn decoding_a_row_past_the_limit_is_refused_naming_it() {
+        let row = Row::pack([Datum::Int64(1), Datum::String("abcdef")]);
+        let err = validate_encoding_within(row.as_bytes(), 12).unwrap_err();
+        assert_eq!(err.offset, 12);
+        assert!(err.to_string().contains("Row::MAX_BYTES"), "{err}");
+        assert!(validate_encoding_within(row.as_bytes(), 20).is_ok());
+    }
 
     fn every_datum_type() -> Row {
         Row::pack([

@@ -10,6 +10,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use tidemark_storage_types::sync::lock;
+
 use crate::cli::ToolError;
 
 /// One batch as the raw store writes it: `(time, row bytes, diff)`.
@@ -138,9 +140,7 @@ impl RawStore {
     ) -> Result<(), String> {
         match self {
             RawStore::Memory(vectors) => {
-                let mut vectors = vectors
-                    .lock()
-                    .map_err(|_| "raw baseline lock poisoned".to_string())?;
+                let mut vectors = lock(vectors);
                 let slot = writer % vectors.len();
                 vectors[slot].extend_from_slice(batch);
                 Ok(())
@@ -227,9 +227,7 @@ impl RawStore {
         match self {
             RawStore::Memory(vectors) => {
                 let copy = {
-                    let vectors = vectors
-                        .lock()
-                        .map_err(|_| "raw baseline lock poisoned".to_string())?;
+                    let vectors = lock(vectors);
                     vectors[writer % vectors.len()].clone()
                 };
                 Ok(copy.iter().map(|(_, row, _)| row.len() as u64).sum())
