@@ -69,7 +69,7 @@ async fn another_version_is_refused_and_the_connection_closed() {
     let (err, _) = send_raw(&mut listener, b"TDMK\0\0\0\x07").await;
     assert_eq!(
         err.to_string(),
-        "protocol version mismatch: expected=1 got=7"
+        "protocol version mismatch: expected=2 got=7"
     );
 }
 
