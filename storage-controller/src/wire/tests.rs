@@ -148,7 +148,7 @@ async fn every_response_variant_round_trips() {
 async fn a_matching_handshake_is_accepted() {
     let mut stream = Vec::new();
     write_handshake(&mut stream).await.unwrap();
-    assert_eq!(stream, b"TDMK\0\0\0\x01");
+    assert_eq!(stream, b"TDMK\0\0\0\x02");
     read_handshake(&mut &stream[..]).await.unwrap();
 }
 
@@ -161,7 +161,7 @@ async fn another_protocol_version_is_refused() {
         matches!(
             err,
             WireError::VersionMismatch {
-                expected: 1,
+                expected: 2,
                 got: 7
             }
         ),
