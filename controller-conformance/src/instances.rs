@@ -244,6 +244,7 @@ pub async fn statistics_and_statuses_are_stored<F: BackendFactory>(factory: &F) 
         messages: 3,
         updates: 30,
         bytes: 300,
+        frontier_lag: 4,
     };
     replica.respond(StorageResponse::StatisticsUpdates(vec![(user(2), stats)]));
     replica.respond(StorageResponse::StatusUpdates(vec![(

@@ -105,6 +105,25 @@ pub struct StatisticsUpdate {
     pub updates: u64,
     /// Bytes read or written.
     pub bytes: u64,
+    /// How far the id's committed upper is behind where it should be, in
+    /// steps of the timestamp's [`Codec64`](tidemark_storage_types::Codec64)
+    /// encoding (`reference.encode() - upper.encode()`, never below zero),
+    /// measured when the statistics are sent:
+    ///
+    /// - for an **ingestion**, the reference is the upper its generator
+    ///   would have written by now: the time of the tick after the last one
+    ///   due by its tick interval since the dataflow started (with a zero
+    ///   interval, every tick is due as soon as it can be emitted, so the
+    ///   reference is the upper after the ticks emitted so far). A load
+    ///   generator writes tick `k` at the `k`-th time after the minimum, so
+    ///   one step is one tick: the lag counts ticks generated but not yet
+    ///   durable, or due but not generated;
+    /// - for an **export**, the reference is its source collection's upper
+    ///   as the sink's reader last saw it: the lag counts source times the
+    ///   sink has not committed yet.
+    ///
+    /// An empty upper (sealed) is never behind. Zero means caught up.
+    pub frontier_lag: u64,
 }
 
 /// Replica -> controller.

@@ -58,8 +58,14 @@ use crate::protocol::StorageCommand;
 pub const MAGIC: [u8; 4] = *b"TDMK";
 
 /// The version of the protocol this crate speaks. Peers must speak the
-/// same one.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// same one. Any change to how a protocol type encodes (a field added,
+/// removed or reordered, a variant added) bumps it: bincode carries no
+/// field names, so peers of different layouts would misread each other.
+///
+/// - 1: the first version.
+/// - 2: [`StatisticsUpdate`](crate::protocol::StatisticsUpdate) gained
+///   `frontier_lag`.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The length of the handshake each side sends: magic and version.
 pub const HANDSHAKE_LEN: usize = 8;

@@ -188,11 +188,14 @@ where
                 let Some(sink) = writer.as_mut() else {
                     return;
                 };
+                // Seen before any failure is looked at: a stalled sink
+                // still sees its source move on, and so reports its lag.
+                let frontier = frontiers[0].frontier().to_owned();
+                monitor.source_upper(&frontier);
                 if monitor.error().is_some() {
                     pending.clear();
                     return;
                 }
-                let frontier = frontiers[0].frontier().to_owned();
                 if !PartialOrder::less_than(&committed, &frontier) {
                     return;
                 }

@@ -43,6 +43,7 @@ use timely::worker::Worker;
 
 use crate::ReplicaTimestamp;
 use crate::generator::{Generator, tick_time, time_tick};
+use crate::lag::Pace;
 use crate::monitor::{Built, Monitor};
 use crate::placement::worker_for;
 use crate::worker::Context;
@@ -289,7 +290,7 @@ impl<T: StorageTimestamp> Ticking<T> {
             }
             _ => None,
         };
-        Ticking {
+        let ticking = Ticking {
             generator,
             kinds,
             by_name,
@@ -298,7 +299,21 @@ impl<T: StorageTimestamp> Ticking<T> {
             started: Instant::now(),
             capability,
             monitor,
+        };
+        if ticking.capability.is_some() {
+            ticking.report_pace();
         }
+        ticking
+    }
+
+    /// Tells the monitor where the generator is, for its frontier lag.
+    fn report_pace(&self) {
+        self.monitor.pace(Pace {
+            started: self.started,
+            first: self.first,
+            interval: self.generator.tick_interval(),
+            emitted: self.next,
+        });
     }
 
     /// Emits the ticks that are due; how long until it should run again
@@ -349,6 +364,12 @@ impl<T: StorageTimestamp> Ticking<T> {
             drop(session);
             self.monitor.count(updates, bytes);
             self.next += 1;
+            self.monitor.pace(Pace {
+                started: self.started,
+                first: self.first,
+                interval,
+                emitted: self.next,
+            });
             match tick_time::<T>(self.next) {
                 Some(next) => capability.downgrade(&next),
                 None => {

@@ -24,6 +24,7 @@ pub mod file_sink;
 pub mod generator;
 pub mod ingestion;
 mod json;
+mod lag;
 mod monitor;
 pub mod placement;
 mod report;

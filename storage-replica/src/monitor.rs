@@ -3,11 +3,26 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::time::Instant;
 
 use tidemark_storage_controller::protocol::StatisticsUpdate;
 use tidemark_storage_dataflow::DataflowStatus;
 use tidemark_storage_types::StorageTimestamp;
 use timely::dataflow::ProbeHandle;
+use timely::progress::Antichain;
+
+use crate::lag::{Pace, export_lag, ingestion_lag};
+
+/// What a dataflow's frontier lag is measured against.
+#[derive(Clone, Debug)]
+enum Reference<T> {
+    /// Nothing yet (or not on this worker): no lag.
+    Unknown,
+    /// An ingestion's generator pace.
+    Pace(Pace),
+    /// An export's source upper, as its reader last saw it.
+    Source(Antichain<T>),
+}
 
 /// Shared by a dataflow's operators and its worker (one thread).
 #[derive(Debug)]
@@ -15,6 +30,7 @@ pub(crate) struct Monitor<T> {
     error: RefCell<Option<String>>,
     statistics: Cell<StatisticsUpdate>,
     parts: RefCell<Vec<DataflowStatus<T>>>,
+    reference: RefCell<Reference<T>>,
 }
 
 impl<T: StorageTimestamp> Monitor<T> {
@@ -23,6 +39,7 @@ impl<T: StorageTimestamp> Monitor<T> {
             error: RefCell::new(None),
             statistics: Cell::new(StatisticsUpdate::default()),
             parts: RefCell::new(Vec::new()),
+            reference: RefCell::new(Reference::Unknown),
         })
     }
 
@@ -66,9 +83,30 @@ impl<T: StorageTimestamp> Monitor<T> {
         self.statistics.set(statistics);
     }
 
-    /// The counters so far.
-    pub(crate) fn statistics(&self) -> StatisticsUpdate {
-        self.statistics.get()
+    /// An ingestion's generator paces itself so.
+    pub(crate) fn pace(&self, pace: Pace) {
+        *self.reference.borrow_mut() = Reference::Pace(pace);
+    }
+
+    /// An export's reader sees its source at `upper`.
+    pub(crate) fn source_upper(&self, upper: &Antichain<T>) {
+        let mut reference = self.reference.borrow_mut();
+        if !matches!(&*reference, Reference::Source(seen) if seen == upper) {
+            *reference = Reference::Source(upper.clone());
+        }
+    }
+
+    /// The counters so far, with the lag of the committed `upper` at `now`.
+    pub(crate) fn statistics(&self, upper: &Antichain<T>, now: Instant) -> StatisticsUpdate {
+        let frontier_lag = match &*self.reference.borrow() {
+            Reference::Unknown => 0,
+            Reference::Pace(pace) => ingestion_lag(pace, now, upper),
+            Reference::Source(source) => export_lag(source, upper),
+        };
+        StatisticsUpdate {
+            frontier_lag,
+            ..self.statistics.get()
+        }
     }
 }
 

@@ -305,7 +305,8 @@ where
     }
 
     /// Reports uppers, status changes and, every statistics interval,
-    /// counters.
+    /// counters and frontier lags (each against the upper it probes: what
+    /// is durable).
     fn observe(&mut self) {
         let mut changes = Vec::new();
         for (id, running) in &mut self.running {
@@ -341,11 +342,18 @@ where
         }
         if self.last_statistics.elapsed() >= self.parameters.statistics_interval() {
             self.last_statistics = Instant::now();
+            let now = Instant::now();
             let statistics: Vec<_> = self
                 .running
                 .iter()
                 .filter(|(_, running)| running.built.placed)
-                .map(|(id, running)| (*id, running.built.monitor.statistics()))
+                .map(|(id, running)| {
+                    let upper = running
+                        .built
+                        .probe
+                        .with_frontier(|frontier| frontier.to_owned());
+                    (*id, running.built.monitor.statistics(&upper, now))
+                })
                 .collect();
             if !statistics.is_empty() {
                 let _ = self.events.send(WorkerEvent::Statistics(statistics));

@@ -12,7 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tidemark_backend_memory::MemoryBackend;
-use tidemark_storage_controller::protocol::ClusterReplicaLocation;
+use tidemark_storage_controller::protocol::{
+    ClusterReplicaLocation, ExportCommand, IngestionCommand, StorageCommand, StorageResponse,
+    TimelyConfig,
+};
+use tidemark_storage_controller::transport::{ReplicaConnection, ReplicaTransport};
 use tidemark_storage_controller::{
     Controller, ControllerConfig, InProcessTransport, StorageController,
 };
@@ -21,8 +25,8 @@ use tidemark_storage_replica::generator::Generator;
 use tidemark_storage_replica::{Replica, ReplicaConfig};
 use tidemark_storage_types::{
     CollectionDescription, DataSource, Datum, Diff, ExportDescription, GlobalId,
-    IngestionDescription, LoadGenerator, PersistBackend, ReadPolicy, RelationDesc, Row,
-    SinkConnection, SourceConnection, StorageInstanceId, Update,
+    IngestionDescription, LoadGenerator, PersistBackend, ReadPolicy, RelationDesc, Row, ShardId,
+    SinkConnection, SourceConnection, StorageInstanceId, StorageParameters, Update,
 };
 use timely::progress::Antichain;
 
@@ -300,7 +304,9 @@ struct RemoveDir(PathBuf);
 
 impl Drop for RemoveDir {
     fn drop(&mut self) {
+        // A directory, or a plain file put where one was.
         let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -474,4 +480,325 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// A controller whose replica reports statistics every 10 ms.
+async fn setup_with_fast_statistics(workers: usize) -> Setup {
+    let mut setup = setup(workers).await;
+    setup.controller.update_configuration(StorageParameters {
+        statistics_interval: Some(Duration::from_millis(10)),
+        ..StorageParameters::default()
+    });
+    setup
+}
+
+fn file_export(
+    c: &TestController,
+    from: GlobalId,
+    dir: &std::path::Path,
+    as_of: u64,
+) -> ExportDescription<u64> {
+    ExportDescription {
+        from,
+        from_desc: c.collection(from).unwrap().description.desc.clone(),
+        connection: SinkConnection::File {
+            path: dir.to_path_buf(),
+        },
+        as_of: Antichain::from_elem(as_of),
+        with_snapshot: true,
+        instance_id: INSTANCE,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_stops_committing_reports_a_positive_frontier_lag() {
+    let mut setup = setup_with_fast_statistics(1).await;
+    let c = &mut setup.controller;
+    c.create_collections(vec![(user(1), counter())])
+        .await
+        .unwrap();
+    let dir = sink_dir("lagging");
+    let _cleanup = RemoveDir(dir.clone());
+    export_counter(c, user(2), &dir, 0, true).await;
+    process_until(c, "the sink commits", |c| upper_of(c, user(2)) >= 5).await;
+    // The sink's directory becomes a plain file: its next commit fails, it
+    // stalls, and the counter it exports moves on without it.
+    let moved = dir.with_extension("moved");
+    let _moved = RemoveDir(moved.clone());
+    std::fs::rename(&dir, &moved).unwrap();
+    std::fs::write(&dir, b"not a directory").unwrap();
+    process_until(c, "the sink stalls", |c| {
+        c.status(user(2))
+            .is_some_and(|status| status.starts_with("stalled: "))
+    })
+    .await;
+    let committed = upper_of(c, user(2));
+    // The lag grows with the source: at least the ticks the counter has
+    // made durable since the sink stalled.
+    process_until(c, "the stalled sink's lag grows with its source", |c| {
+        let source = upper_of(c, user(1));
+        source >= committed + 10
+            && c.statistics(user(2))
+                .is_some_and(|s| s.frontier_lag >= source - committed)
+    })
+    .await;
+    assert_eq!(
+        upper_of(c, user(2)),
+        committed,
+        "a stalled sink commits nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_caught_up_with_its_source_reports_zero_frontier_lag() {
+    let mut setup = setup_with_fast_statistics(1).await;
+    let c = &mut setup.controller;
+    let relation = Generator::relations(&LoadGenerator::Counter {
+        max_cardinality: None,
+    })[0]
+        .1
+        .clone();
+    c.create_collections(vec![(user(5), CollectionDescription::table(relation))])
+        .await
+        .unwrap();
+    let rows: Vec<Update<u64>> = (0..3)
+        .map(|t| Update::new(int(10 + t), t as u64, 1))
+        .collect();
+    let appended = c.append(vec![(user(5), rows, 4)]).unwrap();
+    within(appended, "the table append").await.unwrap().unwrap();
+    let dir = sink_dir("caught-up");
+    let _cleanup = RemoveDir(dir.clone());
+    let token = c.prepare_export(user(6), user(5)).unwrap();
+    let description = file_export(c, user(5), &dir, 0);
+    c.create_exports(vec![(token, description)]).await.unwrap();
+    process_until(c, "the sink commits the table's upper", |c| {
+        upper_of(c, user(6)) >= 4
+    })
+    .await;
+    // Reports sent before the last commit may lag; once caught up, every
+    // report says zero (a lag computed against anything but the source's
+    // upper would keep this waiting until the bound fails the test).
+    process_until(c, "the caught-up sink reports zero lag", |c| {
+        c.statistics(user(6))
+            .is_some_and(|s| s.updates >= 3 && s.frontier_lag == 0)
+    })
+    .await;
+    assert_eq!(upper_of(c, user(5)), 4, "nothing else wrote the table");
+    assert_eq!(upper_of(c, user(6)), 4);
+}
+
+/// A replica served directly, without a controller: the test sends the
+/// commands and reads every response.
+struct Direct {
+    backend: Arc<MemoryBackend>,
+    connection: ReplicaConnection<u64>,
+    _serving: AbortOnDrop,
+    /// Kept: the replica serves until its transport goes away.
+    _transport: Arc<InProcessTransport<u64>>,
+}
+
+impl Direct {
+    async fn start() -> Direct {
+        let transport = InProcessTransport::<u64>::new();
+        let listener = transport.listen("direct");
+        let backend = Arc::new(MemoryBackend::open(&unique("direct")));
+        let replica = Replica::start(
+            Arc::clone(&backend),
+            ReplicaConfig::single(1),
+            tokio::runtime::Handle::current(),
+        )
+        .expect("the replica starts");
+        let serving = AbortOnDrop(tokio::spawn(replica.serve(listener)));
+        let connection = transport.connect("direct");
+        let direct = Direct {
+            backend,
+            connection,
+            _serving: serving,
+            _transport: transport,
+        };
+        direct.send(StorageCommand::CreateTimely {
+            config: TimelyConfig {
+                process: 0,
+                addresses: vec!["direct".into()],
+            },
+            epoch: 1,
+        });
+        direct.send(StorageCommand::InitializationComplete);
+        direct
+    }
+
+    fn send(&self, command: StorageCommand<u64>) {
+        self.connection
+            .commands
+            .send(command)
+            .expect("the replica takes commands");
+    }
+
+    async fn next(&mut self, what: &str) -> StorageResponse<u64> {
+        within(self.connection.responses.recv(), what)
+            .await
+            .unwrap_or_else(|| panic!("the replica closed the session: {what}"))
+    }
+
+    /// The statuses of `id`, in order, until one satisfies `last`.
+    async fn statuses_until(&mut self, id: GlobalId, last: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut statuses = Vec::new();
+        loop {
+            if let StorageResponse::StatusUpdates(updates) = self.next("a status").await {
+                for (of, status) in updates {
+                    if of == id {
+                        let done = last(&status);
+                        statuses.push(status);
+                        if done {
+                            return statuses;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next `DroppedIds`.
+    async fn dropped(&mut self) -> std::collections::BTreeSet<GlobalId> {
+        loop {
+            if let StorageResponse::DroppedIds(ids) = self.next("DroppedIds").await {
+                return ids;
+            }
+        }
+    }
+
+    async fn new_shard(&self) -> ShardId {
+        let shard = ShardId::new();
+        PersistBackend::<u64>::open(&*self.backend, shard)
+            .await
+            .expect("a shard opens");
+        shard
+    }
+
+    async fn run_counter(&self, id: GlobalId) -> ShardId {
+        let shard = self.new_shard().await;
+        self.send(StorageCommand::CreateSources(vec![IngestionCommand {
+            id,
+            description: counter(),
+            data_shards: vec![(id, shard)],
+            resume_upper: Antichain::from_elem(0),
+        }]));
+        shard
+    }
+
+    fn run_file_sink(&self, id: GlobalId, from: GlobalId, from_shard: ShardId, dir: PathBuf) {
+        let description = ExportDescription {
+            from,
+            from_desc: counter().desc,
+            connection: SinkConnection::File { path: dir },
+            as_of: Antichain::from_elem(0),
+            with_snapshot: true,
+            instance_id: INSTANCE,
+        };
+        self.send(StorageCommand::CreateSinks(vec![ExportCommand {
+            id,
+            description,
+            from_shard,
+            initial_as_of: Antichain::from_elem(0),
+        }]));
+    }
+
+    fn drop_ids(&self, ids: &[GlobalId]) {
+        self.send(StorageCommand::AllowCompaction(
+            ids.iter().map(|id| (*id, Antichain::new())).collect(),
+        ));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_an_id_the_replica_never_ran_is_confirmed_at_once() {
+    let mut direct = Direct::start().await;
+    direct.drop_ids(&[user(99)]);
+    assert_eq!(direct.dropped().await, [user(99)].into());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_an_id_already_dropped_is_confirmed_again() {
+    let mut direct = Direct::start().await;
+    direct.run_counter(user(1)).await;
+    direct.statuses_until(user(1), |s| s == "running").await;
+    direct.drop_ids(&[user(1)]);
+    assert_eq!(direct.dropped().await, [user(1)].into());
+    // A restarted controller re-sends a drop it has not seen confirmed.
+    direct.drop_ids(&[user(1)]);
+    assert_eq!(direct.dropped().await, [user(1)].into());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingestion_reports_starting_then_running_then_dropped() {
+    let mut direct = Direct::start().await;
+    direct.run_counter(user(1)).await;
+    let statuses = direct.statuses_until(user(1), |s| s == "running").await;
+    assert_eq!(statuses, ["starting", "running"]);
+    direct.drop_ids(&[user(1)]);
+    let statuses = direct.statuses_until(user(1), |s| s == "dropped").await;
+    assert_eq!(statuses, ["dropped"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_reports_starting_then_running_then_dropped() {
+    let mut direct = Direct::start().await;
+    let shard = direct.run_counter(user(1)).await;
+    let dir = sink_dir("export-statuses");
+    let _cleanup = RemoveDir(dir.clone());
+    direct.run_file_sink(user(2), user(1), shard, dir);
+    let statuses = direct.statuses_until(user(2), |s| s == "running").await;
+    assert_eq!(statuses, ["starting", "running"]);
+    direct.drop_ids(&[user(2)]);
+    let statuses = direct.statuses_until(user(2), |s| s == "dropped").await;
+    assert_eq!(statuses, ["dropped"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingestion_that_cannot_run_reports_stalled_with_its_error() {
+    let mut direct = Direct::start().await;
+    let shard = direct.new_shard().await;
+    let not_an_ingestion = CollectionDescription::new(counter().desc, DataSource::Other);
+    direct.send(StorageCommand::CreateSources(vec![IngestionCommand {
+        id: user(1),
+        description: not_an_ingestion,
+        data_shards: vec![(user(1), shard)],
+        resume_upper: Antichain::from_elem(0),
+    }]));
+    let statuses = direct
+        .statuses_until(user(1), |s| s.starts_with("stalled: "))
+        .await;
+    assert_eq!(statuses[0], "starting");
+    assert!(
+        statuses[1].starts_with("stalled: not an ingestion: id=u1"),
+        "{statuses:?}"
+    );
+    direct.drop_ids(&[user(1)]);
+    assert_eq!(
+        direct.statuses_until(user(1), |s| s == "dropped").await,
+        ["dropped"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_that_cannot_open_its_sink_reports_stalled_with_its_error() {
+    let mut direct = Direct::start().await;
+    let shard = direct.run_counter(user(1)).await;
+    let file = sink_dir("a-plain-file");
+    let _cleanup = RemoveDir(file.clone());
+    std::fs::write(&file, b"not a directory").unwrap();
+    direct.run_file_sink(user(2), user(1), shard, file.join("sink"));
+    let statuses = direct
+        .statuses_until(user(2), |s| s.starts_with("stalled: "))
+        .await;
+    assert_eq!(statuses[0], "starting");
+    assert!(
+        statuses[1].starts_with("stalled: opening the file sink failed"),
+        "{statuses:?}"
+    );
+    direct.drop_ids(&[user(2)]);
+    assert_eq!(
+        direct.statuses_until(user(2), |s| s == "dropped").await,
+        ["dropped"]
+    );
 }

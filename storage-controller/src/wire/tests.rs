@@ -96,6 +96,7 @@ fn every_response() -> Vec<StorageResponse<u64>> {
                 messages: 1,
                 updates: 2,
                 bytes: u64::MAX,
+                frontier_lag: 7,
             },
         )]),
         StorageResponse::StatusUpdates(vec![(GlobalId::User(2), "stalled: \u{1F30A}".into())]),
@@ -147,7 +148,7 @@ async fn every_response_variant_round_trips() {
 async fn a_matching_handshake_is_accepted() {
     let mut stream = Vec::new();
     write_handshake(&mut stream).await.unwrap();
-    assert_eq!(stream, b"TDMK\0\0\0\x01");
+    assert_eq!(stream, b"TDMK\0\0\0\x02");
     read_handshake(&mut &stream[..]).await.unwrap();
 }
 
@@ -160,7 +161,7 @@ async fn another_protocol_version_is_refused() {
         matches!(
             err,
             WireError::VersionMismatch {
-                expected: 1,
+                expected: 2,
                 got: 7
             }
         ),
@@ -168,7 +169,7 @@ async fn another_protocol_version_is_refused() {
     );
     assert_eq!(
         err.to_string(),
-        "protocol version mismatch: expected=1 got=7"
+        "protocol version mismatch: expected=2 got=7"
     );
 }
 
@@ -338,12 +339,12 @@ proptest! {
 
     /// Statistics of any values round trip.
     #[test]
-    fn statistics_round_trip(values in proptest::collection::vec((any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()), 0..20)) {
+    fn statistics_round_trip(values in proptest::collection::vec((any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()), 0..20)) {
         let response = StorageResponse::<u64>::StatisticsUpdates(
             values
                 .iter()
-                .map(|&(id, messages, updates, bytes)| {
-                    (GlobalId::User(id), StatisticsUpdate { messages, updates, bytes })
+                .map(|&(id, messages, updates, bytes, frontier_lag)| {
+                    (GlobalId::User(id), StatisticsUpdate { messages, updates, bytes, frontier_lag })
                 })
                 .collect(),
         );
