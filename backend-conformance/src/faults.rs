@@ -570,6 +570,7 @@ mod tests {
                 frontier(0),
                 frontier(1),
                 IdempotencyToken::new(),
+                WriteFence::Unfenced,
             )
             .await
             .unwrap_err();

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use tidemark_storage_types::{EarlierAttempts, WriteFence};
 use tidemark_storage_types::sync::lock;
+use tidemark_storage_types::{EarlierAttempts, WriteFence};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestCaseResult, TestRunner};

@@ -349,6 +349,7 @@ fn statistics(messages: u64) -> StatisticsUpdate {
         messages,
         updates: messages * 10,
         bytes: messages * 100,
+        frontier_lag: messages,
     }
 }
 

@@ -44,8 +44,7 @@ use serde::{Deserialize, Serialize};
 use tidemark_storage_types::{
     BackendError, Codec64, Datum, DeterminateKind, GlobalId, IdempotencyToken, InvalidUsage,
     PersistBackend, Row, ShardId, StorageError, StorageInstanceId, StorageTimestamp, Update,
-    display_frontier,
-    frontier_time,
+    display_frontier, frontier_time,
 };
 use timely::progress::{Antichain, Timestamp};
 
