@@ -355,11 +355,23 @@ async fn drop_waits_for_dropped_ids(store: Store) {
         .await
         .expect("shards list");
     assert!(!shards.contains(&shard), "reclaimed after DroppedIds");
-    let statuses = status_rows(&c).await;
-    assert_eq!(
-        statuses.last().map(|(status, _)| status.as_str()),
-        Some("dropped")
-    );
+    // The `dropped` row is durable once its append completes; the
+    // controller learns the status collection's new upper at a `process`.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let statuses = status_rows(&c).await;
+        if statuses.iter().any(|(status, _)| status == "dropped") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no dropped status was recorded: {statuses:?}"
+        );
+        tokio::select! {
+            () = c.ready() => c.process().await.expect("process succeeds"),
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
     drop(replica);
 }
 

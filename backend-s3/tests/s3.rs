@@ -794,7 +794,7 @@ async fn states_written_before_parts_had_buckets_read_as_every_bucket() {
     // Rewrite the state as format 1 stored it before parts recorded their
     // buckets and runs (format 1 had no inline parts either).
     let mut state = raw_state(&endpoint, &backend, shard).await;
-    assert_eq!(state["format"], 2, "the current format is written");
+    assert_eq!(state["format"], 3, "the current format is written");
     state["format"] = 1.into();
     let mut stripped = 0;
     for batch in state["batches"].as_array_mut().unwrap() {
@@ -830,7 +830,7 @@ async fn states_written_before_parts_had_buckets_read_as_every_bucket() {
     assert_eq!(backend.snapshot(shard, &4).await.unwrap().len(), 401);
     assert_eq!(
         raw_state(&endpoint, &backend, shard).await["format"],
-        2,
+        3,
         "a format 1 state is rewritten in the current format"
     );
 }
