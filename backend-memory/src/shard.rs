@@ -107,10 +107,7 @@ impl<T: StorageTimestamp> LockedShard<'_, T> {
     ///
     /// [`BackendError::Determinate`] of kind `Fenced` when the append's
     /// fence is older than the shard's writer epoch.
-    pub fn check_append(
-        &self,
-        append: &PreparedAppend<T>,
-    ) -> Result<AppendCheck<T>, BackendError> {
+    pub fn check_append(&self, append: &PreparedAppend<T>) -> Result<AppendCheck<T>, BackendError> {
         let state = &self.state;
         // SUBTLE: the token check comes before the upper check. A retry of an
         // append that applied finds the upper already moved past its
@@ -154,7 +151,9 @@ impl<T: StorageTimestamp> LockedShard<'_, T> {
         state.writer_epoch = epoch;
         state.spine.insert(batch);
         state.upper = new_upper.clone();
-        state.tokens.record(token, expected_upper, new_upper.clone());
+        state
+            .tokens
+            .record(token, expected_upper, new_upper.clone());
         self.shard.upper_watch.send_replace(new_upper);
     }
 }
@@ -403,6 +402,38 @@ mod tests {
         assert!(err.to_string().contains("update at time 5"), "{err}");
         assert_eq!(shard.usage().unwrap(), ShardUsage::default());
         assert_eq!(shard.frontiers().unwrap().upper, frontier(0));
+    }
+
+    #[test]
+    fn checking_an_append_writes_nothing_until_it_is_applied() {
+        let shard = Shard::<u64>::new(ShardId::new());
+        let prepare = |expected, new| {
+            PreparedAppend::new(
+                shard.id,
+                vec![update(1, expected, 1)],
+                frontier(expected),
+                frontier(new),
+                IdempotencyToken::new(),
+                WriteFence::Unfenced,
+            )
+            .unwrap()
+        };
+        let append = prepare(0, 1);
+        let mut locked = shard.lock_for_write().unwrap();
+        let check = locked.check_append(&append).unwrap();
+        assert!(
+            matches!(check, AppendCheck::Applies { epoch: 0 }),
+            "{check:?}"
+        );
+        assert_eq!(locked.state.upper, frontier(0), "checking wrote nothing");
+        locked.apply_append(append, 0);
+        assert_eq!(locked.state.upper, frontier(1));
+        let stale = prepare(0, 2);
+        let check = locked.check_append(&stale).unwrap();
+        assert!(matches!(check, AppendCheck::Mismatch(_)), "{check:?}");
+        drop(locked);
+        assert_eq!(shard.usage().unwrap().updates, 1);
+        assert_eq!(*shard.subscribe_upper().borrow(), frontier(1));
     }
 
     #[test]

@@ -323,7 +323,11 @@ fn merge<T: Ord + Clone>(older: Arc<Batch<T>>, newer: Arc<Batch<T>>) -> Batch<T>
         keys.push(key);
         updates.push(update);
     }
-    let time_bounds = if updates.is_empty() { None } else { time_bounds };
+    let time_bounds = if updates.is_empty() {
+        None
+    } else {
+        time_bounds
+    };
     Batch {
         updates,
         keys,
@@ -608,6 +612,100 @@ mod tests {
                 assert!(merged.is_empty());
             }
         }
+    }
+
+    /// Rows whose order keys tie (shorter than 8 bytes, sharing their first
+    /// 8 bytes, ending in zero bytes) still sort, consolidate and merge in
+    /// row order.
+    #[test]
+    fn rows_with_equal_order_keys_are_ordered_by_their_bytes() {
+        let rows = [
+            Row::pack([]),
+            Row::pack([Datum::Null]),
+            Row::pack([Datum::Null, Datum::Null]),
+            Row::pack([Datum::String("")]),
+            Row::pack([Datum::String("abc")]),
+            Row::pack([Datum::String("abcd")]),
+            Row::pack([Datum::String("abce")]),
+            Row::pack([Datum::String("abc"), Datum::Null]),
+            Row::pack([Datum::Bytes(&[0, 0, 0])]),
+            Row::pack([Datum::Bytes(&[0, 0, 0, 0])]),
+            Row::pack([Datum::Int64(0)]),
+            Row::pack([Datum::Int64(0), Datum::Int64(1)]),
+            Row::pack([Datum::Int64(1 << 60)]),
+            Row::pack([Datum::Int64(2 << 60)]),
+        ];
+        assert!(
+            rows.iter()
+                .zip(&rows[1..])
+                .any(|(left, right)| order_key(left) == order_key(right)),
+            "some keys tie"
+        );
+        let mut state = 7u64;
+        let mut next = |bound: u64| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (state >> 33) % bound
+        };
+        for _ in 0..200 {
+            let mut random_updates = |count| -> Vec<(Row, u64, Diff)> {
+                (0..count)
+                    .map(|_| {
+                        let row = rows[next(rows.len() as u64) as usize].clone();
+                        (row, next(3), next(5) as i64 - 2)
+                    })
+                    .collect()
+            };
+            let older = random_updates(20);
+            let newer = random_updates(9);
+            let mut expected = [older.clone(), newer.clone()].concat();
+            consolidate_updates(&mut expected);
+            let older = Batch::from_unsorted(older);
+            let newer = Batch::from_unsorted(newer);
+            for batch in [&older, &newer] {
+                let mut consolidated = batch.updates().to_vec();
+                consolidate_updates(&mut consolidated);
+                assert_eq!(batch.updates(), consolidated);
+                let keys: Vec<u64> = batch
+                    .updates()
+                    .iter()
+                    .map(|(row, _, _)| order_key(row))
+                    .collect();
+                assert_eq!(batch.keys, keys);
+            }
+            let merged = merge(Arc::new(older), Arc::new(newer));
+            assert_eq!(merged.updates(), expected);
+            assert_eq!(merged.keys.len(), merged.len());
+        }
+    }
+
+    #[test]
+    fn order_keys_are_a_prefix_of_the_row_order() {
+        let rows = [
+            Row::pack([]),
+            Row::pack([Datum::Null]),
+            Row::pack([Datum::Bool(true)]),
+            Row::pack([Datum::String("a")]),
+            Row::pack([Datum::String("ab")]),
+            Row::pack([Datum::String("abcdefgh")]),
+            Row::pack([Datum::Int64(-1)]),
+            Row::pack([Datum::Int64(255)]),
+            Row::pack([Datum::Int64(256)]),
+        ];
+        for left in &rows {
+            for right in &rows {
+                if order_key(left) < order_key(right) {
+                    assert!(left < right, "{left} before {right} by key only");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn permutations_apply_in_place() {
+        let mut items = vec!['a', 'b', 'c', 'd', 'e'];
+        let mut sources = vec![3, 0, 4, 1, 2];
+        apply_permutation(&mut items, &mut sources);
+        assert_eq!(items, vec!['d', 'a', 'e', 'b', 'c']);
     }
 
     #[test]
