@@ -289,13 +289,10 @@ fn merge<T: Ord + Clone>(older: Arc<Batch<T>>, newer: Arc<Batch<T>>) -> Batch<T>
     let (newer_updates, newer_keys) = take_parts(newer);
     let mut older = older_keys.into_iter().zip(older_updates).peekable();
     let mut newer = newer_keys.into_iter().zip(newer_updates).peekable();
-    loop {
-        let order = match (older.peek(), newer.peek()) {
-            (Some((older_key, older_update)), Some((newer_key, newer_update))) => {
-                keyed_order(*older_key, older_update, *newer_key, newer_update)
-            }
-            _ => break,
-        };
+    while let (Some((older_key, older_update)), Some((newer_key, newer_update))) =
+        (older.peek(), newer.peek())
+    {
+        let order = keyed_order(*older_key, older_update, *newer_key, newer_update);
         let next = match order {
             Ordering::Less => older.next(),
             Ordering::Greater => newer.next(),
