@@ -10,6 +10,9 @@
 //!   the next newer one, so a spine of `n` updates has at most
 //!   `log2(n) + 1` batches, and each update is merged `O(log n)` times over
 //!   its life (every merge it takes part in grows its batch by at least half).
+//! - Beside its updates, every batch keeps each row's order key (a prefix
+//!   of the row order, see `order_key`), which sorting and merging compare
+//!   first.
 //!
 //! Merging never advances times: that is physical compaction's job
 //! ([`Spine::compact_to`]), so that [`usage`](Spine::usage) before a
