@@ -31,6 +31,133 @@ pub struct ReadView<T> {
     pub batches: Vec<Arc<Batch<T>>>,
 }
 
+/// An append checked against its own bounds, with its updates sorted and
+/// consolidated into a batch: the part of an append that needs no lock.
+#[derive(Debug)]
+pub struct PreparedAppend<T> {
+    batch: Batch<T>,
+    expected_upper: Antichain<T>,
+    new_upper: Antichain<T>,
+    token: IdempotencyToken,
+    fence: WriteFence,
+}
+
+impl<T: StorageTimestamp> PreparedAppend<T> {
+    /// Checks the bounds of an append to `shard` and builds its batch.
+    ///
+    /// # Errors
+    ///
+    /// [`BackendError::InvalidUsage`] as
+    /// [`contract::check_append_bounds`] gives it: a new upper before the
+    /// expected upper, or an update outside `[expected_upper, new_upper)`.
+    pub fn new(
+        shard: ShardId,
+        updates: Vec<Update<T>>,
+        expected_upper: Antichain<T>,
+        new_upper: Antichain<T>,
+        token: IdempotencyToken,
+        fence: WriteFence,
+    ) -> Result<Self, BackendError> {
+        contract::check_append_bounds(shard, &updates, &expected_upper, &new_upper)?;
+        // The updates move into the batch's tuples in place (same layout).
+        let batch = Batch::from_unsorted(
+            updates
+                .into_iter()
+                .map(|update| (update.row, update.timestamp, update.diff))
+                .collect(),
+        );
+        Ok(PreparedAppend {
+            batch,
+            expected_upper,
+            new_upper,
+            token,
+            fence,
+        })
+    }
+}
+
+/// What a [`PreparedAppend`] would do to a shard, as read under its lock.
+#[derive(Debug)]
+pub enum AppendCheck<T> {
+    /// The append's token already applied with the same bounds: it answers
+    /// success and writes nothing.
+    AlreadyApplied,
+    /// The shard's upper is not the append's expected upper.
+    Mismatch(UpperMismatch<T>),
+    /// The append applies, raising the shard's writer epoch to `epoch`.
+    Applies {
+        /// The writer epoch the shard has after the append.
+        epoch: u64,
+    },
+}
+
+/// A shard held under its lock: the checks and writes of an append, which
+/// an append to several shards can run on each of them while holding every
+/// lock.
+#[derive(Debug)]
+pub struct LockedShard<'a, T> {
+    shard: &'a Shard<T>,
+    state: MutexGuard<'a, ShardState<T>>,
+}
+
+impl<T: StorageTimestamp> LockedShard<'_, T> {
+    /// What `append` would do, without writing anything.
+    ///
+    /// # Errors
+    ///
+    /// [`BackendError::Determinate`] of kind `Fenced` when the append's
+    /// fence is older than the shard's writer epoch.
+    pub fn check_append(&self, append: &PreparedAppend<T>) -> Result<AppendCheck<T>, BackendError> {
+        let state = &self.state;
+        // SUBTLE: the token check comes before the upper check. A retry of an
+        // append that applied finds the upper already moved past its
+        // expected upper, and must answer success, not a mismatch.
+        if state
+            .tokens
+            .applied(&append.token, &append.expected_upper, &append.new_upper)
+        {
+            return Ok(AppendCheck::AlreadyApplied);
+        }
+        // The fence is checked under the same lock as the write that follows.
+        let epoch = contract::check_fence(self.shard.id, state.writer_epoch, append.fence)?;
+        if state.upper != append.expected_upper {
+            let earlier_attempts = contract::earlier_attempts(
+                &append.new_upper,
+                state.tokens.oldest_remembered_lower(),
+            );
+            return Ok(AppendCheck::Mismatch(UpperMismatch {
+                expected: append.expected_upper.clone(),
+                current: state.upper.clone(),
+                earlier_attempts,
+            }));
+        }
+        Ok(AppendCheck::Applies { epoch })
+    }
+
+    /// Writes `append`, which [`check_append`](Self::check_append) answered
+    /// [`AppendCheck::Applies`] with `epoch` for under this same lock:
+    /// stores its batch, sets the upper, remembers the token and publishes
+    /// the new upper.
+    pub fn apply_append(&mut self, append: PreparedAppend<T>, epoch: u64) {
+        let PreparedAppend {
+            batch,
+            expected_upper,
+            new_upper,
+            token,
+            fence: _,
+        } = append;
+        let state = &mut *self.state;
+        debug_assert!(state.upper == expected_upper);
+        state.writer_epoch = epoch;
+        state.spine.insert(batch);
+        state.upper = new_upper.clone();
+        state
+            .tokens
+            .record(token, expected_upper, new_upper.clone());
+        self.shard.upper_watch.send_replace(new_upper);
+    }
+}
+
 #[derive(Debug)]
 struct ShardState<T> {
     since: Antichain<T>,
@@ -103,6 +230,10 @@ impl<T: StorageTimestamp> Shard<T> {
     /// to `new_upper`; a token already applied with these bounds answers
     /// success without writing. See
     /// [`PersistBackend::compare_and_append`](tidemark_storage_types::PersistBackend::compare_and_append).
+    ///
+    /// The steps are [`PreparedAppend::new`] (no lock), then
+    /// [`LockedShard::check_append`] and [`LockedShard::apply_append`] under
+    /// the shard's lock.
     pub fn compare_and_append(
         &self,
         updates: Vec<Update<T>>,
@@ -111,42 +242,26 @@ impl<T: StorageTimestamp> Shard<T> {
         token: IdempotencyToken,
         fence: WriteFence,
     ) -> Result<Result<(), UpperMismatch<T>>, BackendError> {
-        contract::check_append_bounds(self.id, &updates, &expected_upper, &new_upper)?;
-        // Sorting and consolidating needs no state: do it before taking the
-        // lock so concurrent readers and writers wait less.
-        let batch = Batch::from_unsorted(
-            updates
-                .into_iter()
-                .map(|update| (update.row, update.timestamp, update.diff))
-                .collect(),
-        );
+        let append =
+            PreparedAppend::new(self.id, updates, expected_upper, new_upper, token, fence)?;
+        let mut locked = self.lock_for_write()?;
+        match locked.check_append(&append)? {
+            AppendCheck::AlreadyApplied => Ok(Ok(())),
+            AppendCheck::Mismatch(mismatch) => Ok(Err(mismatch)),
+            AppendCheck::Applies { epoch } => {
+                locked.apply_append(append, epoch);
+                Ok(Ok(()))
+            }
+        }
+    }
 
-        let mut state = self.lock()?;
-        // SUBTLE: the token check comes before the upper check. A retry of an
-        // append that applied finds the upper already moved past its
-        // expected upper, and must answer success, not a mismatch.
-        if state.tokens.applied(&token, &expected_upper, &new_upper) {
-            return Ok(Ok(()));
-        }
-        // The fence is checked under the same lock as the write below.
-        let epoch = contract::check_fence(self.id, state.writer_epoch, fence)?;
-        if state.upper != expected_upper {
-            let earlier_attempts =
-                contract::earlier_attempts(&new_upper, state.tokens.oldest_remembered_lower());
-            return Ok(Err(UpperMismatch {
-                expected: expected_upper,
-                current: state.upper.clone(),
-                earlier_attempts,
-            }));
-        }
-        state.writer_epoch = epoch;
-        state.spine.insert(batch);
-        state.upper = new_upper.clone();
-        state
-            .tokens
-            .record(token, expected_upper, new_upper.clone());
-        self.upper_watch.send_replace(new_upper);
-        Ok(Ok(()))
+    /// The shard under its lock, for writes that check state and then
+    /// write. Nothing may await while it is held.
+    pub fn lock_for_write(&self) -> Result<LockedShard<'_, T>, BackendError> {
+        Ok(LockedShard {
+            shard: self,
+            state: self.lock()?,
+        })
     }
 
     /// The frontiers and shared batches, for a read done without the lock.
@@ -287,6 +402,38 @@ mod tests {
         assert!(err.to_string().contains("update at time 5"), "{err}");
         assert_eq!(shard.usage().unwrap(), ShardUsage::default());
         assert_eq!(shard.frontiers().unwrap().upper, frontier(0));
+    }
+
+    #[test]
+    fn checking_an_append_writes_nothing_until_it_is_applied() {
+        let shard = Shard::<u64>::new(ShardId::new());
+        let prepare = |expected, new| {
+            PreparedAppend::new(
+                shard.id,
+                vec![update(1, expected, 1)],
+                frontier(expected),
+                frontier(new),
+                IdempotencyToken::new(),
+                WriteFence::Unfenced,
+            )
+            .unwrap()
+        };
+        let append = prepare(0, 1);
+        let mut locked = shard.lock_for_write().unwrap();
+        let check = locked.check_append(&append).unwrap();
+        assert!(
+            matches!(check, AppendCheck::Applies { epoch: 0 }),
+            "{check:?}"
+        );
+        assert_eq!(locked.state.upper, frontier(0), "checking wrote nothing");
+        locked.apply_append(append, 0);
+        assert_eq!(locked.state.upper, frontier(1));
+        let stale = prepare(0, 2);
+        let check = locked.check_append(&stale).unwrap();
+        assert!(matches!(check, AppendCheck::Mismatch(_)), "{check:?}");
+        drop(locked);
+        assert_eq!(shard.usage().unwrap().updates, 1);
+        assert_eq!(*shard.subscribe_upper().borrow(), frontier(1));
     }
 
     #[test]

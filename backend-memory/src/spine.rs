@@ -10,6 +10,9 @@
 //!   the next newer one, so a spine of `n` updates has at most
 //!   `log2(n) + 1` batches, and each update is merged `O(log n)` times over
 //!   its life (every merge it takes part in grows its batch by at least half).
+//! - Beside its updates, every batch keeps each row's order key (a prefix
+//!   of the row order, see `order_key`), which sorting and merging compare
+//!   first.
 //!
 //! Merging never advances times: that is physical compaction's job
 //! ([`Spine::compact_to`]), so that [`usage`](Spine::usage) before a
@@ -33,21 +36,42 @@ fn update_bytes(row: &Row) -> u64 {
 
 /// An immutable run of updates, sorted by `(row, time)` and consolidated.
 ///
+/// Next to each update the batch keeps its row's [`order_key`], so that
+/// sorting and merging compare two integers and read a row's bytes only
+/// when the keys tie. Without it, every comparison of a merge reads two
+/// rows from wherever they were allocated, which for a large batch is a
+/// cache miss per update (041, 042).
+///
 /// Readers share batches by `Arc`, so a snapshot can work on a consistent set
 /// of batches without holding the shard's lock.
 #[derive(Debug)]
 pub struct Batch<T> {
     updates: Vec<(Row, T, Diff)>,
+    /// `keys[i]` is the [`order_key`] of `updates[i]`'s row.
+    keys: Vec<u64>,
     bytes: u64,
     /// Every time of the batch is in `[earliest, latest]` (`None` when the
     /// batch is empty). May be wider than the times present.
     time_bounds: Option<(T, T)>,
 }
 
+/// The first 8 bytes of a row's encoding as a big-endian integer, padded
+/// with zeros: a prefix of the row order. If `order_key(a) < order_key(b)`
+/// then `a < b`; equal keys say nothing, and the rows' bytes decide.
+///
+/// For a row that starts with an integer (a tag byte and the value's 7 low
+/// bytes) the key decides almost every comparison.
+fn order_key(row: &Row) -> u64 {
+    let bytes = row.as_bytes();
+    let mut prefix = [0u8; 8];
+    let len = bytes.len().min(prefix.len());
+    prefix[..len].copy_from_slice(&bytes[..len]);
+    u64::from_be_bytes(prefix)
+}
+
 /// The order of a batch: by row, then time. The same order as the derived
 /// `Ord` of `(Row, T)` (a row compares as its bytes), compared directly on
-/// the bytes rather than through the tuple's and the row's orderings: the
-/// comparison is most of the work of sorting and merging.
+/// the bytes rather than through the tuple's and the row's orderings.
 fn key_order<T: Ord>(left: &(Row, T, Diff), right: &(Row, T, Diff)) -> Ordering {
     left.0
         .as_bytes()
@@ -55,34 +79,112 @@ fn key_order<T: Ord>(left: &(Row, T, Diff), right: &(Row, T, Diff)) -> Ordering 
         .then_with(|| left.1.cmp(&right.1))
 }
 
+/// [`key_order`] of two updates whose rows have the order keys given: the
+/// rows are read only when the keys tie.
+fn keyed_order<T: Ord>(
+    left_key: u64,
+    left: &(Row, T, Diff),
+    right_key: u64,
+    right: &(Row, T, Diff),
+) -> Ordering {
+    left_key
+        .cmp(&right_key)
+        .then_with(|| key_order(left, right))
+}
+
+/// Reorders `items` so that position `i` holds what was at
+/// `sources[i]`, in place, with one swap per position. `sources` must be a
+/// permutation of `0..items.len()`; it is used up (rewritten) on the way.
+fn apply_permutation<I>(items: &mut [I], sources: &mut [usize]) {
+    for position in 0..items.len() {
+        // Earlier swaps moved what was at `source` (if `source` is before
+        // `position`) to the position that `source` names in turn: follow
+        // the chain to where it is now.
+        let mut source = sources[position];
+        while source < position {
+            source = sources[source];
+        }
+        sources[position] = source;
+        items.swap(position, source);
+    }
+}
+
 impl<T: Ord + Clone> Batch<T> {
     /// Sorts and consolidates `updates` into a batch. Input already in
     /// batch order (a consolidated collection's output, for instance) is
     /// not sorted again.
     pub fn from_unsorted(mut updates: Vec<(Row, T, Diff)>) -> Self {
-        if !updates.is_sorted_by(|left, right| key_order(left, right) != Ordering::Greater) {
-            updates.sort_unstable_by(key_order);
+        let mut keys: Vec<u64> = updates.iter().map(|(row, _, _)| order_key(row)).collect();
+        let sorted = keys
+            .iter()
+            .zip(&updates)
+            .zip(keys.iter().zip(&updates).skip(1))
+            .all(|((left_key, left), (right_key, right))| {
+                keyed_order(*left_key, left, *right_key, right) != Ordering::Greater
+            });
+        if !sorted {
+            // Sort (key, position) pairs, which compare as two integers,
+            // then order each run of equal keys by the rows themselves, and
+            // move every update once to where it belongs.
+            let mut order: Vec<(u64, usize)> = keys.iter().copied().zip(0..).collect();
+            order.sort_unstable();
+            for run in order.chunk_by_mut(|left, right| left.0 == right.0) {
+                if run.len() > 1 {
+                    run.sort_unstable_by(|left, right| {
+                        key_order(&updates[left.1], &updates[right.1])
+                    });
+                }
+            }
+            let mut sources: Vec<usize> = Vec::with_capacity(order.len());
+            for (position, (key, source)) in order.into_iter().enumerate() {
+                keys[position] = key;
+                sources.push(source);
+            }
+            apply_permutation(&mut updates, &mut sources);
         }
-        Self::from_sorted(updates)
+        Self::from_sorted(updates, keys)
     }
 
-    /// Consolidates updates sorted in batch order: sums the diffs of equal
-    /// `(row, time)` neighbours and drops zero sums, in one pass.
-    fn from_sorted(mut updates: Vec<(Row, T, Diff)>) -> Self {
+    /// Consolidates updates sorted in batch order, with their rows' keys:
+    /// sums the diffs of equal `(row, time)` neighbours and drops zero sums,
+    /// in one pass.
+    fn from_sorted(mut updates: Vec<(Row, T, Diff)>, mut keys: Vec<u64>) -> Self {
+        debug_assert_eq!(updates.len(), keys.len());
         debug_assert!(
             updates
                 .windows(2)
                 .all(|pair| key_order(&pair[0], &pair[1]) != Ordering::Greater)
         );
-        // `dedup_by` hands the later of two equal neighbours first.
-        updates.dedup_by(|later, earlier| {
-            let same = later.0 == earlier.0 && later.1 == earlier.1;
-            if same {
-                earlier.2 += later.2;
+        // `updates[..kept]` is consolidated; a zero sum stays at its end
+        // until the next different update replaces it.
+        let mut kept = 0;
+        for index in 0..updates.len() {
+            if kept > 0 {
+                let last = kept - 1;
+                if keys[last] == keys[index]
+                    && updates[last].0 == updates[index].0
+                    && updates[last].1 == updates[index].1
+                {
+                    let diff = updates[index].2;
+                    updates[last].2 += diff;
+                    continue;
+                }
+                if updates[last].2 == 0 {
+                    kept = last;
+                }
             }
-            same
-        });
-        updates.retain(|(_, _, diff)| *diff != 0);
+            if kept != index {
+                updates.swap(kept, index);
+                keys[kept] = keys[index];
+            }
+            kept += 1;
+        }
+        if kept > 0 && updates[kept - 1].2 == 0 {
+            kept -= 1;
+        }
+        updates.truncate(kept);
+        keys.truncate(kept);
+
         let mut bytes = 0;
         let mut time_bounds: Option<(T, T)> = None;
         for (row, time, _) in &updates {
@@ -100,6 +202,7 @@ impl<T: Ord + Clone> Batch<T> {
         }
         Batch {
             updates,
+            keys,
             bytes,
             time_bounds,
         }
@@ -157,11 +260,12 @@ impl<T: Ord + Clone> Batch<T> {
     }
 }
 
-/// The updates of a shared batch, without copying when no reader holds it.
-fn take_updates<T: Clone>(batch: Arc<Batch<T>>) -> Vec<(Row, T, Diff)> {
+/// The updates and keys of a shared batch, without copying when no reader
+/// holds it.
+fn take_parts<T: Clone>(batch: Arc<Batch<T>>) -> (Vec<(Row, T, Diff)>, Vec<u64>) {
     match Arc::try_unwrap(batch) {
-        Ok(batch) => batch.updates,
-        Err(shared) => shared.updates.clone(),
+        Ok(batch) => (batch.updates, batch.keys),
+        Err(shared) => (shared.updates.clone(), shared.keys.clone()),
     }
 }
 
@@ -171,7 +275,9 @@ fn take_updates<T: Clone>(batch: Arc<Batch<T>>) -> Vec<(Row, T, Diff)> {
 /// calling `consolidate_updates` gives the same batch, which the tests
 /// check, at two to three times the cost.)
 fn merge<T: Ord + Clone>(older: Arc<Batch<T>>, newer: Arc<Batch<T>>) -> Batch<T> {
-    let mut merged = Vec::with_capacity(older.len() + newer.len());
+    let capacity = older.len() + newer.len();
+    let mut updates = Vec::with_capacity(capacity);
+    let mut keys = Vec::with_capacity(capacity);
     let mut bytes = older.bytes() + newer.bytes();
     // Conservative: updates that cancel out may leave the bounds wider than
     // the times present, which only costs a read a batch it could skip.
@@ -182,48 +288,49 @@ fn merge<T: Ord + Clone>(older: Arc<Batch<T>>, newer: Arc<Batch<T>>) -> Batch<T>
         )),
         (bounds, None) | (None, bounds) => bounds,
     };
-    let mut older = take_updates(older).into_iter();
-    let mut newer = take_updates(newer).into_iter();
-    let (mut from_older, mut from_newer) = (older.next(), newer.next());
-    loop {
-        match (from_older.take(), from_newer.take()) {
-            (Some(left), Some(right)) => match key_order(&left, &right) {
-                Ordering::Less => {
-                    merged.push(left);
-                    (from_older, from_newer) = (older.next(), Some(right));
-                }
-                Ordering::Greater => {
-                    merged.push(right);
-                    (from_older, from_newer) = (Some(left), newer.next());
-                }
-                Ordering::Equal => {
-                    let (row, time, older_diff) = left;
-                    let diff = older_diff + right.2;
+    let (older_updates, older_keys) = take_parts(older);
+    let (newer_updates, newer_keys) = take_parts(newer);
+    let mut older = older_keys.into_iter().zip(older_updates).peekable();
+    let mut newer = newer_keys.into_iter().zip(newer_updates).peekable();
+    while let (Some((older_key, older_update)), Some((newer_key, newer_update))) =
+        (older.peek(), newer.peek())
+    {
+        let order = keyed_order(*older_key, older_update, *newer_key, newer_update);
+        let next = match order {
+            Ordering::Less => older.next(),
+            Ordering::Greater => newer.next(),
+            Ordering::Equal => match (older.next(), newer.next()) {
+                (Some((key, (row, time, older_diff))), Some((_, (_, _, newer_diff)))) => {
+                    let diff = older_diff + newer_diff;
                     if diff == 0 {
                         bytes -= 2 * update_bytes(&row);
+                        None
                     } else {
                         bytes -= update_bytes(&row);
-                        merged.push((row, time, diff));
+                        Some((key, (row, time, diff)))
                     }
-                    (from_older, from_newer) = (older.next(), newer.next());
                 }
+                _ => None,
             },
-            (Some(left), None) => {
-                merged.push(left);
-                merged.extend(older);
-                break;
-            }
-            (None, Some(right)) => {
-                merged.push(right);
-                merged.extend(newer);
-                break;
-            }
-            (None, None) => break,
+        };
+        if let Some((key, update)) = next {
+            keys.push(key);
+            updates.push(update);
         }
     }
-    let time_bounds = if merged.is_empty() { None } else { time_bounds };
+    // One side is used up: the rest of the other follows in order.
+    for (key, update) in older.chain(newer) {
+        keys.push(key);
+        updates.push(update);
+    }
+    let time_bounds = if updates.is_empty() {
+        None
+    } else {
+        time_bounds
+    };
     Batch {
-        updates: merged,
+        updates,
+        keys,
         bytes,
         time_bounds,
     }
@@ -241,7 +348,7 @@ pub fn compact_batches<T: Timestamp + Lattice>(
     }
     let mut updates = Vec::with_capacity(batches.iter().map(|batch| batch.len()).sum());
     for batch in batches {
-        updates.extend(take_updates(batch));
+        updates.extend(take_parts(batch).0);
     }
     for (_, time, _) in updates.iter_mut() {
         time.advance_by(since.borrow());
@@ -505,6 +612,100 @@ mod tests {
                 assert!(merged.is_empty());
             }
         }
+    }
+
+    /// Rows whose order keys tie (shorter than 8 bytes, sharing their first
+    /// 8 bytes, ending in zero bytes) still sort, consolidate and merge in
+    /// row order.
+    #[test]
+    fn rows_with_equal_order_keys_are_ordered_by_their_bytes() {
+        let rows = [
+            Row::pack([]),
+            Row::pack([Datum::Null]),
+            Row::pack([Datum::Null, Datum::Null]),
+            Row::pack([Datum::String("")]),
+            Row::pack([Datum::String("abc")]),
+            Row::pack([Datum::String("abcd")]),
+            Row::pack([Datum::String("abce")]),
+            Row::pack([Datum::String("abc"), Datum::Null]),
+            Row::pack([Datum::Bytes(&[0, 0, 0])]),
+            Row::pack([Datum::Bytes(&[0, 0, 0, 0])]),
+            Row::pack([Datum::Int64(0)]),
+            Row::pack([Datum::Int64(0), Datum::Int64(1)]),
+            Row::pack([Datum::Int64(1 << 60)]),
+            Row::pack([Datum::Int64(2 << 60)]),
+        ];
+        assert!(
+            rows.iter()
+                .zip(&rows[1..])
+                .any(|(left, right)| order_key(left) == order_key(right)),
+            "some keys tie"
+        );
+        let mut state = 7u64;
+        let mut next = |bound: u64| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (state >> 33) % bound
+        };
+        for _ in 0..200 {
+            let mut random_updates = |count| -> Vec<(Row, u64, Diff)> {
+                (0..count)
+                    .map(|_| {
+                        let row = rows[next(rows.len() as u64) as usize].clone();
+                        (row, next(3), next(5) as i64 - 2)
+                    })
+                    .collect()
+            };
+            let older = random_updates(20);
+            let newer = random_updates(9);
+            let mut expected = [older.clone(), newer.clone()].concat();
+            consolidate_updates(&mut expected);
+            let older = Batch::from_unsorted(older);
+            let newer = Batch::from_unsorted(newer);
+            for batch in [&older, &newer] {
+                let mut consolidated = batch.updates().to_vec();
+                consolidate_updates(&mut consolidated);
+                assert_eq!(batch.updates(), consolidated);
+                let keys: Vec<u64> = batch
+                    .updates()
+                    .iter()
+                    .map(|(row, _, _)| order_key(row))
+                    .collect();
+                assert_eq!(batch.keys, keys);
+            }
+            let merged = merge(Arc::new(older), Arc::new(newer));
+            assert_eq!(merged.updates(), expected);
+            assert_eq!(merged.keys.len(), merged.len());
+        }
+    }
+
+    #[test]
+    fn order_keys_are_a_prefix_of_the_row_order() {
+        let rows = [
+            Row::pack([]),
+            Row::pack([Datum::Null]),
+            Row::pack([Datum::Bool(true)]),
+            Row::pack([Datum::String("a")]),
+            Row::pack([Datum::String("ab")]),
+            Row::pack([Datum::String("abcdefgh")]),
+            Row::pack([Datum::Int64(-1)]),
+            Row::pack([Datum::Int64(255)]),
+            Row::pack([Datum::Int64(256)]),
+        ];
+        for left in &rows {
+            for right in &rows {
+                if order_key(left) < order_key(right) {
+                    assert!(left < right, "{left} before {right} by key only");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn permutations_apply_in_place() {
+        let mut items = vec!['a', 'b', 'c', 'd', 'e'];
+        let mut sources = vec![3, 0, 4, 1, 2];
+        apply_permutation(&mut items, &mut sources);
+        assert_eq!(items, vec!['d', 'a', 'e', 'b', 'c']);
     }
 
     #[test]
