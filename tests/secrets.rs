@@ -255,7 +255,10 @@ async fn s3_secret_keys_and_session_tokens_stay_out_of_errors_debug_and_tracing(
             .with_endpoint(format!("http://key:{S3_SECRET}@127.0.0.1:1")),
         config
             .clone()
-            .with_endpoint(format!("http://127.0.0.1:1/{S3_SECRET}\n")),
+            .with_endpoint(format!("http://key:{S3_SECRET}@127.0.0.1:1/\n")),
+        config
+            .clone()
+            .with_endpoint(format!("http://key:{S3_SECRET}@127.0.0.1:1/?x=1")),
     ] {
         let err = bad.build().await.unwrap_err();
         seen.error("invalid config", &err);
@@ -275,15 +278,9 @@ async fn s3_secret_keys_and_session_tokens_stay_out_of_errors_debug_and_tracing(
 
     let endpoint = service_env("TIDEMARK_TEST_S3_ENDPOINT", "secrets: s3 server");
     if let Some(endpoint) = endpoint {
-        // The test server takes any credentials: a working backend that
-        // signs every request with the sentinel secret and session token.
+        // The test server checks credentials: the sentinel secret (with and
+        // without the sentinel session token) signs requests it refuses.
         let bucket = format!("tm-secrets-{}", uuid::Uuid::new_v4().simple());
-        let plain = tidemark::s3::S3Config::new(&bucket)
-            .with_endpoint(&endpoint)
-            .with_region("us-east-1")
-            .with_path_style(true)
-            .with_credentials("tidemark-test", "tidemark-test-secret");
-        // Creating the bucket goes through the SDK directly.
         let client = {
             let sdk = aws_sdk_s3::config::Builder::new()
                 .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
@@ -291,7 +288,7 @@ async fn s3_secret_keys_and_session_tokens_stay_out_of_errors_debug_and_tracing(
                 .endpoint_url(&endpoint)
                 .force_path_style(true)
                 .credentials_provider(aws_sdk_s3::config::Credentials::new(
-                    plain.credentials().unwrap().access_key_id.clone(),
+                    "tidemark-test",
                     "tidemark-test-secret",
                     None,
                     None,
@@ -301,14 +298,28 @@ async fn s3_secret_keys_and_session_tokens_stay_out_of_errors_debug_and_tracing(
             aws_sdk_s3::Client::from_conf(sdk)
         };
         client.create_bucket().bucket(&bucket).send().await.unwrap();
-        let backend = s3_config(&endpoint, &bucket).build().await.unwrap();
-        seen.add("backend (Debug)", format!("{backend:?}"));
-        let shard = ShardId::new();
-        PersistBackend::<u64>::open(&backend, shard).await.unwrap();
-        let err = PersistBackend::<u64>::snapshot(&backend, ShardId::new(), &0)
-            .await
-            .unwrap_err();
-        seen.error("unknown shard", &err);
+        let with_token = s3_config(&endpoint, &bucket);
+        let without_token = S3Config::new(&bucket)
+            .with_prefix("secrets")
+            .with_endpoint(&endpoint)
+            .with_region("us-east-1")
+            .with_path_style(true)
+            .with_credentials("tidemark-test", S3_SECRET);
+        for config in [with_token, without_token] {
+            seen.add("config (Debug)", format!("{config:?}"));
+            let err = config.build().await.unwrap_err();
+            assert_eq!(
+                err.determinate_kind(),
+                Some(tidemark::types::DeterminateKind::Unauthorized),
+                "{err}"
+            );
+            seen.error("rejected credentials", &err);
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                seen.add("rejected credentials (cause)", format!("{cause} {cause:?}"));
+                source = cause.source();
+            }
+        }
         let err = s3_config(&endpoint, "tm-secrets-no-such-bucket")
             .build()
             .await

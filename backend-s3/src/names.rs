@@ -151,8 +151,10 @@ pub(crate) fn validate_region(region: &str) -> Result<(), BackendError> {
 /// query or fragment, no control characters or spaces, at most
 /// [`MAX_ENDPOINT_BYTES`].
 pub(crate) fn validate_endpoint(endpoint: &str) -> Result<(), BackendError> {
+    // SUBTLE: an endpoint with an '@' may carry a password, so it is never
+    // quoted, whatever else is wrong with it.
     let fail = |problem: &str, show: bool| {
-        let value = if show {
+        let value = if show && !endpoint.contains('@') {
             shown(endpoint)
         } else {
             "<not shown>".to_string()
@@ -174,7 +176,7 @@ pub(crate) fn validate_endpoint(endpoint: &str) -> Result<(), BackendError> {
     }
     let parsed = match url::Url::parse(endpoint) {
         Ok(parsed) => parsed,
-        Err(err) => return fail(&format!("is not a url ({err})"), !endpoint.contains('@')),
+        Err(err) => return fail(&format!("is not a url ({err})"), true),
     };
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return fail(
@@ -309,6 +311,9 @@ mod tests {
         );
         let err = validate_endpoint("http://user:hunter2@h").unwrap_err();
         assert!(err.to_string().contains("user name or password"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = validate_endpoint("http://user:hunter2@h/\n").unwrap_err();
+        assert!(err.to_string().contains("control characters"), "{err}");
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
