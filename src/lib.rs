@@ -153,7 +153,9 @@ async fn open_s3(_url: &str) -> Result<DynBackend, OpenError> {
     })
 }
 
-/// The URL with any password replaced, for messages.
+/// The URL with any password replaced, for messages: the user info's, and
+/// every query parameter's value of a URL that does not parse (its
+/// parameters cannot be told apart reliably, and one may be a password).
 fn redact(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
@@ -161,12 +163,18 @@ fn redact(url: &str) -> String {
             parsed.to_string()
         }
         Ok(_) => url.to_string(),
-        Err(_) => match (url.find("://"), url.rfind('@')) {
-            (Some(start), Some(at)) if at > start => {
-                format!("{}://REDACTED@{}", &url[..start], &url[at + 1..])
+        Err(_) => {
+            let (base, query) = match url.split_once('?') {
+                Some((base, _)) => (base, "?REDACTED"),
+                None => (url, ""),
+            };
+            match (base.find("://"), base.rfind('@')) {
+                (Some(start), Some(at)) if at > start => {
+                    format!("{}://REDACTED@{}{query}", &base[..start], &base[at + 1..])
+                }
+                _ => format!("{base}{query}"),
             }
-            _ => url.to_string(),
-        },
+        }
     }
 }
 
@@ -193,6 +201,14 @@ mod tests {
         );
         assert_eq!(redact("memory://x"), "memory://x");
         assert!(!redact("post gres://u:secret@h/db").contains("secret"));
+        assert_eq!(
+            redact("postgres://h:notaport/db?password=secret&x=1"),
+            "postgres://h:notaport/db?REDACTED"
+        );
+        assert_eq!(
+            redact("post gres://u:secret@h/db?password=secret"),
+            "post gres://REDACTED@h/db?REDACTED"
+        );
     }
 
     #[cfg(not(feature = "postgres"))]

@@ -32,8 +32,8 @@
 use differential_dataflow::consolidation::consolidate_updates;
 use sqlx::{Connection, PgConnection};
 use tidemark_storage_types::{
-    BackendError, IdempotencyToken, Row, ShardId, StorageTimestamp, Update, UpperMismatch,
-    WriteFence, contract,
+    BackendError, IdempotencyToken, InvalidUsage, Row, ShardId, StorageTimestamp, Update,
+    UpperMismatch, WriteFence, contract,
 };
 use timely::progress::Antichain;
 
@@ -230,7 +230,7 @@ async fn append_by_copy(
         .copy_in_raw("COPY updates (shard_id, ts, row_bytes, diff) FROM STDIN (FORMAT binary)")
         .await
         .map_err(fail)?;
-    for chunk in encode_copy_binary(shard, args.columns) {
+    for chunk in encode_copy_binary(shard, args.columns)? {
         copy.send(chunk).await.map_err(fail)?;
     }
     copy.finish().await.map_err(fail)?;
@@ -259,23 +259,59 @@ async fn append_by_copy(
     Ok(Attempt::Applied)
 }
 
+/// The largest field the binary `COPY` format can carry: its length is an
+/// `i32`.
+const MAX_COPY_FIELD_BYTES: usize = i32::MAX as usize;
+
+/// A `COPY` field's length, refused with `InvalidUsage(TooLarge)` naming the
+/// limit when it does not fit `limit` (at most [`MAX_COPY_FIELD_BYTES`]);
+/// `index` is the row's place in the append.
+fn copy_field_length(
+    shard: ShardId,
+    index: usize,
+    len: usize,
+    limit: usize,
+) -> Result<i32, BackendError> {
+    let limit = limit.min(MAX_COPY_FIELD_BYTES);
+    match i32::try_from(len) {
+        Ok(field) if len <= limit => Ok(field),
+        _ => Err(BackendError::InvalidUsage(InvalidUsage::TooLarge {
+            shard,
+            what: format!("row {index} as a postgres COPY field (i32 length)"),
+            size: len as u64,
+            limit: limit as u64,
+        })),
+    }
+}
+
 /// The binary `COPY` stream for `(shard_id, ts, row_bytes, diff)`, in
 /// chunks of about 1 MiB.
-fn encode_copy_binary(shard: ShardId, columns: &Columns<'_>) -> Vec<Vec<u8>> {
+///
+/// # Errors
+///
+/// `InvalidUsage(TooLarge)` for a row whose length does not fit a `COPY`
+/// field, before anything is sent.
+fn encode_copy_binary(shard: ShardId, columns: &Columns<'_>) -> Result<Vec<Vec<u8>>, BackendError> {
     const CHUNK: usize = 1 << 20;
+    let row_lengths = columns
+        .rows
+        .iter()
+        .enumerate()
+        .map(|(index, row)| copy_field_length(shard, index, row.len(), MAX_COPY_FIELD_BYTES))
+        .collect::<Result<Vec<i32>, BackendError>>()?;
     let mut chunks = Vec::new();
     let mut buffer = Vec::with_capacity(CHUNK + 1024);
     buffer.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
     buffer.extend_from_slice(&0i32.to_be_bytes()); // flags
     buffer.extend_from_slice(&0i32.to_be_bytes()); // header extension length
     let shard_bytes = shard.0.as_bytes();
-    for ((time, row), diff) in columns.times.iter().zip(&columns.rows).zip(&columns.diffs) {
+    let rows = columns.rows.iter().zip(row_lengths);
+    for ((time, (row, row_len)), diff) in columns.times.iter().zip(rows).zip(&columns.diffs) {
         buffer.extend_from_slice(&4i16.to_be_bytes());
         buffer.extend_from_slice(&16i32.to_be_bytes());
         buffer.extend_from_slice(shard_bytes);
         buffer.extend_from_slice(&8i32.to_be_bytes());
         buffer.extend_from_slice(&time.to_be_bytes());
-        let row_len = i32::try_from(row.len()).unwrap_or(i32::MAX);
         buffer.extend_from_slice(&row_len.to_be_bytes());
         buffer.extend_from_slice(row);
         buffer.extend_from_slice(&8i32.to_be_bytes());
@@ -289,7 +325,7 @@ fn encode_copy_binary(shard: ShardId, columns: &Columns<'_>) -> Vec<Vec<u8>> {
     }
     buffer.extend_from_slice(&(-1i16).to_be_bytes());
     chunks.push(buffer);
-    chunks
+    Ok(chunks)
 }
 
 /// Whether `token` was applied with these bounds (a committed append).
@@ -338,4 +374,59 @@ async fn oldest_remembered_lower(
         Some((append_seq, oldest)) if append_seq > TOKENS_KEPT_PER_SHARD => Some(oldest),
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_field_lengths_beyond_the_limit_are_refused_naming_it() {
+        let shard = ShardId::from_bytes([5; 16]);
+        assert_eq!(copy_field_length(shard, 0, 10, 10).unwrap(), 10);
+        let err = copy_field_length(shard, 3, 11, 10).unwrap_err();
+        let BackendError::InvalidUsage(InvalidUsage::TooLarge {
+            shard: named,
+            what,
+            size,
+            limit,
+        }) = &err
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!((*named, *size, *limit), (shard, 11, 10));
+        assert!(what.contains("row 3") && what.contains("COPY"), "{what}");
+        // The format's own limit: a length of 2 GiB or more never fits,
+        // whatever limit is asked for.
+        assert_eq!(
+            copy_field_length(shard, 0, MAX_COPY_FIELD_BYTES, usize::MAX).unwrap(),
+            i32::MAX
+        );
+        let err = copy_field_length(shard, 0, MAX_COPY_FIELD_BYTES + 1, usize::MAX).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("size={} limit={}", 1u64 << 31, i32::MAX)),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_copy_stream_frames_each_row_with_its_length() {
+        let shard = ShardId::from_bytes([6; 16]);
+        let rows: [&[u8]; 2] = [b"abc", b""];
+        let columns = Columns {
+            times: vec![1, 2],
+            rows: rows.to_vec(),
+            diffs: vec![1, -1],
+        };
+        let stream = encode_copy_binary(shard, &columns).unwrap().concat();
+        // Header (11 + 4 + 4), then per tuple: field count, shard (4 + 16),
+        // time (4 + 8), row (4 + len), diff (4 + 8); then the trailer.
+        assert_eq!(
+            stream.len(),
+            19 + (2 + 20 + 12 + 4 + 3 + 12) + (2 + 20 + 12 + 4 + 12) + 2
+        );
+        let first_row_len = 19 + 2 + 20 + 12;
+        assert_eq!(&stream[first_row_len..first_row_len + 7], b"\0\0\0\x03abc");
+    }
 }

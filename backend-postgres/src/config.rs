@@ -160,6 +160,8 @@ impl PostgresConfig {
     /// scheme, unknown parameters (all of them named), a malformed value, an
     /// invalid schema.
     pub fn from_url(url: &str) -> Result<Self, BackendError> {
+        // SUBTLE: before parsing, which drops tabs and newlines silently.
+        validate_url_text(url)?;
         let mut parsed = url::Url::parse(url).map_err(|err| {
             invalid_config(format!(
                 "not a postgres url: {err}: url={}",
@@ -192,7 +194,7 @@ impl PostgresConfig {
                 known if DRIVER_URL_PARAMETERS.contains(&known) => {
                     driver_pairs.push((key.to_string(), value.to_string()));
                 }
-                _ => unknown.push(key.into_owned()),
+                _ => unknown.push(key.escape_debug().to_string()),
             }
         }
         if !unknown.is_empty() {
@@ -288,6 +290,7 @@ impl PostgresConfig {
     /// `Determinate(InvalidConfig)` naming the setting that is wrong.
     pub fn validate(&self) -> Result<(), BackendError> {
         validate_schema_name(&self.schema)?;
+        validate_url_text(&self.url)?;
         if self.pool_size == 0 {
             return Err(invalid_config("pool_size must be at least 1: pool_size=0"));
         }
@@ -345,16 +348,99 @@ pub fn validate_schema_name(schema: &str) -> Result<(), BackendError> {
     };
     match problem {
         Some(problem) => Err(invalid_config(format!(
-            "invalid schema name: it {problem}: schema={schema:?}"
+            "invalid schema name: it {problem}: schema={}",
+            shown(schema)
         ))),
         None => Ok(()),
     }
+}
+
+/// The longest connection URL accepted, in bytes.
+pub const MAX_URL_BYTES: usize = 8192;
+
+/// Refuses a connection URL that is too long or has a control character
+/// (NUL included) anywhere, as text or percent-encoded in its user, password,
+/// database or a parameter value: the driver sends these as NUL-terminated
+/// strings in the startup message, where such a value would be cut or read
+/// as something else. The error names the part, never a password's value.
+fn validate_url_text(url: &str) -> Result<(), BackendError> {
+    if url.len() > MAX_URL_BYTES {
+        return Err(invalid_config(format!(
+            "postgres url is longer than {MAX_URL_BYTES} bytes: bytes={}",
+            url.len()
+        )));
+    }
+    // SUBTLE: checked on the text first: the URL parser drops tabs and
+    // newlines silently.
+    if url.chars().any(char::is_control) {
+        return Err(invalid_config(
+            "postgres url must not contain control characters (url not shown)",
+        ));
+    }
+    let Ok(parsed) = url::Url::parse(url) else {
+        // The driver's parse names the problem.
+        return Ok(());
+    };
+    let refused = |part: &str| {
+        Err(invalid_config(format!(
+            "postgres url {part} must not contain control characters (such as %00)"
+        )))
+    };
+    if has_encoded_control(parsed.username()) {
+        return refused("user name");
+    }
+    if parsed.password().is_some_and(has_encoded_control) {
+        return refused("password");
+    }
+    if has_encoded_control(parsed.path()) {
+        return refused("database name");
+    }
+    for (key, value) in parsed.query_pairs() {
+        if key.chars().any(char::is_control) {
+            return refused("parameter name");
+        }
+        if value.chars().any(char::is_control) {
+            return refused(&format!("parameter {key}"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether percent-decoding `text` gives an ASCII control byte.
+fn has_encoded_control(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let hex = |b: u8| char::from(b).to_digit(16);
+    bytes.iter().enumerate().any(|(index, &byte)| {
+        let decoded = if byte == b'%' {
+            match (bytes.get(index + 1), bytes.get(index + 2)) {
+                (Some(&high), Some(&low)) => match (hex(high), hex(low)) {
+                    (Some(high), Some(low)) => (high * 16 + low) as u8,
+                    _ => byte,
+                },
+                _ => byte,
+            }
+        } else {
+            byte
+        };
+        decoded.is_ascii_control()
+    })
 }
 
 /// `schema` as a quoted SQL identifier. Only ever called on a validated
 /// schema name; the quoting doubles any `"` regardless.
 pub(crate) fn quote_identifier(schema: &str) -> String {
     format!("\"{}\"", schema.replace('"', "\"\""))
+}
+
+/// `value` quoted for a message, cut to its first 64 characters.
+fn shown(value: &str) -> String {
+    const SHOWN_CHARS: usize = 64;
+    if value.chars().count() <= SHOWN_CHARS {
+        format!("{value:?}")
+    } else {
+        let head: String = value.chars().take(SHOWN_CHARS).collect();
+        format!("{head:?}... ({} bytes)", value.len())
+    }
 }
 
 pub(crate) fn invalid_config(message: impl Into<String>) -> BackendError {
@@ -381,14 +467,36 @@ fn parse_seconds(name: &str, value: &str) -> Result<Duration, BackendError> {
     }
 }
 
-/// The URL with any password replaced by `***`, for messages.
+/// URL parameters whose values are secrets.
+const SECRET_PARAMETERS: &[&str] = &["password", "sslpassword"];
+
+/// The URL with any password (in the user info or as a `password`
+/// parameter) replaced by `***`, for messages.
 pub(crate) fn redact_password(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            let has_secret = parsed
+                .query_pairs()
+                .any(|(key, _)| SECRET_PARAMETERS.contains(&&*key));
+            if has_secret {
+                let pairs: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(key, value)| {
+                        let value = if SECRET_PARAMETERS.contains(&&*key) {
+                            "***".to_string()
+                        } else {
+                            value.into_owned()
+                        };
+                        (key.into_owned(), value)
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             parsed.to_string()
         }
-        Ok(parsed) => parsed.to_string(),
         Err(_) => "<unparseable url>".to_string(),
     }
 }
@@ -462,6 +570,54 @@ mod tests {
             let err = PostgresConfig::from_url(bad).unwrap_err();
             assert_eq!(kind(&err), Some(DeterminateKind::InvalidConfig), "{bad}");
         }
+    }
+
+    #[test]
+    fn control_characters_and_long_urls_are_refused() {
+        for (bad, part) in [
+            ("postgres://u:pw%00x@h/db", "password"),
+            ("postgres://u%0a@h/db", "user name"),
+            ("postgres://h/db%00x", "database name"),
+            (
+                "postgres://h/db?application_name=a%00b",
+                "parameter application_name",
+            ),
+            ("postgres://h/db?options=-c%0Ax", "parameter options"),
+            ("postgres://h/d\nb", "control characters (url not shown)"),
+            ("postgres://h/db\0", "control characters (url not shown)"),
+        ] {
+            let err = PostgresConfig::from_url(bad).unwrap_err();
+            assert_eq!(kind(&err), Some(DeterminateKind::InvalidConfig), "{bad}");
+            assert!(err.to_string().contains(part), "{bad}: {err}");
+            assert!(!err.to_string().contains("pw"), "{err}");
+        }
+        let long = format!(
+            "postgres://h/db?application_name={}",
+            "a".repeat(MAX_URL_BYTES)
+        );
+        let err = PostgresConfig::from_url(&long).unwrap_err();
+        assert!(err.to_string().contains("longer than 8192"), "{err}");
+        // Percent signs that encode nothing, and non-ASCII, are plain text.
+        if let Err(err) =
+            PostgresConfig::from_url("postgres://h/db?application_name=100%25%20\u{e9}")
+        {
+            panic!("{err}");
+        }
+        let err = validate_schema_name(&"x".repeat(100_000)).unwrap_err();
+        assert!(err.to_string().len() < 300, "{err}");
+    }
+
+    #[test]
+    fn password_parameters_are_redacted() {
+        let url = "postgres://u:top@h/db?password=also-top&sslpassword=third&sslmode=disable";
+        let redacted = redact_password(url);
+        assert!(
+            !redacted.contains("top") && !redacted.contains("third"),
+            "{redacted}"
+        );
+        assert!(redacted.contains("sslmode=disable"), "{redacted}");
+        let config = PostgresConfig::new(url);
+        assert!(!format!("{config:?}").contains("top"));
     }
 
     #[test]

@@ -166,7 +166,7 @@ async fn check_server_version(
         .fetch_one(&mut *conn)
         .await
         .map_err(|err| errors::statement_error(err, context))?;
-    let version_num: i32 = version.trim().parse().unwrap_or(0);
+    let version_num = parse_server_version_num(&version, context)?;
     if version_num < MIN_SERVER_VERSION_NUM {
         return Err(BackendError::determinate(
             DeterminateKind::Unsupported,
@@ -174,6 +174,26 @@ async fn check_server_version(
         ));
     }
     Ok(())
+}
+
+/// The server's `server_version_num` setting (`170004` for 17.4) as a
+/// number.
+///
+/// # Errors
+///
+/// `Determinate(Unsupported)` naming the text when it is not a positive
+/// number: a server (or proxy) that reports its version so cannot be
+/// checked, and is not taken for an old one.
+fn parse_server_version_num(text: &str, context: &str) -> Result<i32, BackendError> {
+    match text.trim().parse::<i32>() {
+        Ok(version_num) if version_num > 0 => Ok(version_num),
+        _ => Err(BackendError::determinate(
+            DeterminateKind::Unsupported,
+            format!(
+                "the server reported a version that cannot be parsed (server_version_num must be a positive number): {context} server_version_num={text:?}"
+            ),
+        )),
+    }
 }
 
 impl PostgresBackend {
@@ -327,3 +347,32 @@ const _: fn() = || {
     fn is_send<F: Send>(_: F) {}
     is_send(PostgresConfig::default().build());
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_versions_parse_and_garbage_is_named() {
+        assert_eq!(parse_server_version_num("170004", "ctx").unwrap(), 170_004);
+        assert_eq!(
+            parse_server_version_num(" 130000\n", "ctx").unwrap(),
+            130_000
+        );
+        for bad in ["", "17.4", "PostgreSQL 17", "0", "-130000", "99999999999"] {
+            let err = parse_server_version_num(bad, "url=x").unwrap_err();
+            assert_eq!(
+                err.determinate_kind(),
+                Some(DeterminateKind::Unsupported),
+                "{bad:?}: {err}"
+            );
+            let message = err.to_string();
+            assert!(message.contains("cannot be parsed"), "{message}");
+            assert!(
+                message.contains(&format!("server_version_num={bad:?}")),
+                "{message}"
+            );
+            assert!(message.contains("url=x"), "{message}");
+        }
+    }
+}

@@ -120,7 +120,8 @@ async fn small_appends(endpoint: &str, prefix: &str, raw: &Client) {
             upper: frontier(time + 1),
             since: frontier(time),
             updates: updates.clone(),
-        });
+        })
+        .expect("small rows encode");
         let key = format!("{prefix}/raw/{}", uuid::Uuid::new_v4());
         let start = Instant::now();
         raw.put_object()

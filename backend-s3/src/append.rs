@@ -136,7 +136,8 @@ impl S3Backend {
             &new_upper,
             &expected_upper,
             self.config().part_size_bytes,
-        );
+        )
+        .map_err(|err| err.into_backend_error(shard))?;
         // A small batch goes into the state itself: one conditional PUT.
         if let Some(inline) = inline_batch(&batch, &parts, self.config().inline_batch_bytes) {
             let inline_limit = self.config().inline_state_bytes as u64;

@@ -5,7 +5,8 @@
 use bytes::Bytes;
 use differential_dataflow::consolidation::consolidate_updates;
 use tidemark_storage_types::{
-    BackendError, Batch, Diff, Row, StorageTimestamp, Update, decode_batch_shared, encode_batch,
+    BackendError, Batch, BatchEncodeError, Diff, Row, StorageTimestamp, Update,
+    decode_batch_shared, encode_batch,
 };
 use timely::progress::Antichain;
 use uuid::Uuid;
@@ -32,13 +33,19 @@ pub(crate) struct EncodedPart {
 /// has `b % groups == g`), so that a read share downloads only the groups
 /// that can hold its rows; a smaller batch is one run. Every part records
 /// the buckets its rows fall in.
+///
+/// # Errors
+///
+/// [`BatchEncodeError`] if a row or frontier does not fit the codec's
+/// length fields (callers answer it with
+/// [`BatchEncodeError::into_backend_error`]).
 pub(crate) fn encode_parts<T: StorageTimestamp>(
     mut updates: Vec<(Row, T, Diff)>,
     lower: &Antichain<T>,
     upper: &Antichain<T>,
     since: &Antichain<T>,
     part_size_bytes: usize,
-) -> (BatchRef, Vec<EncodedPart>) {
+) -> Result<(BatchRef, Vec<EncodedPart>), BatchEncodeError> {
     consolidate_updates(&mut updates);
     let encoded_bytes: usize = updates
         .iter()
@@ -54,7 +61,7 @@ pub(crate) fn encode_parts<T: StorageTimestamp>(
         parts: &mut parts,
     };
     if groups == 1 {
-        writer.write_run(0, updates);
+        writer.write_run(0, updates)?;
     } else {
         // A stable partition of the sorted updates: each group stays sorted.
         let mut by_group: Vec<Vec<(Row, T, Diff)>> = (0..groups).map(|_| Vec::new()).collect();
@@ -64,7 +71,7 @@ pub(crate) fn encode_parts<T: StorageTimestamp>(
         }
         let groups = by_group.into_iter().filter(|group| !group.is_empty());
         for (run, group) in (0..).zip(groups) {
-            writer.write_run(run, group);
+            writer.write_run(run, group)?;
         }
     }
     let batch = BatchRef {
@@ -73,7 +80,7 @@ pub(crate) fn encode_parts<T: StorageTimestamp>(
         since: encode_frontier(since),
         parts: parts.iter().map(|encoded| encoded.part.clone()).collect(),
     };
-    (batch, parts)
+    Ok((batch, parts))
 }
 
 /// Encodes sorted runs into parts of about `part_size_bytes`.
@@ -87,7 +94,11 @@ struct PartWriter<'a, T> {
 
 impl<T: StorageTimestamp> PartWriter<'_, T> {
     /// Writes one sorted run as consecutive parts, numbered `run`.
-    fn write_run(&mut self, run: u32, updates: Vec<(Row, T, Diff)>) {
+    fn write_run(
+        &mut self,
+        run: u32,
+        updates: Vec<(Row, T, Diff)>,
+    ) -> Result<(), BatchEncodeError> {
         let mut current: Vec<Update<T>> = Vec::new();
         let mut current_bytes = 0;
         let mut buckets: BucketSet = 0;
@@ -96,17 +107,22 @@ impl<T: StorageTimestamp> PartWriter<'_, T> {
             buckets |= bucket_bit(bucket_of(&row));
             current.push(Update::new(row, timestamp, diff));
             if current_bytes >= self.part_size_bytes {
-                self.flush(run, &mut current, buckets);
+                self.flush(run, &mut current, buckets)?;
                 current_bytes = 0;
                 buckets = 0;
             }
         }
-        self.flush(run, &mut current, buckets);
+        self.flush(run, &mut current, buckets)
     }
 
-    fn flush(&mut self, run: u32, current: &mut Vec<Update<T>>, buckets: BucketSet) {
+    fn flush(
+        &mut self,
+        run: u32,
+        current: &mut Vec<Update<T>>,
+        buckets: BucketSet,
+    ) -> Result<(), BatchEncodeError> {
         if current.is_empty() {
-            return;
+            return Ok(());
         }
         let batch = Batch {
             lower: self.lower.clone(),
@@ -114,7 +130,7 @@ impl<T: StorageTimestamp> PartWriter<'_, T> {
             since: self.since.clone(),
             updates: std::mem::take(current),
         };
-        let body = encode_batch(&batch);
+        let body = encode_batch(&batch)?;
         self.parts.push(EncodedPart {
             part: PartRef {
                 id: Uuid::new_v4(),
@@ -126,6 +142,7 @@ impl<T: StorageTimestamp> PartWriter<'_, T> {
             },
             body: Bytes::from(body),
         });
+        Ok(())
     }
 }
 
@@ -164,7 +181,7 @@ mod tests {
             .collect();
         let frontier = |t| Antichain::from_elem(t);
         let (batch, parts) =
-            encode_parts(updates, &frontier(0), &frontier(10), &frontier(0), 1 << 20);
+            encode_parts(updates, &frontier(0), &frontier(10), &frontier(0), 1 << 20).unwrap();
         assert_eq!(parts.len(), 1);
         assert_eq!(batch.runs().count(), 1);
         // Larger: one run per bucket group, each split into parts by size.
@@ -173,7 +190,8 @@ mod tests {
             .collect();
         let mut expected = updates.clone();
         consolidate_updates(&mut expected);
-        let (batch, parts) = encode_parts(updates, &frontier(0), &frontier(10), &frontier(0), 8192);
+        let (batch, parts) =
+            encode_parts(updates, &frontier(0), &frontier(10), &frontier(0), 8192).unwrap();
         let groups = group_count(
             expected
                 .iter()
@@ -217,7 +235,8 @@ mod tests {
         let row = Row::pack([Datum::Int64(1)]);
         let updates = vec![(row.clone(), 1u64, 1), (row, 1, -1)];
         let frontier = |t| Antichain::from_elem(t);
-        let (batch, parts) = encode_parts(updates, &frontier(0), &frontier(2), &frontier(0), 4096);
+        let (batch, parts) =
+            encode_parts(updates, &frontier(0), &frontier(2), &frontier(0), 4096).unwrap();
         assert!(parts.is_empty() && batch.parts.is_empty());
         assert_eq!(advance_time(3u64, Some(5u64.encode())), 5);
         assert_eq!(advance_time(7u64, Some(5u64.encode())), 7);

@@ -229,7 +229,8 @@ impl S3Backend {
             &decode_frontier(last.upper),
             &decode_frontier(since),
             self.config().part_size_bytes,
-        );
+        )
+        .map_err(|err| err.into_backend_error(shard))?;
         // SUBTLE: the merged parts are written before the state that
         // references them.
         self.upload_parts(shard, &parts).await?;

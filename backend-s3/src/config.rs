@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tidemark_storage_types::{BackendError, DeterminateKind};
 
 use crate::S3Backend;
+use crate::names;
 
 /// The URL query parameters [`S3Config::from_url`] reads.
 pub const URL_PARAMETERS: &[&str] = &[
@@ -225,8 +226,22 @@ impl S3Config {
     /// missing bucket, a bad value (naming the parameter), or unknown
     /// parameters (all of them named).
     pub fn from_url(url: &str) -> Result<Self, BackendError> {
-        let parsed = url::Url::parse(url)
-            .map_err(|err| invalid(format!("malformed s3 url: error={err} url={url:?}")))?;
+        // SUBTLE: errors quote the url only once it is known to carry no
+        // user name or password (an s3 url has no place for credentials).
+        let parsed = url::Url::parse(url).map_err(|err| {
+            let shown = if url.contains('@') {
+                "<not shown: it contains '@'>".to_string()
+            } else {
+                names::shown(url)
+            };
+            invalid(format!("malformed s3 url: error={err} url={shown}"))
+        })?;
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(invalid(
+                "s3 urls carry no credentials: give them through the standard chain or S3Config::with_credentials (url not shown)"
+                    .to_string(),
+            ));
+        }
         if parsed.scheme() != "s3" {
             return Err(invalid(format!(
                 "s3 url must start with s3://: scheme={:?}",
@@ -235,7 +250,16 @@ impl S3Config {
         }
         let bucket = parsed.host_str().unwrap_or_default();
         if bucket.is_empty() {
-            return Err(invalid(format!("s3 url names no bucket: url={url:?}")));
+            return Err(invalid(format!(
+                "s3 url names no bucket: url={}",
+                names::shown(url)
+            )));
+        }
+        if names::url_path_has_dot_segment(url) {
+            return Err(invalid(format!(
+                "s3 prefix is not valid: it must not contain a '.' or '..' segment: url={}",
+                names::shown(url)
+            )));
         }
         let mut config = S3Config::new(bucket);
         config.prefix = parsed.path().trim_matches('/').to_string();
@@ -249,7 +273,7 @@ impl S3Config {
                     config.part_size_bytes = parse_part_size("part_size_bytes", &value)?;
                 }
                 "grace_period" => config.grace_period = parse_seconds("grace_period", &value)?,
-                _ => unknown.push(name.into_owned()),
+                _ => unknown.push(name.escape_debug().to_string()),
             }
         }
         if !unknown.is_empty() {
@@ -259,6 +283,7 @@ impl S3Config {
                 URL_PARAMETERS.join(",")
             )));
         }
+        config.validate_names()?;
         Ok(config)
     }
 
@@ -463,17 +488,7 @@ impl S3Config {
     ///
     /// `Determinate(InvalidConfig)` naming the bad setting.
     pub fn validate(&self) -> Result<(), BackendError> {
-        if self.bucket.is_empty() {
-            return Err(invalid(
-                "s3 bucket is not set: set TIDEMARK_S3_BUCKET or name it in the url".to_string(),
-            ));
-        }
-        if self.bucket.contains('/') || self.bucket.chars().any(char::is_whitespace) {
-            return Err(invalid(format!(
-                "s3 bucket name is not valid: bucket={:?}",
-                self.bucket
-            )));
-        }
+        self.validate_names()?;
         if self.max_attempts == 0 {
             return Err(invalid(
                 "max_attempts must be at least 1: max_attempts=0".to_string(),
@@ -501,6 +516,19 @@ impl S3Config {
                 "poll intervals must satisfy 0 < min <= max: min={:?} max={:?}",
                 self.poll_interval_min, self.poll_interval_max
             )));
+        }
+        Ok(())
+    }
+
+    /// The bucket, prefix, region and endpoint rules (decision 083).
+    fn validate_names(&self) -> Result<(), BackendError> {
+        names::validate_bucket(&self.bucket)?;
+        names::validate_prefix(&self.prefix)?;
+        if let Some(region) = &self.region {
+            names::validate_region(region)?;
+        }
+        if let Some(endpoint) = &self.endpoint {
+            names::validate_endpoint(endpoint)?;
         }
         Ok(())
     }

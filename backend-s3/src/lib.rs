@@ -60,6 +60,7 @@ mod downloads;
 mod errors;
 mod gc;
 mod keys;
+mod names;
 mod read;
 mod shards;
 mod share;
@@ -94,6 +95,7 @@ use crate::downloads::DownloadCounters;
 pub use crate::downloads::{ObjectPuts, PartDownloads};
 pub use crate::gc::GcStats;
 use crate::keys::Keys;
+pub use crate::names::{MAX_BUCKET_BYTES, MAX_ENDPOINT_BYTES, MAX_PREFIX_BYTES, MAX_REGION_BYTES};
 use crate::state::ShardState;
 use crate::store::{Condition, ConditionalPut, Store};
 
@@ -101,6 +103,10 @@ use crate::store::{Condition, ConditionalPut, Store};
 /// `Determinate(Conflict)` (each refusal means another writer made progress,
 /// or a concurrent write was in flight).
 const MAX_STATE_ATTEMPTS: usize = 64;
+
+/// Times the build probe tries a PUT `If-Match` the probe's current ETag
+/// before it decides the store does not honour its own ETags.
+const PROBE_ATTEMPTS: usize = 8;
 
 /// A handle on the shards under one bucket prefix. Cheap to clone; clones
 /// share a cache of the states this handle last wrote.
@@ -407,44 +413,88 @@ impl S3Backend {
 /// Refuses a store that does not enforce conditional writes: a put-if-absent
 /// of an existing object, and a put-if-match with a wrong ETag, must both be
 /// refused with 412. Without that, two writers could both "win" an append.
+///
+/// Also refuses a store that sends no ETag: every state change is a PUT
+/// `If-Match` the ETag of the state it replaces, so without ETags every
+/// conditional write after the first would be refused. The probe needs an
+/// ETag from a conditional PUT and from a GET, and a PUT `If-Match` that
+/// ETag must be accepted.
 async fn verify_conditional_writes(store: &Store) -> Result<(), BackendError> {
+    const OPERATION: &str = "probe_conditional_writes";
     let key = store.keys.probe();
     let body = || b"tidemark conditional write probe".to_vec();
-    // The first put may find the marker already there (412): either way it
-    // exists afterwards.
-    store
-        .put_conditional("probe_conditional_writes", &key, body(), Condition::Absent)
-        .await?;
-    let unsupported = |condition: &str| {
+    let unsupported = |problem: &str| {
         BackendError::determinate(
             DeterminateKind::Unsupported,
             format!(
-                "the s3 store ignores conditional writes ({condition}), so appends would not be safe: bucket={} key={key}",
+                "the s3 store {problem}, so appends would not be safe: bucket={} key={key}",
                 store.bucket
             ),
         )
     };
+    let no_etag = |request: &str| {
+        unsupported(&format!(
+            "sent no ETag for a {request} (conditional writes compare ETags)"
+        ))
+    };
+    // The first put may find the marker already there (412): either way it
+    // exists afterwards.
+    if let ConditionalPut::Written(etag) = store
+        .put_conditional(OPERATION, &key, body(), Condition::Absent)
+        .await?
+        && etag.is_empty()
+    {
+        return Err(no_etag("PUT"));
+    }
     match store
-        .put_conditional("probe_conditional_writes", &key, body(), Condition::Absent)
+        .put_conditional(OPERATION, &key, body(), Condition::Absent)
         .await?
     {
         ConditionalPut::Refused => {}
         ConditionalPut::Written(_) => {
-            return Err(unsupported("If-None-Match: * overwrote an existing object"));
+            return Err(unsupported(
+                "ignores conditional writes (If-None-Match: * overwrote an existing object)",
+            ));
         }
     }
     match store
         .put_conditional(
-            "probe_conditional_writes",
+            OPERATION,
             &key,
             body(),
             Condition::Matches("\"tidemark-no-such-etag\""),
         )
         .await?
     {
-        ConditionalPut::Refused => Ok(()),
-        ConditionalPut::Written(_) => Err(unsupported("If-Match with a wrong etag was accepted")),
+        ConditionalPut::Refused => {}
+        ConditionalPut::Written(_) => {
+            return Err(unsupported(
+                "ignores conditional writes (If-Match with a wrong etag was accepted)",
+            ));
+        }
     }
+    // SUBTLE: other handles' builds on the same prefix race for the probe
+    // (a concurrent conditional write may be refused with 409), so a
+    // refusal is tried again on a fresh read a few times before it counts
+    // as a store that does not honour its own ETags.
+    for _ in 0..PROBE_ATTEMPTS {
+        let etag = match store.get_object_with_etag(OPERATION, &key).await? {
+            Some((_, etag)) if etag.is_empty() => return Err(no_etag("GET")),
+            Some((_, etag)) => etag,
+            None => return Err(unsupported("lost the probe object it had just accepted")),
+        };
+        match store
+            .put_conditional(OPERATION, &key, body(), Condition::Matches(&etag))
+            .await?
+        {
+            ConditionalPut::Written(etag) if etag.is_empty() => return Err(no_etag("PUT")),
+            ConditionalPut::Written(_) => return Ok(()),
+            ConditionalPut::Refused => {}
+        }
+    }
+    Err(unsupported(&format!(
+        "refused If-Match with the object's current ETag {PROBE_ATTEMPTS} times"
+    )))
 }
 
 /// Builds an [`S3Backend`] from its settings ([`S3Config`], plain data) and

@@ -157,7 +157,9 @@ impl Store {
             .map(|(bytes, _)| bytes))
     }
 
-    async fn get_object_with_etag(
+    /// Reads an object and its ETag (empty if the store sent none); `None`
+    /// if it does not exist.
+    pub(crate) async fn get_object_with_etag(
         &self,
         operation: &'static str,
         key: &str,

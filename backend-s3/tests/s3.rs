@@ -543,6 +543,31 @@ async fn store_that_ignores_conditional_writes_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_that_sends_no_etag_is_refused_at_build() {
+    // A store that honours conditions but sends no ETag: without the build
+    // check, every append after a shard's first state would be refused by
+    // its If-Match and give up as a conflict.
+    let endpoint = start_stub(StubResponse::NoEtag).await;
+    for attempt in [
+        "first build (writes the probe)",
+        "second build (probe exists)",
+    ] {
+        let err = config_for(&endpoint, "any-bucket", "p")
+            .build()
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.determinate_kind(),
+            Some(DeterminateKind::Unsupported),
+            "{attempt}: {err}"
+        );
+        let text = err.to_string();
+        assert!(text.contains("sent no ETag"), "{attempt}: {text}");
+        assert!(text.contains("bucket=any-bucket"), "{attempt}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_credentials_are_unauthorized() {
     let endpoint = start_stub(StubResponse::AccessDenied).await;
     let err = config_for(&endpoint, "any-bucket", "p")

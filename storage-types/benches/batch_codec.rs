@@ -35,7 +35,7 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    let bytes = encode_batch(&sample());
+    let bytes = encode_batch(&sample()).expect("the sample batch encodes");
     let mut raw = Vec::new();
     let mut decode = Vec::new();
     for _ in 0..ROUNDS {

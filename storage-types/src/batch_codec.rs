@@ -23,7 +23,8 @@ use bytes::Bytes;
 use thiserror::Error;
 use timely::progress::{Antichain, Timestamp};
 
-use crate::errors::{BackendError, DeterminateKind};
+use crate::errors::{BackendError, DeterminateKind, InvalidUsage};
+use crate::ids::ShardId;
 use crate::row::Row;
 use crate::time::{Codec64, Update};
 
@@ -59,6 +60,41 @@ impl From<BatchDecodeError> for BackendError {
     }
 }
 
+/// A batch the codec cannot encode: one of its lengths does not fit the
+/// `u32` field the layout keeps it in (a row of 4 GiB or more, a frontier of
+/// 2^32 elements or more). The batch's total size and update count are not
+/// limited: the count is a `u64`.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[error(
+    "batch cannot be encoded: {field} is {size}, the limit is {limit} (a u32 field of the batch codec)"
+)]
+pub struct BatchEncodeError {
+    /// Which length (`row 7 length`, `lower frontier element count`).
+    pub field: String,
+    /// Its value.
+    pub size: u64,
+    /// The largest value the field holds.
+    pub limit: u64,
+}
+
+impl BatchEncodeError {
+    /// The error a backend answers for an append whose batch does not
+    /// encode: [`InvalidUsage::TooLarge`](crate::InvalidUsage::TooLarge)
+    /// (nothing was written; the same append fails the same way).
+    #[must_use]
+    pub fn into_backend_error(self, shard: ShardId) -> BackendError {
+        BackendError::InvalidUsage(InvalidUsage::TooLarge {
+            shard,
+            what: format!("{} in the batch codec (u32)", self.field),
+            size: self.size,
+            limit: self.limit,
+        })
+    }
+}
+
+/// The largest value of a length field of the layout.
+const MAX_FIELD: u64 = u32::MAX as u64;
+
 /// Encodes a batch.
 ///
 /// ```
@@ -70,21 +106,66 @@ impl From<BatchDecodeError> for BackendError {
 ///     since: Antichain::from_elem(0),
 ///     updates: vec![Update::new(Row::pack([Datum::Int64(1)]), 3, 1)],
 /// };
-/// let bytes = encode_batch(&batch);
+/// let bytes = encode_batch(&batch).unwrap();
 /// assert_eq!(decode_batch::<u64>("example", &bytes).unwrap(), batch);
 /// let mut bad = bytes.clone();
 /// bad[20] ^= 1;
 /// assert!(decode_batch::<u64>("example", &bad).unwrap_err().to_string().contains("checksum"));
 /// ```
-#[must_use]
-pub fn encode_batch<T: Codec64>(batch: &Batch<T>) -> Vec<u8> {
-    let row_bytes: usize = batch.updates.iter().map(|u| 4 + u.row.byte_len()).sum();
-    let mut out = Vec::with_capacity(64 + row_bytes + batch.updates.len() * 16);
+///
+/// # Errors
+///
+/// [`BatchEncodeError`] naming the length that does not fit its `u32`
+/// field. Rows built with [`Row::try_pack`] are below [`Row::MAX_BYTES`] and
+/// always fit; a frontier needs 2^32 elements not to.
+pub fn encode_batch<T: Codec64>(batch: &Batch<T>) -> Result<Vec<u8>, BatchEncodeError> {
+    encode_batch_within(batch, MAX_FIELD)
+}
+
+/// [`encode_batch`] with `limit` as the largest value of a length field, so
+/// that tests can check the limit without 4 GiB rows.
+fn encode_batch_within<T: Codec64>(
+    batch: &Batch<T>,
+    limit: u64,
+) -> Result<Vec<u8>, BatchEncodeError> {
+    let limit = limit.min(MAX_FIELD);
+    let field_len = |field: &dyn Fn() -> String, len: usize| -> Result<u32, BatchEncodeError> {
+        let size = len as u64;
+        match u32::try_from(len) {
+            Ok(len) if size <= limit => Ok(len),
+            _ => Err(BatchEncodeError {
+                field: field(),
+                size,
+                limit,
+            }),
+        }
+    };
+    // Check every length before allocating the output.
+    let names = ["lower", "upper", "since"];
+    let mut frontier_lens = [0u32; 3];
+    for (index, frontier) in [&batch.lower, &batch.upper, &batch.since]
+        .iter()
+        .enumerate()
+    {
+        frontier_lens[index] = field_len(
+            &|| format!("{} frontier element count", names[index]),
+            frontier.len(),
+        )?;
+    }
+    let mut row_bytes: usize = 0;
+    for (index, update) in batch.updates.iter().enumerate() {
+        field_len(&|| format!("row {index} length"), update.row.byte_len())?;
+        row_bytes = row_bytes.saturating_add(4 + update.row.byte_len());
+    }
+    let capacity = row_bytes.saturating_add(batch.updates.len().saturating_mul(16));
+    let mut out = Vec::with_capacity(capacity.saturating_add(64));
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
-    for frontier in [&batch.lower, &batch.upper, &batch.since] {
-        let len = u32::try_from(frontier.len()).expect("frontier has fewer than 2^32 elements");
+    for (frontier, len) in [&batch.lower, &batch.upper, &batch.since]
+        .into_iter()
+        .zip(frontier_lens)
+    {
         out.extend_from_slice(&len.to_le_bytes());
         for time in frontier.elements() {
             out.extend_from_slice(&time.encode().to_le_bytes());
@@ -92,8 +173,8 @@ pub fn encode_batch<T: Codec64>(batch: &Batch<T>) -> Vec<u8> {
     }
     out.extend_from_slice(&(batch.updates.len() as u64).to_le_bytes());
     for update in &batch.updates {
-        let len =
-            u32::try_from(update.row.byte_len()).expect("every Row is at most Row::MAX_BYTES");
+        // Checked above: every row length fits.
+        let len = update.row.byte_len() as u32;
         out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(update.row.as_bytes());
     }
@@ -105,7 +186,7 @@ pub fn encode_batch<T: Codec64>(batch: &Batch<T>) -> Vec<u8> {
     }
     let checksum = crc32fast::hash(&out);
     out.extend_from_slice(&checksum.to_le_bytes());
-    out
+    Ok(out)
 }
 
 /// Decodes a batch that [`encode_batch`] wrote; `object` names where the
@@ -279,7 +360,7 @@ mod tests {
     fn round_trip_and_empty() {
         for n in [0, 1, 100] {
             let batch = sample(n);
-            let bytes = encode_batch(&batch);
+            let bytes = encode_batch(&batch).unwrap();
             assert_eq!(decode_batch::<u64>("b", &bytes).unwrap(), batch);
             let shared = decode_batch_shared::<u64>("b", Bytes::from(bytes)).unwrap();
             assert_eq!(shared, batch);
@@ -290,7 +371,7 @@ mod tests {
     fn shared_decode_rejects_bad_rows() {
         let mut batch = sample(1);
         batch.updates[0].row = Row::pack([Datum::String("ok")]);
-        let bytes = encode_batch(&batch);
+        let bytes = encode_batch(&batch).unwrap();
         // The row is a string datum: tag 5, then its length 2 as u32.
         let tag = bytes
             .windows(5)
@@ -311,7 +392,7 @@ mod tests {
 
     #[test]
     fn structural_errors_with_valid_checksum() {
-        let bytes = encode_batch(&sample(3));
+        let bytes = encode_batch(&sample(3)).unwrap();
         let body = bytes[..bytes.len() - 4].to_vec();
 
         let mut bad_magic = body.clone();
@@ -341,6 +422,75 @@ mod tests {
         assert_eq!(err.determinate_kind(), Some(DeterminateKind::Corrupted));
     }
 
+    #[test]
+    fn lengths_beyond_their_field_are_refused_naming_the_limit() {
+        let batch = sample(3);
+        let row_len = batch.updates[1].row.byte_len() as u64;
+        // Every row fits a limit of its own length; one byte less does not.
+        let longest = batch
+            .updates
+            .iter()
+            .map(|u| u.row.byte_len() as u64)
+            .max()
+            .unwrap();
+        assert_eq!(
+            encode_batch_within(&batch, longest).unwrap(),
+            encode_batch(&batch).unwrap()
+        );
+        let err = encode_batch_within(&batch, row_len - 1).unwrap_err();
+        assert_eq!(err.field, "row 0 length");
+        assert_eq!((err.size, err.limit), (row_len, row_len - 1));
+        assert!(
+            err.to_string()
+                .contains(&format!("is {row_len}, the limit is {}", row_len - 1)),
+            "{err}"
+        );
+
+        let err = encode_batch_within(&sample(0), 0).unwrap_err();
+        assert_eq!(err.field, "lower frontier element count");
+        assert_eq!((err.size, err.limit), (1, 0));
+
+        let shard = ShardId::from_bytes([3; 16]);
+        let backend = err.into_backend_error(shard);
+        let BackendError::InvalidUsage(InvalidUsage::TooLarge {
+            shard: named,
+            what,
+            size,
+            limit,
+        }) = &backend
+        else {
+            panic!("{backend:?}");
+        };
+        assert_eq!((*named, *size, *limit), (shard, 1, 0));
+        assert!(what.contains("lower frontier element count"), "{what}");
+        assert!(
+            backend.to_string().contains("is too large to store"),
+            "{backend}"
+        );
+    }
+
+    #[test]
+    fn the_field_limit_is_u32_and_the_total_is_not_limited() {
+        // A limit above u32::MAX is clamped: the layout cannot hold more.
+        let batch = sample(2);
+        assert_eq!(
+            encode_batch_within(&batch, u64::MAX).unwrap(),
+            encode_batch(&batch).unwrap()
+        );
+        // Many small rows whose lengths add up past a limit still encode:
+        // only each length is limited, not their sum.
+        let longest = batch
+            .updates
+            .iter()
+            .map(|u| u.row.byte_len() as u64)
+            .max()
+            .unwrap();
+        let many = sample(100);
+        let total: u64 = many.updates.iter().map(|u| u.row.byte_len() as u64).sum();
+        assert!(total > longest);
+        assert!(encode_batch_within(&many, longest + 2).is_ok());
+    }
+
     proptest! {
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
@@ -351,7 +501,7 @@ mod tests {
         #[test]
         fn mutations_are_detected_or_harmless(n in 0usize..20, position in any::<usize>(), value in any::<u8>()) {
             let batch = sample(n);
-            let bytes = encode_batch(&batch);
+            let bytes = encode_batch(&batch).unwrap();
             let body_len = bytes.len() - 4;
             let mut body = bytes[..body_len].to_vec();
             let position = position % body_len;

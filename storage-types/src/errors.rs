@@ -512,6 +512,21 @@ pub enum InvalidUsage {
         /// The shard.
         shard: ShardId,
     },
+    /// Part of an append is larger than the backend can store: a length
+    /// that does not fit the field the storage format keeps it in. Nothing
+    /// was written; the same append fails the same way.
+    #[error("{what} is too large to store: shard={shard} size={size} limit={limit}")]
+    TooLarge {
+        /// The shard.
+        shard: ShardId,
+        /// What is too large, and the limit's name (`row 3 length in the
+        /// batch codec (u32)`).
+        what: String,
+        /// Its size.
+        size: u64,
+        /// The largest size the backend stores.
+        limit: u64,
+    },
 }
 
 /// An error returned by the storage controller.

@@ -23,7 +23,9 @@ pub use backend::{
     CompactionStats, EarlierAttempts, PersistBackend, ShardFrontiers, ShardUsage, UpperMismatch,
     WriteFence,
 };
-pub use batch_codec::{Batch, BatchDecodeError, decode_batch, decode_batch_shared, encode_batch};
+pub use batch_codec::{
+    Batch, BatchDecodeError, BatchEncodeError, decode_batch, decode_batch_shared, encode_batch,
+};
 pub use description::{
     CollectionDescription, DataSource, ExportDescription, IngestionDescription, LoadGenerator,
     SinkConnection, SourceConnection, StorageParameters,
