@@ -114,39 +114,31 @@ impl<T: StorageTimestamp> Shard<T> {
         contract::check_append_bounds(self.id, &updates, &expected_upper, &new_upper)?;
         // Sorting and consolidating needs no state: do it before taking the
         // lock so concurrent readers and writers wait less.
-        let batch = Batch::from_unsorted(
-            updates
-                .into_iter()
-                .map(|update| (update.row, update.timestamp, update.diff))
-                .collect(),
-        );
+        let batch = batch_of(updates);
 
-        let mut state = self.lock()?;
+        let mut locked = self.lock_for_write()?;
         // SUBTLE: the token check comes before the upper check. A retry of an
         // append that applied finds the upper already moved past its
         // expected upper, and must answer success, not a mismatch.
-        if state.tokens.applied(&token, &expected_upper, &new_upper) {
+        if locked.token_applied(&token, &expected_upper, &new_upper) {
             return Ok(Ok(()));
         }
         // The fence is checked under the same lock as the write below.
-        let epoch = contract::check_fence(self.id, state.writer_epoch, fence)?;
-        if state.upper != expected_upper {
-            let earlier_attempts =
-                contract::earlier_attempts(&new_upper, state.tokens.oldest_remembered_lower());
-            return Ok(Err(UpperMismatch {
-                expected: expected_upper,
-                current: state.upper.clone(),
-                earlier_attempts,
-            }));
+        let epoch = locked.check_fence(fence)?;
+        if let Some(mismatch) = locked.mismatch(&expected_upper, &new_upper) {
+            return Ok(Err(mismatch));
         }
-        state.writer_epoch = epoch;
-        state.spine.insert(batch);
-        state.upper = new_upper.clone();
-        state
-            .tokens
-            .record(token, expected_upper, new_upper.clone());
-        self.upper_watch.send_replace(new_upper);
+        locked.apply(batch, expected_upper, new_upper, token, epoch);
         Ok(Ok(()))
+    }
+
+    /// The shard's state, locked for a check-and-write that may span
+    /// several shards (see [`Locked`]).
+    pub fn lock_for_write(&self) -> Result<Locked<'_, T>, BackendError> {
+        Ok(Locked {
+            shard: self,
+            state: self.lock()?,
+        })
     }
 
     /// The frontiers and shared batches, for a read done without the lock.
@@ -227,6 +219,87 @@ impl<T: StorageTimestamp> Shard<T> {
         state.finalized = true;
         self.upper_watch.send_replace(Antichain::new());
         Ok(())
+    }
+}
+
+/// The updates of an append as a sorted, consolidated batch.
+pub fn batch_of<T: StorageTimestamp>(updates: Vec<Update<T>>) -> Batch<T> {
+    Batch::from_unsorted(
+        updates
+            .into_iter()
+            .map(|update| (update.row, update.timestamp, update.diff))
+            .collect(),
+    )
+}
+
+/// A shard whose lock is held by a writer: the checks and the write of an
+/// append, as separate steps so that an append over several shards can
+/// check every shard before it writes any.
+///
+/// Nothing awaits while one is alive.
+pub struct Locked<'a, T> {
+    shard: &'a Shard<T>,
+    state: MutexGuard<'a, ShardState<T>>,
+}
+
+impl<T: StorageTimestamp> Locked<'_, T> {
+    /// Whether an append with `token` applied with exactly these bounds.
+    pub fn token_applied(
+        &self,
+        token: &IdempotencyToken,
+        expected_upper: &Antichain<T>,
+        new_upper: &Antichain<T>,
+    ) -> bool {
+        self.state.tokens.applied(token, expected_upper, new_upper)
+    }
+
+    /// The writer epoch the shard records if a write with `fence` goes
+    /// ahead.
+    ///
+    /// # Errors
+    ///
+    /// `Determinate(Fenced)` if `fence` is an epoch below the shard's.
+    pub fn check_fence(&self, fence: WriteFence) -> Result<u64, BackendError> {
+        contract::check_fence(self.shard.id, self.state.writer_epoch, fence)
+    }
+
+    /// The mismatch an append from `expected_upper` to `new_upper` meets,
+    /// or `None` if the upper is `expected_upper`.
+    pub fn mismatch(
+        &self,
+        expected_upper: &Antichain<T>,
+        new_upper: &Antichain<T>,
+    ) -> Option<UpperMismatch<T>> {
+        if self.state.upper == *expected_upper {
+            return None;
+        }
+        let earlier_attempts =
+            contract::earlier_attempts(new_upper, self.state.tokens.oldest_remembered_lower());
+        Some(UpperMismatch {
+            expected: expected_upper.clone(),
+            current: self.state.upper.clone(),
+            earlier_attempts,
+        })
+    }
+
+    /// Writes a checked append: stores `batch`, sets the upper, records the
+    /// token and the epoch, and publishes the new upper.
+    pub fn apply(
+        &mut self,
+        batch: Batch<T>,
+        expected_upper: Antichain<T>,
+        new_upper: Antichain<T>,
+        token: IdempotencyToken,
+        epoch: u64,
+    ) {
+        let state = &mut *self.state;
+        state.writer_epoch = epoch;
+        state.spine.insert(batch);
+        state.upper = new_upper.clone();
+        state
+            .tokens
+            .record(token, expected_upper, new_upper.clone());
+        self.shard.upper_watch.send_replace(new_upper);
     }
 }
 
