@@ -260,6 +260,9 @@ pub async fn append_all_is_never_seen_in_part_by_concurrent_readers<F: BackendFa
                     order.reverse();
                 }
                 check_reads_agree(&handle, &shards, &order, rounds).await;
+                // A backend whose reads never wait (memory) would otherwise
+                // keep this task on its worker and starve the writer.
+                tokio::task::yield_now().await;
             }
         }));
     }

@@ -530,6 +530,9 @@ pub async fn snapshots_of_tables_in_one_call_reflect_the_same_calls<F: BackendFa
         tokio::spawn(async move {
             let mut round = 0usize;
             while round == 0 || !done.load(std::sync::atomic::Ordering::SeqCst) {
+                // Reads that never wait (memory) would otherwise keep this
+                // task on its worker and starve the controller's.
+                tokio::task::yield_now().await;
                 let (first, second) = (shards[round % 2], shards[(round + 1) % 2]);
                 round += 1;
                 let seen = handle.frontiers(first).await.unwrap().upper;
