@@ -496,6 +496,11 @@ pub async fn append_all_empty_call_writes_nothing<F: BackendFactory>(factory: &F
     assert_eq!(backend.list_shards().await.expect("list_shards"), listed);
 }
 
+/// One step of [`append_all_of_one_shard_equals_compare_and_append`]:
+/// updates as `(key, time)`, the bounds, and whether it retries the
+/// previous step's token.
+type OneShardStep = (Vec<(i64, u64)>, Antichain<u64>, Antichain<u64>, bool);
+
 /// A call of one part answers exactly what `compare_and_append` answers for
 /// the same arguments: success, a mismatch (as one entry), a sealing
 /// append, a retry, the same errors.
@@ -505,7 +510,7 @@ pub async fn append_all_of_one_shard_equals_compare_and_append<F: BackendFactory
     let all = open_new_shard(&backend).await;
     let mut tokens = (IdempotencyToken::new(), IdempotencyToken::new());
     // (updates as (key, time), expected, new, retry of the previous step)
-    let steps: Vec<(Vec<(i64, u64)>, Antichain<u64>, Antichain<u64>, bool)> = vec![
+    let steps: Vec<OneShardStep> = vec![
         (vec![(1, 0), (2, 1)], at(0), at(2), false),
         (vec![(1, 0), (2, 1)], at(0), at(2), true),
         (vec![(3, 2)], at(0), at(3), false),

@@ -27,6 +27,9 @@ use crate::append::{
 use crate::errors::statement_error;
 use crate::read::{ShardRow, check_row_fence, epoch_parameter, unknown_shard};
 
+/// A locked shard row: id, since, upper, finalized, writer epoch.
+type LockedRow = (uuid::Uuid, Option<i64>, Option<i64>, bool, i64);
+
 /// One part, consolidated and encoded.
 struct Part<T> {
     shard: ShardId,
@@ -85,7 +88,7 @@ pub(crate) async fn compare_and_append_all<T: StorageTimestamp>(
     // move an upper between the checks and the writes.
     let mut ids: Vec<uuid::Uuid> = parts.iter().map(|part| part.shard.0).collect();
     ids.sort_unstable();
-    let locked: Vec<(uuid::Uuid, Option<i64>, Option<i64>, bool, i64)> = sqlx::query_as(
+    let locked: Vec<LockedRow> = sqlx::query_as(
         "SELECT shard_id, since, upper, finalized, writer_epoch FROM shards
          WHERE shard_id = ANY($1) ORDER BY shard_id FOR UPDATE",
     )
