@@ -28,7 +28,7 @@ use tracing::Instrument;
 
 use crate::types::{
     BackendError, CompactionStats, Diff, IdempotencyToken, PersistBackend, ReadShare, Row,
-    ShardFrontiers, ShardId, ShardUsage, Update, UpperMismatch,
+    ShardAppend, ShardFrontiers, ShardId, ShardUsage, Update, UpperMismatch, UpperMismatches,
 };
 
 /// Backend operations, by `backend`, `operation` and `outcome`.
@@ -211,6 +211,35 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for InstrumentedBackend<B> {
                 Err(_) => ("upper_mismatch", 0),
             },
         )
+        .await
+    }
+
+    async fn compare_and_append_all(
+        &self,
+        appends: Vec<ShardAppend<u64>>,
+        token: IdempotencyToken,
+        fence: WriteFence,
+    ) -> Result<Result<(), UpperMismatches<u64>>, BackendError> {
+        let written = row_bytes(
+            appends
+                .iter()
+                .flat_map(|part| part.updates.iter().map(|update| &update.row)),
+        );
+        let first_shard = appends.first().map(|part| part.shard);
+        let shards = appends.len();
+        let span = tracing::debug_span!("append_all", shards);
+        let call = self.inner.compare_and_append_all(appends, token, fence);
+        self.observe(
+            "compare_and_append_all",
+            first_shard,
+            written,
+            call,
+            |outcome| match outcome {
+                Ok(()) => ("ok", 0),
+                Err(_) => ("upper_mismatch", 0),
+            },
+        )
+        .instrument(span)
         .await
     }
 

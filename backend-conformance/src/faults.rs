@@ -47,7 +47,8 @@ use thiserror::Error;
 use tidemark_storage_types::sync::lock;
 use tidemark_storage_types::{
     BackendError, CompactionStats, DeterminateKind, Diff, IdempotencyToken, PersistBackend,
-    ReadShare, Row, ShardFrontiers, ShardId, ShardUsage, Update, UpperMismatch,
+    ReadShare, Row, ShardAppend, ShardFrontiers, ShardId, ShardUsage, Update, UpperMismatch,
+    UpperMismatches,
 };
 use timely::progress::Antichain;
 
@@ -60,6 +61,8 @@ pub enum Operation {
     Frontiers,
     /// [`PersistBackend::compare_and_append`].
     CompareAndAppend,
+    /// [`PersistBackend::compare_and_append_all`].
+    CompareAndAppendAll,
     /// [`PersistBackend::snapshot`].
     Snapshot,
     /// [`PersistBackend::fetch`].
@@ -84,10 +87,11 @@ pub enum Operation {
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 13] = [
+    pub const ALL: [Operation; 14] = [
         Operation::Open,
         Operation::Frontiers,
         Operation::CompareAndAppend,
+        Operation::CompareAndAppendAll,
         Operation::Snapshot,
         Operation::Fetch,
         Operation::SnapshotShare,
@@ -107,6 +111,7 @@ impl Operation {
             Operation::Open => "open",
             Operation::Frontiers => "frontiers",
             Operation::CompareAndAppend => "compare_and_append",
+            Operation::CompareAndAppendAll => "compare_and_append_all",
             Operation::Snapshot => "snapshot",
             Operation::Fetch => "fetch",
             Operation::SnapshotShare => "snapshot_share",
@@ -248,7 +253,9 @@ pub struct FaultyBackend<B> {
 }
 
 /// Where a call lands: the shard it names (none for
-/// [`PersistBackend::list_shards`]) and its operation.
+/// [`PersistBackend::list_shards`]; the first part's for
+/// [`PersistBackend::compare_and_append_all`], none for an empty one) and
+/// its operation.
 type CallSite = (Option<ShardId>, Operation);
 
 /// The three fault decisions of one call, drawn together so that whether a
@@ -442,6 +449,19 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for FaultyBackend<B> {
         self.run(Operation::CompareAndAppend, Some(shard), || {
             self.inner
                 .compare_and_append(shard, updates, expected_upper, new_upper, token, fence)
+        })
+        .await
+    }
+
+    async fn compare_and_append_all(
+        &self,
+        appends: Vec<ShardAppend<u64>>,
+        token: IdempotencyToken,
+        fence: WriteFence,
+    ) -> Result<Result<(), UpperMismatches<u64>>, BackendError> {
+        let site = appends.first().map(|part| part.shard);
+        self.run(Operation::CompareAndAppendAll, site, || {
+            self.inner.compare_and_append_all(appends, token, fence)
         })
         .await
     }
@@ -678,7 +698,8 @@ mod tests {
     #[test]
     fn operation_names_are_the_method_names() {
         let names: Vec<_> = Operation::ALL.iter().map(|op| op.to_string()).collect();
-        assert_eq!(names.len(), 13);
+        assert_eq!(names.len(), 14);
+        assert!(names.contains(&"compare_and_append_all".to_string()));
         assert!(names.contains(&"compare_and_append".to_string()));
         assert!(names.contains(&"wait_for_upper_past".to_string()));
     }

@@ -9,8 +9,9 @@
 //!
 //! The properties are grouped by theme: [`open`], [`unknown`], [`datums`],
 //! [`append`], [`read`], [`wait`], [`since`], [`compaction`], [`finalize`],
-//! [`concurrency`], [`idempotency`], [`share`], [`size`], [`model`] and
-//! [`fault_tolerance`]. [`faults`] holds [`FaultyBackend`], a seeded
+//! [`concurrency`], [`idempotency`], [`share`], [`size`], [`model`],
+//! [`fault_tolerance`], and for appends over several shards at once,
+//! [`atomic_append`] and [`atomic_model`]. [`faults`] holds [`FaultyBackend`], a seeded
 //! fault-injection wrapper any backend can be put behind.
 //!
 //! Properties need a multi-threaded tokio runtime (the macro provides one):
@@ -20,6 +21,8 @@
 #![warn(missing_docs)]
 
 pub mod append;
+pub mod atomic_append;
+pub mod atomic_model;
 pub mod compaction;
 pub mod concurrency;
 pub mod datums;
@@ -87,7 +90,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     /// Every module of properties, with its source.
-    const PROPERTY_MODULES: [(&str, &str); 15] = [
+    const PROPERTY_MODULES: [(&str, &str); 17] = [
         ("open", include_str!("open.rs")),
         ("unknown", include_str!("unknown.rs")),
         ("datums", include_str!("datums.rs")),
@@ -103,6 +106,8 @@ mod tests {
         ("size", include_str!("size.rs")),
         ("model", include_str!("model.rs")),
         ("fault_tolerance", include_str!("fault_tolerance.rs")),
+        ("atomic_append", include_str!("atomic_append.rs")),
+        ("atomic_model", include_str!("atomic_model.rs")),
     ];
 
     /// `module::property` for every `pub async fn property<F: BackendFactory>`.

@@ -137,6 +137,17 @@ macro_rules! conformance_tests {
             fault_tolerance::determinate_faults_never_apply,
             fault_tolerance::indeterminate_faults_after_the_call_did_apply,
             fault_tolerance::fault_injection_is_reproducible_from_the_seed,
+            atomic_append::append_all_writes_nothing_when_one_shard_mismatches,
+            atomic_append::append_all_invalid_part_refuses_the_call,
+            atomic_append::append_all_is_never_seen_in_part_by_concurrent_readers,
+            atomic_append::append_all_retry_with_same_token_applies_once,
+            atomic_append::append_all_stale_fence_on_one_shard_refuses_the_call,
+            atomic_append::append_all_duplicate_shard_is_rejected,
+            atomic_append::append_all_empty_call_writes_nothing,
+            atomic_append::append_all_of_one_shard_equals_compare_and_append,
+            atomic_append::append_all_racing_calls_on_a_shared_shard_exactly_one_wins,
+            atomic_append::append_all_faulty_calls_with_token_retries_apply_once,
+            atomic_model::append_all_random_calls_match_the_model,
         );
     };
     (@properties $make:path; $($module:ident :: $property:ident),* $(,)?) => {

@@ -3,17 +3,18 @@
 //! that promise. A property that passes on a broken backend is worthless.
 
 use std::future::Future;
+use std::time::Duration;
 use tidemark_storage_types::{EarlierAttempts, WriteFence};
 
 use async_trait::async_trait;
 use tidemark_backend_conformance::{
-    BackendFactory, append, compaction, concurrency, fencing, idempotency, model, read, since,
-    token_window, unknown, wait,
+    BackendFactory, append, atomic_append, atomic_model, compaction, concurrency, fencing,
+    idempotency, model, read, since, token_window, unknown, wait,
 };
 use tidemark_backend_memory::MemoryBackend;
 use tidemark_storage_types::{
     BackendError, CompactionStats, Diff, IdempotencyToken, InvalidUsage, PersistBackend, ReadShare,
-    Row, ShardFrontiers, ShardId, ShardUsage, Update, UpperMismatch,
+    Row, ShardAppend, ShardFrontiers, ShardId, ShardUsage, Update, UpperMismatch, UpperMismatches,
 };
 use timely::progress::Antichain;
 
@@ -46,6 +47,15 @@ enum Mutation {
     /// Every mismatch claims no earlier attempt applied, even when the
     /// token may have left the window.
     ForgottenTokenReportedNotApplied,
+    /// An append over several shards is a `compare_and_append` per shard,
+    /// in the call's order: the parts before a mismatching one stay
+    /// written.
+    AppendAllShardByShard,
+    /// An append over several shards checks every upper first, then writes
+    /// shard by shard with a pause between: never half written when it
+    /// answers, but a concurrent reader can see one shard's part without
+    /// the others'.
+    AppendAllVisibleInPart,
 }
 
 #[derive(Debug)]
@@ -107,6 +117,86 @@ impl PersistBackend<u64> for MutantBackend {
                 }))
             }
             other => other,
+        }
+    }
+
+    async fn compare_and_append_all(
+        &self,
+        appends: Vec<ShardAppend<u64>>,
+        token: IdempotencyToken,
+        fence: WriteFence,
+    ) -> Result<Result<(), UpperMismatches<u64>>, BackendError> {
+        match self.mutation {
+            Mutation::AppendAllShardByShard => {
+                let mut mismatches = Vec::new();
+                for part in appends {
+                    let outcome = self
+                        .inner
+                        .compare_and_append(
+                            part.shard,
+                            part.updates,
+                            part.expected_upper,
+                            part.new_upper,
+                            token,
+                            fence,
+                        )
+                        .await?;
+                    if let Err(mismatch) = outcome {
+                        mismatches.push((part.shard, mismatch));
+                    }
+                }
+                Ok(if mismatches.is_empty() {
+                    Ok(())
+                } else {
+                    Err(UpperMismatches { mismatches })
+                })
+            }
+            Mutation::AppendAllVisibleInPart => {
+                let mut mismatches = Vec::new();
+                for part in &appends {
+                    let upper = self.inner.frontiers(part.shard).await?.upper;
+                    if upper != part.expected_upper {
+                        mismatches.push((
+                            part.shard,
+                            UpperMismatch {
+                                expected: part.expected_upper.clone(),
+                                current: upper,
+                                earlier_attempts: EarlierAttempts::NotApplied,
+                            },
+                        ));
+                    }
+                }
+                if !mismatches.is_empty() {
+                    return Ok(Err(UpperMismatches { mismatches }));
+                }
+                for (index, part) in appends.into_iter().enumerate() {
+                    if index > 0 {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    let outcome = self
+                        .inner
+                        .compare_and_append(
+                            part.shard,
+                            part.updates,
+                            part.expected_upper,
+                            part.new_upper,
+                            token,
+                            fence,
+                        )
+                        .await?;
+                    if let Err(mismatch) = outcome {
+                        return Ok(Err(UpperMismatches {
+                            mismatches: vec![(part.shard, mismatch)],
+                        }));
+                    }
+                }
+                Ok(Ok(()))
+            }
+            _ => {
+                self.inner
+                    .compare_and_append_all(appends, token, fence)
+                    .await
+            }
         }
     }
 
@@ -321,4 +411,24 @@ caught_by!(
     forgotten_tokens_reported_not_applied_are_caught,
     ForgottenTokenReportedNotApplied,
     token_window::retry_outside_the_window_is_undetermined
+);
+caught_by!(
+    atomic_appends_applied_shard_by_shard_are_caught,
+    AppendAllShardByShard,
+    atomic_append::append_all_writes_nothing_when_one_shard_mismatches
+);
+caught_by!(
+    atomic_appends_applied_shard_by_shard_are_caught_by_the_model,
+    AppendAllShardByShard,
+    atomic_model::append_all_random_calls_match_the_model
+);
+caught_by!(
+    atomic_appends_visible_in_part_are_caught_by_concurrent_readers,
+    AppendAllVisibleInPart,
+    atomic_append::append_all_is_never_seen_in_part_by_concurrent_readers
+);
+caught_by!(
+    atomic_appends_fenced_shard_by_shard_are_caught,
+    AppendAllShardByShard,
+    atomic_append::append_all_stale_fence_on_one_shard_refuses_the_call
 );

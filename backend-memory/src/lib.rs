@@ -48,12 +48,15 @@
 //! # Concurrency
 //!
 //! One lock per shard is held across every check-and-write, so operations on
-//! a shard are linearizable. Snapshots and fetches take the frontiers and
+//! a shard are linearizable. An append over several shards
+//! (`compare_and_append_all`) holds all their locks, taken in shard-id
+//! order, across its checks and writes, so no reader sees part of it. Snapshots and fetches take the frontiers and
 //! shared batches under the lock and compute without it. Upper waits use a
 //! `tokio::sync::watch` channel per shard, published under the lock.
 
 #![warn(missing_docs)]
 
+mod atomic;
 mod config;
 mod read;
 mod registry;
@@ -67,8 +70,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tidemark_storage_types::{
     BackendError, CompactionStats, Diff, IdempotencyToken, PersistBackend, ReadShare, Row,
-    ShardFrontiers, ShardId, ShardUsage, StorageTimestamp, Update, UpperMismatch, WriteFence,
-    contract,
+    ShardAppend, ShardFrontiers, ShardId, ShardUsage, StorageTimestamp, Update, UpperMismatch,
+    UpperMismatches, WriteFence, contract,
 };
 use timely::PartialOrder;
 use timely::progress::Antichain;
@@ -159,6 +162,15 @@ impl<T: StorageTimestamp> PersistBackend<T> for MemoryBackend {
     ) -> Result<Result<(), UpperMismatch<T>>, BackendError> {
         self.shard::<T>(shard)?
             .compare_and_append(updates, expected_upper, new_upper, token, fence)
+    }
+
+    async fn compare_and_append_all(
+        &self,
+        appends: Vec<ShardAppend<T>>,
+        token: IdempotencyToken,
+        fence: WriteFence,
+    ) -> Result<Result<(), UpperMismatches<T>>, BackendError> {
+        atomic::compare_and_append_all(&self.store, appends, token, fence)
     }
 
     async fn snapshot(&self, shard: ShardId, as_of: &T) -> Result<Vec<(Row, Diff)>, BackendError> {

@@ -75,30 +75,30 @@ pruned AS (
 SELECT append_seq, pg_notify($9, $10) FROM advanced";
 
 /// The outcome of one write attempt.
-enum Attempt {
+pub(crate) enum Attempt {
     Applied,
     UpperDidNotMatch,
 }
 
 /// The updates as parallel columns, the form both write paths send.
-struct Columns<'a> {
-    times: Vec<i64>,
-    rows: Vec<&'a [u8]>,
-    diffs: Vec<i64>,
+pub(crate) struct Columns<'a> {
+    pub(crate) times: Vec<i64>,
+    pub(crate) rows: Vec<&'a [u8]>,
+    pub(crate) diffs: Vec<i64>,
 }
 
 /// What one write attempt sends: the shard, the updates, the encoded bounds
 /// and the token, and the context its errors name.
 #[derive(Clone, Copy)]
-struct AttemptArgs<'a> {
-    shard: ShardId,
-    columns: &'a Columns<'a>,
-    expected_code: Option<i64>,
-    new_code: Option<i64>,
-    token: IdempotencyToken,
-    fence: WriteFence,
-    epoch: Option<i64>,
-    context: &'a str,
+pub(crate) struct AttemptArgs<'a> {
+    pub(crate) shard: ShardId,
+    pub(crate) columns: &'a Columns<'a>,
+    pub(crate) expected_code: Option<i64>,
+    pub(crate) new_code: Option<i64>,
+    pub(crate) token: IdempotencyToken,
+    pub(crate) fence: WriteFence,
+    pub(crate) epoch: Option<i64>,
+    pub(crate) context: &'a str,
 }
 
 pub(crate) async fn compare_and_append<T: StorageTimestamp>(
@@ -179,7 +179,7 @@ pub(crate) async fn compare_and_append<T: StorageTimestamp>(
 }
 
 /// Runs [`APPEND_STATEMENT`] with the attempt's columns inline.
-async fn run_append_statement(
+pub(crate) async fn run_append_statement(
     backend: &PostgresBackend,
     conn: &mut PgConnection,
     args: AttemptArgs<'_>,
@@ -207,7 +207,7 @@ async fn run_append_statement(
 
 /// Writes the attempt's columns with `COPY` in a transaction that holds
 /// the shard row's lock, then moves the upper.
-async fn append_by_copy(
+pub(crate) async fn append_by_copy(
     backend: &PostgresBackend,
     conn: &mut PgConnection,
     args: AttemptArgs<'_>,
@@ -351,7 +351,7 @@ async fn token_applied(
 /// The encoded `expected_upper` of the oldest remembered append once the
 /// shard has forgotten some (more appends than [`TOKENS_KEPT_PER_SHARD`]),
 /// else `None`: see [`contract::earlier_attempts`].
-async fn oldest_remembered_lower(
+pub(crate) async fn oldest_remembered_lower(
     conn: &mut PgConnection,
     shard: ShardId,
     context: &str,

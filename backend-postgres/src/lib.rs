@@ -29,6 +29,9 @@
 //!   (`SELECT ... FOR UPDATE`) and writes with binary `COPY` for large ones.
 //!   Either way the upper check, the fence (the row's `writer_epoch`), the
 //!   data and the token commit together.
+//! - `compare_and_append_all` is one transaction that locks every shard's
+//!   row in shard-id order, checks them all, writes every part and commits
+//!   once.
 //! - Reads run in a `REPEATABLE READ` transaction, so the frontier check and
 //!   the data come from one snapshot.
 //! - Upper waits `LISTEN` on a per-schema channel that every append
@@ -46,6 +49,7 @@
 #![warn(missing_docs)]
 
 mod append;
+mod append_all;
 pub mod config;
 pub mod errors;
 mod frontier;
@@ -62,8 +66,8 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgPool, Postgres};
 use tidemark_storage_types::{
     BackendError, CompactionStats, DeterminateKind, Diff, IdempotencyToken, PersistBackend,
-    ReadShare, Row, ShardFrontiers, ShardId, ShardUsage, StorageTimestamp, Update, UpperMismatch,
-    WriteFence,
+    ReadShare, Row, ShardAppend, ShardFrontiers, ShardId, ShardUsage, StorageTimestamp, Update,
+    UpperMismatch, UpperMismatches, WriteFence,
 };
 use timely::progress::Antichain;
 
@@ -273,6 +277,15 @@ impl<T: StorageTimestamp> PersistBackend<T> for PostgresBackend {
             fence,
         )
         .await
+    }
+
+    async fn compare_and_append_all(
+        &self,
+        appends: Vec<ShardAppend<T>>,
+        token: IdempotencyToken,
+        fence: WriteFence,
+    ) -> Result<Result<(), UpperMismatches<T>>, BackendError> {
+        append_all::compare_and_append_all(self, appends, token, fence).await
     }
 
     async fn snapshot(&self, shard: ShardId, as_of: &T) -> Result<Vec<(Row, Diff)>, BackendError> {

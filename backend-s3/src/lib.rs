@@ -81,8 +81,8 @@ use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use tidemark_storage_types::{
     BackendError, CompactionStats, DeterminateKind, Diff, IdempotencyToken, InvalidUsage,
-    PersistBackend, ReadShare, Row, ShardFrontiers, ShardId, ShardUsage, StorageTimestamp, Update,
-    UpperMismatch, WriteFence,
+    PersistBackend, ReadShare, Row, ShardAppend, ShardFrontiers, ShardId, ShardUsage,
+    StorageTimestamp, Update, UpperMismatch, UpperMismatches, WriteFence, contract,
 };
 use timely::progress::Antichain;
 
@@ -559,6 +559,43 @@ impl<T: StorageTimestamp> PersistBackend<T> for S3Backend {
     ) -> Result<Result<(), UpperMismatch<T>>, BackendError> {
         self.compare_and_append(shard, updates, expected_upper, new_upper, token, fence)
             .await
+    }
+
+    // PLACEHOLDER-REPLACED-AT-MERGE
+    async fn compare_and_append_all(
+        &self,
+        appends: Vec<ShardAppend<T>>,
+        token: IdempotencyToken,
+        fence: WriteFence,
+    ) -> Result<Result<(), UpperMismatches<T>>, BackendError> {
+        contract::check_append_all(&appends)?;
+        let mut appends = appends;
+        match appends.len() {
+            0 => Ok(Ok(())),
+            1 => {
+                let part = appends.remove(0);
+                let shard = part.shard;
+                let outcome = self
+                    .compare_and_append(
+                        shard,
+                        part.updates,
+                        part.expected_upper,
+                        part.new_upper,
+                        token,
+                        fence,
+                    )
+                    .await?;
+                Ok(outcome.map_err(|mismatch| UpperMismatches {
+                    mismatches: vec![(shard, mismatch)],
+                }))
+            }
+            shards => Err(BackendError::determinate(
+                DeterminateKind::Unsupported,
+                format!(
+                    "the s3 backend does not yet append to several shards atomically, nothing written: shards={shards}"
+                ),
+            )),
+        }
     }
 
     async fn snapshot(&self, shard: ShardId, as_of: &T) -> Result<Vec<(Row, Diff)>, BackendError> {

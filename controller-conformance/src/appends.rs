@@ -286,7 +286,7 @@ pub async fn appends_to_several_tables_in_one_call<F: BackendFactory>(factory: &
 /// every append lands exactly once.
 pub async fn indeterminate_failures_are_retried_without_duplicates<F: BackendFactory>(factory: &F) {
     let faulty = FaultyBackend::new(factory.open_handle().await, 7).with_rates(
-        Operation::CompareAndAppend,
+        Operation::CompareAndAppendAll,
         FaultRates::new(0.0, 0.3)
             .and_then(|rates| rates.with_timeout(0.3))
             .expect("valid rates"),
@@ -301,7 +301,7 @@ pub async fn indeterminate_failures_are_retried_without_duplicates<F: BackendFac
             .unwrap();
         assert_eq!(outcome(receiver).await, Ok(()), "append at {time}");
     }
-    let counts = c.backend().counts(Operation::CompareAndAppend);
+    let counts = c.backend().counts(Operation::CompareAndAppendAll);
     assert!(
         counts.failed_after > 0 && counts.timed_out > 0,
         "the backend injected both kinds of indeterminate faults: {counts:?}"
@@ -440,4 +440,136 @@ pub async fn interleaved_appends_keep_per_table_order<F: BackendFactory>(factory
             "{id}"
         );
     }
+}
+
+/// The data shard of collection `id`.
+fn data_shard<B: PersistBackend<u64>>(
+    c: &Controller<u64, B>,
+    id: GlobalId,
+) -> tidemark_storage_types::ShardId {
+    c.collection(id).unwrap().collection_metadata.data_shard
+}
+
+/// A call to two tables, one of whose expectations is wrong (another
+/// writer moved its upper), lands nothing: `InvalidUppers` names that
+/// table only, and the other table's shard is untouched.
+pub async fn atomic_append_with_one_bad_expectation_lands_nothing<F: BackendFactory>(factory: &F) {
+    let mut c = controller(factory).await;
+    c.create_collections(vec![(user(1), table()), (user(2), table())])
+        .await
+        .unwrap();
+    let (shard_a, shard_b) = (data_shard(&c, user(1)), data_shard(&c, user(2)));
+    let other = factory.open_handle().await;
+    other
+        .compare_and_append(
+            shard_b,
+            vec![update(9, "other", 0, 1)],
+            frontier(0),
+            frontier(2),
+            IdempotencyToken::new(),
+            WriteFence::Unfenced,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let receiver = c
+        .append(vec![
+            (user(1), vec![update(1, "a", 0, 1)], 1),
+            (user(2), vec![update(2, "b", 0, 1)], 1),
+        ])
+        .unwrap();
+    assert_eq!(
+        outcome(receiver).await,
+        Err(StorageError::InvalidUppers(vec![user(2)]))
+    );
+    assert_eq!(other.frontiers(shard_a).await.unwrap().upper, frontier(0));
+    assert_eq!(other.usage(shard_a).await.unwrap().updates, 0);
+    assert_eq!(other.frontiers(shard_b).await.unwrap().upper, frontier(2));
+    // A stale command (an update before its table's upper) also refuses
+    // the whole call, without a backend write.
+    let receiver = c
+        .append(vec![
+            (user(1), vec![update(1, "a", 0, 1)], 1),
+            (user(2), vec![update(2, "b", 1, 1)], 3),
+        ])
+        .unwrap();
+    assert_eq!(
+        outcome(receiver).await,
+        Err(StorageError::InvalidUppers(vec![user(2)]))
+    );
+    assert_eq!(other.frontiers(shard_a).await.unwrap().upper, frontier(0));
+    // With both expectations right, both land.
+    let receiver = c
+        .append(vec![
+            (user(1), vec![update(1, "a", 0, 1)], 3),
+            (user(2), vec![update(2, "b", 2, 1)], 3),
+        ])
+        .unwrap();
+    assert_eq!(outcome(receiver).await, Ok(()));
+    assert_eq!(other.frontiers(shard_a).await.unwrap().upper, frontier(3));
+    assert_eq!(other.frontiers(shard_b).await.unwrap().upper, frontier(3));
+}
+
+/// While the controller appends a stream of calls to two tables, a
+/// concurrent reader on another handle reading the tables in both orders
+/// always finds them reflecting the same calls: having seen call `k` in
+/// one, the other's snapshot at `k` holds every call up to `k`.
+pub async fn snapshots_of_tables_in_one_call_reflect_the_same_calls<F: BackendFactory>(
+    factory: &F,
+) {
+    const CALLS: u64 = 30;
+    let mut c = controller(factory).await;
+    c.create_collections(vec![(user(1), table()), (user(2), table())])
+        .await
+        .unwrap();
+    let shards = [data_shard(&c, user(1)), data_shard(&c, user(2))];
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let handle = factory.open_handle().await;
+        let done = std::sync::Arc::clone(&done);
+        tokio::spawn(async move {
+            let mut round = 0usize;
+            while round == 0 || !done.load(std::sync::atomic::Ordering::SeqCst) {
+                // Reads that never wait (memory) would otherwise keep this
+                // task on its worker and starve the controller's.
+                tokio::task::yield_now().await;
+                let (first, second) = (shards[round % 2], shards[(round + 1) % 2]);
+                round += 1;
+                let seen = handle.frontiers(first).await.unwrap().upper;
+                let Some(&seen) = seen.as_option() else {
+                    panic!("no call seals");
+                };
+                if seen == 0 {
+                    continue;
+                }
+                let rows = handle
+                    .snapshot(second, &(seen - 1))
+                    .await
+                    .unwrap_or_else(|err| {
+                        panic!(
+                            "{second} does not reflect call {} that {first} does: {err}",
+                            seen - 1
+                        )
+                    });
+                let mut expected: Vec<_> =
+                    (0..seen as i64).map(|call| (row(call, "x"), 1)).collect();
+                expected.sort();
+                assert_eq!(rows, expected, "round {round}");
+            }
+        })
+    };
+    for call in 0..CALLS {
+        let updates = vec![update(call as i64, "x", call, 1)];
+        let receiver = c
+            .append(vec![
+                (user(1), updates.clone(), call + 1),
+                (user(2), updates, call + 1),
+            ])
+            .unwrap();
+        assert_eq!(outcome(receiver).await, Ok(()), "call {call}");
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    within_a_minute(reader, "reader never finished")
+        .await
+        .expect("the reader saw one table without the other");
 }

@@ -364,6 +364,8 @@ macro_rules! controller_tests {
             appends::snapshot_of_unknown_id_is_identifier_missing,
             appends::snapshot_before_since_is_read_before_since,
             appends::snapshot_waits_for_the_upper,
+            appends::atomic_append_with_one_bad_expectation_lands_nothing,
+            appends::snapshots_of_tables_in_one_call_reflect_the_same_calls,
             policies::lag_policy_advances_since_with_writes,
             policies::capability_never_moves_back_but_policy_is_stored,
             policies::multiple_policy_is_the_meet,

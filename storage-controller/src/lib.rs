@@ -319,18 +319,20 @@ pub trait StorageController: Debug + Send {
     /// `upper`.
     ///
     /// Checked at once, nothing written on error. Otherwise the returned
-    /// receiver resolves when every command is durable. Each command is a
-    /// `compare_and_append` from the collection's current upper on the
-    /// controller's write task; appends to one collection apply in
-    /// submission order. Commands to different collections are independent
-    /// (no atomicity across collections). Indeterminate backend failures are
-    /// retried with the same idempotency token. On success the new upper
-    /// reaches the write frontier at a later [`process`](Self::process).
+    /// receiver resolves when every command is durable. The whole call is
+    /// one atomic `compare_and_append_all` from each collection's current
+    /// upper on the controller's write task: all of its commands land or
+    /// none does, and no reader (a snapshot, a subscription, a dataflow
+    /// source, another controller) ever sees some of them without the
+    /// others. Calls touching one collection apply in submission order.
+    /// Indeterminate backend failures are retried with the same idempotency
+    /// token. On success the new uppers reach the write frontiers at a later
+    /// [`process`](Self::process).
     ///
     /// The receiver resolves with [`StorageError::InvalidUppers`] naming
     /// every command whose collection's upper was not where it had to be
     /// (an update before the current upper, an upper behind it, or a
-    /// concurrent writer): nothing of those commands was written. It
+    /// concurrent writer): nothing of the call was written. It
     /// resolves with [`StorageError::Fenced`] or [`StorageError::Backend`]
     /// if the write failed.
     ///

@@ -314,78 +314,60 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
         Ok(recorded)
     }
 
-    /// Runs consecutive `append` calls: each shard's commands one after
-    /// another in submission order, different shards concurrently. Each
-    /// call's reply resolves once all its commands are done.
+    /// Runs consecutive `append` calls in submission order, each as one
+    /// atomic `compare_and_append_all` over its collections' shards.
+    /// Consecutive calls on disjoint shards run concurrently; a call that
+    /// shares a shard with an earlier one waits for it. Each call's reply
+    /// resolves once its write is done.
     async fn append_calls(&mut self, calls: Vec<(Vec<ShardAppend<T>>, AppendReply)>) {
+        let mut batch = Vec::new();
+        let mut batch_shards = BTreeSet::new();
+        for call in calls {
+            let shards: BTreeSet<ShardId> = call.0.iter().map(|command| command.shard).collect();
+            if !batch_shards.is_disjoint(&shards) {
+                self.append_disjoint_calls(std::mem::take(&mut batch)).await;
+                batch_shards.clear();
+            }
+            batch_shards.extend(shards);
+            batch.push(call);
+        }
+        self.append_disjoint_calls(batch).await;
+    }
+
+    /// Runs calls whose shards are disjoint, concurrently.
+    async fn append_disjoint_calls(&mut self, calls: Vec<(Vec<ShardAppend<T>>, AppendReply)>) {
         if calls.is_empty() {
             return;
-        }
-        let mut per_shard: BTreeMap<ShardId, Vec<(usize, ShardAppend<T>)>> = BTreeMap::new();
-        let mut replies = Vec::with_capacity(calls.len());
-        for (call, (commands, reply)) in calls.into_iter().enumerate() {
-            for command in commands {
-                per_shard
-                    .entry(command.shard)
-                    .or_default()
-                    .push((call, command));
-            }
-            replies.push(reply);
         }
         let backend = &*self.backend;
         let retry = self.retry;
         let fence = self.metadata.write_fence();
-        let shard_runs = per_shard.into_iter().map(|(shard, commands)| {
-            let mut known_upper = self.uppers.get(&shard).cloned();
+        let runs = calls.into_iter().map(|(commands, reply)| {
+            let known: Vec<Option<Antichain<T>>> = commands
+                .iter()
+                .map(|command| self.uppers.get(&command.shard).cloned())
+                .collect();
             async move {
-                let mut outcomes = Vec::with_capacity(commands.len());
-                for (call, command) in commands {
-                    let (id, _, outcome) =
-                        append_one(backend, retry, fence, known_upper.clone(), command).await;
-                    // The next command of this shard starts from here; after
-                    // a failure the upper is unknown and read again.
-                    known_upper = match &outcome {
-                        AppendOutcome::Written(upper) | AppendOutcome::Stale(upper) => {
-                            Some(upper.clone())
-                        }
-                        AppendOutcome::Failed(_) => None,
-                    };
-                    outcomes.push((call, id, outcome));
-                }
-                (shard, known_upper, outcomes)
+                let outcome = append_call(backend, retry, fence, commands, known).await;
+                (reply, outcome)
             }
         });
-        let finished = futures::future::join_all(shard_runs).await;
-        let mut results: Vec<CallResult<T>> =
-            replies.iter().map(|_| CallResult::default()).collect();
-        for (shard, known_upper, outcomes) in finished {
-            match known_upper {
-                Some(upper) => self.uppers.insert(shard, upper),
-                None => self.uppers.remove(&shard),
-            };
-            for (call, id, outcome) in outcomes {
-                let result = &mut results[call];
-                match outcome {
-                    AppendOutcome::Written(upper) => result.written.push((id, upper)),
-                    AppendOutcome::Stale(_) => result.invalid.push(id),
-                    AppendOutcome::Failed(err) => {
-                        result.error.get_or_insert(StorageError::Backend(err));
-                    }
-                }
+        let finished = futures::future::join_all(runs).await;
+        for (reply, outcome) in finished {
+            for (shard, upper) in outcome.uppers {
+                match upper {
+                    Some(upper) => self.uppers.insert(shard, upper),
+                    None => self.uppers.remove(&shard),
+                };
             }
-        }
-        for (reply, result) in replies.into_iter().zip(results) {
             // SUBTLE: the new uppers are queued before the caller's receiver
             // resolves, so a process() after the write completes sees them.
-            if !result.written.is_empty() {
-                let _ = self.internal.send(Internal::WriteCompleted(result.written));
+            if !outcome.written.is_empty() {
+                let _ = self
+                    .internal
+                    .send(Internal::WriteCompleted(outcome.written));
             }
-            let outcome = match (result.error, result.invalid.is_empty()) {
-                (Some(err), _) => Err(err),
-                (None, false) => Err(StorageError::InvalidUppers(result.invalid)),
-                (None, true) => Ok(()),
-            };
-            let _ = reply.send(outcome);
+            let _ = reply.send(outcome.result);
         }
     }
 
@@ -535,95 +517,141 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
 type AppendReply = oneshot::Sender<Result<(), StorageError>>;
 
 /// What one `append` call achieved.
-struct CallResult<T> {
+struct CallOutcome<T> {
+    /// The caller's answer.
+    result: Result<(), StorageError>,
+    /// The collections written, with their new uppers.
     written: Vec<(GlobalId, Antichain<T>)>,
-    invalid: Vec<GlobalId>,
-    error: Option<StorageError>,
+    /// Each shard's upper as the call left it, `None` if unknown.
+    uppers: Vec<(ShardId, Option<Antichain<T>>)>,
 }
 
-impl<T> Default for CallResult<T> {
-    fn default() -> Self {
-        CallResult {
-            written: Vec::new(),
-            invalid: Vec::new(),
-            error: None,
-        }
-    }
-}
-
-/// What became of one append command.
-enum AppendOutcome<T> {
-    /// Durable; the shard's upper is now this.
-    Written(Antichain<T>),
-    /// The command's idea of the upper was stale; nothing written; the
-    /// shard's upper is this.
-    Stale(Antichain<T>),
-    /// The backend failed (after retries); the upper is unknown.
-    Failed(tidemark_storage_types::BackendError),
-}
-
-/// Appends one command from the shard's upper (`known_upper`, or read
-/// from the backend), retrying indeterminate failures with one token, with
-/// this controller's `fence`.
-async fn append_one<T: StorageTimestamp, B: PersistBackend<T>>(
+/// Appends one call's commands as one `compare_and_append_all` from each
+/// shard's upper (`known`, or read from the backend), retrying
+/// indeterminate failures with one token, with this controller's `fence`.
+/// All of the call's commands are written or none is.
+async fn append_call<T: StorageTimestamp, B: PersistBackend<T>>(
     backend: &B,
     retry: RetryPolicy,
     fence: WriteFence,
-    known_upper: Option<Antichain<T>>,
-    command: ShardAppend<T>,
-) -> (GlobalId, ShardId, AppendOutcome<T>) {
-    let ShardAppend {
-        id,
-        shard,
-        updates,
-        new_upper,
-    } = command;
-    let expected_upper = match known_upper {
-        Some(upper) => upper,
-        None => match retry_indeterminate(retry, || backend.frontiers(shard)).await {
-            Ok(frontiers) => frontiers.upper,
-            Err(err) => return (id, shard, AppendOutcome::Failed(err)),
-        },
-    };
-    // The caller's idea of the upper is stale if it writes before the
-    // current upper or moves the upper back.
-    let stale = !PartialOrder::less_equal(&expected_upper, &new_upper)
-        || updates
+    commands: Vec<ShardAppend<T>>,
+    known: Vec<Option<Antichain<T>>>,
+) -> CallOutcome<T> {
+    let failed = |commands: &[ShardAppend<T>], err: BackendError| CallOutcome {
+        result: Err(StorageError::Backend(err)),
+        written: Vec::new(),
+        uppers: commands
             .iter()
-            .any(|update| !expected_upper.less_equal(&update.timestamp));
-    if stale {
-        return (id, shard, AppendOutcome::Stale(expected_upper));
+            .map(|command| (command.shard, None))
+            .collect(),
+    };
+    let mut expected_uppers = Vec::with_capacity(commands.len());
+    for (command, known_upper) in commands.iter().zip(known) {
+        let upper = match known_upper {
+            Some(upper) => upper,
+            None => match retry_indeterminate(retry, || backend.frontiers(command.shard)).await {
+                Ok(frontiers) => frontiers.upper,
+                Err(err) => return failed(&commands, err),
+            },
+        };
+        expected_uppers.push(upper);
     }
+    let uppers_as_expected = |commands: &[ShardAppend<T>], expected: &[Antichain<T>]| {
+        commands
+            .iter()
+            .zip(expected)
+            .map(|(command, upper)| (command.shard, Some(upper.clone())))
+            .collect()
+    };
+    // A command's idea of the upper is stale if it writes before the
+    // current upper or moves the upper back; then nothing of the call is
+    // written. Uppers only advance, so this needs no backend call.
+    let stale: Vec<GlobalId> = commands
+        .iter()
+        .zip(&expected_uppers)
+        .filter(|(command, expected_upper)| {
+            !PartialOrder::less_equal(*expected_upper, &command.new_upper)
+                || command
+                    .updates
+                    .iter()
+                    .any(|update| !expected_upper.less_equal(&update.timestamp))
+        })
+        .map(|(command, _)| command.id)
+        .collect();
+    if !stale.is_empty() {
+        return CallOutcome {
+            result: Err(StorageError::InvalidUppers(stale)),
+            written: Vec::new(),
+            uppers: uppers_as_expected(&commands, &expected_uppers),
+        };
+    }
+    let parts: Vec<tidemark_storage_types::ShardAppend<T>> = commands
+        .iter()
+        .zip(&expected_uppers)
+        .map(
+            |(command, expected_upper)| tidemark_storage_types::ShardAppend {
+                shard: command.shard,
+                updates: command.updates.clone(),
+                expected_upper: expected_upper.clone(),
+                new_upper: command.new_upper.clone(),
+            },
+        )
+        .collect();
     let token = IdempotencyToken::new();
     let mut attempts = 0u32;
     let outcome = retry_indeterminate(retry, || {
         attempts += 1;
-        backend.compare_and_append(
-            shard,
-            updates.clone(),
-            expected_upper.clone(),
-            new_upper.clone(),
-            token,
-            fence,
-        )
+        backend.compare_and_append_all(parts.clone(), token, fence)
     })
     .await;
-    let outcome = match outcome {
-        Ok(Ok(())) => AppendOutcome::Written(new_upper),
-        // SUBTLE: a retry's mismatch proves nothing applied only if the
-        // backend still remembers every append an earlier attempt could
-        // have been; otherwise the outcome stays indeterminate.
-        Ok(Err(mismatch))
-            if attempts > 1 && mismatch.earlier_attempts == EarlierAttempts::Undetermined =>
+    match outcome {
+        Ok(Ok(())) => CallOutcome {
+            result: Ok(()),
+            written: commands
+                .iter()
+                .map(|command| (command.id, command.new_upper.clone()))
+                .collect(),
+            uppers: commands
+                .iter()
+                .map(|command| (command.shard, Some(command.new_upper.clone())))
+                .collect(),
+        },
+        // SUBTLE: a retry's mismatches prove the call did not apply only if
+        // some mismatching shard still remembers every append an earlier
+        // attempt could have been (the call applies on all its shards or
+        // none, so one such shard suffices); otherwise the outcome stays
+        // indeterminate.
+        Ok(Err(mismatches))
+            if attempts > 1
+                && !mismatches.mismatches.iter().any(|(_, mismatch)| {
+                    mismatch.earlier_attempts == EarlierAttempts::NotApplied
+                }) =>
         {
-            AppendOutcome::Failed(BackendError::indeterminate(format!(
-                "append retried after an indeterminate failure; whether it applied cannot be determined: shard={shard} {mismatch}"
-            )))
+            failed(
+                &commands,
+                BackendError::indeterminate(format!(
+                    "append retried after an indeterminate failure; whether it applied cannot be determined: {mismatches}"
+                )),
+            )
         }
-        Ok(Err(mismatch)) => AppendOutcome::Stale(mismatch.current),
-        Err(err) => AppendOutcome::Failed(err),
-    };
-    (id, shard, outcome)
+        Ok(Err(mismatches)) => {
+            let mut uppers: Vec<(ShardId, Option<Antichain<T>>)> =
+                uppers_as_expected(&commands, &expected_uppers);
+            let mut invalid = Vec::new();
+            for (shard, mismatch) in mismatches.mismatches {
+                if let Some(command) = commands.iter().position(|command| command.shard == shard) {
+                    invalid.push(commands[command].id);
+                    uppers[command].1 = Some(mismatch.current);
+                }
+            }
+            CallOutcome {
+                result: Err(StorageError::InvalidUppers(invalid)),
+                written: Vec::new(),
+                uppers,
+            }
+        }
+        Err(err) => failed(&commands, err),
+    }
 }
 
 /// Removes downgrades of a shard that a later downgrade of the same shard

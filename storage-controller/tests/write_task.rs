@@ -10,8 +10,8 @@ use tidemark_storage_controller::{
 use tidemark_storage_types::WriteFence;
 use tidemark_storage_types::{
     BackendError, CollectionDescription, CompactionStats, Datum, Diff, GlobalId, IdempotencyToken,
-    PersistBackend, ReadShare, RelationDesc, Row, ScalarType, ShardFrontiers, ShardId, ShardUsage,
-    StorageError, Update, UpperMismatch,
+    PersistBackend, ReadShare, RelationDesc, Row, ScalarType, ShardAppend, ShardFrontiers, ShardId,
+    ShardUsage, StorageError, Update, UpperMismatch, UpperMismatches,
 };
 use timely::progress::Antichain;
 
@@ -45,6 +45,19 @@ impl PersistBackend<u64> for PanicsOnDataAppends {
         self.0
             .compare_and_append(shard, updates, expected_upper, new_upper, token, fence)
             .await
+    }
+
+    async fn compare_and_append_all(
+        &self,
+        appends: Vec<ShardAppend<u64>>,
+        token: IdempotencyToken,
+        fence: WriteFence,
+    ) -> Result<Result<(), UpperMismatches<u64>>, BackendError> {
+        assert!(
+            appends.iter().all(|part| part.shard == METADATA_SHARD),
+            "injected panic: append to a data shard"
+        );
+        self.0.compare_and_append_all(appends, token, fence).await
     }
 
     async fn snapshot(

@@ -95,6 +95,43 @@ impl<T: fmt::Display> fmt::Display for UpperMismatch<T> {
     }
 }
 
+/// One shard's part of a [`PersistBackend::compare_and_append_all`] call:
+/// the same four things a [`PersistBackend::compare_and_append`] takes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardAppend<T> {
+    /// The shard.
+    pub shard: ShardId,
+    /// Its updates, each at a time in `[expected_upper, new_upper)`.
+    pub updates: Vec<Update<T>>,
+    /// The upper the shard must have.
+    pub expected_upper: Antichain<T>,
+    /// The upper it gets.
+    pub new_upper: Antichain<T>,
+}
+
+/// Why a [`PersistBackend::compare_and_append_all`] wrote nothing: every
+/// shard of the call whose upper was not the expected one, in the call's
+/// order, each with its current upper.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpperMismatches<T> {
+    /// `(shard, mismatch)` for each mismatching shard.
+    pub mismatches: Vec<(ShardId, UpperMismatch<T>)>,
+}
+
+impl<T: fmt::Display> fmt::Display for UpperMismatches<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "atomic append wrote nothing: {} shard(s) mismatched:",
+            self.mismatches.len()
+        )?;
+        for (shard, mismatch) in &self.mismatches {
+            write!(f, " shard={shard} {mismatch};")?;
+        }
+        Ok(())
+    }
+}
+
 /// What a physical compaction did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CompactionStats {
@@ -170,6 +207,28 @@ pub struct ShardUsage {
 ///   writes nothing, and it did land before any newer writer fenced it.
 ///   Otherwise the fence is checked before the upper: a fenced writer gets
 ///   `Fenced`, not a mismatch.
+/// - **`compare_and_append_all` is atomic across shards and
+///   linearizable.** The call takes effect at one instant for all its
+///   shards or not at all. Any read (frontiers, snapshot, fetch, shares,
+///   `wait_for_upper_past`, from any handle) that reflects the call on one
+///   shard and is followed by a read of another of its shards reflects it
+///   there too; no reader ever observes one shard's part without the
+///   others'. Each shard's part obeys every rule of `compare_and_append`
+///   (bounds, upper regression, sealing with an empty `new_upper`, empty
+///   updates); any `InvalidUsage` in any part, or the same shard twice
+///   ([`InvalidUsage::DuplicateShardInAppend`](crate::InvalidUsage::DuplicateShardInAppend)),
+///   refuses the whole call with nothing written. An empty call is
+///   `Ok(Ok(()))` and writes nothing. The fence is checked against every
+///   shard in the same atomic step: any shard whose epoch is above the
+///   call's refuses the call with `Fenced`, nothing written; an applied
+///   call raises every shard's epoch to it. One token names the whole call:
+///   a retry with the same token, shards and bounds answers `Ok(Ok(()))` if
+///   the call applied, and applies at most once; when a retry answers
+///   [`UpperMismatches`], each mismatch's `earlier_attempts` follows the
+///   single-shard rule for its shard. A one-element call behaves exactly
+///   like `compare_and_append` (with an `UpperMismatches` of one entry
+///   instead of an `UpperMismatch`). A backend checks a call's arguments
+///   with [`contract::check_append_all`](crate::contract::check_append_all).
 /// - **Reads are consistent.** A snapshot or fetch sees all or none of each
 ///   append.
 /// - **Compaction is invisible.** `snapshot(as_of)` equals the logical
@@ -244,6 +303,37 @@ pub trait PersistBackend<T>: Debug + Send + Sync + 'static {
         token: IdempotencyToken,
         fence: WriteFence,
     ) -> Result<Result<(), UpperMismatch<T>>, BackendError>;
+
+    /// Atomically across shards: iff every shard's upper equals its
+    /// `expected_upper`, adds each shard's updates and sets each upper to
+    /// its `new_upper`; otherwise writes nothing and returns every mismatch.
+    ///
+    /// Each part follows the rules of
+    /// [`compare_and_append`](Self::compare_and_append); the call as a
+    /// whole is one atomic, linearizable step (see the contract): no read
+    /// ever sees one shard's part without the others'.
+    ///
+    /// Returns `Ok(Err(mismatches))` naming every shard whose upper was not
+    /// its `expected_upper`, in the call's order (nothing written), unless
+    /// `token` was already applied with these shards and bounds, in which
+    /// case it returns `Ok(Ok(()))` without writing again. An empty
+    /// `appends` returns `Ok(Ok(()))`. `fence` is checked against every
+    /// shard atomically with the write; an applied call with
+    /// `WriteFence::Epoch(e)` raises every shard's epoch to `e`.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidUsage` (nothing written) for an unknown shard, a part with an
+    /// update outside its bounds or a `new_upper` behind its
+    /// `expected_upper`, or a shard named twice
+    /// (`InvalidUsage::DuplicateShardInAppend`). `Determinate(Fenced)`
+    /// (nothing written) if `fence` is an epoch lower than any shard's.
+    async fn compare_and_append_all(
+        &self,
+        appends: Vec<ShardAppend<T>>,
+        token: IdempotencyToken,
+        fence: WriteFence,
+    ) -> Result<Result<(), UpperMismatches<T>>, BackendError>;
 
     /// The consolidated contents at `as_of`: each row with the sum of the
     /// diffs of its updates at times `<= as_of`, rows with a zero sum
@@ -388,6 +478,15 @@ where
         (**self)
             .compare_and_append(shard, updates, expected_upper, new_upper, token, fence)
             .await
+    }
+
+    async fn compare_and_append_all(
+        &self,
+        appends: Vec<ShardAppend<T>>,
+        token: IdempotencyToken,
+        fence: WriteFence,
+    ) -> Result<Result<(), UpperMismatches<T>>, BackendError> {
+        (**self).compare_and_append_all(appends, token, fence).await
     }
 
     async fn snapshot(&self, shard: ShardId, as_of: &T) -> Result<Vec<(Row, Diff)>, BackendError> {

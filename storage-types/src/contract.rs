@@ -7,10 +7,12 @@
 //! needs that; a new backend gets the same answers, messages included, for
 //! free.
 
+use std::collections::BTreeSet;
+
 use timely::PartialOrder;
 use timely::progress::Antichain;
 
-use crate::backend::{EarlierAttempts, WriteFence};
+use crate::backend::{EarlierAttempts, ShardAppend, WriteFence};
 use crate::errors::{BackendError, DeterminateKind, ErasedFrontier, ErasedTime, InvalidUsage};
 use crate::ids::ShardId;
 use crate::time::{StorageTimestamp, Update, display_frontier, readable_at};
@@ -66,6 +68,81 @@ pub fn check_append_bounds<T: StorageTimestamp>(
         }),
         None => Ok(()),
     }
+}
+
+/// Checks the arguments of a
+/// [`compare_and_append_all`](crate::PersistBackend::compare_and_append_all):
+/// no shard named twice, and every part's bounds as
+/// [`check_append_bounds`] checks them. Parts are checked in the call's
+/// order, so the error names the first offending part; a backend that gets
+/// an error writes nothing at all.
+///
+/// ```
+/// use timely::progress::Antichain;
+/// use tidemark_storage_types::{InvalidUsage, Row, ShardAppend, ShardId, Update, contract};
+/// let part = |shard, time| ShardAppend {
+///     shard,
+///     updates: vec![Update::new(Row::default(), time, 1)],
+///     expected_upper: Antichain::from_elem(0u64),
+///     new_upper: Antichain::from_elem(5u64),
+/// };
+/// let (a, b) = (ShardId::new(), ShardId::new());
+/// assert!(contract::check_append_all(&[part(a, 1), part(b, 4)]).is_ok());
+/// let err = contract::check_append_all(&[part(a, 1), part(b, 9)]).unwrap_err();
+/// assert!(matches!(err, InvalidUsage::UpdateOutsideBounds { shard, .. } if shard == b));
+/// let err = contract::check_append_all(&[part(a, 1), part(a, 2)]).unwrap_err();
+/// assert_eq!(err, InvalidUsage::DuplicateShardInAppend { shard: a });
+/// ```
+///
+/// # Errors
+///
+/// [`InvalidUsage::DuplicateShardInAppend`] for a shard already named by an
+/// earlier part; otherwise the error of [`check_append_bounds`] for the
+/// first part whose bounds are broken.
+pub fn check_append_all<T: StorageTimestamp>(
+    appends: &[ShardAppend<T>],
+) -> Result<(), InvalidUsage> {
+    let mut seen = BTreeSet::new();
+    for part in appends {
+        if !seen.insert(part.shard) {
+            return Err(InvalidUsage::DuplicateShardInAppend { shard: part.shard });
+        }
+        check_append_bounds(
+            part.shard,
+            &part.updates,
+            &part.expected_upper,
+            &part.new_upper,
+        )?;
+    }
+    Ok(())
+}
+
+/// The positions of a
+/// [`compare_and_append_all`](crate::PersistBackend::compare_and_append_all)'s
+/// parts sorted by shard id: the order in which a backend that locks each
+/// shard takes the locks, so that two calls sharing shards never wait for
+/// each other in a cycle.
+///
+/// ```
+/// use timely::progress::Antichain;
+/// use tidemark_storage_types::{ShardAppend, ShardId, contract};
+/// let part = |shard| ShardAppend::<u64> {
+///     shard,
+///     updates: vec![],
+///     expected_upper: Antichain::from_elem(0),
+///     new_upper: Antichain::from_elem(1),
+/// };
+/// let (mut low, mut high) = (ShardId::new(), ShardId::new());
+/// if high < low {
+///     std::mem::swap(&mut low, &mut high);
+/// }
+/// assert_eq!(contract::lock_order(&[part(high), part(low)]), vec![1, 0]);
+/// ```
+#[must_use]
+pub fn lock_order<T>(appends: &[ShardAppend<T>]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..appends.len()).collect();
+    order.sort_by_key(|index| appends[*index].shard);
+    order
 }
 
 /// Checks that a [`snapshot`](crate::PersistBackend::snapshot) at `as_of`
@@ -249,6 +326,57 @@ mod tests {
             check_append_bounds::<u64>(shard, &[], &sealed, &five),
             Err(InvalidUsage::UpperRegression { .. })
         ));
+    }
+
+    #[test]
+    fn append_all_checks_every_part_and_duplicates() {
+        let (a, b) = (ShardId::new(), ShardId::new());
+        let part = |shard, updates: Vec<Update<u64>>, lower: u64, upper: Option<u64>| ShardAppend {
+            shard,
+            updates,
+            expected_upper: Antichain::from_elem(lower),
+            new_upper: upper.map_or_else(Antichain::new, Antichain::from_elem),
+        };
+        assert_eq!(check_append_all::<u64>(&[]), Ok(()));
+        assert_eq!(
+            check_append_all(&[
+                part(a, vec![at(3)], 2, Some(5)),
+                part(b, vec![at(9)], 7, None)
+            ]),
+            Ok(())
+        );
+        assert!(matches!(
+            check_append_all(&[part(a, vec![], 2, Some(5)), part(b, vec![], 7, Some(6))]),
+            Err(InvalidUsage::UpperRegression { shard, .. }) if shard == b
+        ));
+        let duplicate =
+            check_append_all(&[part(a, vec![], 0, Some(1)), part(a, vec![], 1, Some(2))])
+                .unwrap_err();
+        assert_eq!(duplicate, InvalidUsage::DuplicateShardInAppend { shard: a });
+        assert_eq!(
+            duplicate.to_string(),
+            format!("shard {a} appears more than once in one atomic append")
+        );
+    }
+
+    #[test]
+    fn lock_order_sorts_by_shard() {
+        let mut shards: Vec<ShardId> = (0..5).map(|_| ShardId::new()).collect();
+        let parts: Vec<ShardAppend<u64>> = shards
+            .iter()
+            .map(|shard| ShardAppend {
+                shard: *shard,
+                updates: vec![],
+                expected_upper: Antichain::from_elem(0),
+                new_upper: Antichain::from_elem(1),
+            })
+            .collect();
+        let ordered: Vec<ShardId> = lock_order(&parts)
+            .into_iter()
+            .map(|i| parts[i].shard)
+            .collect();
+        shards.sort();
+        assert_eq!(ordered, shards);
     }
 
     #[test]

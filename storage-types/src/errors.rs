@@ -527,6 +527,13 @@ pub enum InvalidUsage {
         /// The largest size the backend stores.
         limit: u64,
     },
+    /// A [`compare_and_append_all`](crate::PersistBackend::compare_and_append_all)
+    /// names the same shard in more than one of its parts.
+    #[error("shard {shard} appears more than once in one atomic append")]
+    DuplicateShardInAppend {
+        /// The shard named twice.
+        shard: ShardId,
+    },
 }
 
 /// An error returned by the storage controller.

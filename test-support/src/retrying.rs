@@ -27,7 +27,7 @@ use tidemark_storage_types::WriteFence;
 use async_trait::async_trait;
 use tidemark_storage_types::{
     BackendError, CompactionStats, Diff, IdempotencyToken, PersistBackend, ReadShare, Row,
-    ShardFrontiers, ShardId, ShardUsage, Update, UpperMismatch,
+    ShardAppend, ShardFrontiers, ShardId, ShardUsage, Update, UpperMismatch, UpperMismatches,
 };
 use timely::progress::Antichain;
 
@@ -189,6 +189,21 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for CallerRetries<B> {
                 result => return result,
             }
         }
+    }
+
+    async fn compare_and_append_all(
+        &self,
+        appends: Vec<ShardAppend<u64>>,
+        token: IdempotencyToken,
+        fence: WriteFence,
+    ) -> Result<Result<(), UpperMismatches<u64>>, BackendError> {
+        // Retried with the call's one token, so a retry of a call that
+        // applied answers success and applies nothing again.
+        self.retried(|| {
+            self.inner
+                .compare_and_append_all(appends.clone(), token, fence)
+        })
+        .await
     }
 
     async fn snapshot(
