@@ -214,6 +214,16 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for InstrumentedBackend<B> {
         .await
     }
 
+    // PLACEHOLDER-REPLACED-AT-MERGE
+    async fn compare_and_append_all(
+        &self,
+        appends: Vec<tidemark_storage_types::ShardAppend<u64>>,
+        token: IdempotencyToken,
+        fence: WriteFence,
+    ) -> Result<Result<(), tidemark_storage_types::UpperMismatches<u64>>, BackendError> {
+        self.inner.compare_and_append_all(appends, token, fence).await
+    }
+
     async fn snapshot(
         &self,
         shard: ShardId,

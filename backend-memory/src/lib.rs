@@ -161,6 +161,20 @@ impl<T: StorageTimestamp> PersistBackend<T> for MemoryBackend {
             .compare_and_append(updates, expected_upper, new_upper, token, fence)
     }
 
+    // PLACEHOLDER-REPLACED-AT-MERGE
+    async fn compare_and_append_all(
+        &self,
+        appends: Vec<tidemark_storage_types::ShardAppend<T>>,
+        token: IdempotencyToken,
+        fence: WriteFence,
+    ) -> Result<Result<(), tidemark_storage_types::UpperMismatches<T>>, BackendError> {
+        let _ = (appends, token, fence);
+        Err(BackendError::determinate(
+            tidemark_storage_types::DeterminateKind::Unsupported,
+            "atomic multi-shard appends are not implemented by this backend yet",
+        ))
+    }
+
     async fn snapshot(&self, shard: ShardId, as_of: &T) -> Result<Vec<(Row, Diff)>, BackendError> {
         let view = self.shard::<T>(shard)?.read_view()?;
         Ok(read::snapshot(shard, &view, as_of, ReadShare::WHOLE)?)

@@ -255,6 +255,20 @@ impl<T: StorageTimestamp> PersistBackend<T> for PostgresBackend {
         .await
     }
 
+    // PLACEHOLDER-REPLACED-AT-MERGE
+    async fn compare_and_append_all(
+        &self,
+        appends: Vec<tidemark_storage_types::ShardAppend<T>>,
+        token: IdempotencyToken,
+        fence: WriteFence,
+    ) -> Result<Result<(), tidemark_storage_types::UpperMismatches<T>>, BackendError> {
+        let _ = (appends, token, fence);
+        Err(BackendError::determinate(
+            tidemark_storage_types::DeterminateKind::Unsupported,
+            "atomic multi-shard appends are not implemented by this backend yet",
+        ))
+    }
+
     async fn snapshot(&self, shard: ShardId, as_of: &T) -> Result<Vec<(Row, Diff)>, BackendError> {
         read::snapshot(self, shard, as_of, ReadShare::WHOLE).await
     }

@@ -47,6 +47,16 @@ impl PersistBackend<u64> for PanicsOnDataAppends {
             .await
     }
 
+    // PLACEHOLDER-REPLACED-AT-MERGE
+    async fn compare_and_append_all(
+        &self,
+        appends: Vec<tidemark_storage_types::ShardAppend<u64>>,
+        token: IdempotencyToken,
+        fence: WriteFence,
+    ) -> Result<Result<(), tidemark_storage_types::UpperMismatches<u64>>, BackendError> {
+        self.0.compare_and_append_all(appends, token, fence).await
+    }
+
     async fn snapshot(
         &self,
         shard: ShardId,

@@ -95,6 +95,29 @@ impl<T: fmt::Display> fmt::Display for UpperMismatch<T> {
     }
 }
 
+/// One shard's part of a [`PersistBackend::compare_and_append_all`] call:
+/// the same four things a [`PersistBackend::compare_and_append`] takes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardAppend<T> {
+    /// The shard.
+    pub shard: ShardId,
+    /// Its updates, each at a time in `[expected_upper, new_upper)`.
+    pub updates: Vec<Update<T>>,
+    /// The upper the shard must have.
+    pub expected_upper: Antichain<T>,
+    /// The upper it gets.
+    pub new_upper: Antichain<T>,
+}
+
+/// Why a [`PersistBackend::compare_and_append_all`] wrote nothing: every
+/// shard of the call whose upper was not the expected one, in the call's
+/// order, each with its current upper.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpperMismatches<T> {
+    /// `(shard, mismatch)` for each mismatching shard.
+    pub mismatches: Vec<(ShardId, UpperMismatch<T>)>,
+}
+
 /// What a physical compaction did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CompactionStats {
@@ -245,6 +268,16 @@ pub trait PersistBackend<T>: Debug + Send + Sync + 'static {
         fence: WriteFence,
     ) -> Result<Result<(), UpperMismatch<T>>, BackendError>;
 
+    /// Atomically across shards: iff every shard's upper equals its
+    /// `expected_upper`, adds each shard's updates and sets each upper to
+    /// its `new_upper`; otherwise writes nothing and returns every mismatch.
+    async fn compare_and_append_all(
+        &self,
+        appends: Vec<ShardAppend<T>>,
+        token: IdempotencyToken,
+        fence: WriteFence,
+    ) -> Result<Result<(), UpperMismatches<T>>, BackendError>;
+
     /// The consolidated contents at `as_of`: each row with the sum of the
     /// diffs of its updates at times `<= as_of`, rows with a zero sum
     /// omitted, sorted by row.
@@ -388,6 +421,15 @@ where
         (**self)
             .compare_and_append(shard, updates, expected_upper, new_upper, token, fence)
             .await
+    }
+
+    async fn compare_and_append_all(
+        &self,
+        appends: Vec<ShardAppend<T>>,
+        token: IdempotencyToken,
+        fence: WriteFence,
+    ) -> Result<Result<(), UpperMismatches<T>>, BackendError> {
+        (**self).compare_and_append_all(appends, token, fence).await
     }
 
     async fn snapshot(&self, shard: ShardId, as_of: &T) -> Result<Vec<(Row, Diff)>, BackendError> {

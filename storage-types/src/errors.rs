@@ -506,6 +506,13 @@ pub enum InvalidUsage {
         /// The share's count.
         count: u32,
     },
+    /// The same shard appears twice in one
+    /// [`compare_and_append_all`](crate::PersistBackend::compare_and_append_all).
+    #[error("shard {shard} appears more than once in one atomic append")]
+    DuplicateShardInAppend {
+        /// The shard.
+        shard: ShardId,
+    },
     /// Waiting for the upper to pass the empty frontier can never finish.
     #[error("cannot wait for the upper to pass the empty frontier: shard={shard}")]
     WaitPastEmptyFrontier {

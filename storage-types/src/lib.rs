@@ -20,8 +20,8 @@ pub mod sync;
 pub mod time;
 
 pub use backend::{
-    CompactionStats, EarlierAttempts, PersistBackend, ShardFrontiers, ShardUsage, UpperMismatch,
-    WriteFence,
+    CompactionStats, EarlierAttempts, PersistBackend, ShardAppend, ShardFrontiers, ShardUsage,
+    UpperMismatch, UpperMismatches, WriteFence,
 };
 pub use batch_codec::{Batch, BatchDecodeError, decode_batch, decode_batch_shared, encode_batch};
 pub use description::{
