@@ -221,7 +221,9 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for InstrumentedBackend<B> {
         token: IdempotencyToken,
         fence: WriteFence,
     ) -> Result<Result<(), tidemark_storage_types::UpperMismatches<u64>>, BackendError> {
-        self.inner.compare_and_append_all(appends, token, fence).await
+        self.inner
+            .compare_and_append_all(appends, token, fence)
+            .await
     }
 
     async fn snapshot(

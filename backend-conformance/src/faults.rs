@@ -453,7 +453,9 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for FaultyBackend<B> {
         token: IdempotencyToken,
         fence: WriteFence,
     ) -> Result<Result<(), tidemark_storage_types::UpperMismatches<u64>>, BackendError> {
-        self.inner.compare_and_append_all(appends, token, fence).await
+        self.inner
+            .compare_and_append_all(appends, token, fence)
+            .await
     }
 
     async fn snapshot(

@@ -117,7 +117,9 @@ impl PersistBackend<u64> for MutantBackend {
         token: IdempotencyToken,
         fence: WriteFence,
     ) -> Result<Result<(), tidemark_storage_types::UpperMismatches<u64>>, BackendError> {
-        self.inner.compare_and_append_all(appends, token, fence).await
+        self.inner
+            .compare_and_append_all(appends, token, fence)
+            .await
     }
 
     async fn snapshot(

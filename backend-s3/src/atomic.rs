@@ -157,7 +157,7 @@ impl S3Backend {
         // Decide on what this handle knows before writing anything; an
         // answer without a write comes from fresh reads.
         if let Some(refusal) = self.precheck(&prepared, token, fence).await? {
-            return Ok(answer(&prepared, refusal)?);
+            return answer(&prepared, refusal);
         }
 
         // SUBTLE: parts are written (and acknowledged) before any intent
@@ -241,7 +241,7 @@ impl S3Backend {
             match (refusal, error) {
                 (Some(refusal), _) => {
                     self.discard_uploaded(&prepared);
-                    return Ok(answer(&prepared, refusal)?);
+                    return answer(&prepared, refusal);
                 }
                 (None, Some(err)) => return Err(err),
                 (None, None) => {
@@ -338,14 +338,14 @@ impl S3Backend {
                         return Ok(Step::Done(Some(Verdict::NoInlineRoom)));
                     }
                     let mut next = view.successor();
-                    next.pending = Some(Intent {
+                    next.pending = Some(Box::new(Intent {
                         txn,
                         batch: (!batch.parts.is_empty()).then(|| batch.clone()),
                         token: token.0,
                         expected_upper: part.expected,
                         new_upper: part.new,
                         writer_epoch: check.epoch(view),
-                    });
+                    }));
                     Ok(Step::Write(next, None))
                 })
                 .await?;
@@ -437,7 +437,11 @@ impl S3Backend {
                     }
                 },
             };
-            if state.pending.as_ref().is_none_or(|intent| intent.txn != txn) {
+            if state
+                .pending
+                .as_ref()
+                .is_none_or(|intent| intent.txn != txn)
+            {
                 if fresh {
                     return;
                 }

@@ -65,10 +65,6 @@ impl Keys {
         format!("{}shards/{shard}/batches/{part}", self.root)
     }
 
-    pub(crate) fn txns_dir(&self) -> String {
-        format!("{}txns/", self.root)
-    }
-
     pub(crate) fn txn(&self, txn: Uuid) -> String {
         format!("{}txns/{txn}", self.root)
     }
@@ -100,6 +96,5 @@ mod tests {
         assert_eq!(keys.part_id(shard, &keys.state(shard)), None);
         assert_eq!(keys.live(shard), format!("p/live/{shard}"));
         assert_eq!(keys.txn(part), format!("p/txns/{part}"));
-        assert!(keys.txn(part).starts_with(&keys.txns_dir()));
     }
 }

@@ -221,7 +221,7 @@ pub(crate) struct ShardState {
     /// yet: it applies iff the append's record says committed
     /// ([`crate::txn`]). Every other field is the state without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending: Option<Intent>,
+    pub pending: Option<Box<Intent>>,
 }
 
 /// One shard's part of a multi-shard append, written into the shard's state

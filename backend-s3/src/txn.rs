@@ -195,7 +195,9 @@ impl S3Backend {
             let waited = started.elapsed();
             if waited >= timeout {
                 tracing::debug!(%shard, txn = %intent.txn, "aborting an undecided multi-shard append");
-                return self.decide_txn(intent.txn, Outcome::Aborted, &[shard]).await;
+                return self
+                    .decide_txn(intent.txn, Outcome::Aborted, &[shard])
+                    .await;
             }
             tokio::time::sleep(delay.min(timeout - waited)).await;
             delay = (delay * 2).min(Duration::from_millis(100));

@@ -84,7 +84,10 @@ async fn contents(backend: &S3Backend, shard: ShardId) -> Vec<(Row, Diff)> {
     if upper == 0 {
         return Vec::new();
     }
-    backend.snapshot(shard, &(upper - 1)).await.expect("snapshot")
+    backend
+        .snapshot(shard, &(upper - 1))
+        .await
+        .expect("snapshot")
 }
 
 fn once_each(rows: &[Row]) -> Vec<(Row, Diff)> {
@@ -116,16 +119,23 @@ async fn a_call_applies_to_every_shard_and_other_handles_see_it() {
     let writer = factory.open_handle().await;
     let reader = factory.open_handle().await;
     let shards = open_shards(&writer, 3).await;
-    let rows: Vec<Vec<Row>> = (0..3).map(|shard| vec![row(shard, 0), row(shard, 1)]).collect();
+    let rows: Vec<Vec<Row>> = (0..3)
+        .map(|shard| vec![row(shard, 0), row(shard, 1)])
+        .collect();
     let appends = shards
         .iter()
         .zip(&rows)
         .map(|(&shard, rows)| part(shard, 0, 2, rows))
         .collect();
-    call(&writer, appends, IdempotencyToken::new(), WriteFence::Unfenced)
-        .await
-        .expect("request")
-        .expect("uppers match");
+    call(
+        &writer,
+        appends,
+        IdempotencyToken::new(),
+        WriteFence::Unfenced,
+    )
+    .await
+    .expect("request")
+    .expect("uppers match");
     // Before and after the intents are rolled forward.
     for settled in [false, true] {
         if settled {
@@ -193,10 +203,15 @@ async fn a_mismatch_on_one_shard_writes_nothing_anywhere() {
             .map(|&shard| part(shard, lower, lower + 1, &[row(1, lower as i64)]))
             .collect::<Vec<_>>()
     };
-    let mismatches = call(&writer, appends(0), IdempotencyToken::new(), WriteFence::Unfenced)
-        .await
-        .expect("request")
-        .expect_err("the middle shard mismatches");
+    let mismatches = call(
+        &writer,
+        appends(0),
+        IdempotencyToken::new(),
+        WriteFence::Unfenced,
+    )
+    .await
+    .expect("request")
+    .expect_err("the middle shard mismatches");
     assert_eq!(mismatches.mismatches.len(), 1, "{mismatches:?}");
     let (shard, mismatch) = &mismatches.mismatches[0];
     assert_eq!(*shard, shards[1]);
@@ -221,10 +236,15 @@ async fn a_mismatch_on_one_shard_writes_nothing_anywhere() {
         .await
         .unwrap()
         .unwrap();
-    let mismatches = call(&writer, appends(0), IdempotencyToken::new(), WriteFence::Unfenced)
-        .await
-        .unwrap()
-        .unwrap_err();
+    let mismatches = call(
+        &writer,
+        appends(0),
+        IdempotencyToken::new(),
+        WriteFence::Unfenced,
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
     let reported: Vec<(ShardId, Antichain<u64>)> = mismatches
         .mismatches
         .iter()
@@ -278,7 +298,10 @@ async fn invalid_parts_refuse_the_whole_call() {
             assert_eq!(*shard, shards[0]);
             assert_eq!(
                 usage.to_string(),
-                format!("shard {} appears more than once in one atomic append", shards[0])
+                format!(
+                    "shard {} appears more than once in one atomic append",
+                    shards[0]
+                )
             );
         }
         other => panic!("expected a duplicate shard, got {other:?}"),
@@ -307,7 +330,10 @@ async fn invalid_parts_refuse_the_whole_call() {
     let unknown = ShardId::new();
     let err = call(
         &backend,
-        vec![part(shards[0], 0, 1, &[row(0, 0)]), part(unknown, 0, 1, &[])],
+        vec![
+            part(shards[0], 0, 1, &[row(0, 0)]),
+            part(unknown, 0, 1, &[]),
+        ],
         token,
         WriteFence::Unfenced,
     )
@@ -392,10 +418,15 @@ async fn a_three_shard_call_costs_seven_conditional_puts() {
             .iter()
             .map(|&shard| part(shard, round, round + 1, &[row(0, round as i64)]))
             .collect();
-        call(&backend, appends, IdempotencyToken::new(), WriteFence::Unfenced)
-            .await
-            .unwrap()
-            .unwrap();
+        call(
+            &backend,
+            appends,
+            IdempotencyToken::new(),
+            WriteFence::Unfenced,
+        )
+        .await
+        .unwrap()
+        .unwrap();
         backend.wait_for_background_writes().await;
         let after = backend.object_puts();
         // Three intents, the record, three roll-forwards.
@@ -421,18 +452,40 @@ async fn a_fence_on_one_shard_refuses_the_call() {
             part(shards[1], 0, 1, &[row(1, 0)]),
         ]
     };
-    let err = call(&backend, appends(), IdempotencyToken::new(), WriteFence::Epoch(3))
-        .await
-        .unwrap_err();
-    assert_eq!(err.determinate_kind(), Some(DeterminateKind::Fenced), "{err}");
+    let err = call(
+        &backend,
+        appends(),
+        IdempotencyToken::new(),
+        WriteFence::Epoch(3),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.determinate_kind(),
+        Some(DeterminateKind::Fenced),
+        "{err}"
+    );
     backend.wait_for_background_writes().await;
-    assert_eq!(upper(&backend, shards[0]).await, frontier(0), "nothing written");
-    assert_eq!(upper(&backend, shards[1]).await, frontier(0), "nothing written");
+    assert_eq!(
+        upper(&backend, shards[0]).await,
+        frontier(0),
+        "nothing written"
+    );
+    assert_eq!(
+        upper(&backend, shards[1]).await,
+        frontier(0),
+        "nothing written"
+    );
 
-    call(&backend, appends(), IdempotencyToken::new(), WriteFence::Epoch(5))
-        .await
-        .unwrap()
-        .unwrap();
+    call(
+        &backend,
+        appends(),
+        IdempotencyToken::new(),
+        WriteFence::Epoch(5),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     // The applied call raised the first shard's epoch too.
     let err = backend
         .compare_and_append(
@@ -445,7 +498,11 @@ async fn a_fence_on_one_shard_refuses_the_call() {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.determinate_kind(), Some(DeterminateKind::Fenced), "{err}");
+    assert_eq!(
+        err.determinate_kind(),
+        Some(DeterminateKind::Fenced),
+        "{err}"
+    );
 }
 
 /// What one writer of the race does: `rounds` successful calls on its
@@ -478,9 +535,14 @@ async fn race(
                 .await
                 .map(|outcome| outcome.map_err(|_| ()))
         } else {
-            call(&backend, appends, IdempotencyToken::new(), WriteFence::Unfenced)
-                .await
-                .map(|outcome| outcome.map_err(|_| ()))
+            call(
+                &backend,
+                appends,
+                IdempotencyToken::new(),
+                WriteFence::Unfenced,
+            )
+            .await
+            .map(|outcome| outcome.map_err(|_| ()))
         };
         match outcome {
             Ok(Ok(())) => {
@@ -548,7 +610,10 @@ async fn readers_never_see_part_of_a_call() {
                 let rows = [row(0, time as i64)];
                 call(
                     &writer,
-                    vec![part(a, time, time + 1, &rows), part(b, time, time + 1, &rows)],
+                    vec![
+                        part(a, time, time + 1, &rows),
+                        part(b, time, time + 1, &rows),
+                    ],
                     IdempotencyToken::new(),
                     WriteFence::Unfenced,
                 )
@@ -635,9 +700,14 @@ async fn a_crash_after_any_step_recovers_to_all_or_nothing() {
         let shards = open_shards(&crashing, 3).await;
         let (appends, rows) = crash_call(&shards);
         crashing.stop_atomic_appends_at(Some(stop));
-        let err = call(&crashing, appends, IdempotencyToken::new(), WriteFence::Unfenced)
-            .await
-            .expect_err("stopped");
+        let err = call(
+            &crashing,
+            appends,
+            IdempotencyToken::new(),
+            WriteFence::Unfenced,
+        )
+        .await
+        .expect_err("stopped");
         assert!(!err.is_determinate(), "{stop:?}: {err}");
         drop(crashing);
 
@@ -669,7 +739,11 @@ async fn a_crash_after_any_step_recovers_to_all_or_nothing() {
         for (index, (shard, rows)) in shards.iter().zip(&rows).enumerate() {
             let mut expected = if applied { rows.clone() } else { Vec::new() };
             expected.push(row(5, index as i64));
-            assert_eq!(contents(&reader, *shard).await, once_each(&expected), "{stop:?}");
+            assert_eq!(
+                contents(&reader, *shard).await,
+                once_each(&expected),
+                "{stop:?}"
+            );
         }
     }
 }
@@ -686,9 +760,14 @@ async fn an_undecided_intent_is_stored_in_a_newer_format() {
     let shards = open_shards(&crashing, 3).await;
     let (appends, _) = crash_call(&shards);
     crashing.stop_atomic_appends_at(Some(AtomicAppendStop::AfterIntents(3)));
-    call(&crashing, appends, IdempotencyToken::new(), WriteFence::Unfenced)
-        .await
-        .expect_err("stopped");
+    call(
+        &crashing,
+        appends,
+        IdempotencyToken::new(),
+        WriteFence::Unfenced,
+    )
+    .await
+    .expect_err("stopped");
     for &shard in &shards {
         let state = raw_state(&endpoint, &crashing, shard).await;
         assert_eq!(state["format"], 4, "{state}");
