@@ -17,7 +17,7 @@ use crate::state::{BatchRef, EncodedFrontier, ShardState, decode_frontier, encod
 use crate::store::bounded_in_order;
 
 /// What the state said about an append.
-enum Verdict {
+pub(crate) enum Verdict {
     /// The token was applied with these bounds already.
     AlreadyApplied,
     /// The upper is not the expected one.
@@ -32,7 +32,7 @@ enum Verdict {
 
 /// The batch stored inline, if it is small enough: one part of at most
 /// `inline_batch_bytes` encoded bytes.
-fn inline_batch(
+pub(crate) fn inline_batch(
     batch: &BatchRef,
     parts: &[EncodedPart],
     inline_batch_bytes: usize,
@@ -59,13 +59,62 @@ fn committed(
     epoch: u64,
 ) -> ShardState {
     let mut next = state.successor();
-    next.upper = new;
-    next.writer_epoch = epoch;
-    if !batch.parts.is_empty() {
-        next.batches.push(batch.clone());
-    }
-    next.remember_token(token, expected, new);
+    next.apply_append(Some(batch), token, expected, new, epoch);
     next
+}
+
+/// One append's bounds and fence, judged against states.
+#[derive(Clone, Copy)]
+pub(crate) struct AppendCheck<'a, T> {
+    pub shard: ShardId,
+    pub token: IdempotencyToken,
+    pub expected: EncodedFrontier,
+    pub new: EncodedFrontier,
+    pub new_upper: &'a Antichain<T>,
+    pub fence: WriteFence,
+}
+
+impl<T: StorageTimestamp> AppendCheck<'_, T> {
+    /// What `state` says about the append, or `None` if it may commit.
+    pub(crate) fn judge(&self, state: &ShardState) -> Option<Verdict> {
+        // SUBTLE: the token is looked for before the upper is compared:
+        // after an indeterminate commit, a retry must find its own write
+        // (which moved the upper) rather than report a mismatch.
+        if state.token_applied(self.token, self.expected, self.new) {
+            Some(Verdict::AlreadyApplied)
+        } else if self.admitted(state).is_none() {
+            Some(Verdict::Fenced(state.writer_epoch))
+        } else if state.upper != self.expected {
+            let oldest = state.oldest_remembered_lower().map(decode_frontier::<T>);
+            let earlier = contract::earlier_attempts(self.new_upper, oldest.as_ref());
+            Some(Verdict::Mismatch(state.upper, earlier))
+        } else {
+            None
+        }
+    }
+
+    /// The epoch a committed state records; `None` if the fence refuses.
+    fn admitted(&self, state: &ShardState) -> Option<u64> {
+        contract::check_fence(self.shard, state.writer_epoch, self.fence).ok()
+    }
+
+    /// The epoch the state has once the append commits on it.
+    pub(crate) fn epoch(&self, state: &ShardState) -> u64 {
+        self.admitted(state).unwrap_or(state.writer_epoch)
+    }
+
+    /// The error of a refused fence.
+    pub(crate) fn fenced(&self, shard_epoch: u64) -> BackendError {
+        match self.fence {
+            WriteFence::Epoch(write_epoch) => {
+                contract::fenced(self.shard, shard_epoch, write_epoch)
+            }
+            WriteFence::Unfenced => BackendError::indeterminate(format!(
+                "an unfenced append was judged fenced: shard={}",
+                self.shard
+            )),
+        }
+    }
 }
 
 impl S3Backend {
@@ -81,37 +130,22 @@ impl S3Backend {
         contract::check_append_bounds(shard, &updates, &expected_upper, &new_upper)?;
         let expected = encode_frontier(&expected_upper);
         let new = encode_frontier(&new_upper);
-        // The epoch a committed state records; `None` once refused.
-        let admitted =
-            |state: &ShardState| contract::check_fence(shard, state.writer_epoch, fence).ok();
-        let judge = |state: &ShardState| {
-            // SUBTLE: the token is looked for before the upper is compared:
-            // after an indeterminate commit, a retry must find its own write
-            // (which moved the upper) rather than report a mismatch.
-            if state.token_applied(token, expected, new) {
-                Some(Verdict::AlreadyApplied)
-            } else if admitted(state).is_none() {
-                Some(Verdict::Fenced(state.writer_epoch))
-            } else if state.upper != expected {
-                let oldest = state.oldest_remembered_lower().map(decode_frontier::<T>);
-                let earlier = contract::earlier_attempts(&new_upper, oldest.as_ref());
-                Some(Verdict::Mismatch(state.upper, earlier))
-            } else {
-                None
-            }
+        let check = AppendCheck {
+            shard,
+            token,
+            expected,
+            new,
+            new_upper: &new_upper,
+            fence,
         };
-        let epoch = |state: &ShardState| admitted(state).unwrap_or(state.writer_epoch);
-        let fenced = |shard_epoch| match fence {
-            WriteFence::Epoch(write_epoch) => contract::fenced(shard, shard_epoch, write_epoch),
-            WriteFence::Unfenced => BackendError::indeterminate(format!(
-                "an unfenced append was judged fenced: shard={shard}"
-            )),
-        };
+        let judge = |state: &ShardState| check.judge(state);
+        let epoch = |state: &ShardState| check.epoch(state);
+        let fenced = |shard_epoch| check.fenced(shard_epoch);
 
         // Decide on what this handle knows before writing anything: an
         // answer without a write must come from a fresh read.
-        let mut state = match self.cached(shard) {
-            Some(cached) => cached.state,
+        let mut state = match self.cached_view(shard) {
+            Some(state) => state,
             None => self.read_state(shard).await?,
         };
         if judge(&state).is_some() {
@@ -119,7 +153,7 @@ impl S3Backend {
             match judge(&state) {
                 Some(Verdict::AlreadyApplied) => return Ok(Ok(())),
                 Some(Verdict::Mismatch(current, earlier)) => {
-                    return Ok(Err(mismatch(expected_upper, current, earlier)));
+                    return Ok(Err(mismatch(expected_upper.clone(), current, earlier)));
                 }
                 Some(Verdict::Fenced(shard_epoch)) => return Err(fenced(shard_epoch)),
                 Some(Verdict::Committed | Verdict::NoInlineRoom) | None => {}
@@ -160,7 +194,7 @@ impl S3Backend {
             match outcome.0 {
                 Verdict::Committed | Verdict::AlreadyApplied => return Ok(Ok(())),
                 Verdict::Mismatch(current, earlier) => {
-                    return Ok(Err(mismatch(expected_upper, current, earlier)));
+                    return Ok(Err(mismatch(expected_upper.clone(), current, earlier)));
                 }
                 Verdict::Fenced(shard_epoch) => return Err(fenced(shard_epoch)),
                 Verdict::NoInlineRoom => {}
@@ -191,7 +225,7 @@ impl S3Backend {
                 self.discard_parts_in_background(shard, &parts);
                 match verdict {
                     Verdict::Mismatch(current, earlier) => {
-                        Ok(Err(mismatch(expected_upper, current, earlier)))
+                        Ok(Err(mismatch(expected_upper.clone(), current, earlier)))
                     }
                     Verdict::Fenced(shard_epoch) => Err(fenced(shard_epoch)),
                     Verdict::AlreadyApplied | Verdict::Committed | Verdict::NoInlineRoom => {
@@ -260,7 +294,7 @@ impl S3Backend {
     }
 }
 
-fn mismatch<T: StorageTimestamp>(
+pub(crate) fn mismatch<T: StorageTimestamp>(
     expected: Antichain<T>,
     current: EncodedFrontier,
     earlier_attempts: EarlierAttempts,

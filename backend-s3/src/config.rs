@@ -16,6 +16,10 @@ use tidemark_storage_types::{BackendError, DeterminateKind};
 use crate::S3Backend;
 use crate::names;
 
+/// How long a writer waits, by default, for another multi-shard append's
+/// undecided intent before aborting that append.
+pub const DEFAULT_INTENT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The URL query parameters [`S3Config::from_url`] reads.
 pub const URL_PARAMETERS: &[&str] = &[
     "endpoint",
@@ -120,6 +124,10 @@ pub struct S3Config {
     pub(crate) poll_interval_min: Duration,
     /// Longest delay between polls of a shard's upper.
     pub(crate) poll_interval_max: Duration,
+    /// How long a writer that finds another multi-shard append's undecided
+    /// intent on a shard waits for that append to decide before aborting
+    /// it (what a writer that crashed mid-append costs the next one).
+    pub(crate) intent_timeout: Duration,
 }
 
 impl Default for S3Config {
@@ -141,6 +149,7 @@ impl Default for S3Config {
             inline_state_bytes: DEFAULT_INLINE_STATE_BYTES,
             poll_interval_min: Duration::from_millis(5),
             poll_interval_max: Duration::from_millis(500),
+            intent_timeout: DEFAULT_INTENT_TIMEOUT,
         }
     }
 }
@@ -395,6 +404,23 @@ impl S3Config {
         self.poll_interval_min = min;
         self.poll_interval_max = max;
         self
+    }
+
+    /// Sets how long a writer waits for another multi-shard append's
+    /// undecided intent before aborting that append (default
+    /// [`DEFAULT_INTENT_TIMEOUT`]). Zero aborts at once: always safe, but
+    /// concurrent multi-shard appends on the same shards then abort each
+    /// other more often.
+    #[must_use]
+    pub fn with_intent_timeout(mut self, timeout: Duration) -> Self {
+        self.intent_timeout = timeout;
+        self
+    }
+
+    /// How long a writer waits for an undecided multi-shard append.
+    #[must_use]
+    pub fn intent_timeout(&self) -> Duration {
+        self.intent_timeout
     }
 
     /// The bucket.

@@ -5,6 +5,7 @@
 //! PREFIX/live/SHARD                     one empty marker per listed (opened, not finalized) shard
 //! PREFIX/shards/SHARD/state             the shard's state, replaced by compare-and-swap
 //! PREFIX/shards/SHARD/batches/UUID      write-once, checksummed batch parts
+//! PREFIX/txns/UUID                      the decision of one attempt of a multi-shard append
 //! ```
 //!
 //! `PREFIX` may be empty; it never starts or ends with `/`.
@@ -64,6 +65,10 @@ impl Keys {
         format!("{}shards/{shard}/batches/{part}", self.root)
     }
 
+    pub(crate) fn txn(&self, txn: Uuid) -> String {
+        format!("{}txns/{txn}", self.root)
+    }
+
     /// The part id of a key under [`batches_dir`](Self::batches_dir), if it
     /// is one.
     pub(crate) fn part_id(&self, shard: ShardId, key: &str) -> Option<Uuid> {
@@ -90,5 +95,6 @@ mod tests {
         assert_eq!(keys.part_id(shard, &keys.part(shard, part)), Some(part));
         assert_eq!(keys.part_id(shard, &keys.state(shard)), None);
         assert_eq!(keys.live(shard), format!("p/live/{shard}"));
+        assert_eq!(keys.txn(part), format!("p/txns/{part}"));
     }
 }

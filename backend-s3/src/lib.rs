@@ -8,6 +8,7 @@
 //! PREFIX/shards/SHARD/state           since, upper, batch list (small batches inline), recent tokens, retired parts
 //! PREFIX/shards/SHARD/batches/UUID    write-once, checksummed batch parts
 //! PREFIX/live/SHARD                   marks a shard as listed
+//! PREFIX/txns/UUID                    decides one attempt of a multi-shard append
 //! PREFIX/conditional-write-probe      checked at build
 //! ```
 //!
@@ -30,6 +31,11 @@
 //! PUT; a larger one writes its parts first. Compaction moves inline batches
 //! out into part objects (`docs/decisions/064-s3-inline-batches.md`).
 //!
+//! A multi-shard append ([`PersistBackend::compare_and_append_all`]) writes
+//! an intent into each shard's state, then creates one record object that
+//! commits them all; readers and writers of a shard decide a pending intent
+//! by its record (`docs/decisions/110-atomic-multi-collection-appends.md`).
+//!
 //! # Frontiers
 //!
 //! A shard's `upper` says which times are final (every update at a time `t`
@@ -51,6 +57,7 @@
 #![warn(missing_docs)]
 
 mod append;
+mod atomic;
 mod buckets;
 mod clock;
 mod codec;
@@ -66,6 +73,7 @@ mod shards;
 mod share;
 mod state;
 mod store;
+mod txn;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -82,14 +90,15 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use tidemark_storage_types::{
     BackendError, CompactionStats, DeterminateKind, Diff, IdempotencyToken, InvalidUsage,
     PersistBackend, ReadShare, Row, ShardAppend, ShardFrontiers, ShardId, ShardUsage,
-    StorageTimestamp, Update, UpperMismatch, UpperMismatches, WriteFence, contract,
+    StorageTimestamp, Update, UpperMismatch, UpperMismatches, WriteFence,
 };
 use timely::progress::Antichain;
 
+pub use crate::atomic::AtomicAppendStop;
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::config::{
-    DEFAULT_INLINE_BATCH_BYTES, DEFAULT_INLINE_STATE_BYTES, MIN_PART_SIZE_BYTES, S3Config,
-    S3Credentials, URL_PARAMETERS,
+    DEFAULT_INLINE_BATCH_BYTES, DEFAULT_INLINE_STATE_BYTES, DEFAULT_INTENT_TIMEOUT,
+    MIN_PART_SIZE_BYTES, S3Config, S3Credentials, URL_PARAMETERS,
 };
 use crate::downloads::DownloadCounters;
 pub use crate::downloads::{ObjectPuts, PartDownloads};
@@ -98,6 +107,7 @@ use crate::keys::Keys;
 pub use crate::names::{MAX_BUCKET_BYTES, MAX_ENDPOINT_BYTES, MAX_PREFIX_BYTES, MAX_REGION_BYTES};
 use crate::state::ShardState;
 use crate::store::{Condition, ConditionalPut, Store};
+use crate::txn::Outcomes;
 
 /// Conditional writes refused in a row before a state change gives up with
 /// `Determinate(Conflict)` (each refusal means another writer made progress,
@@ -125,6 +135,13 @@ struct Inner {
     cache: Mutex<HashMap<ShardId, CachedState>>,
     /// Part objects downloaded so far.
     downloads: Arc<DownloadCounters>,
+    /// Decided multi-shard append attempts this handle knows of.
+    outcomes: Mutex<Outcomes>,
+    /// Writes running in the background (rolling committed multi-shard
+    /// appends forward).
+    background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Where the next multi-shard appends stop, for crash tests.
+    stop: Mutex<Option<AtomicAppendStop>>,
 }
 
 #[derive(Clone)]
@@ -221,6 +238,45 @@ impl S3Backend {
         self.inner.store.puts.totals()
     }
 
+    /// Waits until the writes this handle (or a clone) started in the
+    /// background have finished: rolling committed multi-shard appends
+    /// forward into their shards' states. Never needed for correctness (a
+    /// committed append is applied whether or not its intents were rolled
+    /// forward); for tests that count requests, and for a clean shutdown.
+    pub async fn wait_for_background_writes(&self) {
+        loop {
+            let tasks = std::mem::take(&mut *lock(&self.inner.background));
+            if tasks.is_empty() {
+                return;
+            }
+            for task in tasks {
+                // A task that failed only left an intent for the next writer
+                // or reader to decide.
+                let _ = task.await;
+            }
+        }
+    }
+
+    /// Makes the next multi-shard appends of this handle (and its clones)
+    /// stop part way through, as if the process died there: no cleanup, an
+    /// indeterminate error. For crash tests; `None` turns it off.
+    #[doc(hidden)]
+    pub fn stop_atomic_appends_at(&self, stop: Option<AtomicAppendStop>) {
+        *lock(&self.inner.stop) = stop;
+    }
+
+    pub(crate) fn stop_point(&self) -> Option<AtomicAppendStop> {
+        *lock(&self.inner.stop)
+    }
+
+    /// Runs `task` in the background, tracked by
+    /// [`wait_for_background_writes`](Self::wait_for_background_writes).
+    pub(crate) fn spawn_background(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let mut background = lock(&self.inner.background);
+        background.retain(|task| !task.is_finished());
+        background.push(tokio::spawn(task));
+    }
+
     /// The prefix under which a shard's part objects live.
     #[must_use]
     pub fn parts_prefix(&self, shard: ShardId) -> String {
@@ -281,6 +337,9 @@ impl S3Backend {
                 clock,
                 cache: Mutex::new(HashMap::new()),
                 downloads: Arc::new(DownloadCounters::default()),
+                outcomes: Mutex::default(),
+                background: Mutex::default(),
+                stop: Mutex::default(),
             }),
         })
     }
@@ -301,6 +360,20 @@ impl S3Backend {
         lock(&self.inner.cache).get(&shard).cloned()
     }
 
+    /// The cached state as readers see it, if this handle knows how its
+    /// pending intent (if any) was decided. Only a starting guess, as
+    /// [`cached`](Self::cached).
+    pub(crate) fn cached_view(&self, shard: ShardId) -> Option<Arc<ShardState>> {
+        let cached = self.cached(shard)?;
+        match &cached.state.pending {
+            None => Some(cached.state),
+            Some(intent) => {
+                let outcome = self.known_outcome(intent.txn)?;
+                Some(Arc::new(cached.state.decided(outcome)))
+            }
+        }
+    }
+
     fn remember(&self, shard: ShardId, state: Arc<ShardState>, etag: String) {
         let mut cache = lock(&self.inner.cache);
         // Keep the newest state if another task of this handle committed a
@@ -317,13 +390,42 @@ impl S3Backend {
         lock(&self.inner.cache).remove(&shard);
     }
 
-    /// Reads a shard's state from S3 (and caches it).
+    /// Reads a shard's state from S3 (and caches it) as readers see it:
+    /// with its pending intent, if any, decided ([`read_view`](Self::read_view)).
     ///
     /// # Errors
     ///
     /// `InvalidUsage(UnknownShard)` if the shard has no state.
     pub(crate) async fn read_state(&self, shard: ShardId) -> Result<Arc<ShardState>, BackendError> {
-        Ok(self.read_state_and_etag(shard).await?.0)
+        let state = self.read_state_and_etag(shard).await?.0;
+        self.read_view(state).await
+    }
+
+    /// A state as of the instant it was read: a pending intent applied if
+    /// its record says committed, left out if aborted or undecided.
+    ///
+    /// `SUBTLE:` an undecided intent reads as absent. The record is read
+    /// after the state; if it did not exist then, it did not exist when the
+    /// state was read either, and until it exists the shard cannot change
+    /// (every writer decides the intent first). So the state without the
+    /// intent is the shard as it was at the state's read: the read is
+    /// linearized there, before the append's commit point. A committed
+    /// record may be newer than the state: then the append committed
+    /// between the two requests (or before the state was read) and nothing
+    /// else changed the shard in between, so the state with the intent
+    /// applied is the shard at the later of the two instants.
+    pub(crate) async fn read_view(
+        &self,
+        state: Arc<ShardState>,
+    ) -> Result<Arc<ShardState>, BackendError> {
+        let Some(intent) = &state.pending else {
+            return Ok(state);
+        };
+        let outcome = self
+            .txn_outcome(intent.txn)
+            .await?
+            .unwrap_or(txn_outcome_undecided());
+        Ok(Arc::new(state.decided(outcome)))
     }
 
     async fn read_state_and_etag(
@@ -345,7 +447,12 @@ impl S3Backend {
 
     /// Changes a shard's state by compare-and-swap.
     ///
-    /// `decide` sees a state and whether it was just read from S3. It may
+    /// `decide` sees a state and whether it was just read from S3, never
+    /// with a pending intent: an intent is decided first (waiting for its
+    /// record, or aborting it after the intent timeout), and `decide` sees
+    /// the decided state. Whatever `decide` answers, the write that follows
+    /// then also clears the intent (even a [`Step::Done`] writes the decided
+    /// state). It may
     /// start from this handle's cached state (`use_cache`): a write decided
     /// on a stale state is refused by its `If-Match` and decided again on a
     /// fresh one, and a [`Step::Done`] on a cached state is re-decided on a
@@ -375,11 +482,31 @@ impl S3Backend {
                     (state, etag, true)
                 }
             };
-            match decide(&state, fresh)? {
-                Step::Done(answer) if fresh => return Ok((answer, state)),
+            // SUBTLE: a pending intent is decided before anything is decided
+            // on the state, so no change lands while an intent's record may
+            // still be created (txn.rs).
+            let (view, had_intent) = match &state.pending {
+                None => (Arc::clone(&state), false),
+                Some(intent) => {
+                    let outcome = match self.known_outcome(intent.txn) {
+                        Some(outcome) => outcome,
+                        // Only wait for (or abort) an intent that is current.
+                        None if !fresh => continue,
+                        None => self.resolve_for_write(shard, intent).await?,
+                    };
+                    (Arc::new(state.decided(outcome)), true)
+                }
+            };
+            let step = match decide(&view, fresh)? {
+                Step::Done(answer) if had_intent => Step::Write(view.successor(), answer),
+                step => step,
+            };
+            match step {
+                Step::Done(answer) if fresh => return Ok((answer, view)),
                 Step::Done(_) => continue,
                 Step::Write(mut next, answer) => {
                     next.seqno = state.seqno + 1;
+                    next.format = next.format_to_write();
                     match self.inner.store.replace_state(shard, &next, &etag).await {
                         Ok(ConditionalPut::Written(new_etag)) => {
                             let next = Arc::new(next);
@@ -408,6 +535,12 @@ impl S3Backend {
             }
         }
     }
+}
+
+/// How a reader takes an intent whose record does not exist yet (see
+/// [`S3Backend::read_view`]).
+const fn txn_outcome_undecided() -> crate::state::Outcome {
+    crate::state::Outcome::Aborted
 }
 
 /// Refuses a store that does not enforce conditional writes: a put-if-absent
@@ -561,41 +694,13 @@ impl<T: StorageTimestamp> PersistBackend<T> for S3Backend {
             .await
     }
 
-    // PLACEHOLDER-REPLACED-AT-MERGE
     async fn compare_and_append_all(
         &self,
         appends: Vec<ShardAppend<T>>,
         token: IdempotencyToken,
         fence: WriteFence,
     ) -> Result<Result<(), UpperMismatches<T>>, BackendError> {
-        contract::check_append_all(&appends)?;
-        let mut appends = appends;
-        match appends.len() {
-            0 => Ok(Ok(())),
-            1 => {
-                let part = appends.remove(0);
-                let shard = part.shard;
-                let outcome = self
-                    .compare_and_append(
-                        shard,
-                        part.updates,
-                        part.expected_upper,
-                        part.new_upper,
-                        token,
-                        fence,
-                    )
-                    .await?;
-                Ok(outcome.map_err(|mismatch| UpperMismatches {
-                    mismatches: vec![(shard, mismatch)],
-                }))
-            }
-            shards => Err(BackendError::determinate(
-                DeterminateKind::Unsupported,
-                format!(
-                    "the s3 backend does not yet append to several shards atomically, nothing written: shards={shards}"
-                ),
-            )),
-        }
+        self.compare_and_append_all(appends, token, fence).await
     }
 
     async fn snapshot(&self, shard: ShardId, as_of: &T) -> Result<Vec<(Row, Diff)>, BackendError> {

@@ -33,6 +33,13 @@ use crate::buckets::{ALL_BUCKETS, BucketSet};
 /// added [`ShardState::writer_epoch`]; older states read as epoch 0.
 pub(crate) const STATE_FORMAT: u32 = 3;
 
+/// The format of a state that holds a pending intent of a multi-shard
+/// append ([`ShardState::pending`]). Only such states are written in it, so
+/// code that does not know intents refuses them (rather than reading the
+/// shard without a part that may have committed) and reads every other
+/// state as before.
+pub(crate) const INTENT_FORMAT: u32 = 4;
+
 /// The oldest state format this code reads.
 pub(crate) const OLDEST_READABLE_FORMAT: u32 = 1;
 
@@ -210,6 +217,37 @@ pub(crate) struct ShardState {
     /// by the same conditional PUT that writes.
     #[serde(default)]
     pub writer_epoch: u64,
+    /// This shard's part of a multi-shard append that may not be decided
+    /// yet: it applies iff the append's record says committed
+    /// ([`crate::txn`]). Every other field is the state without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Box<Intent>>,
+}
+
+/// One shard's part of a multi-shard append, written into the shard's state
+/// before the append's record decides it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Intent {
+    /// The attempt's record is `PREFIX/txns/TXN`.
+    pub txn: Uuid,
+    /// The shard's batch (none if its updates cancelled out or were empty).
+    pub batch: Option<BatchRef>,
+    /// The call's idempotency token.
+    pub token: Uuid,
+    pub expected_upper: EncodedFrontier,
+    pub new_upper: EncodedFrontier,
+    /// The writer epoch the shard has once the part applies.
+    pub writer_epoch: u64,
+}
+
+/// How a multi-shard append's record decided it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Outcome {
+    /// Every shard's intent applies.
+    Committed,
+    /// No shard's intent applies.
+    Aborted,
 }
 
 impl ShardState {
@@ -226,6 +264,7 @@ impl ShardState {
             tokens: VecDeque::new(),
             retired: Vec::new(),
             writer_epoch: 0,
+            pending: None,
         }
     }
 
@@ -234,8 +273,57 @@ impl ShardState {
         let mut next = self.clone();
         next.seqno += 1;
         // A state read in an older format is written in the current one.
-        next.format = STATE_FORMAT;
+        next.format = next.format_to_write();
         next
+    }
+
+    /// The format this state is written in: [`INTENT_FORMAT`] iff it holds
+    /// a pending intent.
+    pub(crate) fn format_to_write(&self) -> u32 {
+        if self.pending.is_some() {
+            INTENT_FORMAT
+        } else {
+            STATE_FORMAT
+        }
+    }
+
+    /// Applies an append to this state: adds its batch (if any), moves the
+    /// upper, records the writer epoch and remembers the token.
+    pub(crate) fn apply_append(
+        &mut self,
+        batch: Option<&BatchRef>,
+        token: IdempotencyToken,
+        expected: EncodedFrontier,
+        new: EncodedFrontier,
+        epoch: u64,
+    ) {
+        self.upper = new;
+        self.writer_epoch = epoch;
+        if let Some(batch) = batch.filter(|batch| !batch.parts.is_empty()) {
+            self.batches.push(batch.clone());
+        }
+        self.remember_token(token, expected, new);
+    }
+
+    /// The state as it is once its pending intent (if any) is decided:
+    /// applied if `outcome` is committed, dropped if aborted. The same
+    /// version (seqno), without the intent.
+    #[must_use]
+    pub(crate) fn decided(&self, outcome: Outcome) -> ShardState {
+        let mut view = self.clone();
+        if let Some(intent) = view.pending.take() {
+            if outcome == Outcome::Committed {
+                view.apply_append(
+                    intent.batch.as_ref(),
+                    IdempotencyToken(intent.token),
+                    intent.expected_upper,
+                    intent.new_upper,
+                    intent.writer_epoch,
+                );
+            }
+            view.format = STATE_FORMAT;
+        }
+        view
     }
 
     /// Whether `token` was applied with these bounds.
@@ -280,18 +368,27 @@ impl ShardState {
         }
     }
 
-    /// Every part object the batches reference (inline parts have none).
+    /// Every part object the batches and the pending intent reference
+    /// (inline parts have none).
     pub(crate) fn referenced_parts(&self) -> impl Iterator<Item = &PartRef> {
-        self.batches
-            .iter()
+        self.batches_with_pending()
             .flat_map(|batch| batch.parts.iter())
             .filter(|part| !part.is_inline())
     }
 
-    /// Encoded bytes of the parts stored inline in the state.
+    /// The batches, then the pending intent's batch.
+    fn batches_with_pending(&self) -> impl Iterator<Item = &BatchRef> {
+        self.batches.iter().chain(
+            self.pending
+                .as_ref()
+                .and_then(|intent| intent.batch.as_ref()),
+        )
+    }
+
+    /// Encoded bytes of the parts stored inline in the state (the pending
+    /// intent's included: they are in the same object).
     pub(crate) fn inline_bytes(&self) -> u64 {
-        self.batches
-            .iter()
+        self.batches_with_pending()
             .flat_map(|batch| batch.parts.iter())
             .filter(|part| part.is_inline())
             .map(|part| part.bytes)
@@ -327,11 +424,11 @@ impl ShardState {
             )
             .caused_by(err)
         })?;
-        if !(OLDEST_READABLE_FORMAT..=STATE_FORMAT).contains(&state.format) {
+        if !(OLDEST_READABLE_FORMAT..=INTENT_FORMAT).contains(&state.format) {
             return Err(BackendError::determinate(
                 DeterminateKind::Corrupted,
                 format!(
-                    "shard state has an unknown format: key={key} format={} supported={OLDEST_READABLE_FORMAT}..={STATE_FORMAT}",
+                    "shard state has an unknown format: key={key} format={} supported={OLDEST_READABLE_FORMAT}..={INTENT_FORMAT}",
                     state.format
                 ),
             ));
