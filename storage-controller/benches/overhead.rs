@@ -245,10 +245,10 @@ async fn wide_figure<B: PersistBackend<u64>>(
             .map(|n| batch(WIDE_BATCH, time, n))
             .collect()
     };
-    // The tables' next time (two appends a round) and the shards' (one).
+    // The tables' next time (two appends a round); the shards' is the
+    // round's.
     let mut table_time = 0;
-    let mut shard_time = 0;
-    for _ in 0..sizes.wide_rounds {
+    for shard_time in 0..sizes.wide_rounds {
         let commands = tables
             .iter()
             .zip(batches(table_time))
@@ -292,7 +292,6 @@ async fn wide_figure<B: PersistBackend<u64>>(
         )
         .await;
         direct.push(started.elapsed());
-        shard_time += 1;
     }
     let direct = median(direct);
     print_ratio(
