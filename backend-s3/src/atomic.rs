@@ -20,11 +20,10 @@
 //!
 //! A one-shard call is exactly [`S3Backend::compare_and_append`].
 
-
 use futures::future::join_all;
 use tidemark_storage_types::{
-    BackendError, DeterminateKind, IdempotencyToken, ShardAppend, ShardId,
-    StorageTimestamp, UpperMismatches, WriteFence, contract,
+    BackendError, DeterminateKind, IdempotencyToken, ShardAppend, ShardId, StorageTimestamp,
+    UpperMismatches, WriteFence, contract,
 };
 use timely::progress::Antichain;
 use uuid::Uuid;
