@@ -29,8 +29,13 @@
 //! [`UpperMismatch`] with the current upper, saying whether the token may
 //! have left the remembered window.
 
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use differential_dataflow::consolidation::consolidate_updates;
-use sqlx::{Connection, PgConnection};
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, PgConnection, Postgres};
 use tidemark_storage_types::{
     BackendError, IdempotencyToken, InvalidUsage, Row, ShardId, StorageTimestamp, Update,
     UpperMismatch, WriteFence, contract,
@@ -42,6 +47,71 @@ use crate::errors::statement_error;
 use crate::read::{check_row_fence, context, epoch_parameter, read_shard_row, unknown_shard};
 use crate::schema::TOKENS_KEPT_PER_SHARD;
 use tidemark_storage_types::{decode_frontier, encode_frontier};
+
+/// A pooled connection for an append: closed instead of returned to the
+/// pool when it is dropped while a `COPY` is in flight.
+///
+/// SUBTLE: sqlx's `PgCopyIn`, dropped before `finish`, sends `CopyFail` but
+/// does not account for the server's answer to it, so the connection's next
+/// user reads that stale answer as its own: a read of the shard then finds
+/// no row (an unknown shard), a write fails to decode its result. An
+/// append's future can be dropped at any await (a caller's timeout, a task
+/// aborted at shutdown), so the `COPY` is marked while it runs, and a
+/// connection dropped with the mark set is detached from the pool and
+/// closed; the server then rolls its transaction back.
+pub(crate) struct AppendConnection {
+    conn: Option<PoolConnection<Postgres>>,
+    copying: CopyMark,
+}
+
+/// Set while an append's `COPY` is in flight on its [`AppendConnection`].
+#[derive(Clone, Default)]
+pub(crate) struct CopyMark(Arc<AtomicBool>);
+
+impl CopyMark {
+    fn set(&self, copying: bool) {
+        self.0.store(copying, Ordering::SeqCst);
+    }
+}
+
+impl AppendConnection {
+    pub(crate) fn new(conn: PoolConnection<Postgres>) -> Self {
+        AppendConnection {
+            conn: Some(conn),
+            copying: CopyMark::default(),
+        }
+    }
+
+    /// The mark [`append_by_copy`] sets on this connection.
+    pub(crate) fn copy_mark(&self) -> CopyMark {
+        self.copying.clone()
+    }
+}
+
+impl Deref for AppendConnection {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        self.conn.as_ref().expect("present until dropped")
+    }
+}
+
+impl DerefMut for AppendConnection {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.conn.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for AppendConnection {
+    fn drop(&mut self) {
+        if self.copying.0.load(Ordering::SeqCst)
+            && let Some(conn) = self.conn.take()
+        {
+            // Dropping the detached connection closes its socket.
+            drop(conn.detach());
+        }
+    }
+}
 
 /// Advances the upper, records the token, inserts the inline updates and
 /// notifies waiters, iff the shard's upper is the expected one. Returns one
@@ -128,7 +198,8 @@ pub(crate) async fn compare_and_append<T: StorageTimestamp>(
     let expected_code = encode_frontier(&expected_upper);
     let new_code = encode_frontier(&new_upper);
     let context = context(backend, shard);
-    let mut conn = backend.acquire().await?;
+    let mut conn = AppendConnection::new(backend.acquire().await?);
+    let copy_mark = conn.copy_mark();
     // The upper only moves forward, so this loop runs a second write
     // attempt at most once per time the upper reaches `expected_upper`
     // between an attempt and its re-read: in practice once.
@@ -144,7 +215,7 @@ pub(crate) async fn compare_and_append<T: StorageTimestamp>(
     };
     loop {
         let attempt = if columns.times.len() >= backend.config().copy_threshold {
-            append_by_copy(backend, &mut conn, args).await?
+            append_by_copy(backend, &mut conn, args, &copy_mark).await?
         } else {
             run_append_statement(backend, &mut conn, args).await?
         };
@@ -206,11 +277,13 @@ pub(crate) async fn run_append_statement(
 }
 
 /// Writes the attempt's columns with `COPY` in a transaction that holds
-/// the shard row's lock, then moves the upper.
+/// the shard row's lock, then moves the upper. `copy_mark` is the mark of
+/// the [`AppendConnection`] that `conn` is (or runs a transaction on).
 pub(crate) async fn append_by_copy(
     backend: &PostgresBackend,
     conn: &mut PgConnection,
     args: AttemptArgs<'_>,
+    copy_mark: &CopyMark,
 ) -> Result<Attempt, BackendError> {
     let (shard, context) = (args.shard, args.context);
     let fail = |err| statement_error(err, context);
@@ -226,14 +299,17 @@ pub(crate) async fn append_by_copy(
         // The caller re-reads the shard to tell which.
         return Ok(Attempt::UpperDidNotMatch);
     }
+    let chunks = encode_copy_binary(shard, args.columns)?;
+    copy_mark.set(true);
     let mut copy = tx
         .copy_in_raw("COPY updates (shard_id, ts, row_bytes, diff) FROM STDIN (FORMAT binary)")
         .await
         .map_err(fail)?;
-    for chunk in encode_copy_binary(shard, args.columns)? {
+    for chunk in chunks {
         copy.send(chunk).await.map_err(fail)?;
     }
     copy.finish().await.map_err(fail)?;
+    copy_mark.set(false);
     let no_inline_updates = Columns {
         times: Vec::new(),
         rows: Vec::new(),

@@ -22,7 +22,8 @@ use tidemark_storage_types::{
 
 use crate::PostgresBackend;
 use crate::append::{
-    Attempt, AttemptArgs, Columns, append_by_copy, oldest_remembered_lower, run_append_statement,
+    AppendConnection, Attempt, AttemptArgs, Columns, append_by_copy, oldest_remembered_lower,
+    run_append_statement,
 };
 use crate::errors::statement_error;
 use crate::read::{ShardRow, check_row_fence, epoch_parameter, unknown_shard};
@@ -80,7 +81,8 @@ pub(crate) async fn compare_and_append_all<T: StorageTimestamp>(
             .join(",")
     );
     let fail = |err| statement_error(err, &context);
-    let mut conn = backend.acquire().await?;
+    let mut conn = AppendConnection::new(backend.acquire().await?);
+    let copy_mark = conn.copy_mark();
     let mut tx = conn.begin().await.map_err(fail)?;
 
     // SUBTLE: every row is locked, in shard-id order, before anything is
@@ -188,7 +190,7 @@ pub(crate) async fn compare_and_append_all<T: StorageTimestamp>(
             context: &context,
         };
         let attempt = if columns.times.len() >= backend.config().copy_threshold {
-            append_by_copy(backend, &mut tx, args).await?
+            append_by_copy(backend, &mut tx, args, &copy_mark).await?
         } else {
             run_append_statement(backend, &mut tx, args).await?
         };

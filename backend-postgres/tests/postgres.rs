@@ -607,3 +607,69 @@ async fn sslmode_require_uses_tls_or_fails_clearly() {
         }
     }
 }
+
+/// Appends whose futures are dropped part way (a caller's timeout, a task
+/// aborted at shutdown), on the `COPY` path and on the statement path, leave
+/// the pooled connection usable: later appends and reads on the same handle
+/// succeed, and each dropped append applied wholly or not at all.
+#[tokio::test]
+async fn appends_dropped_part_way_leave_the_pool_usable() {
+    let Some(url) = test_url("appends_dropped_part_way_leave_the_pool_usable") else {
+        return;
+    };
+    for copy_threshold in [1, 1_000_000] {
+        let mut factory = PostgresFactory::new(&url, "tmdrop");
+        factory.config = factory
+            .config
+            .clone()
+            .with_pool_size(1)
+            .with_copy_threshold(copy_threshold);
+        let backend = factory.handle().await;
+        let shard = open_shard(&backend).await;
+        let mut upper = 0u64;
+        // Bounded: a few dozen cut-off attempts, each followed by checks.
+        for round in 0..24u64 {
+            let cut_after = Duration::from_micros(200 + 400 * round);
+            let append = backend.compare_and_append(
+                shard,
+                updates_at(upper, 20_000),
+                at(upper),
+                at(upper + 1),
+                IdempotencyToken::new(),
+                WriteFence::Unfenced,
+            );
+            let outcome = tokio::time::timeout(cut_after, append).await;
+            let now = upper_of(&backend, shard).await;
+            match outcome {
+                Ok(result) => {
+                    result.expect("append request").expect("append upper");
+                    assert_eq!(now, at(upper + 1));
+                }
+                Err(_) => assert!(
+                    now == at(upper) || now == at(upper + 1),
+                    "a dropped append moved the upper to {now:?} from {upper}"
+                ),
+            }
+            upper = now.as_option().copied().expect("a live shard");
+            // The same handle (one pooled connection) still appends.
+            backend
+                .compare_and_append(
+                    shard,
+                    updates_at(upper, 3),
+                    at(upper),
+                    at(upper + 1),
+                    IdempotencyToken::new(),
+                    WriteFence::Unfenced,
+                )
+                .await
+                .expect("an append after a dropped one")
+                .expect("its upper matches");
+            upper += 1;
+        }
+        let rows = PersistBackend::<u64>::snapshot(&backend, shard, &(upper - 1))
+            .await
+            .expect("snapshot");
+        assert!(!rows.is_empty());
+        drop(factory);
+    }
+}

@@ -79,7 +79,7 @@ pub struct BatchEncodeError {
 
 impl BatchEncodeError {
     /// The error a backend answers for an append whose batch does not
-    /// encode: [`InvalidUsage::TooLarge`](crate::InvalidUsage::TooLarge)
+    /// encode: [`InvalidUsage::TooLarge`]
     /// (nothing was written; the same append fails the same way).
     #[must_use]
     pub fn into_backend_error(self, shard: ShardId) -> BackendError {
