@@ -48,6 +48,7 @@ pub struct TimelyConfig {
 
 /// An ingestion as a replica runs it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(bound(deserialize = "T: Deserialize<'de> + timely::PartialOrder"))]
 pub struct IngestionCommand<T> {
     /// The ingestion (its collection id).
     pub id: GlobalId,
@@ -56,11 +57,13 @@ pub struct IngestionCommand<T> {
     /// Where its output collections' data lives.
     pub data_shards: Vec<(GlobalId, ShardId)>,
     /// Where to resume: the meet of the uppers of its output collections.
+    #[serde(deserialize_with = "tidemark_storage_types::frontier_serde::deserialize")]
     pub resume_upper: Antichain<T>,
 }
 
 /// An export as a replica runs it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(bound(deserialize = "T: Deserialize<'de> + timely::PartialOrder"))]
 pub struct ExportCommand<T> {
     /// The export id.
     pub id: GlobalId,
@@ -69,11 +72,13 @@ pub struct ExportCommand<T> {
     /// The shard it reads.
     pub from_shard: ShardId,
     /// The as_of recorded durably when the export was first created.
+    #[serde(deserialize_with = "tidemark_storage_types::frontier_serde::deserialize")]
     pub initial_as_of: Antichain<T>,
 }
 
 /// Controller -> replica.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(bound(deserialize = "T: Deserialize<'de> + timely::PartialOrder"))]
 pub enum StorageCommand<T> {
     /// First command of every connection: join the cluster; `epoch` grows
     /// with every (re)connect of the instance.
@@ -93,7 +98,10 @@ pub enum StorageCommand<T> {
     CreateSinks(Vec<ExportCommand<T>>),
     /// Reads before these frontiers are no longer needed; an empty frontier
     /// means the ingestion or export is dropped.
-    AllowCompaction(Vec<(GlobalId, Antichain<T>)>),
+    AllowCompaction(
+        #[serde(deserialize_with = "tidemark_storage_types::frontier_serde::deserialize_pairs")]
+        Vec<(GlobalId, Antichain<T>)>,
+    ),
 }
 
 /// Counters a replica reports per ingestion or export.
@@ -128,9 +136,13 @@ pub struct StatisticsUpdate {
 
 /// Replica -> controller.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(bound(deserialize = "T: Deserialize<'de> + timely::PartialOrder"))]
 pub enum StorageResponse<T> {
     /// The uppers of the collections and exports the replica writes.
-    FrontierUppers(Vec<(GlobalId, Antichain<T>)>),
+    FrontierUppers(
+        #[serde(deserialize_with = "tidemark_storage_types::frontier_serde::deserialize_pairs")]
+        Vec<(GlobalId, Antichain<T>)>,
+    ),
     /// The replica has stopped these ingestions and exports.
     DroppedIds(BTreeSet<GlobalId>),
     /// Statistics per id (the latest replaces the previous).

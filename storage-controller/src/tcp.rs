@@ -48,6 +48,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use timely::PartialOrder;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -119,7 +120,7 @@ impl<T> TcpTransport<T> {
 
 impl<T> ReplicaTransport<T> for TcpTransport<T>
 where
-    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    T: Serialize + DeserializeOwned + PartialOrder + Send + Sync + 'static,
 {
     fn connect(&self, address: &str) -> ReplicaConnection<T> {
         let (command_sender, commands) = mpsc::unbounded_channel();
@@ -160,7 +161,7 @@ async fn connect_and_serve<T>(
     responses: &mpsc::UnboundedSender<StorageResponse<T>>,
 ) -> Result<(), WireError>
 where
-    T: Serialize + DeserializeOwned + Send + Sync,
+    T: Serialize + DeserializeOwned + PartialOrder + Send + Sync,
 {
     let stream = within(config.connect_timeout, "connect", async {
         Ok(TcpStream::connect(address).await?)
@@ -270,7 +271,7 @@ pub struct TcpReplicaListener<T> {
 
 impl<T> TcpReplicaListener<T>
 where
-    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    T: Serialize + DeserializeOwned + PartialOrder + Send + Sync + 'static,
 {
     /// Listens at `address` (port 0 picks a free port; see
     /// [`local_addr`](Self::local_addr)) with the default [`TcpConfig`].
@@ -346,7 +347,7 @@ impl<T> Drop for TcpReplicaListener<T> {
 #[async_trait::async_trait]
 impl<T> AcceptSessions<T> for TcpReplicaListener<T>
 where
-    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    T: Serialize + DeserializeOwned + PartialOrder + Send + Sync + 'static,
 {
     async fn accept(&mut self) -> Option<ReplicaSession<T>> {
         TcpReplicaListener::accept(self).await
@@ -357,7 +358,7 @@ type Attempts<T> = mpsc::UnboundedSender<Result<ReplicaSession<T>, RefusedConnec
 
 async fn accept_loop<T>(listener: TcpListener, config: TcpConfig, attempts: Attempts<T>)
 where
-    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    T: Serialize + DeserializeOwned + PartialOrder + Send + Sync + 'static,
 {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -391,7 +392,7 @@ async fn open_session<T>(
     config: TcpConfig,
 ) -> Result<ReplicaSession<T>, WireError>
 where
-    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    T: Serialize + DeserializeOwned + PartialOrder + Send + Sync + 'static,
 {
     stream.set_nodelay(true)?;
     let (mut reader, mut writer) = stream.into_split();

@@ -130,12 +130,14 @@ pub enum LoadGenerator {
 
 /// How a collection comes to be and what it holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(bound(deserialize = "T: Deserialize<'de> + timely::PartialOrder"))]
 pub struct CollectionDescription<T> {
     /// The shape of its rows.
     pub desc: RelationDesc,
     /// What writes it.
     pub data_source: DataSource,
     /// If given, the collection starts readable only from this frontier.
+    #[serde(deserialize_with = "crate::frontier_serde::deserialize_option")]
     pub since: Option<Antichain<T>>,
     /// A collection that receives its status updates, if any.
     pub status_collection_id: Option<GlobalId>,
@@ -174,6 +176,7 @@ impl<T> CollectionDescription<T> {
 
 /// An export: a sink that writes a collection out.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(bound(deserialize = "T: Deserialize<'de> + timely::PartialOrder"))]
 pub struct ExportDescription<T> {
     /// The collection it reads.
     pub from: GlobalId,
@@ -182,6 +185,7 @@ pub struct ExportDescription<T> {
     /// Where it writes.
     pub connection: SinkConnection,
     /// The frontier it starts reading at.
+    #[serde(deserialize_with = "crate::frontier_serde::deserialize")]
     pub as_of: Antichain<T>,
     /// Whether it first writes the snapshot at `as_of`, or only later changes.
     pub with_snapshot: bool,

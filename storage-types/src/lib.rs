@@ -12,6 +12,7 @@ pub mod batch_codec;
 pub mod contract;
 pub mod description;
 pub mod errors;
+pub mod frontier_serde;
 pub mod ids;
 pub mod read_policy;
 pub mod row;
