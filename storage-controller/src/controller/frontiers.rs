@@ -2,8 +2,6 @@
 //! collection's since is computed and where its changes go.
 
 use std::collections::BTreeMap;
-use std::collections::btree_map::RangeMut;
-use std::iter::Peekable;
 
 use tidemark_storage_types::{
     DataSource, GlobalId, PersistBackend, ReadPolicy, ShardId, StorageInstanceId, StorageTimestamp,
@@ -92,51 +90,6 @@ fn apply_read_changes<T: StorageTimestamp>(
             shard: collection.collection_metadata.data_shard,
             instance,
         });
-    }
-}
-
-/// Finds the collections of a list of ids, in the list's order: by
-/// walking the map alongside the ids when they ascend and cover a good part
-/// of it (a report of many uppers), by one lookup each otherwise.
-enum CollectionFinder<'a, T: StorageTimestamp> {
-    Walk(Peekable<RangeMut<'a, GlobalId, CollectionState<T>>>),
-    Lookup(&'a mut BTreeMap<GlobalId, CollectionState<T>>),
-}
-
-impl<'a, T: StorageTimestamp> CollectionFinder<'a, T> {
-    /// Below this many ids, lookups are as cheap as a walk.
-    const MIN_WALK: usize = 64;
-
-    fn new<V>(
-        collections: &'a mut BTreeMap<GlobalId, CollectionState<T>>,
-        ids: &[(GlobalId, V)],
-    ) -> Self {
-        let ascending = ids.windows(2).all(|pair| pair[0].0 <= pair[1].0);
-        match (ids.first(), ids.last()) {
-            (Some((first, _)), Some((last, _)))
-                if ascending
-                    && ids.len() >= Self::MIN_WALK
-                    && ids.len().saturating_mul(4) >= collections.len() =>
-            {
-                CollectionFinder::Walk(collections.range_mut(*first..=*last).peekable())
-            }
-            _ => CollectionFinder::Lookup(collections),
-        }
-    }
-
-    /// The collection `id`, if there is one. In a walk, ids must come in
-    /// ascending order (repeats allowed).
-    fn find(&mut self, id: &GlobalId) -> Option<&mut CollectionState<T>> {
-        match self {
-            CollectionFinder::Lookup(collections) => collections.get_mut(id),
-            CollectionFinder::Walk(walk) => {
-                while walk.next_if(|(key, _)| *key < id).is_some() {}
-                match walk.peek_mut() {
-                    Some((key, collection)) if *key == id => Some(&mut **collection),
-                    _ => None,
-                }
-            }
-        }
     }
 }
 
@@ -241,23 +194,15 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
     pub(crate) fn update_write_frontiers_inner(&mut self, updates: &[(GlobalId, Antichain<T>)]) {
         let mut pending: BTreeMap<GlobalId, ChangeBatch<T>> = BTreeMap::new();
         let mut since_changes = Vec::new();
-        let Controller {
-            collections,
-            exports,
-            dropping_exports,
-            pending_compaction,
-            ..
-        } = self;
-        let mut finder = CollectionFinder::new(collections, updates);
         for (id, upper) in updates {
-            if let Some(collection) = finder.find(id) {
+            if let Some(collection) = self.collections.get_mut(id) {
                 if PartialOrder::less_than(&collection.write_frontier, upper) {
                     collection.write_frontier.clone_from(upper);
                 }
                 let proposed = collection
                     .read_policy
                     .frontier(collection.write_frontier.borrow());
-                // The common case, applied in place.
+                // The common case, applied in place: one lookup per id.
                 if let Some(mut batch) =
                     capability_change(&mut collection.implied_capability, proposed)
                 {
@@ -269,9 +214,9 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
                         &mut since_changes,
                     );
                 }
-            } else if dropping_exports.contains(id) {
+            } else if self.dropping_exports.contains(id) {
                 // Dropped: its hold goes when the replica confirms.
-            } else if let Some(export) = exports.get_mut(id) {
+            } else if let Some(export) = self.exports.get_mut(id) {
                 if PartialOrder::less_than(&export.write_frontier, upper) {
                     export.write_frontier.clone_from(upper);
                 }
@@ -282,7 +227,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
                         .or_default()
                         .extend(batch.into_inner().into_iter());
                     // The sink need not read before its hold any more.
-                    pending_compaction
+                    self.pending_compaction
                         .entry(export.description.instance_id)
                         .or_default()
                         .push((*id, export.read_capability.clone()));
@@ -330,10 +275,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
     /// task), tells the instances running them, and retires collections
     /// whose since is empty.
     fn sinces_changed(&mut self, since_changes: Vec<SinceChange<T>>) {
-        let mut downgrades = Vec::with_capacity(since_changes.len());
-        // Whether this call has removed a collection yet: until it has,
-        // every collection a change names is still here.
-        let mut removed_any = false;
+        let mut downgrades = Vec::new();
         for SinceChange {
             id,
             since,
@@ -344,21 +286,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
             tracing::trace!(%id, since = %display_frontier(&since), "since advanced");
             // Every collection an ingestion writes (itself, its source
             // exports, its progress collection) is compacted on its replica.
-            //
-            // SUBTLE: a collection that was no ingestion when its change was
-            // made (`instance` is `None`), that no ingestion names as an
-            // output, and that is still here (nothing was removed yet) has
-            // no writer: `ingestion_writing` would look it up only to find
-            // that. Skipping the lookup is what keeps a report of many
-            // uppers cheap.
-            let writer = if instance.is_none()
-                && !removed_any
-                && !self.ingestion_outputs.contains_key(&id)
-            {
-                None
-            } else {
-                self.ingestion_writing(id)
-            };
+            let writer = self.ingestion_writing(id);
             if let Some(instance) = instance.or(writer.map(|(_, instance)| instance)) {
                 self.pending_compaction
                     .entry(instance)
@@ -374,7 +302,6 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
                 }
                 self.collections.remove(&id);
                 self.ingestion_outputs.remove(&id);
-                removed_any = true;
                 if !downgrades.is_empty() {
                     let _ = self
                         .worker
