@@ -102,7 +102,9 @@ mod tests {
 
     #[test]
     fn a_declared_length_beyond_the_input_is_an_error_not_a_reservation() {
-        // A bincode-style input: a u64 length of 2^32, then one element.
+        // A bincode-style input: a length of 2^60, then one element. Reserving
+        // what it declares is a capacity overflow, so only a reader that does
+        // not trust the length gets as far as the end of the input.
         struct Declared;
         impl<'de> Deserializer<'de> for Declared {
             type Error = serde::de::value::Error;
@@ -118,7 +120,7 @@ mod tests {
                 tuple_struct map struct enum identifier ignored_any
             }
         }
-        /// A sequence that declares 2^32 elements and holds `.0` of them.
+        /// A sequence that declares 2^60 elements and holds `.0` of them.
         struct Elements(usize);
         impl<'de> serde::de::SeqAccess<'de> for Elements {
             type Error = serde::de::value::Error;
@@ -134,7 +136,7 @@ mod tests {
                     .map(Some)
             }
             fn size_hint(&self) -> Option<usize> {
-                Some(1 << 32)
+                Some(1 << 60)
             }
         }
         // The struct's one field is the declared sequence.
@@ -169,5 +171,11 @@ mod tests {
         }
         let err = deserialize::<_, u64>(Frontier).expect_err("the input ends early");
         assert!(err.to_string().contains("unexpected end"), "{err}");
+        // Antichain's own Deserialize reserves first and fails there.
+        let trusting = Antichain::<u64>::deserialize(Frontier).expect_err("no room for 2^60");
+        assert!(
+            !trusting.to_string().contains("unexpected end"),
+            "{trusting}"
+        );
     }
 }
