@@ -21,6 +21,7 @@
 use std::future::Future;
 use std::time::Instant;
 use tidemark_storage_types::WriteFence;
+use tidemark_storage_types::{ChunkLimit, FetchStream, SnapshotStream};
 
 use async_trait::async_trait;
 use timely::progress::Antichain;
@@ -303,6 +304,41 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for InstrumentedBackend<B> {
             0,
             self.inner.fetch_share(shard, lower, upper, share),
             |updates| ("ok", row_bytes(updates.iter().map(|update| &update.row))),
+        )
+        .await
+    }
+
+    async fn snapshot_stream(
+        &self,
+        shard: ShardId,
+        as_of: &u64,
+        share: ReadShare,
+        limit: ChunkLimit,
+    ) -> Result<SnapshotStream, BackendError> {
+        self.observe(
+            "snapshot_stream",
+            Some(shard),
+            0,
+            self.inner.snapshot_stream(shard, as_of, share, limit),
+            ok,
+        )
+        .await
+    }
+
+    async fn fetch_stream(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<u64>,
+        upper: &Antichain<u64>,
+        share: ReadShare,
+        limit: ChunkLimit,
+    ) -> Result<FetchStream<u64>, BackendError> {
+        self.observe(
+            "fetch_stream",
+            Some(shard),
+            0,
+            self.inner.fetch_stream(shard, lower, upper, share, limit),
+            ok,
         )
         .await
     }

@@ -39,6 +39,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Mutex;
 use tidemark_storage_types::WriteFence;
+use tidemark_storage_types::{ChunkLimit, FetchStream, SnapshotStream};
 
 use async_trait::async_trait;
 use rand::rngs::StdRng;
@@ -71,6 +72,10 @@ pub enum Operation {
     SnapshotShare,
     /// [`PersistBackend::fetch_share`].
     FetchShare,
+    /// [`PersistBackend::snapshot_stream`].
+    SnapshotStream,
+    /// [`PersistBackend::fetch_stream`].
+    FetchStream,
     /// [`PersistBackend::wait_for_upper_past`].
     WaitForUpperPast,
     /// [`PersistBackend::downgrade_since`].
@@ -87,7 +92,7 @@ pub enum Operation {
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 14] = [
+    pub const ALL: [Operation; 16] = [
         Operation::Open,
         Operation::Frontiers,
         Operation::CompareAndAppend,
@@ -96,6 +101,8 @@ impl Operation {
         Operation::Fetch,
         Operation::SnapshotShare,
         Operation::FetchShare,
+        Operation::SnapshotStream,
+        Operation::FetchStream,
         Operation::WaitForUpperPast,
         Operation::DowngradeSince,
         Operation::Compact,
@@ -116,6 +123,8 @@ impl Operation {
             Operation::Fetch => "fetch",
             Operation::SnapshotShare => "snapshot_share",
             Operation::FetchShare => "fetch_share",
+            Operation::SnapshotStream => "snapshot_stream",
+            Operation::FetchStream => "fetch_stream",
             Operation::WaitForUpperPast => "wait_for_upper_past",
             Operation::DowngradeSince => "downgrade_since",
             Operation::Compact => "compact",
@@ -514,6 +523,33 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for FaultyBackend<B> {
         .await
     }
 
+    async fn snapshot_stream(
+        &self,
+        shard: ShardId,
+        as_of: &u64,
+        share: ReadShare,
+        limit: ChunkLimit,
+    ) -> Result<SnapshotStream, BackendError> {
+        self.run(Operation::SnapshotStream, Some(shard), || {
+            self.inner.snapshot_stream(shard, as_of, share, limit)
+        })
+        .await
+    }
+
+    async fn fetch_stream(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<u64>,
+        upper: &Antichain<u64>,
+        share: ReadShare,
+        limit: ChunkLimit,
+    ) -> Result<FetchStream<u64>, BackendError> {
+        self.run(Operation::FetchStream, Some(shard), || {
+            self.inner.fetch_stream(shard, lower, upper, share, limit)
+        })
+        .await
+    }
+
     async fn wait_for_upper_past(
         &self,
         shard: ShardId,
@@ -698,7 +734,7 @@ mod tests {
     #[test]
     fn operation_names_are_the_method_names() {
         let names: Vec<_> = Operation::ALL.iter().map(|op| op.to_string()).collect();
-        assert_eq!(names.len(), 14);
+        assert_eq!(names.len(), 16);
         assert!(names.contains(&"compare_and_append_all".to_string()));
         assert!(names.contains(&"compare_and_append".to_string()));
         assert!(names.contains(&"wait_for_upper_past".to_string()));

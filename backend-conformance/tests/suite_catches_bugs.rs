@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::time::Duration;
+use tidemark_storage_types::{ChunkLimit, FetchStream, SnapshotStream, stream_from_vec};
 use tidemark_storage_types::{EarlierAttempts, WriteFence};
 
 use async_trait::async_trait;
@@ -247,6 +248,29 @@ impl PersistBackend<u64> for MutantBackend {
         share: ReadShare,
     ) -> Result<Vec<Update<u64>>, BackendError> {
         self.inner.fetch_share(shard, lower, upper, share).await
+    }
+
+    async fn snapshot_stream(
+        &self,
+        shard: ShardId,
+        as_of: &u64,
+        share: ReadShare,
+        limit: ChunkLimit,
+    ) -> Result<SnapshotStream, BackendError> {
+        let entries = self.snapshot_share(shard, as_of, share).await?;
+        Ok(stream_from_vec(entries, limit))
+    }
+
+    async fn fetch_stream(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<u64>,
+        upper: &Antichain<u64>,
+        share: ReadShare,
+        limit: ChunkLimit,
+    ) -> Result<FetchStream<u64>, BackendError> {
+        let entries = self.fetch_share(shard, lower, upper, share).await?;
+        Ok(stream_from_vec(entries, limit))
     }
 
     async fn wait_for_upper_past(

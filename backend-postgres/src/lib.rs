@@ -59,6 +59,7 @@ mod read;
 pub mod schema;
 
 use std::sync::Arc;
+use tidemark_storage_types::{ChunkLimit, FetchStream, SnapshotStream, stream_from_vec};
 
 use async_trait::async_trait;
 use sqlx::pool::PoolConnection;
@@ -318,6 +319,31 @@ impl<T: StorageTimestamp> PersistBackend<T> for PostgresBackend {
         share: ReadShare,
     ) -> Result<Vec<Update<T>>, BackendError> {
         read::fetch(self, shard, lower, upper, share).await
+    }
+
+    async fn snapshot_stream(
+        &self,
+        shard: ShardId,
+        as_of: &T,
+        share: ReadShare,
+        limit: ChunkLimit,
+    ) -> Result<SnapshotStream, BackendError> {
+        let entries =
+            <Self as PersistBackend<T>>::snapshot_share(self, shard, as_of, share).await?;
+        Ok(stream_from_vec(entries, limit))
+    }
+
+    async fn fetch_stream(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<T>,
+        upper: &Antichain<T>,
+        share: ReadShare,
+        limit: ChunkLimit,
+    ) -> Result<FetchStream<T>, BackendError> {
+        let entries =
+            <Self as PersistBackend<T>>::fetch_share(self, shard, lower, upper, share).await?;
+        Ok(stream_from_vec(entries, limit))
     }
 
     async fn wait_for_upper_past(

@@ -78,6 +78,7 @@ mod txn;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use tidemark_storage_types::{ChunkLimit, FetchStream, SnapshotStream, stream_from_vec};
 
 use tidemark_storage_types::sync::lock;
 
@@ -733,6 +734,31 @@ impl<T: StorageTimestamp> PersistBackend<T> for S3Backend {
         share: ReadShare,
     ) -> Result<Vec<Update<T>>, BackendError> {
         self.fetch_share(shard, lower, upper, share).await
+    }
+
+    async fn snapshot_stream(
+        &self,
+        shard: ShardId,
+        as_of: &T,
+        share: ReadShare,
+        limit: ChunkLimit,
+    ) -> Result<SnapshotStream, BackendError> {
+        let entries =
+            <Self as PersistBackend<T>>::snapshot_share(self, shard, as_of, share).await?;
+        Ok(stream_from_vec(entries, limit))
+    }
+
+    async fn fetch_stream(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<T>,
+        upper: &Antichain<T>,
+        share: ReadShare,
+        limit: ChunkLimit,
+    ) -> Result<FetchStream<T>, BackendError> {
+        let entries =
+            <Self as PersistBackend<T>>::fetch_share(self, shard, lower, upper, share).await?;
+        Ok(stream_from_vec(entries, limit))
     }
 
     async fn wait_for_upper_past(

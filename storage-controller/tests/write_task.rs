@@ -13,6 +13,7 @@ use tidemark_storage_types::{
     PersistBackend, ReadShare, RelationDesc, Row, ScalarType, ShardAppend, ShardFrontiers, ShardId,
     ShardUsage, StorageError, Update, UpperMismatch, UpperMismatches,
 };
+use tidemark_storage_types::{ChunkLimit, FetchStream, SnapshotStream};
 use timely::progress::Antichain;
 
 /// The memory backend, except that appending to a data shard panics.
@@ -94,6 +95,27 @@ impl PersistBackend<u64> for PanicsOnDataAppends {
         share: ReadShare,
     ) -> Result<Vec<Update<u64>>, BackendError> {
         self.0.fetch_share(shard, lower, upper, share).await
+    }
+
+    async fn snapshot_stream(
+        &self,
+        shard: ShardId,
+        as_of: &u64,
+        share: ReadShare,
+        limit: ChunkLimit,
+    ) -> Result<SnapshotStream, BackendError> {
+        self.0.snapshot_stream(shard, as_of, share, limit).await
+    }
+
+    async fn fetch_stream(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<u64>,
+        upper: &Antichain<u64>,
+        share: ReadShare,
+        limit: ChunkLimit,
+    ) -> Result<FetchStream<u64>, BackendError> {
+        self.0.fetch_stream(shard, lower, upper, share, limit).await
     }
 
     async fn wait_for_upper_past(

@@ -9,6 +9,7 @@ use crate::errors::BackendError;
 use crate::ids::{IdempotencyToken, ShardId};
 use crate::row::Row;
 use crate::share::ReadShare;
+use crate::stream::{ChunkLimit, FetchStream, SnapshotStream};
 use crate::time::{Diff, Update, display_frontier};
 
 /// A shard's read frontier (`since`) and write frontier (`upper`).
@@ -402,6 +403,54 @@ pub trait PersistBackend<T>: Debug + Send + Sync + 'static {
         share: ReadShare,
     ) -> Result<Vec<Update<T>>, BackendError>;
 
+    /// [`snapshot_share`](Self::snapshot_share) as a stream of chunks, so
+    /// that the reader holds one chunk at a time rather than the whole
+    /// snapshot.
+    ///
+    /// The snapshot is of the shard as it is when this call returns: later
+    /// appends and compactions do not change what the stream yields. Every
+    /// chunk is non-empty and within `limit`; the chunks come in row order
+    /// and their concatenation equals `snapshot_share(shard, as_of, share)`.
+    /// A backend that reads incrementally holds memory bounded by the limit
+    /// (and its own buffers), not by the shard. Dropping the stream before
+    /// its end is harmless: it releases what the read held. A failure
+    /// part-way is the stream's last item; the entries already yielded are
+    /// correct, and a reader may resume by reading again.
+    ///
+    /// A backend whose reads are not incremental may read the whole share
+    /// and cut it with [`stream_from_vec`](crate::stream::stream_from_vec).
+    ///
+    /// # Errors
+    ///
+    /// As [`snapshot_share`](Self::snapshot_share), at the call (an invalid
+    /// as-of or share is never reported part-way through the stream).
+    async fn snapshot_stream(
+        &self,
+        shard: ShardId,
+        as_of: &T,
+        share: ReadShare,
+        limit: ChunkLimit,
+    ) -> Result<SnapshotStream, BackendError>;
+
+    /// [`fetch_share`](Self::fetch_share) as a stream of chunks in
+    /// `(time, row)` order whose concatenation equals
+    /// `fetch_share(shard, lower, upper, share)`, with the guarantees of
+    /// [`snapshot_stream`](Self::snapshot_stream): the shard's state is
+    /// fixed at the call, chunks are non-empty and within `limit`, dropping
+    /// is harmless and a failure part-way is the last item.
+    ///
+    /// # Errors
+    ///
+    /// As [`fetch_share`](Self::fetch_share), at the call.
+    async fn fetch_stream(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<T>,
+        upper: &Antichain<T>,
+        share: ReadShare,
+        limit: ChunkLimit,
+    ) -> Result<FetchStream<T>, BackendError>;
+
     /// Waits until the shard's upper is not `<= frontier` (some write moved
     /// it past `frontier`) and returns that upper. Returns at once if it
     /// already is. Cancellation safe; no timeout of its own.
@@ -519,6 +568,29 @@ where
         share: ReadShare,
     ) -> Result<Vec<Update<T>>, BackendError> {
         (**self).fetch_share(shard, lower, upper, share).await
+    }
+
+    async fn snapshot_stream(
+        &self,
+        shard: ShardId,
+        as_of: &T,
+        share: ReadShare,
+        limit: ChunkLimit,
+    ) -> Result<SnapshotStream, BackendError> {
+        (**self).snapshot_stream(shard, as_of, share, limit).await
+    }
+
+    async fn fetch_stream(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<T>,
+        upper: &Antichain<T>,
+        share: ReadShare,
+        limit: ChunkLimit,
+    ) -> Result<FetchStream<T>, BackendError> {
+        (**self)
+            .fetch_stream(shard, lower, upper, share, limit)
+            .await
     }
 
     async fn wait_for_upper_past(

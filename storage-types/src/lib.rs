@@ -17,6 +17,7 @@ pub mod ids;
 pub mod read_policy;
 pub mod row;
 pub mod share;
+pub mod stream;
 pub mod sync;
 pub mod time;
 
@@ -40,6 +41,10 @@ pub use ids::{GlobalId, IdempotencyToken, ShardId, StorageInstanceId};
 pub use read_policy::{LagFn, ReadPolicy};
 pub use row::{ColumnType, Datum, DatumIter, RelationDesc, Row, ScalarType};
 pub use share::ReadShare;
+pub use stream::{
+    ChunkBuilder, ChunkEntry, ChunkLimit, FetchStream, ReadStream, SnapshotStream, collect_stream,
+    stream_from_vec,
+};
 pub use time::{
     Codec64, Diff, EncodedFrontier, StorageTimestamp, Update, decode_frontier, display_frontier,
     encode_frontier, frontier_time, readable_at, step_back_frontier,

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tidemark_storage_types::WriteFence;
+use tidemark_storage_types::{ChunkLimit, FetchStream, SnapshotStream};
 
 use async_trait::async_trait;
 use tidemark_storage_types::{
@@ -241,6 +242,29 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for CallerRetries<B> {
         share: ReadShare,
     ) -> Result<Vec<Update<u64>>, BackendError> {
         self.retried(|| self.inner.fetch_share(shard, lower, upper, share))
+            .await
+    }
+
+    async fn snapshot_stream(
+        &self,
+        shard: ShardId,
+        as_of: &u64,
+        share: ReadShare,
+        limit: ChunkLimit,
+    ) -> Result<SnapshotStream, BackendError> {
+        self.retried(|| self.inner.snapshot_stream(shard, as_of, share, limit))
+            .await
+    }
+
+    async fn fetch_stream(
+        &self,
+        shard: ShardId,
+        lower: &Antichain<u64>,
+        upper: &Antichain<u64>,
+        share: ReadShare,
+        limit: ChunkLimit,
+    ) -> Result<FetchStream<u64>, BackendError> {
+        self.retried(|| self.inner.fetch_stream(shard, lower, upper, share, limit))
             .await
     }
 

@@ -1,0 +1,291 @@
+//! Streamed reads: a snapshot or fetch delivered as a stream of bounded
+//! chunks, so that a reader of a large shard holds one chunk at a time
+//! instead of the whole read.
+//!
+//! [`PersistBackend::snapshot_stream`](crate::PersistBackend::snapshot_stream)
+//! and [`fetch_stream`](crate::PersistBackend::fetch_stream) return a
+//! [`ReadStream`]: each item is a non-empty chunk within a [`ChunkLimit`],
+//! the chunks come in the read's order (row order for a snapshot,
+//! `(time, row)` order for a fetch), and their concatenation is exactly the
+//! `Vec` the non-streamed form returns.
+
+use std::num::NonZeroUsize;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
+use crate::errors::BackendError;
+use crate::row::Row;
+use crate::time::{Diff, Update};
+
+/// How large one chunk of a streamed read may be: at most `max_entries`
+/// entries, and at most `max_bytes` encoded bytes unless a single entry is
+/// larger on its own (a chunk always holds at least one entry, so that any
+/// row can be delivered).
+///
+/// ```
+/// use std::num::NonZeroUsize;
+/// use tidemark_storage_types::ChunkLimit;
+/// let limit = ChunkLimit::new(NonZeroUsize::new(2).unwrap(), NonZeroUsize::new(100).unwrap());
+/// assert!(limit.admits(1, 60, 30));
+/// assert!(!limit.admits(1, 80, 30)); // bytes would exceed 100
+/// assert!(!limit.admits(2, 10, 10)); // entries would exceed 2
+/// assert!(limit.admits(0, 0, 500)); // a first entry is always admitted
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChunkLimit {
+    /// The most entries one chunk holds.
+    pub max_entries: NonZeroUsize,
+    /// The most encoded bytes (rows plus fixed per-entry overhead) one chunk
+    /// holds, unless its single entry is larger.
+    pub max_bytes: NonZeroUsize,
+}
+
+impl ChunkLimit {
+    /// 4,096 entries or 4 MiB, whichever is reached first.
+    pub const DEFAULT: ChunkLimit = ChunkLimit {
+        max_entries: NonZeroUsize::new(4096).expect("nonzero"),
+        max_bytes: NonZeroUsize::new(4 << 20).expect("nonzero"),
+    };
+
+    /// A limit of `max_entries` entries and `max_bytes` bytes.
+    #[must_use]
+    pub const fn new(max_entries: NonZeroUsize, max_bytes: NonZeroUsize) -> ChunkLimit {
+        ChunkLimit {
+            max_entries,
+            max_bytes,
+        }
+    }
+
+    /// A limit of `max_entries` entries and no byte bound to speak of.
+    #[must_use]
+    pub const fn entries(max_entries: NonZeroUsize) -> ChunkLimit {
+        ChunkLimit {
+            max_entries,
+            max_bytes: NonZeroUsize::MAX,
+        }
+    }
+
+    /// Whether a chunk now holding `entries` entries of `bytes` bytes may
+    /// take one more entry of `entry_bytes` bytes.
+    #[must_use]
+    pub fn admits(&self, entries: usize, bytes: usize, entry_bytes: usize) -> bool {
+        entries == 0
+            || (entries < self.max_entries.get()
+                && bytes.saturating_add(entry_bytes) <= self.max_bytes.get())
+    }
+}
+
+impl Default for ChunkLimit {
+    fn default() -> Self {
+        ChunkLimit::DEFAULT
+    }
+}
+
+/// An entry of a streamed read, with the size that counts against
+/// [`ChunkLimit::max_bytes`].
+pub trait ChunkEntry: Send + 'static {
+    /// The row's encoded length plus a fixed overhead for time and diff.
+    fn chunk_bytes(&self) -> usize;
+}
+
+/// Bytes counted for the time and diff of an entry, beside its row.
+const ENTRY_OVERHEAD: usize = 16;
+
+impl ChunkEntry for (Row, Diff) {
+    fn chunk_bytes(&self) -> usize {
+        self.0.byte_len() + ENTRY_OVERHEAD
+    }
+}
+
+impl<T: Send + 'static> ChunkEntry for Update<T> {
+    fn chunk_bytes(&self) -> usize {
+        self.row.byte_len() + ENTRY_OVERHEAD
+    }
+}
+
+/// A streamed read: non-empty chunks within the read's [`ChunkLimit`], in the
+/// read's order; an error, if any, is the last item.
+pub type ReadStream<C> = BoxStream<'static, Result<Vec<C>, BackendError>>;
+
+/// A streamed snapshot: `(row, diff)` chunks in row order.
+pub type SnapshotStream = ReadStream<(Row, Diff)>;
+
+/// A streamed fetch: update chunks in `(time, row)` order.
+pub type FetchStream<T> = ReadStream<Update<T>>;
+
+/// Cuts a sequence of entries into chunks within a limit, one entry at a
+/// time: [`push`](Self::push) returns a chunk when the next entry would not
+/// fit in the current one.
+///
+/// ```
+/// use std::num::NonZeroUsize;
+/// use tidemark_storage_types::{ChunkBuilder, ChunkLimit, Datum, Row};
+/// let mut builder = ChunkBuilder::new(ChunkLimit::entries(NonZeroUsize::new(2).unwrap()));
+/// let mut chunks = Vec::new();
+/// for i in 0..5 {
+///     chunks.extend(builder.push((Row::pack([Datum::Int64(i)]), 1)));
+/// }
+/// chunks.extend(builder.finish());
+/// assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2, 1]);
+/// ```
+#[derive(Debug)]
+pub struct ChunkBuilder<C> {
+    limit: ChunkLimit,
+    chunk: Vec<C>,
+    bytes: usize,
+}
+
+impl<C: ChunkEntry> ChunkBuilder<C> {
+    /// An empty builder for chunks within `limit`.
+    #[must_use]
+    pub fn new(limit: ChunkLimit) -> Self {
+        ChunkBuilder {
+            limit,
+            chunk: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Adds `entry`; returns the chunk it closed, if it did not fit in the
+    /// current one.
+    pub fn push(&mut self, entry: C) -> Option<Vec<C>> {
+        let entry_bytes = entry.chunk_bytes();
+        let closed = if self.limit.admits(self.chunk.len(), self.bytes, entry_bytes) {
+            None
+        } else {
+            self.bytes = 0;
+            Some(std::mem::take(&mut self.chunk))
+        };
+        self.bytes = self.bytes.saturating_add(entry_bytes);
+        self.chunk.push(entry);
+        closed
+    }
+
+    /// Whether no entry is waiting in the current chunk.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.chunk.is_empty()
+    }
+
+    /// The current chunk, if it holds any entry.
+    pub fn finish(&mut self) -> Option<Vec<C>> {
+        self.bytes = 0;
+        if self.chunk.is_empty() {
+            None
+        } else {
+            Some(std::mem::take(&mut self.chunk))
+        }
+    }
+}
+
+/// A stream of the chunks of `entries`, already read in full, within
+/// `limit`: for backends (or wrappers) whose read is not incremental.
+#[must_use]
+pub fn stream_from_vec<C: ChunkEntry>(entries: Vec<C>, limit: ChunkLimit) -> ReadStream<C> {
+    let mut builder = ChunkBuilder::new(limit);
+    let mut chunks = Vec::new();
+    for entry in entries {
+        chunks.extend(builder.push(entry));
+    }
+    chunks.extend(builder.finish());
+    futures::stream::iter(chunks.into_iter().map(Ok)).boxed()
+}
+
+/// Reads a stream to its end and concatenates its chunks: the `Vec` form of
+/// a streamed read.
+///
+/// # Errors
+///
+/// The first error the stream yields.
+pub async fn collect_stream<C>(mut stream: ReadStream<C>) -> Result<Vec<C>, BackendError> {
+    let mut entries = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if entries.is_empty() {
+            entries = chunk;
+        } else {
+            entries.extend(chunk);
+        }
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::row::Datum;
+
+    fn rows(n: i64) -> Vec<(Row, Diff)> {
+        (0..n).map(|i| (Row::pack([Datum::Int64(i)]), 1)).collect()
+    }
+
+    fn limit(entries: usize, bytes: usize) -> ChunkLimit {
+        ChunkLimit::new(
+            NonZeroUsize::new(entries).unwrap(),
+            NonZeroUsize::new(bytes).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn chunks_concatenate_to_the_input() {
+        let input = rows(10);
+        let collected = collect_stream(stream_from_vec(input.clone(), limit(3, 1 << 20)))
+            .await
+            .unwrap();
+        assert_eq!(collected, input);
+    }
+
+    #[tokio::test]
+    async fn every_chunk_is_within_the_entry_limit_and_non_empty() {
+        let chunks: Vec<_> = stream_from_vec(rows(10), limit(3, 1 << 20))
+            .collect::<Vec<_>>()
+            .await;
+        let lens: Vec<usize> = chunks.into_iter().map(|c| c.unwrap().len()).collect();
+        assert_eq!(lens, vec![3, 3, 3, 1]);
+    }
+
+    #[tokio::test]
+    async fn the_byte_limit_cuts_chunks_too() {
+        let one = rows(1)[0].chunk_bytes();
+        let chunks: Vec<_> = stream_from_vec(rows(5), limit(100, one * 2))
+            .collect::<Vec<_>>()
+            .await;
+        let lens: Vec<usize> = chunks.into_iter().map(|c| c.unwrap().len()).collect();
+        assert_eq!(lens, vec![2, 2, 1]);
+    }
+
+    #[tokio::test]
+    async fn an_entry_larger_than_the_byte_limit_is_a_chunk_of_its_own() {
+        let chunks: Vec<_> = stream_from_vec(rows(3), limit(100, 1))
+            .collect::<Vec<_>>()
+            .await;
+        let lens: Vec<usize> = chunks.into_iter().map(|c| c.unwrap().len()).collect();
+        assert_eq!(lens, vec![1, 1, 1]);
+    }
+
+    #[tokio::test]
+    async fn an_empty_read_is_an_empty_stream() {
+        let chunks: Vec<_> = stream_from_vec(Vec::<(Row, Diff)>::new(), ChunkLimit::DEFAULT)
+            .collect::<Vec<_>>()
+            .await;
+        assert!(chunks.is_empty());
+    }
+
+    #[tokio::test]
+    async fn collect_stops_at_the_first_error() {
+        let shard = crate::ids::ShardId::new();
+        let items: Vec<Result<Vec<(Row, Diff)>, BackendError>> = vec![
+            Ok(rows(2)),
+            Err(BackendError::InvalidUsage(
+                crate::errors::InvalidUsage::InvalidShare {
+                    shard,
+                    index: 1,
+                    count: 1,
+                },
+            )),
+        ];
+        let stream = futures::stream::iter(items).boxed();
+        assert!(collect_stream(stream).await.is_err());
+    }
+}
