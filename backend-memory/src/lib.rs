@@ -50,8 +50,11 @@
 //! One lock per shard is held across every check-and-write, so operations on
 //! a shard are linearizable. An append over several shards
 //! (`compare_and_append_all`) holds all their locks, taken in shard-id
-//! order, across its checks and writes, so no reader sees part of it. Snapshots and fetches take the frontiers and
-//! shared batches under the lock and compute without it. Upper waits use a
+//! order, across its checks and writes, so no reader sees part of it.
+//! Snapshots and fetches take the frontiers and shared batches under the
+//! lock and compute without it; the streamed forms merge the batches
+//! lazily, a chunk at a time, and the `Vec` forms are the same merge read
+//! as one chunk. Upper waits use a
 //! `tokio::sync::watch` channel per shard, published under the lock.
 
 #![warn(missing_docs)]
@@ -62,11 +65,12 @@ mod read;
 mod registry;
 mod shard;
 mod spine;
+mod stream;
 mod tokens;
 
 use std::fmt;
 use std::sync::Arc;
-use tidemark_storage_types::{ChunkLimit, FetchStream, SnapshotStream, stream_from_vec};
+use tidemark_storage_types::{ChunkLimit, FetchStream, SnapshotStream};
 
 use async_trait::async_trait;
 use tidemark_storage_types::{
@@ -217,9 +221,8 @@ impl<T: StorageTimestamp> PersistBackend<T> for MemoryBackend {
         share: ReadShare,
         limit: ChunkLimit,
     ) -> Result<SnapshotStream, BackendError> {
-        let entries =
-            <Self as PersistBackend<T>>::snapshot_share(self, shard, as_of, share).await?;
-        Ok(stream_from_vec(entries, limit))
+        let view = self.shard::<T>(shard)?.read_view()?;
+        Ok(stream::snapshot_stream(shard, view, as_of, share, limit)?)
     }
 
     async fn fetch_stream(
@@ -230,9 +233,10 @@ impl<T: StorageTimestamp> PersistBackend<T> for MemoryBackend {
         share: ReadShare,
         limit: ChunkLimit,
     ) -> Result<FetchStream<T>, BackendError> {
-        let entries =
-            <Self as PersistBackend<T>>::fetch_share(self, shard, lower, upper, share).await?;
-        Ok(stream_from_vec(entries, limit))
+        let view = self.shard::<T>(shard)?.read_view()?;
+        Ok(stream::fetch_stream(
+            shard, view, lower, upper, share, limit,
+        )?)
     }
 
     async fn wait_for_upper_past(

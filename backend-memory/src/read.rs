@@ -3,22 +3,21 @@
 //! by a stable hash of the row ([`ReadShare::holds_row`]), so the shares of
 //! one read are disjoint by row.
 
-use differential_dataflow::consolidation::{consolidate, consolidate_updates};
 use tidemark_storage_types::{
-    Diff, InvalidUsage, ReadShare, Row, ShardId, StorageTimestamp, Update, contract,
+    Diff, InvalidUsage, ReadShare, Row, ShardId, StorageTimestamp, Update,
 };
 use timely::progress::Antichain;
 
 use crate::shard::ReadView;
+use crate::stream::{Chunks, FetchMerge, SnapshotMerge, WHOLE_READ};
 
 /// The consolidated contents at `as_of` of the rows `share` holds: each row
 /// with the sum of its diffs at times `<= as_of`, zero sums omitted, sorted
 /// by row.
 ///
-/// Each batch is sorted by row, so the pairs collected from one batch are
-/// sorted by row already: a compacted shard (one batch) only needs equal
-/// neighbours summed, one linear pass. Several batches are several sorted
-/// runs, which the stable sort inside `consolidate` merges.
+/// The snapshot stream's merge read as one chunk: each batch is sorted by
+/// row, so merging the batches by row sums each row's diffs in one pass (a
+/// compacted shard, one batch, is a linear walk).
 ///
 /// # Errors
 ///
@@ -31,54 +30,8 @@ pub fn snapshot<T: StorageTimestamp>(
     as_of: &T,
     share: ReadShare,
 ) -> Result<Vec<(Row, Diff)>, InvalidUsage> {
-    share.check(shard)?;
-    contract::check_readable(shard, &view.since, &view.upper, as_of)?;
-    let capacity = view.batches.iter().map(|batch| batch.len()).sum();
-    let mut contents = Vec::with_capacity(capacity);
-    for batch in &view.batches {
-        if batch
-            .time_bounds()
-            .is_none_or(|(earliest, _)| !earliest.less_equal(as_of))
-        {
-            continue;
-        }
-        contents.extend(
-            batch
-                .updates()
-                .iter()
-                .filter(|(row, time, _)| time.less_equal(as_of) && share.holds_row(row))
-                .map(|(row, _, diff)| (row.clone(), *diff)),
-        );
-    }
-    if view.batches.len() == 1 {
-        sum_sorted_neighbours(&mut contents);
-    } else {
-        consolidate(&mut contents);
-    }
-    Ok(contents)
-}
-
-/// Consolidates pairs already sorted by row: sums the diffs of equal
-/// neighbours and drops zero sums. Gives what `consolidate` gives, without
-/// its sort.
-fn sum_sorted_neighbours(contents: &mut Vec<(Row, Diff)>) {
-    debug_assert!(contents.windows(2).all(|pair| pair[0].0 <= pair[1].0));
-    let mut kept = 0;
-    for index in 0..contents.len() {
-        if kept > 0 && contents[kept - 1].0 == contents[index].0 {
-            contents[kept - 1].1 += contents[index].1;
-            continue;
-        }
-        if kept > 0 && contents[kept - 1].1 == 0 {
-            kept -= 1;
-        }
-        contents.swap(kept, index);
-        kept += 1;
-    }
-    if kept > 0 && contents[kept - 1].1 == 0 {
-        kept -= 1;
-    }
-    contents.truncate(kept);
+    let merge = SnapshotMerge::new(shard, view.clone(), as_of, share)?;
+    Ok(Chunks::new(merge, WHOLE_READ).next().unwrap_or_default())
 }
 
 /// The updates of the rows `share` holds with times in `[lower, upper)` after
@@ -89,7 +42,8 @@ fn sum_sorted_neighbours(contents: &mut Vec<(Row, Diff)>) {
 /// have advanced a stored time to an earlier since, and advancing again to
 /// the current since gives the same time either way, so the answer does not
 /// depend on what compaction has run. An empty since means nothing can be
-/// read again: the answer is empty.
+/// read again: the answer is empty. The fetch stream's merge read as one
+/// chunk.
 ///
 /// # Errors
 ///
@@ -103,41 +57,8 @@ pub fn fetch<T: StorageTimestamp>(
     upper: &Antichain<T>,
     share: ReadShare,
 ) -> Result<Vec<Update<T>>, InvalidUsage> {
-    share.check(shard)?;
-    contract::check_fetch_range(shard, lower, upper, &view.upper)?;
-    if view.since.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut updates = Vec::new();
-    for batch in &view.batches {
-        // Advancing is monotone, so the batch's advanced times lie between
-        // its advanced bounds: skip batches entirely outside the range (a
-        // listener fetching the newest times reads only the newest batches).
-        let Some((earliest, latest)) = batch.time_bounds() else {
-            continue;
-        };
-        let (mut earliest, mut latest) = (*earliest, *latest);
-        earliest.advance_by(view.since.borrow());
-        latest.advance_by(view.since.borrow());
-        if upper.less_equal(&earliest) || !lower.less_equal(&latest) {
-            continue;
-        }
-        for (row, time, diff) in batch.updates() {
-            if !share.holds_row(row) {
-                continue;
-            }
-            let mut time = *time;
-            time.advance_by(view.since.borrow());
-            if lower.less_equal(&time) && !upper.less_equal(&time) {
-                updates.push((time, row.clone(), *diff));
-            }
-        }
-    }
-    consolidate_updates(&mut updates);
-    Ok(updates
-        .into_iter()
-        .map(|(time, row, diff)| Update::new(row, time, diff))
-        .collect())
+    let merge = FetchMerge::new(shard, view.clone(), lower, upper, share)?;
+    Ok(Chunks::new(merge, WHOLE_READ).next().unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -195,27 +116,6 @@ mod tests {
             snapshot(shard, &view, &9, ReadShare::WHOLE).unwrap(),
             vec![(row(1), 2), (row(3), 1)]
         );
-    }
-
-    #[test]
-    fn summing_sorted_neighbours_equals_consolidating() {
-        let mut state = 3u64;
-        for _ in 0..300 {
-            let mut pairs: Vec<(Row, Diff)> = (0..(state % 9))
-                .map(|_| {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
-                    (
-                        row(((state >> 33) % 4) as i64),
-                        ((state >> 40) % 3) as i64 - 1,
-                    )
-                })
-                .collect();
-            pairs.sort_by(|left, right| left.0.cmp(&right.0));
-            let mut expected = pairs.clone();
-            consolidate(&mut expected);
-            sum_sorted_neighbours(&mut pairs);
-            assert_eq!(pairs, expected);
-        }
     }
 
     #[test]

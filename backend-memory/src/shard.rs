@@ -20,8 +20,8 @@ use crate::spine::{Batch, Spine, compact_batches};
 use crate::tokens::{AppliedTokens, REMEMBERED_APPENDS};
 
 /// A consistent view of a shard for a read: taken under the lock, so it
-/// holds all or none of each append.
-#[derive(Debug)]
+/// holds all or none of each append. Cloning shares the batches.
+#[derive(Clone, Debug)]
 pub struct ReadView<T> {
     /// The since when the view was taken.
     pub since: Antichain<T>,

@@ -243,6 +243,13 @@ impl<T: Ord + Clone> Batch<T> {
         &self.updates
     }
 
+    /// The order key of each update's row, in the order of
+    /// [`updates`](Self::updates): comparing two keys first orders most
+    /// rows without reading their bytes.
+    pub fn keys(&self) -> &[u64] {
+        &self.keys
+    }
+
     /// The number of updates.
     pub fn len(&self) -> usize {
         self.updates.len()
