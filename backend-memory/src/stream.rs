@@ -136,6 +136,23 @@ fn row_order(left_key: u64, left: &Row, right_key: u64, right: &Row) -> Ordering
         .then_with(|| left.as_bytes().cmp(right.as_bytes()))
 }
 
+/// Moves `cursor` to the next update of `batch` a snapshot at `as_of` of
+/// `share` sees.
+fn skip_unseen<T: StorageTimestamp>(
+    batch: &Batch<T>,
+    cursor: &mut usize,
+    as_of: &T,
+    share: ReadShare,
+) {
+    let updates = batch.updates();
+    while let Some((row, time, _)) = updates.get(*cursor) {
+        if time.less_equal(as_of) && share.holds_row(row) {
+            break;
+        }
+        *cursor += 1;
+    }
+}
+
 /// A snapshot as a merge of the batches holding times `<= as_of`.
 ///
 /// Invariant: each cursor is at the end of its batch or at an update the
@@ -179,14 +196,12 @@ impl<T: StorageTimestamp> SnapshotMerge<T> {
 
     /// Moves cursor `index` to the next update the snapshot sees.
     fn skip_unseen(&mut self, index: usize) {
-        let updates = self.batches[index].updates();
-        let cursor = &mut self.cursors[index];
-        while let Some((row, time, _)) = updates.get(*cursor) {
-            if time.less_equal(&self.as_of) && self.share.holds_row(row) {
-                break;
-            }
-            *cursor += 1;
-        }
+        skip_unseen(
+            &self.batches[index],
+            &mut self.cursors[index],
+            &self.as_of,
+            self.share,
+        );
     }
 
     /// The batch whose current row is the least, if any is left.
@@ -214,15 +229,19 @@ impl<T: StorageTimestamp> Iterator for SnapshotMerge<T> {
 
     fn next(&mut self) -> Option<(Row, Diff)> {
         loop {
-            let least = self.least()?;
+            // A compacted shard is one batch: no other batch to compare
+            // with, so the least row is the one at the cursor.
+            let least = if self.batches.len() == 1 {
+                (self.cursors[0] < self.batches[0].len()).then_some(0)?
+            } else {
+                self.least()?
+            };
             let cursor = self.cursors[least];
             let key = self.batches[least].keys()[cursor];
             let row = self.batches[least].updates()[cursor].0.clone();
             let mut sum: Diff = 0;
-            for index in 0..self.batches.len() {
-                let batch = Arc::clone(&self.batches[index]);
+            for (batch, cursor) in self.batches.iter().zip(self.cursors.iter_mut()) {
                 let (updates, keys) = (batch.updates(), batch.keys());
-                let cursor = &mut self.cursors[index];
                 let start = *cursor;
                 while *cursor < updates.len()
                     && keys[*cursor] == key
@@ -235,7 +254,7 @@ impl<T: StorageTimestamp> Iterator for SnapshotMerge<T> {
                     *cursor += 1;
                 }
                 if *cursor != start {
-                    self.skip_unseen(index);
+                    skip_unseen(batch, cursor, &self.as_of, self.share);
                 }
             }
             if sum != 0 {
