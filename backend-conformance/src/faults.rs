@@ -17,6 +17,13 @@
 //!   caller gets a [`BackendError::Indeterminate`], as when the response of a
 //!   committed write is lost.
 //!
+//! Streams ([`PersistBackend::snapshot_stream`],
+//! [`PersistBackend::fetch_stream`]) may also fail **part-way**
+//! ([`FaultyBackend::with_mid_stream_rate`]): after at least one chunk, each
+//! further chunk is replaced, with the configured probability, by a
+//! [`BackendError::Indeterminate`] that ends the stream, as when a
+//! connection drops during a long read. The chunks before it are correct.
+//!
 //! The faults are drawn from the seed given by the caller, never from
 //! ambient randomness, and independently per call site: the draws of a call
 //! depend only on the seed, the operation and how many calls of that
@@ -37,9 +44,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tidemark_storage_types::WriteFence;
-use tidemark_storage_types::{ChunkLimit, FetchStream, SnapshotStream};
+use tidemark_storage_types::{ChunkLimit, FetchStream, ReadStream, SnapshotStream};
+
+use futures::StreamExt;
 
 use async_trait::async_trait;
 use rand::rngs::StdRng;
@@ -238,6 +247,9 @@ pub struct FaultCounts {
     /// Calls that reached the wrapped backend, succeeded there, and were
     /// reported as indeterminate failures.
     pub failed_after: u64,
+    /// Streams that ended part-way with an injected indeterminate failure
+    /// (counted when the failure is yielded).
+    pub failed_mid_stream: u64,
 }
 
 impl FaultCounts {
@@ -246,6 +258,7 @@ impl FaultCounts {
         self.failed_before += other.failed_before;
         self.timed_out += other.timed_out;
         self.failed_after += other.failed_after;
+        self.failed_mid_stream += other.failed_mid_stream;
     }
 }
 
@@ -255,10 +268,14 @@ pub struct FaultyBackend<B> {
     inner: B,
     seed: u64,
     rates: BTreeMap<Operation, FaultRates>,
+    /// The probability that a stream fails before each chunk after its
+    /// first.
+    mid_stream_rate: f64,
     /// How many calls each call site (shard and operation) has seen: the
     /// sequence number that, with the seed, decides a call's faults.
     sequence: Mutex<BTreeMap<CallSite, u64>>,
-    counts: Mutex<BTreeMap<Operation, FaultCounts>>,
+    /// Shared with the streams handed out, which count their own faults.
+    counts: Arc<Mutex<BTreeMap<Operation, FaultCounts>>>,
 }
 
 /// Where a call lands: the shard it names (none for
@@ -274,6 +291,8 @@ struct Draws {
     before: bool,
     timeout: bool,
     after: bool,
+    /// Seeds the mid-stream faults of a stream the call returns.
+    stream_seed: u64,
 }
 
 /// One step of SplitMix64: a well-mixed 64-bit value from `state`.
@@ -306,9 +325,26 @@ impl<B> FaultyBackend<B> {
             inner,
             seed,
             rates: BTreeMap::new(),
+            mid_stream_rate: 0.0,
             sequence: Mutex::new(BTreeMap::new()),
-            counts: Mutex::new(BTreeMap::new()),
+            counts: Arc::new(Mutex::new(BTreeMap::new())),
         }
+    }
+
+    /// Makes every stream this wrapper returns fail part-way with
+    /// probability `rate` before each chunk after its first: the stream
+    /// yields a [`BackendError::Indeterminate`] instead of that chunk and
+    /// ends. Drawn from the seed, per stream, like the call faults.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidFaultRate`] if `rate` is not a probability in `[0, 1]`.
+    pub fn with_mid_stream_rate(self, rate: f64) -> Result<FaultyBackend<B>, InvalidFaultRate> {
+        check_rate(rate)?;
+        Ok(FaultyBackend {
+            mid_stream_rate: rate,
+            ..self
+        })
     }
 
     /// Sets the fault rates of one operation.
@@ -372,6 +408,7 @@ impl<B> FaultyBackend<B> {
             before: rng.random_bool(rates.before),
             timeout: rng.random_bool(rates.timeout),
             after: rng.random_bool(rates.after),
+            stream_seed: rng.random(),
         }
     }
 
@@ -391,6 +428,45 @@ impl<B> FaultyBackend<B> {
         Fut: Future<Output = Result<V, BackendError>>,
     {
         let draws = self.draw((shard, operation));
+        self.run_drawn(operation, draws, call).await
+    }
+
+    /// [`run`](Self::run) for a call returning a stream, which may then
+    /// fail part-way (see [`with_mid_stream_rate`](Self::with_mid_stream_rate)).
+    async fn run_stream<C, Fut>(
+        &self,
+        operation: Operation,
+        shard: ShardId,
+        call: impl FnOnce() -> Fut,
+    ) -> Result<ReadStream<C>, BackendError>
+    where
+        C: Send + 'static,
+        Fut: Future<Output = Result<ReadStream<C>, BackendError>>,
+    {
+        let draws = self.draw((Some(shard), operation));
+        let stream = self.run_drawn(operation, draws, call).await?;
+        if self.mid_stream_rate == 0.0 {
+            return Ok(stream);
+        }
+        Ok(fail_mid_stream(
+            stream,
+            self.mid_stream_rate,
+            draws.stream_seed,
+            operation,
+            Arc::clone(&self.counts),
+        ))
+    }
+
+    /// Runs `call` between the fault decisions `draws`.
+    async fn run_drawn<V, Fut>(
+        &self,
+        operation: Operation,
+        draws: Draws,
+        call: impl FnOnce() -> Fut,
+    ) -> Result<V, BackendError>
+    where
+        Fut: Future<Output = Result<V, BackendError>>,
+    {
         self.count(operation, |counts| counts.calls += 1);
         if draws.before {
             self.count(operation, |counts| counts.failed_before += 1);
@@ -419,6 +495,37 @@ impl<B> FaultyBackend<B> {
             other => other,
         }
     }
+}
+
+/// `stream`, failing before each chunk after the first with probability
+/// `rate` (drawn from `seed`): the failure replaces the chunk and ends the
+/// stream.
+fn fail_mid_stream<C: Send + 'static>(
+    stream: ReadStream<C>,
+    rate: f64,
+    seed: u64,
+    operation: Operation,
+    counts: Arc<Mutex<BTreeMap<Operation, FaultCounts>>>,
+) -> ReadStream<C> {
+    let rng = StdRng::seed_from_u64(seed);
+    futures::stream::unfold(Some((stream, rng, 0u64)), move |state| {
+        let counts = Arc::clone(&counts);
+        async move {
+            let (mut stream, mut rng, delivered) = state?;
+            match stream.next().await? {
+                Ok(_) if delivered > 0 && rng.random_bool(rate) => {
+                    lock(&counts).entry(operation).or_default().failed_mid_stream += 1;
+                    let err = BackendError::indeterminate(format!(
+                        "injected fault part-way through a stream, after {delivered} chunks: operation={operation}"
+                    ));
+                    Some((Err(err), None))
+                }
+                Ok(chunk) => Some((Ok(chunk), Some((stream, rng, delivered + 1)))),
+                Err(err) => Some((Err(err), None)),
+            }
+        }
+    })
+    .boxed()
 }
 
 impl<B: fmt::Debug> fmt::Debug for FaultyBackend<B> {
@@ -530,7 +637,7 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for FaultyBackend<B> {
         share: ReadShare,
         limit: ChunkLimit,
     ) -> Result<SnapshotStream, BackendError> {
-        self.run(Operation::SnapshotStream, Some(shard), || {
+        self.run_stream(Operation::SnapshotStream, shard, || {
             self.inner.snapshot_stream(shard, as_of, share, limit)
         })
         .await
@@ -544,7 +651,7 @@ impl<B: PersistBackend<u64>> PersistBackend<u64> for FaultyBackend<B> {
         share: ReadShare,
         limit: ChunkLimit,
     ) -> Result<FetchStream<u64>, BackendError> {
-        self.run(Operation::FetchStream, Some(shard), || {
+        self.run_stream(Operation::FetchStream, shard, || {
             self.inner.fetch_stream(shard, lower, upper, share, limit)
         })
         .await
@@ -682,6 +789,149 @@ mod tests {
                 "{kind}: {all:?}"
             );
         }
+    }
+
+    /// A shard of `rows` one-column rows at time 0, upper 1.
+    async fn shard_of(inner: &MemoryBackend, rows: i64) -> ShardId {
+        let shard = ShardId::new();
+        PersistBackend::<u64>::open(inner, shard).await.unwrap();
+        let updates = (0..rows)
+            .map(|value| Update::new(Row::pack([Datum::Int64(value)]), 0, 1))
+            .collect();
+        inner
+            .compare_and_append(
+                shard,
+                updates,
+                frontier(0),
+                frontier(1),
+                IdempotencyToken::new(),
+                WriteFence::Unfenced,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        shard
+    }
+
+    fn two_entries() -> ChunkLimit {
+        ChunkLimit::entries(std::num::NonZeroUsize::new(2).unwrap())
+    }
+
+    /// The items of a stream, each as its entry count or "indeterminate".
+    async fn outline<C>(stream: ReadStream<C>) -> Vec<Result<usize, &'static str>> {
+        stream
+            .map(|item| match item {
+                Ok(chunk) => Ok(chunk.len()),
+                Err(BackendError::Indeterminate(_)) => Err("indeterminate"),
+                Err(_) => Err("other"),
+            })
+            .collect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_certain_mid_stream_fault_ends_every_stream_after_its_first_chunk() {
+        let inner = MemoryBackend::open("faults-mid-stream-certain");
+        let shard = shard_of(&inner, 7).await;
+        let faulty = FaultyBackend::new(inner, 3)
+            .with_mid_stream_rate(1.0)
+            .expect("valid rate");
+        let snapshot = faulty
+            .snapshot_stream(shard, &0, ReadShare::WHOLE, two_entries())
+            .await
+            .expect("the call itself does not fail");
+        assert_eq!(outline(snapshot).await, vec![Ok(2), Err("indeterminate")]);
+        let fetch = faulty
+            .fetch_stream(
+                shard,
+                &frontier(0),
+                &frontier(1),
+                ReadShare::WHOLE,
+                two_entries(),
+            )
+            .await
+            .expect("the call itself does not fail");
+        assert_eq!(outline(fetch).await, vec![Ok(2), Err("indeterminate")]);
+        let one_chunk = faulty
+            .snapshot_stream(shard, &0, ReadShare::WHOLE, ChunkLimit::DEFAULT)
+            .await
+            .unwrap();
+        assert_eq!(
+            outline(one_chunk).await,
+            vec![Ok(7)],
+            "a stream's first chunk is never replaced by a fault"
+        );
+        assert_eq!(
+            faulty.counts(Operation::SnapshotStream).failed_mid_stream,
+            1
+        );
+        assert_eq!(faulty.total_counts().failed_mid_stream, 2);
+    }
+
+    #[tokio::test]
+    async fn mid_stream_faults_repeat_from_the_seed_and_keep_a_correct_prefix() {
+        let mut outlines = Vec::new();
+        for run in 0..2 {
+            let inner = MemoryBackend::open(&format!("faults-mid-stream-seeded-{run}"));
+            let shard = shard_of(&inner, 40).await;
+            let whole = PersistBackend::<u64>::snapshot(&inner, shard, &0)
+                .await
+                .unwrap();
+            let faulty = FaultyBackend::new(inner, 17)
+                .with_mid_stream_rate(0.05)
+                .expect("valid rate");
+            let mut per_run = Vec::new();
+            for _ in 0..10 {
+                let items: Vec<_> = faulty
+                    .snapshot_stream(shard, &0, ReadShare::WHOLE, two_entries())
+                    .await
+                    .unwrap()
+                    .collect()
+                    .await;
+                let mut delivered = Vec::new();
+                let mut shape = Vec::new();
+                for item in items {
+                    match item {
+                        Ok(chunk) => {
+                            shape.push(Ok(chunk.len()));
+                            delivered.extend(chunk);
+                        }
+                        Err(err) => {
+                            assert!(matches!(err, BackendError::Indeterminate(_)), "{err:?}");
+                            shape.push(Err("indeterminate"));
+                        }
+                    }
+                }
+                assert_eq!(
+                    delivered,
+                    whole[..delivered.len()].to_vec(),
+                    "what a failed stream delivered is a prefix of the read"
+                );
+                per_run.push(shape);
+            }
+            outlines.push(per_run);
+        }
+        assert_eq!(
+            outlines[0], outlines[1],
+            "the same seed places the same faults"
+        );
+        let failed = outlines[0]
+            .iter()
+            .filter(|shape| shape.last() == Some(&Err("indeterminate")))
+            .count();
+        assert!(
+            (1..10).contains(&failed),
+            "at a rate of 0.05 over 19 chances some of 10 streams fail and some finish: {failed}"
+        );
+    }
+
+    #[test]
+    fn mid_stream_rates_outside_zero_to_one_are_rejected() {
+        let inner = MemoryBackend::open("faults-mid-stream-rate");
+        assert!(matches!(
+            FaultyBackend::new(inner, 1).with_mid_stream_rate(1.5),
+            Err(InvalidFaultRate { rate: 1.5 })
+        ));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //!
 //! The properties are grouped by theme: [`open`], [`unknown`], [`datums`],
 //! [`append`], [`read`], [`wait`], [`since`], [`compaction`], [`finalize`],
-//! [`concurrency`], [`idempotency`], [`share`], [`size`], [`model`],
+//! [`concurrency`], [`idempotency`], [`share`], [`streamed`], [`size`], [`model`],
 //! [`fault_tolerance`], and for appends over several shards at once,
 //! [`atomic_append`] and [`atomic_model`]. [`faults`] holds [`FaultyBackend`], a seeded
 //! fault-injection wrapper any backend can be put behind.
@@ -37,6 +37,7 @@ pub mod read;
 pub mod share;
 pub mod since;
 pub mod size;
+pub mod streamed;
 pub mod token_window;
 pub mod unknown;
 pub mod wait;
@@ -90,7 +91,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     /// Every module of properties, with its source.
-    const PROPERTY_MODULES: [(&str, &str); 17] = [
+    const PROPERTY_MODULES: [(&str, &str); 18] = [
         ("open", include_str!("open.rs")),
         ("unknown", include_str!("unknown.rs")),
         ("datums", include_str!("datums.rs")),
@@ -103,6 +104,7 @@ mod tests {
         ("concurrency", include_str!("concurrency.rs")),
         ("idempotency", include_str!("idempotency.rs")),
         ("share", include_str!("share.rs")),
+        ("streamed", include_str!("streamed.rs")),
         ("size", include_str!("size.rs")),
         ("model", include_str!("model.rs")),
         ("fault_tolerance", include_str!("fault_tolerance.rs")),

@@ -3,6 +3,9 @@
 //! snapshots, fetches and reopens, through two handles, each checked
 //! against a reference model.
 //!
+//! A second property runs the same operations reading through
+//! `snapshot_stream` and `fetch_stream` in small chunks.
+//!
 //! The model keeps every update ever appended in a `BTreeMap` keyed by
 //! `(time, row)`, plus the since and the upper; reads are computed from it by
 //! logical compaction, so physical compaction must be invisible.
@@ -14,11 +17,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use tidemark_storage_types::sync::lock;
 use tidemark_storage_types::{EarlierAttempts, WriteFence};
 
+use futures::StreamExt;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestCaseResult, TestRunner};
 use tidemark_storage_types::{
-    BackendError, Diff, IdempotencyToken, InvalidUsage, PersistBackend, Row, ShardFrontiers,
-    ShardId, Update, UpperMismatch,
+    BackendError, ChunkLimit, Diff, IdempotencyToken, InvalidUsage, PersistBackend, ReadShare,
+    ReadStream, Row, ShardFrontiers, ShardId, Update, UpperMismatch,
 };
 use timely::progress::Antichain;
 
@@ -153,12 +157,88 @@ fn unexpected<V: std::fmt::Debug>(what: &str, result: V) -> TestCaseError {
     TestCaseError::fail(format!("{what}: unexpected result {result:?}"))
 }
 
+/// How a case reads snapshots and fetches.
+#[derive(Clone, Copy, Debug)]
+enum Reads {
+    /// `snapshot` and `fetch`.
+    Whole,
+    /// `snapshot_stream` and `fetch_stream` within this limit, each chunk
+    /// checked against it.
+    Streamed(ChunkLimit),
+}
+
+/// Reads a stream to its end: the concatenation of its chunks, or its
+/// error. A chunk that is empty or over the limit's entries fails the case.
+async fn concatenate<C>(
+    mut stream: ReadStream<C>,
+    limit: ChunkLimit,
+) -> Result<Result<Vec<C>, BackendError>, TestCaseError> {
+    let mut entries = Vec::new();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(chunk) => {
+                prop_assert!(
+                    !chunk.is_empty() && chunk.len() <= limit.max_entries.get(),
+                    "a chunk of {} entries, limit {}",
+                    chunk.len(),
+                    limit.max_entries
+                );
+                entries.extend(chunk);
+            }
+            Err(err) => return Ok(Err(err)),
+        }
+    }
+    Ok(Ok(entries))
+}
+
+async fn read_snapshot<B: PersistBackend<u64>>(
+    backend: &B,
+    shard: ShardId,
+    as_of: u64,
+    reads: Reads,
+) -> Result<Result<Vec<(Row, Diff)>, BackendError>, TestCaseError> {
+    match reads {
+        Reads::Whole => Ok(backend.snapshot(shard, &as_of).await),
+        Reads::Streamed(limit) => {
+            match backend
+                .snapshot_stream(shard, &as_of, ReadShare::WHOLE, limit)
+                .await
+            {
+                Ok(stream) => concatenate(stream, limit).await,
+                Err(err) => Ok(Err(err)),
+            }
+        }
+    }
+}
+
+async fn read_fetch<B: PersistBackend<u64>>(
+    backend: &B,
+    shard: ShardId,
+    lower: &Antichain<u64>,
+    upper: &Antichain<u64>,
+    reads: Reads,
+) -> Result<Result<Vec<Update<u64>>, BackendError>, TestCaseError> {
+    match reads {
+        Reads::Whole => Ok(backend.fetch(shard, lower, upper).await),
+        Reads::Streamed(limit) => {
+            match backend
+                .fetch_stream(shard, lower, upper, ReadShare::WHOLE, limit)
+                .await
+            {
+                Ok(stream) => concatenate(stream, limit).await,
+                Err(err) => Ok(Err(err)),
+            }
+        }
+    }
+}
+
 /// Runs one step on the backend and the model, comparing them.
 async fn run_step<B: PersistBackend<u64>>(
     backend: &B,
     shard: ShardId,
     model: &mut Model,
     operation: Operation,
+    reads: Reads,
 ) -> Result<&'static str, TestCaseError> {
     let outcome = match operation {
         Operation::Append {
@@ -267,7 +347,7 @@ async fn run_step<B: PersistBackend<u64>>(
         Operation::Snapshot { offset } => {
             let as_of = offset_from(model.reference(), offset);
             let readable = model.since <= as_of && model.upper.is_none_or(|upper| as_of < upper);
-            let result = backend.snapshot(shard, &as_of).await;
+            let result = read_snapshot(backend, shard, as_of, reads).await?;
             if readable {
                 let expected = model_snapshot(&model.updates(), as_of);
                 prop_assert_eq!(result, Ok(expected), "snapshot at {}", as_of);
@@ -301,7 +381,7 @@ async fn run_step<B: PersistBackend<u64>>(
                 (Some(requested), Some(shard_upper)) => *requested <= shard_upper,
             };
             let valid = timely::PartialOrder::less_equal(&lower, &upper) && within_shard;
-            let result = backend.fetch(shard, &lower, &upper).await;
+            let result = read_fetch(backend, shard, &lower, &upper, reads).await?;
             if valid {
                 let expected = model_fetch(&model.updates(), &at(model.since), &lower, &upper);
                 prop_assert_eq!(result, Ok(expected), "fetch [{:?}, {:?})", lower, upper);
@@ -333,6 +413,7 @@ async fn run_step<B: PersistBackend<u64>>(
 async fn run_case<B: PersistBackend<u64>>(
     handles: &[B; 2],
     steps: Vec<Step>,
+    reads: Reads,
     coverage: &Mutex<BTreeMap<&'static str, u64>>,
 ) -> TestCaseResult {
     let shard = ShardId::new();
@@ -344,7 +425,7 @@ async fn run_case<B: PersistBackend<u64>>(
     prop_assert_eq!(opened, model.frontiers());
     for step in steps {
         let backend = &handles[usize::from(step.via_second_handle)];
-        let outcome = run_step(backend, shard, &mut model, step.operation).await?;
+        let outcome = run_step(backend, shard, &mut model, step.operation, reads).await?;
         *lock(coverage).entry(outcome).or_insert(0) += 1;
     }
     prop_assert_eq!(handles[1].frontiers(shard).await, Ok(model.frontiers()));
@@ -382,6 +463,19 @@ async fn finalize_for_cleanup<B: PersistBackend<u64>>(
 /// Needs a multi-threaded runtime: proptest drives the cases synchronously
 /// from inside it.
 pub async fn random_operations_match_the_model<F: BackendFactory>(factory: &F) {
+    run_against_the_model(factory, Reads::Whole).await;
+}
+
+/// The same random operation sequences, reading every snapshot and fetch
+/// through `snapshot_stream` and `fetch_stream` in chunks of at most two
+/// entries, agree with the reference model: every concatenation, every
+/// error (at the call), every chunk within the limit.
+pub async fn random_operations_with_streamed_reads_match_the_model<F: BackendFactory>(factory: &F) {
+    let limit = ChunkLimit::entries(std::num::NonZeroUsize::new(2).expect("nonzero"));
+    run_against_the_model(factory, Reads::Streamed(limit)).await;
+}
+
+async fn run_against_the_model<F: BackendFactory>(factory: &F, reads: Reads) {
     let handles = [factory.open_handle().await, factory.open_handle().await];
     let runtime = tokio::runtime::Handle::current();
     let default = Config::default();
@@ -397,11 +491,11 @@ pub async fn random_operations_match_the_model<F: BackendFactory>(factory: &F) {
     let outcome = tokio::task::block_in_place(|| {
         runner.run(&strategy, |steps| {
             cases.fetch_add(1, Ordering::Relaxed);
-            runtime.block_on(run_case(&handles, steps, &coverage))
+            runtime.block_on(run_case(&handles, steps, reads, &coverage))
         })
     });
     if let Err(failure) = outcome {
-        panic!("the backend disagrees with the model: {failure}");
+        panic!("the backend disagrees with the model ({reads:?}): {failure}");
     }
 
     // The property is only as good as what it exercised.
