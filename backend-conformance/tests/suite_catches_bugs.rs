@@ -2,15 +2,18 @@
 //! behind a wrapper that breaks one promise) must fail the property about
 //! that promise. A property that passes on a broken backend is worthless.
 
+use futures::StreamExt;
 use std::future::Future;
 use std::time::Duration;
-use tidemark_storage_types::{ChunkLimit, FetchStream, SnapshotStream, stream_from_vec};
+use tidemark_storage_types::{
+    ChunkLimit, FetchStream, ReadStream, SnapshotStream, stream_from_vec,
+};
 use tidemark_storage_types::{EarlierAttempts, WriteFence};
 
 use async_trait::async_trait;
 use tidemark_backend_conformance::{
     BackendFactory, append, atomic_append, atomic_model, compaction, concurrency, fencing,
-    idempotency, model, read, since, token_window, unknown, wait,
+    idempotency, model, read, since, streamed, token_window, unknown, wait,
 };
 use tidemark_backend_memory::MemoryBackend;
 use tidemark_storage_types::{
@@ -57,6 +60,62 @@ enum Mutation {
     /// answers, but a concurrent reader can see one shard's part without
     /// the others'.
     AppendAllVisibleInPart,
+    /// Streams lose their last chunk.
+    StreamDropsLastChunk,
+    /// Streams cut chunks one entry over the entry limit.
+    StreamExceedsEntryLimit,
+    /// Streams cut chunks by entries only, ignoring the byte limit.
+    StreamIgnoresByteLimit,
+    /// Streams end with an empty chunk.
+    StreamYieldsEmptyChunk,
+    /// Streams yield their chunks last first.
+    StreamChunksReversed,
+    /// Streams check their arguments at the call but read the shard's
+    /// live state when first polled.
+    StreamRereadsLiveState,
+    /// An invalid share is reported as the stream's first item instead of
+    /// at the call.
+    StreamRejectsInvalidShareLate,
+}
+
+impl MutantBackend {
+    /// The limit the inner backend cuts this mutant's streams with.
+    fn inner_limit(&self, limit: ChunkLimit) -> ChunkLimit {
+        match self.mutation {
+            Mutation::StreamExceedsEntryLimit => {
+                ChunkLimit::new(limit.max_entries.saturating_add(1), limit.max_bytes)
+            }
+            Mutation::StreamIgnoresByteLimit => ChunkLimit::entries(limit.max_entries),
+            _ => limit,
+        }
+    }
+
+    /// The inner backend's stream, reordered or cut as the mutation says.
+    async fn mutate_stream<C: Send + 'static>(&self, stream: ReadStream<C>) -> ReadStream<C> {
+        let reorders = matches!(
+            self.mutation,
+            Mutation::StreamDropsLastChunk
+                | Mutation::StreamYieldsEmptyChunk
+                | Mutation::StreamChunksReversed
+        );
+        if !reorders {
+            return stream;
+        }
+        let mut items: Vec<_> = stream.collect().await;
+        match self.mutation {
+            Mutation::StreamDropsLastChunk => {
+                items.pop();
+            }
+            Mutation::StreamYieldsEmptyChunk => items.push(Ok(Vec::new())),
+            _ => items.reverse(),
+        }
+        futures::stream::iter(items).boxed()
+    }
+
+    /// A stream that fails with `err` when first polled.
+    fn failing_stream<C: Send + 'static>(err: BackendError) -> ReadStream<C> {
+        futures::stream::iter([Err(err)]).boxed()
+    }
 }
 
 #[derive(Debug)]
@@ -257,8 +316,29 @@ impl PersistBackend<u64> for MutantBackend {
         share: ReadShare,
         limit: ChunkLimit,
     ) -> Result<SnapshotStream, BackendError> {
-        let entries = self.snapshot_share(shard, as_of, share).await?;
-        Ok(stream_from_vec(entries, limit))
+        let result = self
+            .inner
+            .snapshot_stream(shard, as_of, share, self.inner_limit(limit))
+            .await;
+        match (self.mutation, result) {
+            (
+                Mutation::StreamRejectsInvalidShareLate,
+                Err(err @ BackendError::InvalidUsage(InvalidUsage::InvalidShare { .. })),
+            ) => Ok(Self::failing_stream(err)),
+            (Mutation::StreamRereadsLiveState, Ok(_)) => {
+                let (inner, as_of) = (self.inner.clone(), *as_of);
+                let reread = futures::stream::once(async move {
+                    inner.snapshot_share(shard, &as_of, share).await
+                });
+                Ok(reread
+                    .flat_map(move |read| match read {
+                        Ok(entries) => stream_from_vec(entries, limit),
+                        Err(err) => Self::failing_stream(err),
+                    })
+                    .boxed())
+            }
+            (_, result) => Ok(self.mutate_stream(result?).await),
+        }
     }
 
     async fn fetch_stream(
@@ -269,8 +349,29 @@ impl PersistBackend<u64> for MutantBackend {
         share: ReadShare,
         limit: ChunkLimit,
     ) -> Result<FetchStream<u64>, BackendError> {
-        let entries = self.fetch_share(shard, lower, upper, share).await?;
-        Ok(stream_from_vec(entries, limit))
+        let result = self
+            .inner
+            .fetch_stream(shard, lower, upper, share, self.inner_limit(limit))
+            .await;
+        match (self.mutation, result) {
+            (
+                Mutation::StreamRejectsInvalidShareLate,
+                Err(err @ BackendError::InvalidUsage(InvalidUsage::InvalidShare { .. })),
+            ) => Ok(Self::failing_stream(err)),
+            (Mutation::StreamRereadsLiveState, Ok(_)) => {
+                let (inner, lower, upper) = (self.inner.clone(), lower.clone(), upper.clone());
+                let reread = futures::stream::once(async move {
+                    inner.fetch_share(shard, &lower, &upper, share).await
+                });
+                Ok(reread
+                    .flat_map(move |read| match read {
+                        Ok(entries) => stream_from_vec(entries, limit),
+                        Err(err) => Self::failing_stream(err),
+                    })
+                    .boxed())
+            }
+            (_, result) => Ok(self.mutate_stream(result?).await),
+        }
     }
 
     async fn wait_for_upper_past(
@@ -455,4 +556,59 @@ caught_by!(
     atomic_appends_fenced_shard_by_shard_are_caught,
     AppendAllShardByShard,
     atomic_append::append_all_stale_fence_on_one_shard_refuses_the_call
+);
+caught_by!(
+    streams_that_drop_their_last_chunk_are_caught,
+    StreamDropsLastChunk,
+    streamed::snapshot_stream_concatenates_to_the_snapshot
+);
+caught_by!(
+    fetch_streams_that_drop_their_last_chunk_are_caught,
+    StreamDropsLastChunk,
+    streamed::fetch_stream_concatenates_to_the_fetch
+);
+caught_by!(
+    streams_that_drop_their_last_chunk_are_caught_by_the_model,
+    StreamDropsLastChunk,
+    model::random_operations_with_streamed_reads_match_the_model
+);
+caught_by!(
+    streams_over_the_entry_limit_are_caught,
+    StreamExceedsEntryLimit,
+    streamed::stream_chunks_are_non_empty_and_within_the_entry_limit
+);
+caught_by!(
+    streams_over_the_byte_limit_are_caught,
+    StreamIgnoresByteLimit,
+    streamed::stream_chunks_are_within_the_byte_limit
+);
+caught_by!(
+    streams_with_an_empty_chunk_are_caught,
+    StreamYieldsEmptyChunk,
+    streamed::stream_chunks_are_non_empty_and_within_the_entry_limit
+);
+caught_by!(
+    snapshot_streams_out_of_row_order_are_caught,
+    StreamChunksReversed,
+    streamed::snapshot_stream_chunks_come_in_row_order
+);
+caught_by!(
+    fetch_streams_out_of_time_order_are_caught,
+    StreamChunksReversed,
+    streamed::fetch_stream_chunks_come_in_time_then_row_order
+);
+caught_by!(
+    snapshot_streams_reading_live_state_are_caught,
+    StreamRereadsLiveState,
+    streamed::snapshot_stream_is_fixed_at_the_call
+);
+caught_by!(
+    fetch_streams_reading_live_state_are_caught,
+    StreamRereadsLiveState,
+    streamed::fetch_stream_is_fixed_at_the_call
+);
+caught_by!(
+    invalid_shares_reported_part_way_are_caught,
+    StreamRejectsInvalidShareLate,
+    streamed::stream_with_an_invalid_share_or_shard_is_rejected_at_the_call
 );
