@@ -445,6 +445,9 @@ macro_rules! controller_tests {
             subscribe::subscription_holds_the_since_until_dropped,
             subscribe::subscription_rejects_bad_requests,
             subscribe::subscription_reports_a_shard_reclaimed_meanwhile,
+            subscribe::subscription_delivers_a_large_snapshot_in_several_events,
+            subscribe::subscription_never_redelivers_what_the_since_advances_into_its_range,
+            subscribe::subscription_resumes_failed_reads_without_redelivering,
         );
         $crate::controller_tests!(@panics $make;
             panics::create_instance_twice_panics => "storage instance already exists: si1",

@@ -1,13 +1,16 @@
 //! Subscriptions: a collection's snapshot at an as_of, then every later
-//! change, as a [`Stream`].
+//! change, as a [`Stream`]; and [`ResumingRead`], the streamed read the
+//! controller's reads go through.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures::Stream;
+use futures::future::BoxFuture;
+use futures::{Stream, StreamExt};
 use tidemark_storage_types::{
-    GlobalId, PersistBackend, ShardId, StorageError, StorageTimestamp, Update,
+    BackendError, ChunkLimit, GlobalId, PersistBackend, ReadShare, ReadStream, ResumePoint,
+    ShardId, StorageError, StorageTimestamp, Update, step_back_frontier,
 };
 use timely::progress::Antichain;
 use tokio::sync::mpsc;
@@ -16,7 +19,127 @@ use tokio::task::JoinHandle;
 use crate::controller::read_snapshot;
 use crate::internal::Internal;
 use crate::read_hold::ReadHold;
-use crate::retry::{RetryPolicy, retry_indeterminate};
+use crate::retry::{RETRIES_METRIC, RetryPolicy, retry_indeterminate};
+
+/// Opens a streamed read from its beginning.
+pub(crate) type OpenRead<'a, C> =
+    Box<dyn FnMut() -> BoxFuture<'a, Result<ReadStream<C>, BackendError>> + Send + 'a>;
+
+/// A streamed read (a `snapshot_stream` or `fetch_stream`) that survives
+/// indeterminate failures: the call is retried, and a failure part-way
+/// reads again from the start and skips the entries already delivered (see
+/// [`ResumePoint`]), so every entry is delivered once, in order.
+///
+/// Reading again yields the same entries only while the since has not
+/// passed what the read depends on: callers hold the since at the as-of of
+/// a snapshot, and before the lower of a fetch.
+pub(crate) struct ResumingRead<'a, C, K> {
+    retry: RetryPolicy,
+    open: OpenRead<'a, C>,
+    key: fn(&C) -> K,
+    stream: Option<ReadStream<C>>,
+    point: ResumePoint<K>,
+    restarts: u32,
+    backoff: std::time::Duration,
+    finished: bool,
+}
+
+impl<'a, C: Send + 'static, K: Ord> ResumingRead<'a, C, K> {
+    /// A read opened (and reopened) by `open`, whose entries are ordered by
+    /// `key`, retried by `retry` (its retries bound the call's attempts and,
+    /// separately, the restarts after failures part-way).
+    pub(crate) fn new(retry: RetryPolicy, open: OpenRead<'a, C>, key: fn(&C) -> K) -> Self {
+        ResumingRead {
+            retry,
+            open,
+            key,
+            stream: None,
+            point: ResumePoint::new(),
+            restarts: 0,
+            backoff: retry.initial_backoff,
+            finished: false,
+        }
+    }
+
+    /// This read, already opened as `stream` (so that the caller sees the
+    /// call's own errors first).
+    pub(crate) fn with_stream(mut self, stream: ReadStream<C>) -> Self {
+        self.stream = Some(stream);
+        self
+    }
+
+    /// The next chunk not yet delivered (never empty), or `None` at the end
+    /// of the read.
+    ///
+    /// # Errors
+    ///
+    /// The call's error (after retries), a determinate failure part-way, or
+    /// an indeterminate one once the restarts are used up.
+    pub(crate) async fn next_chunk(&mut self) -> Result<Option<Vec<C>>, BackendError> {
+        loop {
+            if self.finished {
+                return Ok(None);
+            }
+            let stream = match &mut self.stream {
+                Some(stream) => stream,
+                None => {
+                    let open = &mut self.open;
+                    let stream = retry_indeterminate(self.retry, || open()).await?;
+                    self.stream.insert(stream)
+                }
+            };
+            match stream.next().await {
+                None => {
+                    self.finished = true;
+                    self.stream = None;
+                }
+                Some(Ok(chunk)) => {
+                    let chunk = self.point.admit(chunk, self.key);
+                    if !chunk.is_empty() {
+                        return Ok(Some(chunk));
+                    }
+                }
+                Some(Err(err)) if !err.is_determinate() && self.restarts < self.retry.retries => {
+                    tracing::debug!(
+                        restart = self.restarts,
+                        error = %err,
+                        "reading again after an indeterminate failure part-way"
+                    );
+                    self.restarts += 1;
+                    metrics::counter!(RETRIES_METRIC).increment(1);
+                    self.stream = None;
+                    self.point.restart();
+                    tokio::time::sleep(self.backoff).await;
+                    self.backoff = self.backoff.saturating_mul(2);
+                }
+                Some(Err(err)) => return Err(err),
+            }
+        }
+    }
+}
+
+/// The fetch of `[lower, upper)` of `shard`, as a [`ResumingRead`].
+fn fetch_resuming<'a, T, B>(
+    backend: &'a B,
+    retry: RetryPolicy,
+    shard: ShardId,
+    lower: Antichain<T>,
+    upper: Antichain<T>,
+) -> ResumingRead<'a, Update<T>, (T, tidemark_storage_types::Row)>
+where
+    T: StorageTimestamp,
+    B: PersistBackend<T> + ?Sized,
+{
+    let open: OpenRead<'a, Update<T>> = Box::new(move || {
+        let (lower, upper) = (lower.clone(), upper.clone());
+        Box::pin(async move {
+            backend
+                .fetch_stream(shard, &lower, &upper, ReadShare::WHOLE, ChunkLimit::DEFAULT)
+                .await
+        })
+    });
+    ResumingRead::new(retry, open, |update| (update.timestamp, update.row.clone()))
+}
 
 /// One item of a [`Subscription`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,18 +232,23 @@ where
     T: StorageTimestamp,
     B: PersistBackend<T>,
 {
-    let rows = read_snapshot(backend, retry, hold.id(), shard, as_of).await?;
-    let snapshot = rows
-        .into_iter()
-        .map(|(row, diff)| Update::new(row, as_of, diff))
-        .collect();
-    if sender
-        .send(Ok(SubscriptionEvent::Updates(snapshot)))
-        .await
-        .is_err()
-    {
-        return Ok(());
+    // The snapshot, a chunk per event; the hold stays at the as_of until it
+    // has all been delivered.
+    let mut snapshot = read_snapshot(backend, retry, hold.id(), shard, as_of).await?;
+    while let Some(rows) = snapshot.next_chunk().await? {
+        let updates = rows
+            .into_iter()
+            .map(|(row, diff)| Update::new(row, as_of, diff))
+            .collect();
+        if sender
+            .send(Ok(SubscriptionEvent::Updates(updates)))
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
     }
+    drop(snapshot);
     let Some(next) = as_of.checked_step_forward() else {
         hold.release();
         let _ = sender
@@ -129,7 +257,6 @@ where
         return Ok(());
     };
     let mut lower = Antichain::from_elem(next);
-    hold.downgrade(&lower);
     if sender
         .send(Ok(SubscriptionEvent::Progress(lower.clone())))
         .await
@@ -149,16 +276,21 @@ where
             // Finalized (by a newer controller), not sealed: the data is gone.
             return Err(StorageError::CollectionDropped(hold.id()));
         }
-        let updates = retry_indeterminate(retry, || backend.fetch(shard, &lower, &upper)).await?;
-        if !updates.is_empty()
-            && sender
+        let mut fetch = fetch_resuming(backend, retry, shard, lower.clone(), upper.clone());
+        while let Some(updates) = fetch.next_chunk().await? {
+            if sender
                 .send(Ok(SubscriptionEvent::Updates(updates)))
                 .await
                 .is_err()
-        {
-            return Ok(());
+            {
+                return Ok(());
+            }
         }
-        hold.downgrade(&upper);
+        // SUBTLE: held just before the new lower, not at it. A fetch
+        // advances every time by the since, so with the since at `upper`
+        // the next fetch of `[upper, ..)` would bring every earlier update
+        // (already delivered) into its range at time `upper`.
+        hold.downgrade(&hold_before(&upper));
         let done = upper.is_empty();
         if sender
             .send(Ok(SubscriptionEvent::Progress(upper.clone())))
@@ -169,6 +301,16 @@ where
             return Ok(());
         }
         lower = upper;
+    }
+}
+
+/// Where a reader that has yet to read from `lower` holds the since: the
+/// time just before `lower` (the empty frontier, done, releases it).
+fn hold_before<T: StorageTimestamp>(lower: &Antichain<T>) -> Antichain<T> {
+    if lower.is_empty() {
+        Antichain::new()
+    } else {
+        step_back_frontier(lower)
     }
 }
 

@@ -211,6 +211,71 @@ pub async fn collect_stream<C>(mut stream: ReadStream<C>) -> Result<Vec<C>, Back
     Ok(entries)
 }
 
+/// Where a reader of a streamed read is, so that after an indeterminate
+/// failure part-way it can read again from the start and skip what it has
+/// already delivered.
+///
+/// A read's entries come in a strict order (rows for a snapshot,
+/// `(time, row)` for a fetch), and reading the same snapshot or fetch again
+/// yields the same entries as long as the since has not passed what the
+/// read depends on (the as-of; for a fetch, the time before its lower). So
+/// the entries of the new read up to the last one delivered are exactly
+/// those already delivered: [`admit`](Self::admit) drops them.
+///
+/// ```
+/// use tidemark_storage_types::ResumePoint;
+/// let mut point = ResumePoint::new();
+/// assert_eq!(point.admit(vec![1, 2, 3], |entry| *entry), vec![1, 2, 3]);
+/// // The read failed after 3; it is read again from the start.
+/// point.restart();
+/// assert_eq!(point.admit(vec![1, 2], |entry| *entry), Vec::<i32>::new());
+/// assert_eq!(point.admit(vec![3, 4, 5], |entry| *entry), vec![4, 5]);
+/// assert_eq!(point.admit(vec![6], |entry| *entry), vec![6]);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ResumePoint<K> {
+    /// The key of the last entry delivered.
+    last: Option<K>,
+    /// Whether the read was restarted and has not yet passed `last`.
+    skipping: bool,
+}
+
+impl<K: Ord> ResumePoint<K> {
+    /// A read that has delivered nothing.
+    #[must_use]
+    pub fn new() -> Self {
+        ResumePoint {
+            last: None,
+            skipping: false,
+        }
+    }
+
+    /// The read is being started again from its beginning.
+    pub fn restart(&mut self) {
+        self.skipping = self.last.is_some();
+    }
+
+    /// The entries of `chunk` not yet delivered (`key` gives an entry's
+    /// place in the read's order), which the caller now delivers.
+    pub fn admit<C>(&mut self, chunk: Vec<C>, key: impl Fn(&C) -> K) -> Vec<C> {
+        let chunk = match (&self.last, self.skipping) {
+            (Some(last), true) => {
+                let fresh: Vec<C> = chunk
+                    .into_iter()
+                    .skip_while(|entry| key(entry) <= *last)
+                    .collect();
+                self.skipping = fresh.is_empty();
+                fresh
+            }
+            _ => chunk,
+        };
+        if let Some(entry) = chunk.last() {
+            self.last = Some(key(entry));
+        }
+        chunk
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

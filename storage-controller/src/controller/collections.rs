@@ -4,8 +4,8 @@ use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 use tidemark_storage_types::{
-    BackendError, CollectionDescription, DataSource, Diff, GlobalId, InvalidUsage, PersistBackend,
-    ReadPolicy, Row, ShardId, StorageError, StorageTimestamp,
+    BackendError, ChunkLimit, CollectionDescription, DataSource, Diff, GlobalId, InvalidUsage,
+    PersistBackend, ReadPolicy, ReadShare, Row, ShardId, StorageError, StorageTimestamp,
 };
 use timely::progress::frontier::MutableAntichain;
 use timely::progress::{Antichain, ChangeBatch};
@@ -16,7 +16,7 @@ use super::statuses::{StatusChange, validate_status_collections};
 use crate::protocol::{IngestionCommand, StorageCommand};
 use crate::retry::{RetryPolicy, retry_indeterminate};
 use crate::state::{CollectionMetadata, CollectionState};
-use crate::subscribe::Subscription;
+use crate::subscribe::{OpenRead, ResumingRead, Subscription};
 use crate::worker::{ShardAppend, WorkerCommand};
 
 /// The collections `description` needs to exist.
@@ -340,7 +340,18 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
             return Err(StorageError::ReadBeforeSince(id));
         }
         let shard = collection.collection_metadata.data_shard;
-        read_snapshot(&*self.backend, self.retry, id, shard, as_of).await
+        let mut read = read_snapshot(&*self.backend, self.retry, id, shard, as_of).await?;
+        // The chunks are moved into one Vec as they arrive: the read holds
+        // one chunk beside the answer, never a second copy of it.
+        let mut rows = Vec::new();
+        while let Some(chunk) = read.next_chunk().await? {
+            if rows.is_empty() {
+                rows = chunk;
+            } else {
+                rows.extend(chunk);
+            }
+        }
+        Ok(rows)
     }
 
     /// A [`Subscription`] to collection `id` from `as_of`: the snapshot at
@@ -465,24 +476,34 @@ fn join<T: StorageTimestamp>(left: &Antichain<T>, right: &Antichain<T>) -> Antic
 }
 
 /// Reads shard `shard` of collection `id` at `as_of`, waiting for the upper
-/// to pass `as_of` first; maps an unreadable `as_of` to the controller's
-/// errors.
-/// Reads are idempotent, so indeterminate failures are retried.
-pub(crate) async fn read_snapshot<T, B>(
-    backend: &B,
+/// to pass `as_of` first, as a [`ResumingRead`] of chunks within
+/// [`ChunkLimit::DEFAULT`]; maps an unreadable `as_of` to the controller's
+/// errors. Reads are idempotent, so indeterminate failures are retried, and
+/// one part-way reads again and skips what was delivered (the caller holds
+/// the since at `as_of`, so every read of it is the same).
+pub(crate) async fn read_snapshot<'a, T, B>(
+    backend: &'a B,
     retry: RetryPolicy,
     id: GlobalId,
     shard: ShardId,
     as_of: T,
-) -> Result<Vec<(Row, Diff)>, StorageError>
+) -> Result<ResumingRead<'a, (Row, Diff), Row>, StorageError>
 where
     T: StorageTimestamp,
     B: PersistBackend<T> + ?Sized,
 {
     let target = Antichain::from_elem(as_of);
     retry_indeterminate(retry, || backend.wait_for_upper_past(shard, &target)).await?;
-    match retry_indeterminate(retry, || backend.snapshot(shard, &as_of)).await {
-        Ok(rows) => Ok(rows),
+    let open = move || async move {
+        backend
+            .snapshot_stream(shard, &as_of, ReadShare::WHOLE, ChunkLimit::DEFAULT)
+            .await
+    };
+    match retry_indeterminate(retry, open).await {
+        Ok(stream) => {
+            let reopen: OpenRead<'a, (Row, Diff)> = Box::new(move || Box::pin(open()));
+            Ok(ResumingRead::new(retry, reopen, |(row, _)| row.clone()).with_stream(stream))
+        }
         Err(err @ BackendError::InvalidUsage(InvalidUsage::AsOfNotReadable { .. })) => {
             Err(unreadable(backend, retry, id, shard, as_of, err).await)
         }
