@@ -14,20 +14,25 @@ use crate::support::{new_shard, test_retry};
 use crate::workload::Workload;
 
 /// With seeded faults before and after every backend call (determinate
-/// refusals, and lost responses of calls that did happen), the sources and
+/// refusals, and lost responses of calls that did happen) and part-way
+/// through streamed reads, the sources and
 /// the sink retry (appends with their token) and the output equals the
 /// model at every time, across a restart.
 pub async fn faults_on_every_backend_call_leave_the_output_exact<F: BackendFactory>(factory: &F) {
     let rates = FaultRates::new(0.1, 0.1).expect("valid rates");
-    let faulty =
-        Arc::new(FaultyBackend::new(factory.open_handle().await, 0xfa17).with_rates_for_all(rates));
+    let faulty = Arc::new(
+        FaultyBackend::new(factory.open_handle().await, 0xfa17)
+            .with_rates_for_all(rates)
+            .with_mid_stream_rate(0.1)
+            .expect("valid rate"),
+    );
     let check = factory.open_handle().await;
     let workload = Workload::generate(8, 5, 5);
     run_with_restarts(&faulty, &check, &workload, &[2], 2, test_retry()).await;
     for operation in [
         Operation::CompareAndAppend,
         Operation::WaitForUpperPast,
-        Operation::FetchShare,
+        Operation::FetchStream,
     ] {
         let counts = faulty.counts(operation);
         assert!(counts.calls > 0, "the dataflow never called {operation}");

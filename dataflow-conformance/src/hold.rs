@@ -17,7 +17,7 @@ use timely::progress::Antichain;
 use tokio::runtime::Handle;
 
 use crate::harness::{HANG_GUARD, RunningDataflow};
-use crate::support::{at, kv_row, test_retry};
+use crate::support::{Captured, at, consolidated_with_times, kv_row, test_retry};
 
 type TestController<F> = Controller<u64, <F as BackendFactory>::Backend>;
 
@@ -86,7 +86,8 @@ async fn process_until<B: PersistBackend<u64>>(
 }
 
 /// While a source holding the collection through a `ReadHold` runs, the
-/// collection's since follows the source's progress and never passes it,
+/// collection's since follows the source's progress (just before what it
+/// has yet to read) and never passes it,
 /// whatever the read policy allows; once the dataflow is dropped the hold
 /// is released and the since advances to the policy's.
 pub async fn read_hold_keeps_the_since_at_the_source_progress<F: BackendFactory>(factory: &F) {
@@ -138,7 +139,7 @@ pub async fn read_hold_keeps_the_since_at_the_source_progress<F: BackendFactory>
                     "the since {since:?} passed the source's progress {progress:?}"
                 );
             }
-            since == at(upper)
+            since == at(upper - 1)
         })
         .await;
     }
@@ -147,6 +148,69 @@ pub async fn read_hold_keeps_the_since_at_the_source_progress<F: BackendFactory>
         since_of(c, id) == at(100)
     })
     .await;
+}
+
+/// A source whose read hold alone keeps the since back emits each update
+/// once: with the since as far as the hold lets it go, no fetch brings an
+/// update already emitted back into its range at the since.
+pub async fn read_hold_never_lets_the_source_reemit_what_the_since_advances<F: BackendFactory>(
+    factory: &F,
+) {
+    let mut c = controller(factory).await;
+    let id = GlobalId::User(1);
+    c.create_collections(vec![(id, table())])
+        .await
+        .expect("create");
+    append_through(&mut c, id, vec![Update::new(kv_row(1, 1), 0, 1)], 4).await;
+    let hold = c.acquire_read_hold(id, 1).expect("hold");
+    c.set_read_policy(vec![(id, ReadPolicy::ValidFrom(at(100)))]);
+    let shard = c
+        .collection(id)
+        .expect("collection")
+        .collection_metadata
+        .data_shard;
+    let backend = Arc::new(factory.open_handle().await);
+    let shared_hold = SharedReadHold::new(hold, 1);
+    let captured: Captured = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (runtime, reader, sink) = (
+        Handle::current(),
+        Arc::clone(&backend),
+        Arc::clone(&captured),
+    );
+    let running = RunningDataflow::start(1, move |scope| {
+        let (collection, status) = ShardSource::new(runtime.clone(), Arc::clone(&reader), shard, 1)
+            .with_read_hold(shared_hold.clone())
+            .with_retry(test_retry())
+            .build(scope);
+        let sink = Arc::clone(&sink);
+        collection.inspect(move |update| sink.lock().expect("captured lock").push(update.clone()));
+        vec![status]
+    });
+    for (upper, value) in [(4u64, 1i64), (6, 2), (8, 3), (10, 4)] {
+        if upper > 4 {
+            append_through(
+                &mut c,
+                id,
+                vec![Update::new(kv_row(2, value), upper - 1, 1)],
+                upper,
+            )
+            .await;
+        }
+        // The since goes as far as the hold lets it before the next append.
+        process_until(&mut c, "the since follows the source", |c| {
+            PartialOrder::less_equal(&at(upper - 1), &since_of(c, id))
+        })
+        .await;
+    }
+    running.stop().await;
+    let mut expected = vec![((1, kv_row(1, 1)), 1)];
+    expected.extend((2..5i64).map(|value| ((value as u64 * 2 + 1, kv_row(2, value)), 1)));
+    expected.sort();
+    assert_eq!(
+        consolidated_with_times(&captured),
+        expected,
+        "the source emitted updates twice, advanced to the since"
+    );
 }
 
 /// `acquire_read_hold` refuses an unknown collection and a time before the

@@ -45,6 +45,7 @@ macro_rules! dataflow_tests {
             source::source_reads_the_snapshot_then_follows_the_upper,
             source::source_honours_as_of_and_until,
             source::source_emits_the_same_collection_on_1_2_and_4_workers,
+            source::source_resumes_failed_reads_without_reemitting,
             sink::sink_restarted_at_random_points_writes_nothing_twice,
             sink::sink_reports_a_racing_writer,
             sink::sink_reports_a_finalized_shard,
@@ -54,6 +55,7 @@ macro_rules! dataflow_tests {
             errors::source_reports_a_finalized_shard,
             errors::source_reports_an_as_of_before_the_since,
             hold::read_hold_keeps_the_since_at_the_source_progress,
+            hold::read_hold_never_lets_the_source_reemit_what_the_since_advances,
             hold::acquire_read_hold_rejects_bad_requests,
         );
     };

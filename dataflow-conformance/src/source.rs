@@ -4,8 +4,9 @@
 use std::sync::{Arc, Mutex};
 
 use tidemark_backend_conformance::BackendFactory;
+use tidemark_backend_conformance::faults::{FaultyBackend, Operation};
 use tidemark_storage_dataflow::{DataflowStatus, ShardSource};
-use tidemark_storage_types::{PersistBackend, ShardId, Update};
+use tidemark_storage_types::{ChunkLimit, PersistBackend, ShardId, Update};
 use timely::PartialOrder;
 use timely::progress::Antichain;
 use tokio::runtime::Handle;
@@ -199,4 +200,43 @@ pub async fn source_emits_the_same_collection_on_1_2_and_4_workers<F: BackendFac
             "{workers} workers emitted a different collection than 1 worker"
         );
     }
+}
+
+/// Reads that fail part-way (an indeterminate error after some chunks) are
+/// read again without emitting anything twice: a snapshot and a fetch of
+/// several chunks each, through mid-stream faults, come out exact.
+pub async fn source_resumes_failed_reads_without_reemitting<F: BackendFactory>(factory: &F) {
+    let backend = Arc::new(
+        FaultyBackend::new(factory.open_handle().await, 9)
+            .with_mid_stream_rate(0.3)
+            .expect("valid rate"),
+    );
+    let shard = new_shard(&*backend).await;
+    let count = 3 * ChunkLimit::DEFAULT.max_entries.get() as i64;
+    let inserts = (0..count)
+        .map(|key| Update::new(kv_row(key, 0), 0, 1))
+        .collect();
+    append(&*backend, shard, inserts, 0, at(2)).await;
+    let (running, captured) = start_source(&backend, shard, 1, None, 1);
+    wait_for_frontier(&running, &*backend, shard, None, 1, at(2)).await;
+    let retractions = (0..count)
+        .map(|key| Update::new(kv_row(key, 0), 2, -1))
+        .collect();
+    append(&*backend, shard, retractions, 2, at(3)).await;
+    wait_for_frontier(&running, &*backend, shard, None, 1, at(3)).await;
+    running.stop().await;
+    let emitted = captured.lock().expect("captured lock").len();
+    assert_eq!(
+        emitted,
+        2 * count as usize,
+        "the source emitted {emitted} updates for {count} inserts and {count} retractions"
+    );
+    assert_eq!(accumulated(&captured, 1).len(), count as usize);
+    assert!(accumulated(&captured, 2).is_empty());
+    let failed = backend.counts(Operation::SnapshotStream).failed_mid_stream
+        + backend.counts(Operation::FetchStream).failed_mid_stream;
+    assert!(
+        failed > 0,
+        "no read failed part-way: the test proves nothing"
+    );
 }

@@ -1,11 +1,14 @@
 //! [`ShardSource`]: a shard read into a differential collection.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use differential_dataflow::{AsCollection, VecCollection};
+use futures::StreamExt;
 use tidemark_storage_types::{
-    BackendError, Diff, InvalidUsage, PersistBackend, ReadShare, Row, ShardId, StorageTimestamp,
-    display_frontier,
+    BackendError, ChunkLimit, Diff, InvalidUsage, PersistBackend, ReadShare, ReadStream,
+    ResumePoint, Row, ShardId, StorageTimestamp, Update, display_frontier, step_back_frontier,
 };
 use timely::PartialOrder;
 use timely::container::CapacityContainerBuilder;
@@ -30,6 +33,10 @@ use crate::task::{Mailbox, TaskLink};
 ///   for `as_of` to become final (the shard's upper to pass it) first.
 /// - Then, as the shard's upper advances, every later batch of updates at
 ///   their times.
+/// - Both are read as streams of bounded chunks ([`ChunkLimit::DEFAULT`]),
+///   so a worker holds about one chunk of a large read at a time. A read
+///   that fails part-way with an indeterminate error is read again and
+///   what was already emitted is skipped, within the [`RetryPolicy`].
 /// - Its output capability is downgraded exactly to the shard's upper as it
 ///   reads it, so downstream frontiers track the shard's upper; an empty
 ///   (sealed) upper closes the stream.
@@ -50,9 +57,11 @@ use crate::task::{Mailbox, TaskLink};
 /// # Read hold
 ///
 /// With [`with_read_hold`](Self::with_read_hold) the source downgrades the
-/// hold to what it has finished reading (the meet over this process's
-/// workers), so the collection cannot be compacted past what it still has
-/// to read, and is free to compact behind it. Without one the caller keeps
+/// hold to just before what it has yet to read (the meet over this
+/// process's workers), so the collection cannot be compacted past what it
+/// still has to read, and is free to compact behind it. Just before, not
+/// at: a fetch advances times by the since, and a since at the next fetch's
+/// lower would bring every update already emitted into that fetch. Without one the caller keeps
 /// the shard readable some other way; if the since passes what the source
 /// has to read anyway, it reports [`DataflowError::AsOfNotReadable`] (for
 /// the snapshot) or reads updates at their compacted times.
@@ -238,13 +247,96 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> ShardSource<T, B> {
                         }
                         status.set_frontier(batch.upper.clone());
                         if let Some(hold) = &read_hold {
-                            hold.report(worker, &batch.upper);
+                            hold.report(worker, &hold_before(&batch.upper));
                         }
                     }
                 }
             },
         );
         (stream.as_collection(), status)
+    }
+}
+
+/// Where a reader that has yet to read from `lower` holds the since: the
+/// time just before `lower` (the empty frontier, done, releases it).
+fn hold_before<T: StorageTimestamp>(lower: &Antichain<T>) -> Antichain<T> {
+    if lower.is_empty() {
+        Antichain::new()
+    } else {
+        step_back_frontier(lower)
+    }
+}
+
+/// A streamed read being consumed, which survives indeterminate failures
+/// part-way: the read is opened again and the entries already delivered
+/// are skipped ([`ResumePoint`]). A snapshot at one as-of, or a fetch of
+/// one range while the since stays before its lower (the read hold's
+/// job), is the same on every read, so nothing is delivered twice.
+struct Resuming<C, K> {
+    stream: Option<ReadStream<C>>,
+    point: ResumePoint<K>,
+    key: fn(&C) -> K,
+    restarts: u32,
+    backoff: Duration,
+}
+
+impl<C: Send + 'static, K: Ord> Resuming<C, K> {
+    fn new(stream: ReadStream<C>, key: fn(&C) -> K, retry: &RetryPolicy) -> Self {
+        Resuming {
+            stream: Some(stream),
+            point: ResumePoint::new(),
+            key,
+            restarts: 0,
+            backoff: retry.initial_backoff,
+        }
+    }
+
+    /// The next chunk not yet delivered, or `None` at the end; `open`
+    /// opens the read again after a failure part-way.
+    async fn next_chunk<F, Fut>(
+        &mut self,
+        retry: &RetryPolicy,
+        shard: ShardId,
+        operation: &'static str,
+        mut open: F,
+    ) -> Result<Option<Vec<C>>, DataflowError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<ReadStream<C>, BackendError>>,
+    {
+        loop {
+            let stream = match &mut self.stream {
+                Some(stream) => stream,
+                None => {
+                    let stream = retry.run(shard, operation, &mut open).await?;
+                    self.point.restart();
+                    self.stream.insert(stream)
+                }
+            };
+            match stream.next().await {
+                None => return Ok(None),
+                Some(Ok(chunk)) => {
+                    let chunk = self.point.admit(chunk, self.key);
+                    if !chunk.is_empty() {
+                        return Ok(Some(chunk));
+                    }
+                }
+                Some(Err(error)) if !error.is_determinate() && self.restarts < retry.retries => {
+                    tracing::debug!(%shard, operation, restart = self.restarts, %error, "reading again after a failure part-way");
+                    self.restarts += 1;
+                    self.stream = None;
+                    tokio::time::sleep(self.backoff).await;
+                    self.backoff = self.backoff.saturating_mul(2).min(retry.max_backoff);
+                }
+                Some(Err(error)) => {
+                    return Err(DataflowError::Backend {
+                        shard,
+                        operation,
+                        error: Box::new(error),
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -290,11 +382,10 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Reader<T, B> {
                 self.check_not_finalized().await?;
             }
         }
+        let open_snapshot = || backend.snapshot_stream(shard, &as_of, share, ChunkLimit::DEFAULT);
         let snapshot = match self
             .retry
-            .run(shard, "snapshot_share", || {
-                backend.snapshot_share(shard, &as_of, share)
-            })
+            .run(shard, "snapshot_stream", open_snapshot)
             .await
         {
             Err(DataflowError::Backend { error, .. })
@@ -314,14 +405,34 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Reader<T, B> {
             }
             other => other?,
         };
-        let mut updates: Vec<(Row, T, Diff)> = if self.until.less_equal(&as_of) {
-            Vec::new()
-        } else {
-            snapshot
-                .into_iter()
-                .map(|(row, diff)| (row, as_of, diff))
-                .collect()
-        };
+        // Each chunk goes out as it comes, at the as_of; the last one waits
+        // to go with the progress past the as_of.
+        let mut updates: Vec<(Row, T, Diff)> = Vec::new();
+        if !self.until.less_equal(&as_of) {
+            let at_as_of = Antichain::from_elem(as_of);
+            let mut snapshot = Resuming::new(snapshot, |(row, _)| row.clone(), &self.retry);
+            while let Some(rows) = snapshot
+                .next_chunk(&self.retry, shard, "snapshot_stream", open_snapshot)
+                .await?
+            {
+                let previous = std::mem::replace(
+                    &mut updates,
+                    rows.into_iter()
+                        .map(|(row, diff)| (row, as_of, diff))
+                        .collect(),
+                );
+                if !previous.is_empty()
+                    && !mailbox
+                        .send(ReadBatch {
+                            updates: previous,
+                            upper: at_as_of.clone(),
+                        })
+                        .await
+                {
+                    return Ok(());
+                }
+            }
+        }
         let mut lower: Antichain<T> = as_of.checked_step_forward().into_iter().collect();
         loop {
             let closes = lower.is_empty()
@@ -340,22 +451,45 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Reader<T, B> {
                     backend.wait_for_upper_past(shard, &lower)
                 })
                 .await?;
-            let fetched = self
-                .retry
-                .run(shard, "fetch_share", || {
-                    backend.fetch_share(shard, &lower, &new_upper, share)
-                })
-                .await?;
-            if new_upper.is_empty() || fetched.is_empty() {
+            let open_fetch =
+                || backend.fetch_stream(shard, &lower, &new_upper, share, ChunkLimit::DEFAULT);
+            let fetched = self.retry.run(shard, "fetch_stream", open_fetch).await?;
+            let mut fetch = Resuming::new(
+                fetched,
+                |update: &Update<T>| (update.timestamp, update.row.clone()),
+                &self.retry,
+            );
+            updates = Vec::new();
+            let mut fetched_any = false;
+            while let Some(chunk) = fetch
+                .next_chunk(&self.retry, shard, "fetch_stream", open_fetch)
+                .await?
+            {
+                fetched_any = true;
+                let previous = std::mem::replace(
+                    &mut updates,
+                    chunk
+                        .into_iter()
+                        .filter(|update| !self.until.less_equal(&update.timestamp))
+                        .map(|update| (update.row, update.timestamp, update.diff))
+                        .collect(),
+                );
+                if !previous.is_empty()
+                    && !mailbox
+                        .send(ReadBatch {
+                            updates: previous,
+                            upper: lower.clone(),
+                        })
+                        .await
+                {
+                    return Ok(());
+                }
+            }
+            if new_upper.is_empty() || !fetched_any {
                 // A finalized shard is sealed and reads as empty: tell it
                 // apart from a sealed or quiet one before reporting progress.
                 self.check_not_finalized().await?;
             }
-            updates = fetched
-                .into_iter()
-                .filter(|update| !self.until.less_equal(&update.timestamp))
-                .map(|update| (update.row, update.timestamp, update.diff))
-                .collect();
             lower = new_upper;
         }
     }
