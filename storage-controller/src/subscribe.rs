@@ -84,7 +84,7 @@ impl<'a, C: Send + 'static, K: Ord> ResumingRead<'a, C, K> {
                 Some(stream) => stream,
                 None => {
                     let open = &mut self.open;
-                    let stream = retry_indeterminate(self.retry, || open()).await?;
+                    let stream = retry_indeterminate(self.retry, open).await?;
                     self.stream.insert(stream)
                 }
             };
