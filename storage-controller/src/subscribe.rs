@@ -144,8 +144,11 @@ where
 /// One item of a [`Subscription`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SubscriptionEvent<T> {
-    /// Updates (the first batch is the snapshot, every update at the
-    /// as_of), consolidated and sorted by `(time, row)`.
+    /// Updates, consolidated and sorted by `(time, row)`. The batches before
+    /// the first progress are the snapshot (every update at the as_of), one
+    /// batch per read chunk (at most
+    /// [`ChunkLimit::DEFAULT`](tidemark_storage_types::ChunkLimit::DEFAULT)),
+    /// so a large snapshot comes as several; so does a large change.
     Updates(Vec<Update<T>>),
     /// Every update at a time not `>=` this frontier has been delivered.
     /// An empty frontier ends the stream.
@@ -155,11 +158,14 @@ pub enum SubscriptionEvent<T> {
 /// A stream of a collection's contents at an as_of followed by every later
 /// change. Made by [`Controller::subscribe`](crate::Controller::subscribe).
 ///
-/// While it lives it holds a read capability on the collection at the
-/// earliest time it has yet to read, so the collection's since cannot pass
-/// it; dropping it releases the hold (at the controller's next
-/// [`process`](crate::StorageController::process)). After an error item the
-/// stream ends.
+/// While it lives it holds a read capability on the collection just before
+/// the earliest time it has yet to read (at the as_of until the snapshot is
+/// delivered), so the collection's since cannot pass it, nor bring updates
+/// it has delivered back into its next read; dropping it releases the hold
+/// (at the controller's next
+/// [`process`](crate::StorageController::process)). Reads that fail
+/// part-way are read again without delivering anything twice. After an
+/// error item the stream ends.
 pub struct Subscription<T: StorageTimestamp> {
     id: GlobalId,
     events: mpsc::Receiver<Result<SubscriptionEvent<T>, StorageError>>,

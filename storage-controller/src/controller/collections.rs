@@ -356,8 +356,8 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
 
     /// A [`Subscription`] to collection `id` from `as_of`: the snapshot at
     /// `as_of`, then every later batch of updates with a progress message
-    /// after each. It holds a read capability on the collection (at the
-    /// times it has yet to read) until it is dropped; hold changes reach the
+    /// after each. It holds a read capability on the collection (just before
+    /// the times it has yet to read) until it is dropped; hold changes reach the
     /// collection at the next [`process`](crate::StorageController::process).
     ///
     /// # Errors
