@@ -32,15 +32,27 @@
 //! [`gc`](crate::S3Backend::gc) once the grace period has passed, so readers
 //! holding the older state can finish.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tidemark_storage_types::{BackendError, CompactionStats, Diff, Row, ShardId, StorageTimestamp};
+use bytes::Bytes;
+use tidemark_storage_types::{
+    BackendError, Batch, CompactionStats, Diff, Row, ShardId, StorageTimestamp, Update,
+    encode_batch,
+};
+use timely::progress::Antichain;
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::buckets::{BucketSet, bucket_bit, bucket_of, group_count};
 use crate::clock::epoch_millis;
-use crate::codec::{EncodedPart, advance_time, encode_parts};
-use crate::state::{BatchRef, PartRef, RetiredPart, ShardState, decode_frontier, frontier_le};
+use crate::codec::{CODEC_BYTES_PER_UPDATE, EncodedPart, advance_time};
+use crate::state::{
+    BatchRef, EncodedFrontier, PartRef, RetiredPart, ShardState, decode_frontier, frontier_le,
+};
+use crate::store::Store;
+use crate::stream::{Merger, PartFetcher, PartTransform};
 use crate::{S3Backend, Step};
 
 /// A run of adjacent batches `[start, end)` to merge.
@@ -109,6 +121,202 @@ fn holds_unadvanced_times(batch: &BatchRef, state: &ShardState) -> bool {
     // Every time is already the batch since: advancing merges nothing.
     let all_at_batch_since = frontier_le(batch.upper, Some(batch_since));
     batch_since < since && least < since && !all_at_batch_since
+}
+
+/// How many parts' worth of updates a compaction's writer buffers across
+/// its bucket groups before it writes the fullest group's part early: the
+/// writer's memory bound (a batch of many groups gets smaller parts rather
+/// than a part buffer per group).
+const WRITER_BUFFER_PARTS: usize = 8;
+
+/// Writes a merged batch as parts while the merge runs: one buffer per
+/// bucket group (the layout of [`encode_parts`](crate::codec::encode_parts)),
+/// a group's part written when it reaches the part size or when the
+/// buffers together reach [`WRITER_BUFFER_PARTS`] parts (then the fullest
+/// is written), at most `concurrency` uploads in flight.
+struct StreamingPartWriter<T: StorageTimestamp> {
+    store: Arc<Store>,
+    shard: ShardId,
+    bounds: Arc<[Antichain<T>; 3]>,
+    part_size_bytes: usize,
+    buffer_bytes: usize,
+    concurrency: usize,
+    groups: Vec<GroupBuffer<T>>,
+    buffered: usize,
+    /// Every part started, in `(group, order written)` order once sorted.
+    started: Vec<(u32, usize, PartRef)>,
+    /// Uploads in flight, each answering its part's index in `started`
+    /// and its encoded size.
+    uploads: VecDeque<JoinHandle<Result<(usize, u64), BackendError>>>,
+}
+
+/// The updates of one bucket group not yet written.
+struct GroupBuffer<T> {
+    updates: Vec<Update<T>>,
+    bytes: usize,
+    buckets: BucketSet,
+}
+
+impl<T: StorageTimestamp> StreamingPartWriter<T> {
+    /// A writer for a batch with `bounds` (lower, upper, since) of at most
+    /// about `input_bytes` encoded bytes (which fixes its group count).
+    fn new(
+        backend: &S3Backend,
+        shard: ShardId,
+        bounds: [EncodedFrontier; 3],
+        input_bytes: usize,
+    ) -> Self {
+        let config = backend.config();
+        let part_size_bytes = config.part_size_bytes;
+        let groups = group_count(input_bytes, part_size_bytes);
+        StreamingPartWriter {
+            store: Arc::new(backend.store().clone()),
+            shard,
+            bounds: Arc::new(bounds.map(decode_frontier)),
+            part_size_bytes,
+            buffer_bytes: part_size_bytes.saturating_mul(WRITER_BUFFER_PARTS),
+            concurrency: config.concurrency.max(1),
+            groups: (0..groups)
+                .map(|_| GroupBuffer {
+                    updates: Vec::new(),
+                    bytes: 0,
+                    buckets: 0,
+                })
+                .collect(),
+            buffered: 0,
+            started: Vec::new(),
+            uploads: VecDeque::new(),
+        }
+    }
+
+    /// Adds the next update (in `(row, time)` order).
+    async fn push(&mut self, row: Row, time: T, diff: Diff) -> Result<(), BackendError> {
+        let bucket = bucket_of(&row);
+        let group = (bucket % self.groups.len() as u32) as usize;
+        let bytes = row.byte_len() + CODEC_BYTES_PER_UPDATE;
+        let buffer = &mut self.groups[group];
+        buffer.bytes += bytes;
+        buffer.buckets |= bucket_bit(bucket);
+        buffer.updates.push(Update::new(row, time, diff));
+        self.buffered += bytes;
+        if self.groups[group].bytes >= self.part_size_bytes {
+            self.write_group(group).await?;
+        } else if self.buffered >= self.buffer_bytes {
+            let fullest = (0..self.groups.len())
+                .max_by_key(|&group| self.groups[group].bytes)
+                .expect("at least one group");
+            self.write_group(fullest).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts writing group `group`'s buffered updates as a part.
+    async fn write_group(&mut self, group: usize) -> Result<(), BackendError> {
+        let buffer = &mut self.groups[group];
+        if buffer.updates.is_empty() {
+            return Ok(());
+        }
+        let updates = std::mem::take(&mut buffer.updates);
+        let buckets = std::mem::take(&mut buffer.buckets);
+        self.buffered -= std::mem::take(&mut buffer.bytes);
+        while self.uploads.len() >= self.concurrency {
+            self.wait_oldest().await?;
+        }
+        let id = Uuid::new_v4();
+        let group = u32::try_from(group).expect("at most BUCKETS groups");
+        self.started.push((
+            group,
+            self.started.len(),
+            PartRef {
+                id,
+                updates: updates.len() as u64,
+                bytes: 0,
+                buckets,
+                run: group,
+                inline: None,
+            },
+        ));
+        let index = self.started.len() - 1;
+        let (store, shard, bounds) = (
+            Arc::clone(&self.store),
+            self.shard,
+            Arc::clone(&self.bounds),
+        );
+        self.uploads.push_back(tokio::spawn(async move {
+            let [lower, upper, since] = &*bounds;
+            let batch = Batch {
+                lower: lower.clone(),
+                upper: upper.clone(),
+                since: since.clone(),
+                updates,
+            };
+            let body = encode_batch(&batch).map_err(|err| err.into_backend_error(shard))?;
+            let size = body.len() as u64;
+            let key = store.keys.part(shard, id);
+            store.put("put_part", &key, Bytes::from(body)).await?;
+            Ok((index, size))
+        }));
+        Ok(())
+    }
+
+    async fn wait_oldest(&mut self) -> Result<(), BackendError> {
+        let Some(upload) = self.uploads.pop_front() else {
+            return Ok(());
+        };
+        let (index, size) = upload.await.map_err(|err| {
+            BackendError::indeterminate(format!("part upload task failed: error={err}"))
+        })??;
+        self.started[index].2.bytes = size;
+        Ok(())
+    }
+
+    /// Writes what is buffered and waits for every upload; returns the
+    /// batch's parts in run order.
+    async fn finish(&mut self) -> Result<Vec<PartRef>, BackendError> {
+        for group in 0..self.groups.len() {
+            self.write_group(group).await?;
+        }
+        while !self.uploads.is_empty() {
+            self.wait_oldest().await?;
+        }
+        let mut parts = self.started.clone();
+        parts.sort_by_key(|(group, order, _)| (*group, *order));
+        Ok(parts.into_iter().map(|(_, _, part)| part).collect())
+    }
+
+    /// The parts started, to delete if the batch is not committed.
+    fn written_parts(&self) -> Vec<EncodedPart> {
+        self.started
+            .iter()
+            .map(|(_, _, part)| EncodedPart {
+                part: part.clone(),
+                body: Bytes::new(),
+            })
+            .collect()
+    }
+
+    /// Stops the uploads and deletes whatever parts were started.
+    async fn abandon(&mut self) {
+        for upload in self.uploads.drain(..) {
+            upload.abort();
+            let _ = upload.await;
+        }
+        let keys: Vec<String> = self
+            .started
+            .iter()
+            .map(|(_, _, part)| self.store.keys.part(self.shard, part.id))
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        if let Err(err) = self
+            .store
+            .delete_many("delete_unreferenced_parts", keys)
+            .await
+        {
+            tracing::warn!(shard = %self.shard, error = %err, "could not delete unreferenced parts, gc will");
+        }
+    }
 }
 
 /// The merged replacement of one run.
@@ -188,9 +396,12 @@ impl S3Backend {
         }
     }
 
-    /// Reads a run's parts, advances times to the state's since,
-    /// consolidates and writes the result as new parts. `None` if a part is
-    /// gone.
+    /// Merges a run's batches as a stream: the runs of their parts are
+    /// merged (times advanced to the state's since, equal updates
+    /// consolidated as the merge passes them) and the result is written as
+    /// new parts as they fill, so the run is never in memory whole.
+    /// `None` if a part is gone (another compaction replaced these batches);
+    /// the parts already written are then deleted.
     async fn merge_run<T: StorageTimestamp>(
         &self,
         shard: ShardId,
@@ -199,47 +410,70 @@ impl S3Backend {
     ) -> Result<Option<Merged>, BackendError> {
         let replaced: Vec<BatchRef> = state.batches[run.start..run.end].to_vec();
         let since = state.since;
-        let parts = replaced
+        let runs: Vec<Vec<PartRef>> = replaced
             .iter()
-            .flat_map(|batch| batch.parts.iter().cloned())
+            .flat_map(BatchRef::runs)
+            .map(<[PartRef]>::to_vec)
             .collect();
-        let loaded = self
-            .load_parts::<T, _, _>(shard, parts, move |_part, updates| {
-                updates
-                    .into_iter()
-                    .map(|update| {
-                        (
-                            update.row,
-                            advance_time(update.timestamp, since),
-                            update.diff,
-                        )
-                    })
-                    .collect::<Vec<(Row, T, Diff)>>()
-            })
-            .await?;
-        let Ok(runs) = loaded else {
-            return Ok(None);
-        };
-        let updates: Vec<(Row, T, Diff)> = runs.into_iter().flatten().collect();
+        // Advancing times by the since keeps each run's `(row, time)` order
+        // (the join with a fixed time is monotone).
+        let transform: PartTransform<T, (Row, T, Diff)> = Arc::new(move |_part, updates| {
+            updates
+                .into_iter()
+                .map(|update| {
+                    (
+                        update.row,
+                        advance_time(update.timestamp, since),
+                        update.diff,
+                    )
+                })
+                .collect()
+        });
+        let mut merger = Merger::new(runs, PartFetcher::new(self, shard), transform);
         let first = replaced.first().expect("runs are not empty");
         let last = replaced.last().expect("runs are not empty");
-        let (batch, parts) = encode_parts(
-            updates,
-            &decode_frontier(first.lower),
-            &decode_frontier(last.upper),
-            &decode_frontier(since),
-            self.config().part_size_bytes,
-        )
-        .map_err(|err| err.into_backend_error(shard))?;
-        // SUBTLE: the merged parts are written before the state that
-        // references them.
-        self.upload_parts(shard, &parts).await?;
-        Ok(Some(Merged {
-            run,
-            replaced,
-            batch,
-            parts,
-        }))
+        let input_bytes: u64 = replaced.iter().map(BatchRef::bytes).sum();
+        let mut writer = StreamingPartWriter::<T>::new(
+            self,
+            shard,
+            [first.lower, last.upper, since],
+            usize::try_from(input_bytes).unwrap_or(usize::MAX),
+        );
+        let outcome = async {
+            loop {
+                match merger.next().await? {
+                    Ok(Some((row, time, diff))) => writer.push(row, time, diff).await?,
+                    Ok(None) => return writer.finish().await.map(Some),
+                    Err(_gone) => return Ok(None),
+                }
+            }
+        }
+        .await;
+        match outcome {
+            Ok(Some(parts)) => {
+                let batch = BatchRef {
+                    lower: first.lower,
+                    upper: last.upper,
+                    since,
+                    parts,
+                };
+                let parts = writer.written_parts();
+                Ok(Some(Merged {
+                    run,
+                    replaced,
+                    batch,
+                    parts,
+                }))
+            }
+            Ok(None) => {
+                writer.abandon().await;
+                Ok(None)
+            }
+            Err(err) => {
+                writer.abandon().await;
+                Err(err)
+            }
+        }
     }
 
     /// Deletes retired parts whose grace period has passed; returns their ids
