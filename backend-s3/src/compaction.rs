@@ -45,9 +45,10 @@ use timely::progress::Antichain;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::buckets::{BucketSet, bucket_bit, bucket_of, group_count};
+use crate::buckets::{BUCKETS, BucketSet, bucket_bit, bucket_of, group_count};
 use crate::clock::epoch_millis;
 use crate::codec::{CODEC_BYTES_PER_UPDATE, EncodedPart, advance_time};
+use crate::config::MIN_PART_SIZE_BYTES;
 use crate::state::{
     BatchRef, EncodedFrontier, PartRef, RetiredPart, ShardState, decode_frontier, frontier_le,
 };
@@ -123,26 +124,49 @@ fn holds_unadvanced_times(batch: &BatchRef, state: &ShardState) -> bool {
     batch_since < since && least < since && !all_at_batch_since
 }
 
-/// How many parts' worth of updates a compaction's writer buffers across
-/// its bucket groups before it writes the fullest group's part early: the
-/// writer's memory bound (a batch of many groups gets smaller parts rather
-/// than a part buffer per group).
-const WRITER_BUFFER_PARTS: usize = 8;
+/// How many parts' worth of bytes the parts of all bucket groups of a
+/// compacted batch hold together, one part per group: a batch of more than
+/// this many groups gets parts smaller than the configured size, so that a
+/// reader, which merges every run of a batch at once holding a part of
+/// each, holds at most this many parts' worth of it (decision 114).
+const MERGED_PARTS_PER_BATCH: usize = 8;
+
+/// How many passes a merge of `replaced` into `groups` bucket groups makes:
+/// pass `p` merges the rows whose bucket `b` has `b % passes == p`, so it
+/// holds a part of only the input runs that can hold such rows. As many
+/// passes as the input batch with the most runs has (at most `groups`, a
+/// power of two), so each input part is downloaded once when the inputs
+/// are comparable batches, and a small input (fewer runs, each holding
+/// many buckets) is downloaded once per pass it meets.
+fn merge_passes(replaced: &[BatchRef], groups: usize) -> u32 {
+    let most_runs = replaced
+        .iter()
+        .map(|batch| batch.runs().count())
+        .max()
+        .unwrap_or(1)
+        .clamp(1, groups.max(1));
+    1 << most_runs.ilog2()
+}
+
+/// The buckets pass `pass` of `passes` merges.
+fn pass_buckets(passes: u32, pass: u32) -> BucketSet {
+    (0..BUCKETS)
+        .filter(|bucket| bucket % passes == pass)
+        .fold(0, |set, bucket| set | bucket_bit(bucket))
+}
 
 /// Writes a merged batch as parts while the merge runs: one buffer per
 /// bucket group (the layout of [`encode_parts`](crate::codec::encode_parts)),
-/// a group's part written when it reaches the part size or when the
-/// buffers together reach [`WRITER_BUFFER_PARTS`] parts (then the fullest
-/// is written), at most `concurrency` uploads in flight.
+/// a group's part written when it reaches the part target (the configured
+/// size, smaller for a batch of more than [`MERGED_PARTS_PER_BATCH`]
+/// groups), at most `concurrency` uploads in flight.
 struct StreamingPartWriter<T: StorageTimestamp> {
     store: Arc<Store>,
     shard: ShardId,
     bounds: Arc<[Antichain<T>; 3]>,
-    part_size_bytes: usize,
-    buffer_bytes: usize,
+    part_target_bytes: usize,
     concurrency: usize,
     groups: Vec<GroupBuffer<T>>,
-    buffered: usize,
     /// Every part started, in `(group, order written)` order once sorted.
     started: Vec<(u32, usize, PartRef)>,
     /// Uploads in flight, each answering its part's index in `started`
@@ -169,12 +193,14 @@ impl<T: StorageTimestamp> StreamingPartWriter<T> {
         let config = backend.config();
         let part_size_bytes = config.part_size_bytes;
         let groups = group_count(input_bytes, part_size_bytes);
+        let part_target_bytes = (part_size_bytes.saturating_mul(MERGED_PARTS_PER_BATCH)
+            / groups as usize)
+            .clamp(MIN_PART_SIZE_BYTES.min(part_size_bytes), part_size_bytes);
         StreamingPartWriter {
             store: Arc::new(backend.store().clone()),
             shard,
             bounds: Arc::new(bounds.map(decode_frontier)),
-            part_size_bytes,
-            buffer_bytes: part_size_bytes.saturating_mul(WRITER_BUFFER_PARTS),
+            part_target_bytes,
             concurrency: config.concurrency.max(1),
             groups: (0..groups)
                 .map(|_| GroupBuffer {
@@ -183,7 +209,6 @@ impl<T: StorageTimestamp> StreamingPartWriter<T> {
                     buckets: 0,
                 })
                 .collect(),
-            buffered: 0,
             started: Vec::new(),
             uploads: VecDeque::new(),
         }
@@ -198,14 +223,19 @@ impl<T: StorageTimestamp> StreamingPartWriter<T> {
         buffer.bytes += bytes;
         buffer.buckets |= bucket_bit(bucket);
         buffer.updates.push(Update::new(row, time, diff));
-        self.buffered += bytes;
-        if self.groups[group].bytes >= self.part_size_bytes {
+        if buffer.bytes >= self.part_target_bytes {
             self.write_group(group).await?;
-        } else if self.buffered >= self.buffer_bytes {
-            let fullest = (0..self.groups.len())
-                .max_by_key(|&group| self.groups[group].bytes)
-                .expect("at least one group");
-            self.write_group(fullest).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered updates of every group whose buckets are in
+    /// `buckets`.
+    async fn write_groups(&mut self, buckets: BucketSet) -> Result<(), BackendError> {
+        for group in 0..self.groups.len() {
+            if self.groups[group].buckets & !buckets == 0 {
+                self.write_group(group).await?;
+            }
         }
         Ok(())
     }
@@ -218,7 +248,7 @@ impl<T: StorageTimestamp> StreamingPartWriter<T> {
         }
         let updates = std::mem::take(&mut buffer.updates);
         let buckets = std::mem::take(&mut buffer.buckets);
-        self.buffered -= std::mem::take(&mut buffer.bytes);
+        buffer.bytes = 0;
         while self.uploads.len() >= self.concurrency {
             self.wait_oldest().await?;
         }
@@ -410,26 +440,6 @@ impl S3Backend {
     ) -> Result<Option<Merged>, BackendError> {
         let replaced: Vec<BatchRef> = state.batches[run.start..run.end].to_vec();
         let since = state.since;
-        let runs: Vec<Vec<PartRef>> = replaced
-            .iter()
-            .flat_map(BatchRef::runs)
-            .map(<[PartRef]>::to_vec)
-            .collect();
-        // Advancing times by the since keeps each run's `(row, time)` order
-        // (the join with a fixed time is monotone).
-        let transform: PartTransform<T, (Row, T, Diff)> = Arc::new(move |_part, updates| {
-            updates
-                .into_iter()
-                .map(|update| {
-                    (
-                        update.row,
-                        advance_time(update.timestamp, since),
-                        update.diff,
-                    )
-                })
-                .collect()
-        });
-        let mut merger = Merger::new(runs, PartFetcher::new(self, shard), transform);
         let first = replaced.first().expect("runs are not empty");
         let last = replaced.last().expect("runs are not empty");
         let input_bytes: u64 = replaced.iter().map(BatchRef::bytes).sum();
@@ -439,14 +449,54 @@ impl S3Backend {
             [first.lower, last.upper, since],
             usize::try_from(input_bytes).unwrap_or(usize::MAX),
         );
+        let passes = merge_passes(&replaced, writer.groups.len());
         let outcome = async {
-            loop {
-                match merger.next().await? {
-                    Ok(Some((row, time, diff))) => writer.push(row, time, diff).await?,
-                    Ok(None) => return writer.finish().await.map(Some),
-                    Err(_gone) => return Ok(None),
+            for pass in 0..passes {
+                let pass_buckets = pass_buckets(passes, pass);
+                // Each pass merges the rows of its buckets: the input parts
+                // holding any, and of those only the rows in its buckets.
+                let runs: Vec<Vec<PartRef>> = replaced
+                    .iter()
+                    .flat_map(BatchRef::runs)
+                    .map(|run| {
+                        run.iter()
+                            .filter(|part| part.buckets & pass_buckets != 0)
+                            .cloned()
+                            .collect()
+                    })
+                    .collect();
+                // Advancing times by the since keeps each run's
+                // `(row, time)` order (the join with a fixed time is
+                // monotone).
+                let transform: PartTransform<T, (Row, T, Diff)> = Arc::new(move |part, updates| {
+                    let whole = part.buckets & !pass_buckets == 0;
+                    updates
+                        .into_iter()
+                        .filter(|update| {
+                            whole || bucket_bit(bucket_of(&update.row)) & pass_buckets != 0
+                        })
+                        .map(|update| {
+                            (
+                                update.row,
+                                advance_time(update.timestamp, since),
+                                update.diff,
+                            )
+                        })
+                        .collect()
+                });
+                let mut merger = Merger::new(runs, PartFetcher::new(self, shard), transform);
+                loop {
+                    match merger.next().await? {
+                        Ok(Some((row, time, diff))) => writer.push(row, time, diff).await?,
+                        Ok(None) => break,
+                        Err(_gone) => return Ok(None),
+                    }
                 }
+                // The pass's groups are complete: their last parts are
+                // written now, so the buffers hold one pass at a time.
+                writer.write_groups(pass_buckets).await?;
             }
+            writer.finish().await.map(Some)
         }
         .await;
         match outcome {
