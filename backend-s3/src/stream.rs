@@ -46,6 +46,7 @@
 //!   and 063).
 
 use std::cmp::Ordering;
+use std::collections::binary_heap::PeekMut;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 
@@ -382,35 +383,32 @@ impl<T: StorageTimestamp, E: MergeEntry> Merger<T, E> {
         }
     }
 
-    /// Pulls the next entry of run `run` into the heap.
-    async fn advance(&mut self, run: usize) -> Result<Result<(), PartGone>, BackendError> {
-        match self.runs[run].next(&self.fetcher, &self.transform).await? {
-            Ok(Some(entry)) => {
-                self.heap.push(Head { entry, run });
-                Ok(Ok(()))
-            }
-            Ok(None) => Ok(Ok(())),
-            Err(gone) => Ok(Err(gone)),
-        }
-    }
-
     /// The next consolidated entry with a non-zero diff; `None` at the end.
     pub(crate) async fn next(&mut self) -> Result<Result<Option<E>, PartGone>, BackendError> {
         if !self.seeded {
             for run in 0..self.runs.len() {
-                if let Err(gone) = self.advance(run).await? {
-                    return Ok(Err(gone));
+                match self.runs[run].next(&self.fetcher, &self.transform).await? {
+                    Ok(Some(entry)) => self.heap.push(Head { entry, run }),
+                    Ok(None) => {}
+                    Err(gone) => return Ok(Err(gone)),
                 }
             }
             self.seeded = true;
         }
         loop {
-            let Some(Head { entry, run }) = self.heap.pop() else {
+            let Some(mut top) = self.heap.peek_mut() else {
                 return Ok(Ok(self.pending.take().filter(|entry| entry.diff() != 0)));
             };
-            if let Err(gone) = self.advance(run).await? {
-                return Ok(Err(gone));
-            }
+            // The smallest entry is replaced by the next of its run (one
+            // sift down), or leaves the heap with its run.
+            let entry = match self.runs[top.run]
+                .next(&self.fetcher, &self.transform)
+                .await?
+            {
+                Ok(Some(next)) => std::mem::replace(&mut top.entry, next),
+                Ok(None) => PeekMut::pop(top).entry,
+                Err(gone) => return Ok(Err(gone)),
+            };
             match &mut self.pending {
                 Some(pending) if pending.key_cmp(&entry) == Ordering::Equal => {
                     *pending.diff_mut() += entry.diff();
