@@ -24,8 +24,14 @@
 //! - **Fetches in time order.** A fetch yields `(time, row)` order. The
 //!   batches of a shard cover consecutive time ranges, so a fetch reads them
 //!   in order; a batch whose times (advanced by the since) are one time is
-//!   merged by row like a snapshot, and a batch holding several times is
-//!   read whole and sorted (its memory is the batch's).
+//!   merged by row like a snapshot. A batch holding several times is read
+//!   in time windows: each pass reads its parts and keeps the entries from
+//!   the window's first time on, moving the window's end back to the
+//!   median kept time whenever they exceed a budget
+//!   ([`WINDOW_BUDGET_BYTES`]); the window is sorted and yielded and the
+//!   next pass starts where it ended. A first time that alone fills half
+//!   the budget is read by itself, merged by row. Memory stays bounded;
+//!   such a batch is downloaded once per window.
 //! - **Parts deleted under an open stream.** Replaced parts are deleted a
 //!   grace period after the replacement commits, so a stream that stays
 //!   open longer may find one gone. It then reads the state again: if the
@@ -73,6 +79,10 @@ use crate::store::Store;
 /// Times a stream starts over from a fresh state after finding a part gone.
 const MAX_RESTARTS: usize = 5;
 
+/// The entries (counted as [`ChunkEntry::chunk_bytes`]) one pass over a
+/// segment of several times keeps before it narrows its time window.
+const WINDOW_BUDGET_BYTES: usize = 64 << 20;
+
 /// A part no longer exists: its key.
 #[derive(Debug)]
 pub(crate) struct PartGone {
@@ -89,7 +99,7 @@ pub(crate) type PartTransform<T, E> =
 
 /// An entry a merge orders, consolidates and drops when its diff sums to
 /// zero.
-pub(crate) trait MergeEntry: Clone + Send + 'static {
+pub(crate) trait MergeEntry: Clone + Send + Sync + 'static {
     /// The merge order of the entries' keys (everything but the diff).
     fn key_cmp(&self, other: &Self) -> Ordering;
     /// The entry's diff.
@@ -201,30 +211,6 @@ impl PartFetcher {
         .map_err(|err| {
             BackendError::indeterminate(format!("part decode task failed: error={err}"))
         })?
-    }
-
-    /// Fetches `parts` (at most `concurrency` at once) and concatenates
-    /// their entries.
-    async fn fetch_all<T: StorageTimestamp, E: Send + 'static>(
-        &self,
-        parts: Vec<PartRef>,
-        transform: &PartTransform<T, E>,
-    ) -> PartOutcome<E> {
-        let handles: Vec<_> = parts
-            .into_iter()
-            .map(|part| self.spawn(part, Arc::clone(transform)))
-            .collect();
-        let mut guard = AbortOnDrop(handles.into_iter().collect());
-        let mut entries = Vec::new();
-        while let Some(handle) = guard.0.front_mut() {
-            let outcome = join_part(handle).await;
-            guard.0.pop_front();
-            match outcome? {
-                Ok(part) => entries.extend(part),
-                Err(gone) => return Ok(Err(gone)),
-            }
-        }
-        Ok(Ok(entries))
     }
 }
 
@@ -429,8 +415,12 @@ impl<T: StorageTimestamp, E: MergeEntry> Merger<T, E> {
 enum Segment {
     /// Runs whose merge by the parts' order is the read's order.
     Merge(Vec<Vec<PartRef>>),
-    /// Parts read whole and sorted by the read's key.
-    Sort(Vec<PartRef>),
+    /// Runs holding several times, read in time windows: each pass reads
+    /// every part and keeps the entries from time `from` (encoded) on, up
+    /// to a cutoff that shrinks to keep them within
+    /// [`WINDOW_BUDGET_BYTES`]; they are sorted and yielded, and the next
+    /// pass starts at the cutoff.
+    Windows { runs: Vec<Vec<PartRef>>, from: i64 },
 }
 
 /// What a streamed read reads from a state.
@@ -446,6 +436,32 @@ trait ReadPlan<T: StorageTimestamp>: Send + Sync + 'static {
     /// `None` if `fresh`, a later state of the shard, gives the same answer
     /// as `fixed`, the state the read was opened on; else what changed.
     fn changed(&self, fixed: &ShardState, fresh: &ShardState) -> Option<String>;
+
+    /// An entry's time, encoded: what [`Segment::Windows`] divides by (only
+    /// reads ordered by time first have such segments).
+    fn entry_time(entry: &Self::Entry) -> i64;
+
+    /// The entry with its row in an allocation of its own, so that keeping
+    /// it does not keep the whole part it was decoded from.
+    fn detached(entry: Self::Entry) -> Self::Entry;
+
+    /// `transform`, keeping only the entries at time `time` (encoded).
+    fn at_time(
+        transform: PartTransform<T, Self::Entry>,
+        time: i64,
+    ) -> PartTransform<T, Self::Entry> {
+        Arc::new(move |part, updates| {
+            let mut entries = transform(part, updates);
+            entries.retain(|entry| Self::entry_time(entry) == time);
+            entries
+        })
+    }
+}
+
+/// A row in an allocation of its own.
+fn detached_row(row: &Row) -> Row {
+    // A row that was decoded once decodes again.
+    Row::from_bytes(row.as_bytes()).unwrap_or_else(|_| row.clone())
 }
 
 /// A snapshot share at an as-of.
@@ -503,6 +519,15 @@ impl<T: StorageTimestamp> ReadPlan<T> for SnapshotPlan<T> {
         }
         None
     }
+
+    /// A snapshot has no windows: every entry counts as one time.
+    fn entry_time(_entry: &(Row, Diff)) -> i64 {
+        0
+    }
+
+    fn detached((row, diff): (Row, Diff)) -> (Row, Diff) {
+        (detached_row(&row), diff)
+    }
 }
 
 /// A fetch share of `[lower, upper)`.
@@ -545,14 +570,6 @@ impl<T: StorageTimestamp> ReadPlan<T> for FetchPlan {
         let (at_since, later): (Vec<&BatchRef>, Vec<&BatchRef>) = batches
             .into_iter()
             .partition(|batch| frontier_join(batch.lower, since) == since);
-        let parts_of = |batches: &[&BatchRef]| -> Vec<PartRef> {
-            batches
-                .iter()
-                .flat_map(|batch| batch.parts.iter())
-                .filter(|part| self.buckets.needs_part(part.buckets))
-                .cloned()
-                .collect()
-        };
         let runs_of = |batches: &[&BatchRef]| -> Vec<Vec<PartRef>> {
             batches
                 .iter()
@@ -573,7 +590,15 @@ impl<T: StorageTimestamp> ReadPlan<T> for FetchPlan {
             {
                 Segment::Merge(runs_of(batches))
             } else {
-                Segment::Sort(parts_of(batches))
+                let from = batches
+                    .iter()
+                    .filter_map(|batch| frontier_join(batch.lower, since))
+                    .min()
+                    .unwrap_or(i64::MIN);
+                Segment::Windows {
+                    runs: runs_of(batches),
+                    from,
+                }
             }
         };
         let mut segments = VecDeque::new();
@@ -615,6 +640,14 @@ impl<T: StorageTimestamp> ReadPlan<T> for FetchPlan {
         }
         None
     }
+
+    fn entry_time(entry: &Update<T>) -> i64 {
+        entry.timestamp.encode()
+    }
+
+    fn detached(entry: Update<T>) -> Update<T> {
+        Update::new(detached_row(&entry.row), entry.timestamp, entry.diff)
+    }
 }
 
 /// Whether `batch` may hold updates whose times, advanced by `since`, fall
@@ -636,6 +669,58 @@ pub(crate) fn batch_in_range(
         !frontier_le(batch.upper, lower)
     };
     starts_before_upper && ends_after_lower
+}
+
+/// How [`narrow_window`] left a window.
+#[derive(Debug, PartialEq, Eq)]
+enum Narrowed {
+    /// The kept entries are within the budget.
+    Fits,
+    /// The window now ends before this time (encoded); the kept entries are
+    /// those before it, within the budget.
+    EndsAt(i64),
+    /// Half the kept entries or more are at the window's first time, `from`.
+    FirstTimeAlone,
+}
+
+/// Keeps the entries of a window starting at `from` within `budget` bytes
+/// (`kept_bytes` is their sum): while they exceed it, the window's end
+/// moves back to the median kept time (or to the least one, if that is the
+/// median) and the entries at or after it are dropped.
+fn narrow_window<E: ChunkEntry>(
+    kept: &mut Vec<E>,
+    kept_bytes: &mut usize,
+    budget: usize,
+    from: i64,
+    time_of: impl Fn(&E) -> i64,
+) -> Narrowed {
+    let mut narrowed = Narrowed::Fits;
+    while *kept_bytes > budget && !kept.is_empty() {
+        let middle = kept.len() / 2;
+        kept.select_nth_unstable_by_key(middle, |entry| time_of(entry));
+        let median = time_of(&kept[middle]);
+        let least = kept.iter().map(&time_of).min().unwrap_or(median);
+        let end = if median > least {
+            median
+        } else if least > from {
+            least
+        } else {
+            return Narrowed::FirstTimeAlone;
+        };
+        kept.retain(|entry| time_of(entry) < end);
+        *kept_bytes = kept.iter().map(ChunkEntry::chunk_bytes).sum();
+        narrowed = Narrowed::EndsAt(end);
+    }
+    narrowed
+}
+
+/// What one pass of a [`Segment::Windows`] found.
+enum WindowPass<E> {
+    /// The entries of the window, sorted; the next window's first time, if
+    /// the window ended before the segment did.
+    Sorted { entries: Vec<E>, next: Option<i64> },
+    /// The window's first time alone holds half the budget or more.
+    FirstTimeAlone,
 }
 
 /// A streamed read in progress.
@@ -716,16 +801,27 @@ impl<T: StorageTimestamp, P: ReadPlan<T>> StreamState<T, P> {
                         self.current =
                             Some(Merger::new(runs, fetcher, Arc::clone(&self.transform)));
                     }
-                    Some(Segment::Sort(parts)) => {
+                    Some(Segment::Windows { runs, from }) => {
                         let fetcher = PartFetcher::new(&self.backend, self.shard);
-                        match fetcher.fetch_all(parts, &self.transform).await? {
-                            Ok(mut entries) => {
-                                entries.sort_by(MergeEntry::key_cmp);
+                        match self.window_pass(&fetcher, &runs, from).await? {
+                            Ok(WindowPass::Sorted { entries, next }) => {
+                                if let Some(next) = next {
+                                    self.segments
+                                        .push_front(Segment::Windows { runs, from: next });
+                                }
                                 self.current = Some(Merger::of_sorted(
                                     entries,
                                     fetcher,
                                     Arc::clone(&self.transform),
                                 ));
+                            }
+                            Ok(WindowPass::FirstTimeAlone) => {
+                                let transform = P::at_time(Arc::clone(&self.transform), from);
+                                self.current = Some(Merger::new(runs.clone(), fetcher, transform));
+                                if let Some(next) = from.checked_add(1) {
+                                    self.segments
+                                        .push_front(Segment::Windows { runs, from: next });
+                                }
                             }
                             Err(gone) => {
                                 if let Some(chunk) = self.restart(&gone).await? {
@@ -757,6 +853,70 @@ impl<T: StorageTimestamp, P: ReadPlan<T>> StreamState<T, P> {
                 }
             }
         }
+    }
+
+    /// One pass of a [`Segment::Windows`] from time `from`: every part read
+    /// (at most `concurrency` ahead), the entries from `from` on kept while
+    /// within [`WINDOW_BUDGET_BYTES`], the window's end moved back to the
+    /// median kept time whenever they are not.
+    async fn window_pass(
+        &self,
+        fetcher: &PartFetcher,
+        runs: &[Vec<PartRef>],
+        from: i64,
+    ) -> Result<Result<WindowPass<P::Entry>, PartGone>, BackendError> {
+        let parts: Vec<PartRef> = runs.iter().flatten().cloned().collect();
+        let ahead = self.backend.config().concurrency.max(1);
+        let transform = Arc::clone(&self.transform);
+        let mut parts = futures::stream::iter(parts)
+            .map(|part| {
+                let mut task =
+                    AbortOnDrop(VecDeque::from(
+                        [fetcher.spawn(part, Arc::clone(&transform))],
+                    ));
+                async move {
+                    match task.0.front_mut() {
+                        Some(handle) => join_part(handle).await,
+                        None => Ok(Ok(Vec::new())),
+                    }
+                }
+            })
+            .buffered(ahead);
+        let mut kept: Vec<P::Entry> = Vec::new();
+        let mut kept_bytes = 0usize;
+        // Entries at or after `cutoff` are left to a later pass.
+        let mut cutoff: Option<i64> = None;
+        while let Some(outcome) = parts.next().await {
+            let entries = match outcome? {
+                Ok(entries) => entries,
+                Err(gone) => return Ok(Err(gone)),
+            };
+            for entry in entries {
+                let time = P::entry_time(&entry);
+                if time < from || cutoff.is_some_and(|cutoff| time >= cutoff) {
+                    continue;
+                }
+                let entry = P::detached(entry);
+                kept_bytes += entry.chunk_bytes();
+                kept.push(entry);
+            }
+            match narrow_window(
+                &mut kept,
+                &mut kept_bytes,
+                WINDOW_BUDGET_BYTES,
+                from,
+                P::entry_time,
+            ) {
+                Narrowed::Fits => {}
+                Narrowed::EndsAt(end) => cutoff = Some(end),
+                Narrowed::FirstTimeAlone => return Ok(Ok(WindowPass::FirstTimeAlone)),
+            }
+        }
+        kept.sort_by(MergeEntry::key_cmp);
+        Ok(Ok(WindowPass::Sorted {
+            entries: kept,
+            next: cutoff,
+        }))
     }
 
     /// Continues from a fresh state after `gone` was found missing, if the
@@ -870,3 +1030,62 @@ impl S3Backend {
 
 /// A chunk limit no read reaches: the `Vec` forms read one chunk.
 pub(crate) const WHOLE_READ: ChunkLimit = ChunkLimit::entries(std::num::NonZeroUsize::MAX);
+
+#[cfg(test)]
+mod tests {
+    use tidemark_storage_types::Datum;
+
+    use super::*;
+
+    fn at(times: &[i64]) -> Vec<Update<u64>> {
+        times
+            .iter()
+            .enumerate()
+            .map(|(i, &time)| Update::new(Row::pack([Datum::Int64(i as i64)]), time as u64, 1))
+            .collect()
+    }
+
+    fn time_of(update: &Update<u64>) -> i64 {
+        update.timestamp as i64
+    }
+
+    fn narrow(kept: &mut Vec<Update<u64>>, entries_budget: usize, from: i64) -> Narrowed {
+        let one = kept[0].chunk_bytes();
+        let mut bytes = kept.iter().map(ChunkEntry::chunk_bytes).sum();
+        let narrowed = narrow_window(kept, &mut bytes, entries_budget * one, from, time_of);
+        assert_eq!(
+            bytes,
+            kept.iter().map(ChunkEntry::chunk_bytes).sum::<usize>()
+        );
+        narrowed
+    }
+
+    #[test]
+    fn a_window_within_its_budget_is_left_alone() {
+        let mut kept = at(&[3, 1, 2]);
+        assert_eq!(narrow(&mut kept, 3, 1), Narrowed::Fits);
+        assert_eq!(kept.len(), 3);
+    }
+
+    #[test]
+    fn a_window_over_its_budget_ends_at_the_median_time() {
+        let mut kept = at(&[5, 1, 4, 2, 3, 6]);
+        assert_eq!(narrow(&mut kept, 4, 1), Narrowed::EndsAt(4));
+        let mut times: Vec<i64> = kept.iter().map(time_of).collect();
+        times.sort_unstable();
+        assert_eq!(times, vec![1, 2, 3], "everything before the end is kept");
+    }
+
+    #[test]
+    fn a_heavy_least_time_after_the_start_becomes_the_end() {
+        let mut kept = at(&[2, 2, 2, 2, 3, 4]);
+        assert_eq!(narrow(&mut kept, 3, 1), Narrowed::EndsAt(2));
+        assert!(kept.is_empty(), "nothing before time 2 was kept");
+    }
+
+    #[test]
+    fn a_heavy_first_time_is_read_alone() {
+        let mut kept = at(&[1, 1, 1, 1, 3, 4]);
+        assert_eq!(narrow(&mut kept, 3, 1), Narrowed::FirstTimeAlone);
+    }
+}
