@@ -6,7 +6,8 @@
 //!   (goal <= 1.2: the batch is stored inline in the state, so the append
 //!   is one conditional PUT; decision 064);
 //! - raw parallel GETs of the same bytes / snapshot of a 1,000,000-update
-//!   shard (goal >= 0.8);
+//!   shard (goal >= 0.8), for the `Vec` snapshot and for the same snapshot
+//!   read as a stream of chunks;
 //! - appends per second on one shard from 8 concurrent writers, next to
 //!   raw conditional PUTs per second on one key from 8 writers.
 //!
@@ -23,8 +24,8 @@ use futures::StreamExt;
 use tidemark_backend_conformance::service_env;
 use tidemark_backend_s3::{S3Backend, S3Config};
 use tidemark_storage_types::{
-    Batch, Datum, IdempotencyToken, PersistBackend, Row, ShardId, Update, decode_batch,
-    encode_batch,
+    Batch, ChunkLimit, Datum, IdempotencyToken, PersistBackend, ReadShare, Row, ShardId, Update,
+    decode_batch, encode_batch,
 };
 use timely::progress::Antichain;
 
@@ -237,6 +238,7 @@ async fn big_snapshot(endpoint: &str, prefix: &str, raw: &Client) {
     let mut snapshots = Vec::new();
     let mut gets = Vec::new();
     let mut decodes = Vec::new();
+    let mut streams = Vec::new();
     let mut total_bytes = 0;
     for _ in 0..SNAPSHOT_ROUNDS {
         let start = Instant::now();
@@ -270,6 +272,18 @@ async fn big_snapshot(endpoint: &str, prefix: &str, raw: &Client) {
         let snapshot = backend.snapshot(shard, &as_of).await.unwrap();
         snapshots.push(start.elapsed());
         assert_eq!(snapshot.len(), SNAPSHOT_UPDATES);
+        drop(snapshot);
+        let start = Instant::now();
+        let mut stream = backend
+            .snapshot_stream(shard, &as_of, ReadShare::WHOLE, ChunkLimit::DEFAULT)
+            .await
+            .unwrap();
+        let mut streamed = 0;
+        while let Some(chunk) = stream.next().await {
+            streamed += chunk.unwrap().len();
+        }
+        streams.push(start.elapsed());
+        assert_eq!(streamed, SNAPSHOT_UPDATES);
     }
     let snapshot = median(snapshots);
     let get = median(gets);
@@ -278,6 +292,13 @@ async fn big_snapshot(endpoint: &str, prefix: &str, raw: &Client) {
         keys.len(),
         total_bytes as f64 / 1e6,
         get.as_secs_f64() / snapshot.as_secs_f64()
+    );
+    let stream = median(streams);
+    println!(
+        "  streamed snapshot ({} chunks of at most {} entries, each dropped once counted): median {stream:?}: ratio raw/stream {:.2} (goal >= 0.8)",
+        SNAPSHOT_UPDATES.div_ceil(ChunkLimit::DEFAULT.max_entries.get()),
+        ChunkLimit::DEFAULT.max_entries,
+        get.as_secs_f64() / stream.as_secs_f64()
     );
     println!(
         "  (decoding the same parts on one thread, no fetch: median {:?})",

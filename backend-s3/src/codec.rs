@@ -15,7 +15,7 @@ use crate::buckets::{BucketSet, bucket_bit, bucket_of, group_count};
 use crate::state::{BatchRef, EncodedFrontier, PartRef, encode_frontier};
 
 /// Bytes an update takes in the codec besides its row: length, time, diff.
-const CODEC_BYTES_PER_UPDATE: usize = 4 + 8 + 8;
+pub(crate) const CODEC_BYTES_PER_UPDATE: usize = 4 + 8 + 8;
 
 /// A part ready to upload.
 #[derive(Clone, Debug)]

@@ -32,15 +32,28 @@
 //! [`gc`](crate::S3Backend::gc) once the grace period has passed, so readers
 //! holding the older state can finish.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tidemark_storage_types::{BackendError, CompactionStats, Diff, Row, ShardId, StorageTimestamp};
+use bytes::Bytes;
+use tidemark_storage_types::{
+    BackendError, Batch, CompactionStats, Diff, Row, ShardId, StorageTimestamp, Update,
+    encode_batch,
+};
+use timely::progress::Antichain;
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::buckets::{BUCKETS, BucketSet, bucket_bit, bucket_of, group_count};
 use crate::clock::epoch_millis;
-use crate::codec::{EncodedPart, advance_time, encode_parts};
-use crate::state::{BatchRef, PartRef, RetiredPart, ShardState, decode_frontier, frontier_le};
+use crate::codec::{CODEC_BYTES_PER_UPDATE, EncodedPart, advance_time};
+use crate::config::MIN_PART_SIZE_BYTES;
+use crate::state::{
+    BatchRef, EncodedFrontier, PartRef, RetiredPart, ShardState, decode_frontier, frontier_le,
+};
+use crate::store::Store;
+use crate::stream::{Merger, PartFetcher, PartTransform};
 use crate::{S3Backend, Step};
 
 /// A run of adjacent batches `[start, end)` to merge.
@@ -109,6 +122,231 @@ fn holds_unadvanced_times(batch: &BatchRef, state: &ShardState) -> bool {
     // Every time is already the batch since: advancing merges nothing.
     let all_at_batch_since = frontier_le(batch.upper, Some(batch_since));
     batch_since < since && least < since && !all_at_batch_since
+}
+
+/// How many parts' worth of bytes the parts of all bucket groups of a
+/// compacted batch hold together, one part per group: a batch of more than
+/// this many groups gets parts smaller than the configured size, so that a
+/// reader, which merges every run of a batch at once holding a part of
+/// each, holds at most this many parts' worth of it (decision 114).
+const MERGED_PARTS_PER_BATCH: usize = 8;
+
+/// How many passes a merge of `replaced` into `groups` bucket groups makes:
+/// pass `p` merges the rows whose bucket `b` has `b % passes == p`, so it
+/// holds a part of only the input runs that can hold such rows. As many
+/// passes as the input batch with the most runs has (at most `groups`, a
+/// power of two), so each input part is downloaded once when the inputs
+/// are comparable batches, and a small input (fewer runs, each holding
+/// many buckets) is downloaded once per pass it meets.
+fn merge_passes(replaced: &[BatchRef], groups: usize) -> u32 {
+    let most_runs = replaced
+        .iter()
+        .map(|batch| batch.runs().count())
+        .max()
+        .unwrap_or(1)
+        .clamp(1, groups.max(1));
+    1 << most_runs.ilog2()
+}
+
+/// The buckets pass `pass` of `passes` merges.
+fn pass_buckets(passes: u32, pass: u32) -> BucketSet {
+    (0..BUCKETS)
+        .filter(|bucket| bucket % passes == pass)
+        .fold(0, |set, bucket| set | bucket_bit(bucket))
+}
+
+/// Writes a merged batch as parts while the merge runs: one buffer per
+/// bucket group (the layout of [`encode_parts`](crate::codec::encode_parts)),
+/// a group's part written when it reaches the part target (the configured
+/// size, smaller for a batch of more than [`MERGED_PARTS_PER_BATCH`]
+/// groups), at most `concurrency` uploads in flight.
+struct StreamingPartWriter<T: StorageTimestamp> {
+    store: Arc<Store>,
+    shard: ShardId,
+    bounds: Arc<[Antichain<T>; 3]>,
+    part_target_bytes: usize,
+    concurrency: usize,
+    groups: Vec<GroupBuffer<T>>,
+    /// Every part started, in `(group, order written)` order once sorted.
+    started: Vec<(u32, usize, PartRef)>,
+    /// Uploads in flight, each answering its part's index in `started`
+    /// and its encoded size.
+    uploads: VecDeque<JoinHandle<Result<(usize, u64), BackendError>>>,
+}
+
+/// The updates of one bucket group not yet written.
+struct GroupBuffer<T> {
+    updates: Vec<Update<T>>,
+    bytes: usize,
+    buckets: BucketSet,
+}
+
+impl<T: StorageTimestamp> StreamingPartWriter<T> {
+    /// A writer for a batch with `bounds` (lower, upper, since) of at most
+    /// about `input_bytes` encoded bytes (which fixes its group count).
+    fn new(
+        backend: &S3Backend,
+        shard: ShardId,
+        bounds: [EncodedFrontier; 3],
+        input_bytes: usize,
+    ) -> Self {
+        let config = backend.config();
+        let part_size_bytes = config.part_size_bytes;
+        let groups = group_count(input_bytes, part_size_bytes);
+        let part_target_bytes = (part_size_bytes.saturating_mul(MERGED_PARTS_PER_BATCH)
+            / groups as usize)
+            .clamp(MIN_PART_SIZE_BYTES.min(part_size_bytes), part_size_bytes);
+        StreamingPartWriter {
+            store: Arc::new(backend.store().clone()),
+            shard,
+            bounds: Arc::new(bounds.map(decode_frontier)),
+            part_target_bytes,
+            concurrency: config.concurrency.max(1),
+            groups: (0..groups)
+                .map(|_| GroupBuffer {
+                    updates: Vec::new(),
+                    bytes: 0,
+                    buckets: 0,
+                })
+                .collect(),
+            started: Vec::new(),
+            uploads: VecDeque::new(),
+        }
+    }
+
+    /// Adds the next update (in `(row, time)` order).
+    async fn push(&mut self, row: Row, time: T, diff: Diff) -> Result<(), BackendError> {
+        let bucket = bucket_of(&row);
+        let group = (bucket % self.groups.len() as u32) as usize;
+        let bytes = row.byte_len() + CODEC_BYTES_PER_UPDATE;
+        let buffer = &mut self.groups[group];
+        buffer.bytes += bytes;
+        buffer.buckets |= bucket_bit(bucket);
+        buffer.updates.push(Update::new(row, time, diff));
+        if buffer.bytes >= self.part_target_bytes {
+            self.write_group(group).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered updates of every group whose buckets are in
+    /// `buckets`.
+    async fn write_groups(&mut self, buckets: BucketSet) -> Result<(), BackendError> {
+        for group in 0..self.groups.len() {
+            if self.groups[group].buckets & !buckets == 0 {
+                self.write_group(group).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts writing group `group`'s buffered updates as a part.
+    async fn write_group(&mut self, group: usize) -> Result<(), BackendError> {
+        let buffer = &mut self.groups[group];
+        if buffer.updates.is_empty() {
+            return Ok(());
+        }
+        let updates = std::mem::take(&mut buffer.updates);
+        let buckets = std::mem::take(&mut buffer.buckets);
+        buffer.bytes = 0;
+        while self.uploads.len() >= self.concurrency {
+            self.wait_oldest().await?;
+        }
+        let id = Uuid::new_v4();
+        let group = u32::try_from(group).expect("at most BUCKETS groups");
+        self.started.push((
+            group,
+            self.started.len(),
+            PartRef {
+                id,
+                updates: updates.len() as u64,
+                bytes: 0,
+                buckets,
+                run: group,
+                inline: None,
+            },
+        ));
+        let index = self.started.len() - 1;
+        let (store, shard, bounds) = (
+            Arc::clone(&self.store),
+            self.shard,
+            Arc::clone(&self.bounds),
+        );
+        self.uploads.push_back(tokio::spawn(async move {
+            let [lower, upper, since] = &*bounds;
+            let batch = Batch {
+                lower: lower.clone(),
+                upper: upper.clone(),
+                since: since.clone(),
+                updates,
+            };
+            let body = encode_batch(&batch).map_err(|err| err.into_backend_error(shard))?;
+            let size = body.len() as u64;
+            let key = store.keys.part(shard, id);
+            store.put("put_part", &key, Bytes::from(body)).await?;
+            Ok((index, size))
+        }));
+        Ok(())
+    }
+
+    async fn wait_oldest(&mut self) -> Result<(), BackendError> {
+        let Some(upload) = self.uploads.pop_front() else {
+            return Ok(());
+        };
+        let (index, size) = upload.await.map_err(|err| {
+            BackendError::indeterminate(format!("part upload task failed: error={err}"))
+        })??;
+        self.started[index].2.bytes = size;
+        Ok(())
+    }
+
+    /// Writes what is buffered and waits for every upload; returns the
+    /// batch's parts in run order.
+    async fn finish(&mut self) -> Result<Vec<PartRef>, BackendError> {
+        for group in 0..self.groups.len() {
+            self.write_group(group).await?;
+        }
+        while !self.uploads.is_empty() {
+            self.wait_oldest().await?;
+        }
+        let mut parts = self.started.clone();
+        parts.sort_by_key(|(group, order, _)| (*group, *order));
+        Ok(parts.into_iter().map(|(_, _, part)| part).collect())
+    }
+
+    /// The parts started, to delete if the batch is not committed.
+    fn written_parts(&self) -> Vec<EncodedPart> {
+        self.started
+            .iter()
+            .map(|(_, _, part)| EncodedPart {
+                part: part.clone(),
+                body: Bytes::new(),
+            })
+            .collect()
+    }
+
+    /// Stops the uploads and deletes whatever parts were started.
+    async fn abandon(&mut self) {
+        for upload in self.uploads.drain(..) {
+            upload.abort();
+            let _ = upload.await;
+        }
+        let keys: Vec<String> = self
+            .started
+            .iter()
+            .map(|(_, _, part)| self.store.keys.part(self.shard, part.id))
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        if let Err(err) = self
+            .store
+            .delete_many("delete_unreferenced_parts", keys)
+            .await
+        {
+            tracing::warn!(shard = %self.shard, error = %err, "could not delete unreferenced parts, gc will");
+        }
+    }
 }
 
 /// The merged replacement of one run.
@@ -188,9 +426,12 @@ impl S3Backend {
         }
     }
 
-    /// Reads a run's parts, advances times to the state's since,
-    /// consolidates and writes the result as new parts. `None` if a part is
-    /// gone.
+    /// Merges a run's batches as a stream: the runs of their parts are
+    /// merged (times advanced to the state's since, equal updates
+    /// consolidated as the merge passes them) and the result is written as
+    /// new parts as they fill, so the run is never in memory whole.
+    /// `None` if a part is gone (another compaction replaced these batches);
+    /// the parts already written are then deleted.
     async fn merge_run<T: StorageTimestamp>(
         &self,
         shard: ShardId,
@@ -199,47 +440,90 @@ impl S3Backend {
     ) -> Result<Option<Merged>, BackendError> {
         let replaced: Vec<BatchRef> = state.batches[run.start..run.end].to_vec();
         let since = state.since;
-        let parts = replaced
-            .iter()
-            .flat_map(|batch| batch.parts.iter().cloned())
-            .collect();
-        let loaded = self
-            .load_parts::<T, _, _>(shard, parts, move |_part, updates| {
-                updates
-                    .into_iter()
-                    .map(|update| {
-                        (
-                            update.row,
-                            advance_time(update.timestamp, since),
-                            update.diff,
-                        )
-                    })
-                    .collect::<Vec<(Row, T, Diff)>>()
-            })
-            .await?;
-        let Ok(runs) = loaded else {
-            return Ok(None);
-        };
-        let updates: Vec<(Row, T, Diff)> = runs.into_iter().flatten().collect();
         let first = replaced.first().expect("runs are not empty");
         let last = replaced.last().expect("runs are not empty");
-        let (batch, parts) = encode_parts(
-            updates,
-            &decode_frontier(first.lower),
-            &decode_frontier(last.upper),
-            &decode_frontier(since),
-            self.config().part_size_bytes,
-        )
-        .map_err(|err| err.into_backend_error(shard))?;
-        // SUBTLE: the merged parts are written before the state that
-        // references them.
-        self.upload_parts(shard, &parts).await?;
-        Ok(Some(Merged {
-            run,
-            replaced,
-            batch,
-            parts,
-        }))
+        let input_bytes: u64 = replaced.iter().map(BatchRef::bytes).sum();
+        let mut writer = StreamingPartWriter::<T>::new(
+            self,
+            shard,
+            [first.lower, last.upper, since],
+            usize::try_from(input_bytes).unwrap_or(usize::MAX),
+        );
+        let passes = merge_passes(&replaced, writer.groups.len());
+        let outcome = async {
+            for pass in 0..passes {
+                let pass_buckets = pass_buckets(passes, pass);
+                // Each pass merges the rows of its buckets: the input parts
+                // holding any, and of those only the rows in its buckets.
+                let runs: Vec<Vec<PartRef>> = replaced
+                    .iter()
+                    .flat_map(BatchRef::runs)
+                    .map(|run| {
+                        run.iter()
+                            .filter(|part| part.buckets & pass_buckets != 0)
+                            .cloned()
+                            .collect()
+                    })
+                    .collect();
+                // Advancing times by the since keeps each run's
+                // `(row, time)` order (the join with a fixed time is
+                // monotone).
+                let transform: PartTransform<T, (Row, T, Diff)> = Arc::new(move |part, updates| {
+                    let whole = part.buckets & !pass_buckets == 0;
+                    updates
+                        .into_iter()
+                        .filter(|update| {
+                            whole || bucket_bit(bucket_of(&update.row)) & pass_buckets != 0
+                        })
+                        .map(|update| {
+                            (
+                                update.row,
+                                advance_time(update.timestamp, since),
+                                update.diff,
+                            )
+                        })
+                        .collect()
+                });
+                let mut merger = Merger::new(runs, PartFetcher::new(self, shard), transform);
+                loop {
+                    match merger.next().await? {
+                        Ok(Some((row, time, diff))) => writer.push(row, time, diff).await?,
+                        Ok(None) => break,
+                        Err(_gone) => return Ok(None),
+                    }
+                }
+                // The pass's groups are complete: their last parts are
+                // written now, so the buffers hold one pass at a time.
+                writer.write_groups(pass_buckets).await?;
+            }
+            writer.finish().await.map(Some)
+        }
+        .await;
+        match outcome {
+            Ok(Some(parts)) => {
+                let batch = BatchRef {
+                    lower: first.lower,
+                    upper: last.upper,
+                    since,
+                    parts,
+                };
+                let parts = writer.written_parts();
+                Ok(Some(Merged {
+                    run,
+                    replaced,
+                    batch,
+                    parts,
+                }))
+            }
+            Ok(None) => {
+                writer.abandon().await;
+                Ok(None)
+            }
+            Err(err) => {
+                writer.abandon().await;
+                Err(err)
+            }
+        }
     }
 
     /// Deletes retired parts whose grace period has passed; returns their ids

@@ -70,15 +70,15 @@ mod keys;
 mod names;
 mod read;
 mod shards;
-mod share;
 mod state;
 mod store;
+mod stream;
 mod txn;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use tidemark_storage_types::{ChunkLimit, FetchStream, SnapshotStream, stream_from_vec};
+use tidemark_storage_types::{ChunkLimit, FetchStream, SnapshotStream, collect_stream};
 
 use tidemark_storage_types::sync::lock;
 
@@ -705,7 +705,7 @@ impl<T: StorageTimestamp> PersistBackend<T> for S3Backend {
     }
 
     async fn snapshot(&self, shard: ShardId, as_of: &T) -> Result<Vec<(Row, Diff)>, BackendError> {
-        self.snapshot(shard, as_of).await
+        <Self as PersistBackend<T>>::snapshot_share(self, shard, as_of, ReadShare::WHOLE).await
     }
 
     async fn fetch(
@@ -714,7 +714,7 @@ impl<T: StorageTimestamp> PersistBackend<T> for S3Backend {
         lower: &Antichain<T>,
         upper: &Antichain<T>,
     ) -> Result<Vec<Update<T>>, BackendError> {
-        self.fetch(shard, lower, upper).await
+        <Self as PersistBackend<T>>::fetch_share(self, shard, lower, upper, ReadShare::WHOLE).await
     }
 
     async fn snapshot_share(
@@ -723,7 +723,11 @@ impl<T: StorageTimestamp> PersistBackend<T> for S3Backend {
         as_of: &T,
         share: ReadShare,
     ) -> Result<Vec<(Row, Diff)>, BackendError> {
-        self.snapshot_share(shard, as_of, share).await
+        collect_stream(
+            self.snapshot_stream(shard, as_of, share, stream::WHOLE_READ)
+                .await?,
+        )
+        .await
     }
 
     async fn fetch_share(
@@ -733,7 +737,11 @@ impl<T: StorageTimestamp> PersistBackend<T> for S3Backend {
         upper: &Antichain<T>,
         share: ReadShare,
     ) -> Result<Vec<Update<T>>, BackendError> {
-        self.fetch_share(shard, lower, upper, share).await
+        collect_stream(
+            self.fetch_stream(shard, lower, upper, share, stream::WHOLE_READ)
+                .await?,
+        )
+        .await
     }
 
     async fn snapshot_stream(
@@ -743,9 +751,7 @@ impl<T: StorageTimestamp> PersistBackend<T> for S3Backend {
         share: ReadShare,
         limit: ChunkLimit,
     ) -> Result<SnapshotStream, BackendError> {
-        let entries =
-            <Self as PersistBackend<T>>::snapshot_share(self, shard, as_of, share).await?;
-        Ok(stream_from_vec(entries, limit))
+        self.snapshot_stream(shard, as_of, share, limit).await
     }
 
     async fn fetch_stream(
@@ -756,9 +762,7 @@ impl<T: StorageTimestamp> PersistBackend<T> for S3Backend {
         share: ReadShare,
         limit: ChunkLimit,
     ) -> Result<FetchStream<T>, BackendError> {
-        let entries =
-            <Self as PersistBackend<T>>::fetch_share(self, shard, lower, upper, share).await?;
-        Ok(stream_from_vec(entries, limit))
+        self.fetch_stream(shard, lower, upper, share, limit).await
     }
 
     async fn wait_for_upper_past(
