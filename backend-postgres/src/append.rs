@@ -45,7 +45,7 @@ use timely::progress::Antichain;
 use crate::PostgresBackend;
 use crate::errors::statement_error;
 use crate::read::{check_row_fence, context, epoch_parameter, read_shard_row, unknown_shard};
-use crate::schema::TOKENS_KEPT_PER_SHARD;
+use crate::schema::{BATCH_MAX_BYTES, BATCH_MAX_UPDATES, TOKENS_KEPT_PER_SHARD};
 use tidemark_storage_types::{decode_frontier, encode_frontier};
 
 /// A pooled connection for an append: closed instead of returned to the
@@ -214,7 +214,9 @@ pub(crate) async fn compare_and_append<T: StorageTimestamp>(
         context: &context,
     };
     loop {
-        let attempt = if columns.times.len() >= backend.config().copy_threshold {
+        let bulk = columns.times.len() >= backend.config().copy_threshold
+            || columns.times.len() >= backend.config().batch_threshold;
+        let attempt = if bulk {
             append_by_copy(backend, &mut conn, args, &copy_mark).await?
         } else {
             run_append_statement(backend, &mut conn, args).await?
@@ -299,17 +301,23 @@ pub(crate) async fn append_by_copy(
         // The caller re-reads the shard to tell which.
         return Ok(Attempt::UpperDidNotMatch);
     }
-    let chunks = encode_copy_binary(shard, args.columns)?;
-    copy_mark.set(true);
-    let mut copy = tx
-        .copy_in_raw("COPY updates (shard_id, ts, row_bytes, diff) FROM STDIN (FORMAT binary)")
-        .await
-        .map_err(fail)?;
-    for chunk in chunks {
-        copy.send(chunk).await.map_err(fail)?;
+    if args.columns.times.len() >= backend.config().batch_threshold {
+        insert_batches(&mut tx, shard, args.columns, context).await?;
+    } else {
+        let chunks = encode_copy_binary(shard, args.columns)?;
+        copy_mark.set(true);
+        let mut copy = tx
+            .copy_in_raw(
+                "COPY updates (shard_id, ts, row_bytes, diff) FROM STDIN (FORMAT binary)",
+            )
+            .await
+            .map_err(fail)?;
+        for chunk in chunks {
+            copy.send(chunk).await.map_err(fail)?;
+        }
+        copy.finish().await.map_err(fail)?;
+        copy_mark.set(false);
     }
-    copy.finish().await.map_err(fail)?;
-    copy_mark.set(false);
     let no_inline_updates = Columns {
         times: Vec::new(),
         rows: Vec::new(),
@@ -333,6 +341,92 @@ pub(crate) async fn append_by_copy(
     }
     tx.commit().await.map_err(fail)?;
     Ok(Attempt::Applied)
+}
+
+/// The largest row an `update_batches` array element may be: PostgreSQL
+/// refuses values of 1 GiB or more, and the element shares its array with
+/// the others' headers.
+const MAX_BATCH_ELEMENT_BYTES: usize = (1 << 30) - (1 << 20);
+
+/// Bytes counted for one update's time and diff beside its row, as
+/// [`usage`](crate::read::usage) counts them.
+pub(crate) const UPDATE_OVERHEAD_BYTES: usize = 16;
+
+/// Stores the columns as `update_batches` rows, each of at most
+/// [`BATCH_MAX_UPDATES`] updates and [`BATCH_MAX_BYTES`] row bytes (a
+/// single larger row is a batch of its own), on `conn`, which must be in
+/// the append's transaction. Nothing is written for no updates.
+///
+/// # Errors
+///
+/// `InvalidUsage(TooLarge)` for a row too large for an array element,
+/// before anything is sent; statement errors as
+/// [`statement_error`] classifies them.
+async fn insert_batches(
+    conn: &mut PgConnection,
+    shard: ShardId,
+    columns: &Columns<'_>,
+    context: &str,
+) -> Result<(), BackendError> {
+    for (index, row) in columns.rows.iter().enumerate() {
+        if row.len() > MAX_BATCH_ELEMENT_BYTES {
+            return Err(BackendError::InvalidUsage(InvalidUsage::TooLarge {
+                shard,
+                what: format!("row {index} as a postgres batch array element"),
+                size: row.len() as u64,
+                limit: MAX_BATCH_ELEMENT_BYTES as u64,
+            }));
+        }
+    }
+    for range in batch_ranges(&columns.rows) {
+        let times = &columns.times[range.clone()];
+        let (Some(min_ts), Some(max_ts)) = (times.iter().min(), times.iter().max()) else {
+            continue;
+        };
+        let rows = &columns.rows[range.clone()];
+        let byte_count: usize = rows
+            .iter()
+            .map(|row| row.len() + UPDATE_OVERHEAD_BYTES)
+            .sum();
+        sqlx::query(
+            "INSERT INTO update_batches
+                (shard_id, min_ts, max_ts, update_count, byte_count, ts, row_bytes, diffs)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(shard.0)
+        .bind(min_ts)
+        .bind(max_ts)
+        .bind(i64::try_from(times.len()).unwrap_or(i64::MAX))
+        .bind(i64::try_from(byte_count).unwrap_or(i64::MAX))
+        .bind(times)
+        .bind(rows)
+        .bind(&columns.diffs[range])
+        .execute(&mut *conn)
+        .await
+        .map_err(|err| statement_error(err, context))?;
+    }
+    Ok(())
+}
+
+/// Cuts `rows` into consecutive index ranges of at most
+/// [`BATCH_MAX_UPDATES`] rows and [`BATCH_MAX_BYTES`] row bytes each (a
+/// range always takes at least one row).
+fn batch_ranges(rows: &[&[u8]]) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    let (mut start, mut bytes) = (0, 0usize);
+    for (index, row) in rows.iter().enumerate() {
+        let full = index - start >= BATCH_MAX_UPDATES
+            || (index > start && bytes.saturating_add(row.len()) > BATCH_MAX_BYTES);
+        if full {
+            ranges.push(start..index);
+            (start, bytes) = (index, 0);
+        }
+        bytes = bytes.saturating_add(row.len());
+    }
+    if start < rows.len() {
+        ranges.push(start..rows.len());
+    }
+    ranges
 }
 
 /// The largest field the binary `COPY` format can carry: its length is an
@@ -484,6 +578,25 @@ mod tests {
                 .contains(&format!("size={} limit={}", 1u64 << 31, i32::MAX)),
             "{err}"
         );
+    }
+
+    #[test]
+    fn batch_ranges_cut_by_count_and_bytes_and_cover_every_row() {
+        let small = [0u8; 10];
+        let rows: Vec<&[u8]> = vec![&small; BATCH_MAX_UPDATES * 2 + 1];
+        let ranges = batch_ranges(&rows);
+        assert_eq!(
+            ranges,
+            vec![
+                0..BATCH_MAX_UPDATES,
+                BATCH_MAX_UPDATES..BATCH_MAX_UPDATES * 2,
+                BATCH_MAX_UPDATES * 2..BATCH_MAX_UPDATES * 2 + 1
+            ]
+        );
+        let big = vec![0u8; BATCH_MAX_BYTES / 2 + 1];
+        let rows: Vec<&[u8]> = vec![&big, &big, &small, &big];
+        assert_eq!(batch_ranges(&rows), vec![0..1, 1..3, 3..4]);
+        assert!(batch_ranges(&[]).is_empty());
     }
 
     #[test]
