@@ -3,7 +3,8 @@
 //!
 //! # Two write paths
 //!
-//! - **Small batches** (fewer than `copy_threshold` updates): one statement.
+//! - **Small batches** (fewer than `copy_threshold` and `batch_threshold`
+//!   updates): one statement.
 //!   `UPDATE shards SET upper = new WHERE shard_id = $1 AND upper = expected`
 //!   takes the shard row's lock; in `READ COMMITTED` a concurrent writer's
 //!   committed change makes PostgreSQL re-check the `WHERE` on the newest
@@ -12,9 +13,13 @@
 //!   the token record and the `NOTIFY` are data-modifying CTEs that only act
 //!   when that `UPDATE` matched. One round trip.
 //! - **Large batches**: a transaction that locks the shard row with `SELECT
-//!   ... FOR UPDATE`, checks the upper, streams the updates with binary
-//!   `COPY`, then runs the same statement (with no inline updates) to move
-//!   the upper and record the token, and commits.
+//!   ... FOR UPDATE`, checks the upper, writes the updates, then runs the
+//!   same statement (with no inline updates) to move the upper and record
+//!   the token, and commits. From `batch_threshold` updates on the updates
+//!   are `update_batches` rows (parallel arrays, up to 65,536 updates a
+//!   row: one index entry each, which is what brings a bulk append near a
+//!   raw `COPY` into a bare table); below it, one `updates` row each, sent
+//!   with binary `COPY`.
 //!
 //! # When the upper did not match
 //!
@@ -49,7 +54,7 @@ use crate::schema::{BATCH_MAX_BYTES, BATCH_MAX_UPDATES, TOKENS_KEPT_PER_SHARD};
 use tidemark_storage_types::{decode_frontier, encode_frontier};
 
 /// A pooled connection for an append: closed instead of returned to the
-/// pool when it is dropped while a `COPY` is in flight.
+/// pool when it is dropped while a `COPY` or a batch insert is in flight.
 ///
 /// SUBTLE: sqlx's `PgCopyIn`, dropped before `finish`, sends `CopyFail` but
 /// does not account for the server's answer to it, so the connection's next
@@ -278,14 +283,37 @@ pub(crate) async fn run_append_statement(
     })
 }
 
-/// Writes the attempt's columns with `COPY` in a transaction that holds
-/// the shard row's lock, then moves the upper. `copy_mark` is the mark of
-/// the [`AppendConnection`] that `conn` is (or runs a transaction on).
+/// The bulk write path: writes the attempt's columns, as batch rows from
+/// `batch_threshold` updates on and with `COPY` into `updates` below it,
+/// in a transaction that holds the shard row's lock, then moves the upper.
+/// `copy_mark` is the mark of the [`AppendConnection`] that `conn` is (or
+/// runs a transaction on).
 pub(crate) async fn append_by_copy(
     backend: &PostgresBackend,
     conn: &mut PgConnection,
     args: AttemptArgs<'_>,
     copy_mark: &CopyMark,
+) -> Result<Attempt, BackendError> {
+    // SUBTLE: the whole write is marked, not only the COPY or the batch
+    // insert: an append dropped at any await of it (a batch insert of
+    // megabytes finishes fast, so a caller's timeout often lands on the
+    // statement or the commit after it) was seen to leave a connection
+    // whose next user read a stale answer. The mark is cleared only when
+    // the write returns normally; after an error the connection is
+    // closed too, which costs a reconnect and nothing else.
+    copy_mark.set(true);
+    let attempt = write_bulk(backend, conn, args).await;
+    if attempt.is_ok() {
+        copy_mark.set(false);
+    }
+    attempt
+}
+
+/// [`append_by_copy`] without the mark.
+async fn write_bulk(
+    backend: &PostgresBackend,
+    conn: &mut PgConnection,
+    args: AttemptArgs<'_>,
 ) -> Result<Attempt, BackendError> {
     let (shard, context) = (args.shard, args.context);
     let fail = |err| statement_error(err, context);
@@ -305,7 +333,6 @@ pub(crate) async fn append_by_copy(
         insert_batches(&mut tx, shard, args.columns, context).await?;
     } else {
         let chunks = encode_copy_binary(shard, args.columns)?;
-        copy_mark.set(true);
         let mut copy = tx
             .copy_in_raw(
                 "COPY updates (shard_id, ts, row_bytes, diff) FROM STDIN (FORMAT binary)",
@@ -316,7 +343,6 @@ pub(crate) async fn append_by_copy(
             copy.send(chunk).await.map_err(fail)?;
         }
         copy.finish().await.map_err(fail)?;
-        copy_mark.set(false);
     }
     let no_inline_updates = Columns {
         times: Vec::new(),
