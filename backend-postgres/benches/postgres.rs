@@ -261,7 +261,11 @@ async fn bench_small(url: &str, schema: &str) {
 /// Fills `shard` with every one of `rows` at every time `0..SNAPSHOT_TIMES`
 /// (every third time a retraction, so consolidation has work to do), and
 /// the bare table `raw_snapshot` with the same updates.
-async fn fill_snapshot_shard(backend: &tidemark_backend_postgres::PostgresBackend, shard: ShardId, rows: &[Row]) {
+async fn fill_snapshot_shard(
+    backend: &tidemark_backend_postgres::PostgresBackend,
+    shard: ShardId,
+    rows: &[Row],
+) {
     PersistBackend::<u64>::open(backend, shard).await.unwrap();
     for time in 0..SNAPSHOT_TIMES {
         let diff = if time % 3 == 2 { -1 } else { 1 };
@@ -382,9 +386,18 @@ async fn bench_snapshot(url: &str, schema: &str) {
             sizes[index] = decoded.len();
         }
     }
-    assert!(sizes.iter().all(|size| *size == sizes[0]), "every read returns the same rows: {sizes:?}");
-    let [ours, streamed, row_layout, raw_ordered, raw_sorted, raw_unordered] =
-        samples.map(median);
+    assert!(
+        sizes.iter().all(|size| *size == sizes[0]),
+        "every read returns the same rows: {sizes:?}"
+    );
+    let [
+        ours,
+        streamed,
+        row_layout,
+        raw_ordered,
+        raw_sorted,
+        raw_unordered,
+    ] = samples.map(median);
     let best_raw = raw_ordered.min(raw_sorted);
     let updates = SNAPSHOT_ROWS * SNAPSHOT_TIMES as i64;
     println!(
@@ -409,7 +422,13 @@ fn rss_and_peak() -> (u64, u64) {
         status
             .lines()
             .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
             .map_or(0, |kib| kib * 1024)
     };
     (field("VmRSS:"), field("VmHWM:"))
@@ -465,7 +484,9 @@ async fn rss_phase(url: &str, phase: &str) {
     let appends: u64 = var("TIDEMARK_BENCH_RSS_APPENDS").parse().unwrap();
     let as_of = appends - 1;
     // Warm the pool and the runtime before the baseline.
-    PersistBackend::<u64>::frontiers(&backend, shard).await.unwrap();
+    PersistBackend::<u64>::frontiers(&backend, shard)
+        .await
+        .unwrap();
     if phase == "compact" {
         PersistBackend::<u64>::downgrade_since(&backend, shard, &at(as_of), WriteFence::Unfenced)
             .await
@@ -485,7 +506,13 @@ async fn rss_phase(url: &str, phase: &str) {
             "vec_snapshot" => drop(backend.snapshot(shard, &as_of).await.unwrap()),
             "fetch" => {
                 let mut stream = backend
-                    .fetch_stream(shard, &at(0), &at(appends), ReadShare::WHOLE, ChunkLimit::DEFAULT)
+                    .fetch_stream(
+                        shard,
+                        &at(0),
+                        &at(appends),
+                        ReadShare::WHOLE,
+                        ChunkLimit::DEFAULT,
+                    )
                     .await
                     .unwrap();
                 while let Some(chunk) = stream.next().await {
@@ -494,8 +521,13 @@ async fn rss_phase(url: &str, phase: &str) {
             }
             "vec_fetch" => drop(backend.fetch(shard, &at(0), &at(appends)).await.unwrap()),
             "compact" => {
-                let stats = PersistBackend::<u64>::compact(&backend, shard).await.unwrap();
-                println!("compacted {} to {} updates", stats.updates_before, stats.updates_after);
+                let stats = PersistBackend::<u64>::compact(&backend, shard)
+                    .await
+                    .unwrap();
+                println!(
+                    "compacted {} to {} updates",
+                    stats.updates_before, stats.updates_after
+                );
             }
             other => panic!("unknown rss phase {other}"),
         }

@@ -334,9 +334,7 @@ async fn write_bulk(
     } else {
         let chunks = encode_copy_binary(shard, args.columns)?;
         let mut copy = tx
-            .copy_in_raw(
-                "COPY updates (shard_id, ts, row_bytes, diff) FROM STDIN (FORMAT binary)",
-            )
+            .copy_in_raw("COPY updates (shard_id, ts, row_bytes, diff) FROM STDIN (FORMAT binary)")
             .await
             .map_err(fail)?;
         for chunk in chunks {

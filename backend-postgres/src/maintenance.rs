@@ -9,8 +9,8 @@ use timely::progress::Antichain;
 
 use crate::PostgresBackend;
 use crate::errors::statement_error;
-use crate::schema::BATCH_MAX_UPDATES;
 use crate::read::{check_row_fence, context, epoch_parameter, read_shard_row, unknown_shard};
+use crate::schema::BATCH_MAX_UPDATES;
 use tidemark_storage_types::{decode_frontier, encode_frontier};
 
 pub(crate) async fn downgrade_since<T: StorageTimestamp>(

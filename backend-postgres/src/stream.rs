@@ -303,7 +303,11 @@ fn fetch_entry<T: StorageTimestamp>(
     context: &str,
 ) -> Result<Update<T>, BackendError> {
     let (time, bytes, diff) = record;
-    Ok(Update::new(decode_row(&bytes, context)?, T::decode(time), diff))
+    Ok(Update::new(
+        decode_row(&bytes, context)?,
+        T::decode(time),
+        diff,
+    ))
 }
 
 /// A stored row, checked.

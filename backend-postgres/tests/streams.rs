@@ -102,7 +102,10 @@ async fn fill_both_layouts(backend: &PostgresBackend, shard: ShardId) -> Vec<Upd
         append(backend, shard, time, updates).await;
     }
     let (rows, batches) = stored_rows(backend, shard).await;
-    assert!(rows > 0 && batches > 0, "both layouts hold data: {rows} {batches}");
+    assert!(
+        rows > 0 && batches > 0,
+        "both layouts hold data: {rows} {batches}"
+    );
     all
 }
 
@@ -132,7 +135,11 @@ async fn streamed_and_vec_snapshots_agree_with_the_appends_across_both_layouts()
             .snapshot_stream(shard, &as_of, ReadShare::WHOLE, limit(7, 1 << 20))
             .await
             .unwrap();
-        assert_eq!(collect_stream(stream).await.unwrap(), expected, "as_of={as_of}");
+        assert_eq!(
+            collect_stream(stream).await.unwrap(),
+            expected,
+            "as_of={as_of}"
+        );
         // The shares partition the snapshot, streamed as in whole.
         let mut shared = Vec::new();
         for index in 0..3 {
@@ -164,10 +171,20 @@ async fn streamed_and_vec_fetches_agree_across_both_layouts_and_compaction() {
         async move {
             let vec = backend.fetch(shard, &at(lower), &at(upper)).await.unwrap();
             let stream = backend
-                .fetch_stream(shard, &at(lower), &at(upper), ReadShare::WHOLE, limit(6, 1 << 20))
+                .fetch_stream(
+                    shard,
+                    &at(lower),
+                    &at(upper),
+                    ReadShare::WHOLE,
+                    limit(6, 1 << 20),
+                )
                 .await
                 .unwrap();
-            assert_eq!(collect_stream(stream).await.unwrap(), vec, "[{lower}, {upper})");
+            assert_eq!(
+                collect_stream(stream).await.unwrap(),
+                vec,
+                "[{lower}, {upper})"
+            );
             vec
         }
     };
@@ -177,8 +194,9 @@ async fn streamed_and_vec_fetches_agree_across_both_layouts_and_compaction() {
             let mut expected: BTreeMap<(u64, Row), Diff> = BTreeMap::new();
             for update in &all {
                 if (lower..upper).contains(&update.timestamp) {
-                    *expected.entry((update.timestamp, update.row.clone())).or_default() +=
-                        update.diff;
+                    *expected
+                        .entry((update.timestamp, update.row.clone()))
+                        .or_default() += update.diff;
                 }
             }
             let expected: Vec<Update<u64>> = expected
@@ -199,7 +217,9 @@ async fn streamed_and_vec_fetches_agree_across_both_layouts_and_compaction() {
     PersistBackend::<u64>::downgrade_since(&backend, shard, &at(3), WriteFence::Unfenced)
         .await
         .unwrap();
-    PersistBackend::<u64>::compact(&backend, shard).await.unwrap();
+    PersistBackend::<u64>::compact(&backend, shard)
+        .await
+        .unwrap();
     for (as_of, before) in (3..6u64).zip(before) {
         assert_eq!(backend.snapshot(shard, &as_of).await.unwrap(), before);
         let stream = backend
@@ -209,7 +229,10 @@ async fn streamed_and_vec_fetches_agree_across_both_layouts_and_compaction() {
         assert_eq!(collect_stream(stream).await.unwrap(), before);
     }
     let fetched = check(0, 6).await;
-    assert!(fetched.iter().all(|update| update.timestamp >= 3), "{fetched:?}");
+    assert!(
+        fetched.iter().all(|update| update.timestamp >= 3),
+        "{fetched:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,7 +246,12 @@ async fn every_chunk_is_non_empty_and_within_the_limit() {
     let all = fill_both_layouts(&backend, shard).await;
     let expected = expected_snapshot(&all, 5);
     let one = expected[0].chunk_bytes();
-    for chunk_limit in [limit(1, 1 << 20), limit(3, 1 << 20), limit(100, one * 2), limit(100, 1)] {
+    for chunk_limit in [
+        limit(1, 1 << 20),
+        limit(3, 1 << 20),
+        limit(100, one * 2),
+        limit(100, 1),
+    ] {
         let mut stream = backend
             .snapshot_stream(shard, &5, ReadShare::WHOLE, chunk_limit)
             .await
@@ -232,7 +260,10 @@ async fn every_chunk_is_non_empty_and_within_the_limit() {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.unwrap();
             assert!(!chunk.is_empty());
-            assert!(chunk.len() <= chunk_limit.max_entries.get(), "{chunk_limit:?}");
+            assert!(
+                chunk.len() <= chunk_limit.max_entries.get(),
+                "{chunk_limit:?}"
+            );
             let bytes: usize = chunk.iter().map(ChunkEntry::chunk_bytes).sum();
             assert!(
                 chunk.len() == 1 || bytes <= chunk_limit.max_bytes.get(),
@@ -277,8 +308,13 @@ async fn a_stream_reads_the_state_of_its_call() {
     PersistBackend::<u64>::downgrade_since(&backend, shard, &at(7), WriteFence::Unfenced)
         .await
         .unwrap();
-    PersistBackend::<u64>::compact(&backend, shard).await.unwrap();
-    assert_ne!(backend.snapshot(shard, &7).await.unwrap(), expected_snapshot);
+    PersistBackend::<u64>::compact(&backend, shard)
+        .await
+        .unwrap();
+    assert_ne!(
+        backend.snapshot(shard, &7).await.unwrap(),
+        expected_snapshot
+    );
     assert_eq!(collect_stream(snapshot).await.unwrap(), expected_snapshot);
     assert_eq!(collect_stream(fetch).await.unwrap(), expected_fetch);
     assert!(!all.is_empty());
@@ -339,7 +375,11 @@ async fn opening_more_streams_than_the_limit_is_unavailable_until_one_ends() {
     else {
         panic!("a third stream over a limit of two opened");
     };
-    assert_eq!(err.determinate_kind(), Some(DeterminateKind::Unavailable), "{err}");
+    assert_eq!(
+        err.determinate_kind(),
+        Some(DeterminateKind::Unavailable),
+        "{err}"
+    );
     assert!(err.to_string().contains("max_open_streams=2"), "{err}");
     // Vec reads take no slot.
     backend.snapshot(shard, &5).await.unwrap();
@@ -369,15 +409,24 @@ async fn argument_errors_come_from_the_call_and_corruption_ends_the_stream() {
     let unreadable = backend
         .snapshot_stream(shard, &1, ReadShare::WHOLE, ChunkLimit::DEFAULT)
         .await;
-    assert!(matches!(unreadable, Err(tidemark_storage_types::BackendError::InvalidUsage(_))));
+    assert!(matches!(
+        unreadable,
+        Err(tidemark_storage_types::BackendError::InvalidUsage(_))
+    ));
     let beyond_upper = backend
         .fetch_stream(shard, &at(0), &at(9), ReadShare::WHOLE, ChunkLimit::DEFAULT)
         .await;
-    assert!(matches!(beyond_upper, Err(tidemark_storage_types::BackendError::InvalidUsage(_))));
+    assert!(matches!(
+        beyond_upper,
+        Err(tidemark_storage_types::BackendError::InvalidUsage(_))
+    ));
     let unknown = backend
         .snapshot_stream(ShardId::new(), &5, ReadShare::WHOLE, ChunkLimit::DEFAULT)
         .await;
-    assert!(matches!(unknown, Err(tidemark_storage_types::BackendError::InvalidUsage(_))));
+    assert!(matches!(
+        unknown,
+        Err(tidemark_storage_types::BackendError::InvalidUsage(_))
+    ));
     assert_eq!(backend.open_streams(), 0, "refused calls hold no slot");
     // A stored row that is not a row encoding, sorting after every valid
     // one: the stream delivers the valid chunks, then the error, then ends.
@@ -397,7 +446,11 @@ async fn argument_errors_come_from_the_call_and_corruption_ends_the_stream() {
     let (last, valid) = items.split_last().unwrap();
     assert!(!valid.is_empty() && valid.iter().all(Result::is_ok));
     let err = last.as_ref().unwrap_err();
-    assert_eq!(err.determinate_kind(), Some(DeterminateKind::Corrupted), "{err}");
+    assert_eq!(
+        err.determinate_kind(),
+        Some(DeterminateKind::Corrupted),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,7 +476,10 @@ async fn a_schema_of_the_previous_version_migrates_with_its_data() {
         .await
         .unwrap();
         for migration in MIGRATIONS.iter().filter(|m| m.version <= previous) {
-            sqlx::raw_sql(migration.sql).execute(&mut conn).await.unwrap();
+            sqlx::raw_sql(migration.sql)
+                .execute(&mut conn)
+                .await
+                .unwrap();
             sqlx::query("INSERT INTO tidemark_migrations (version, description) VALUES ($1, $2)")
                 .bind(migration.version)
                 .bind(migration.description)
