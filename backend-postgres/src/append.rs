@@ -3,7 +3,8 @@
 //!
 //! # Two write paths
 //!
-//! - **Small batches** (fewer than `copy_threshold` updates): one statement.
+//! - **Small batches** (fewer than `copy_threshold` and `batch_threshold`
+//!   updates): one statement.
 //!   `UPDATE shards SET upper = new WHERE shard_id = $1 AND upper = expected`
 //!   takes the shard row's lock; in `READ COMMITTED` a concurrent writer's
 //!   committed change makes PostgreSQL re-check the `WHERE` on the newest
@@ -12,9 +13,13 @@
 //!   the token record and the `NOTIFY` are data-modifying CTEs that only act
 //!   when that `UPDATE` matched. One round trip.
 //! - **Large batches**: a transaction that locks the shard row with `SELECT
-//!   ... FOR UPDATE`, checks the upper, streams the updates with binary
-//!   `COPY`, then runs the same statement (with no inline updates) to move
-//!   the upper and record the token, and commits.
+//!   ... FOR UPDATE`, checks the upper, writes the updates, then runs the
+//!   same statement (with no inline updates) to move the upper and record
+//!   the token, and commits. From `batch_threshold` updates on the updates
+//!   are `update_batches` rows (parallel arrays, up to 65,536 updates a
+//!   row: one index entry each, which is what brings a bulk append near a
+//!   raw `COPY` into a bare table); below it, one `updates` row each, sent
+//!   with binary `COPY`.
 //!
 //! # When the upper did not match
 //!
@@ -45,11 +50,11 @@ use timely::progress::Antichain;
 use crate::PostgresBackend;
 use crate::errors::statement_error;
 use crate::read::{check_row_fence, context, epoch_parameter, read_shard_row, unknown_shard};
-use crate::schema::TOKENS_KEPT_PER_SHARD;
+use crate::schema::{BATCH_MAX_BYTES, BATCH_MAX_UPDATES, TOKENS_KEPT_PER_SHARD};
 use tidemark_storage_types::{decode_frontier, encode_frontier};
 
 /// A pooled connection for an append: closed instead of returned to the
-/// pool when it is dropped while a `COPY` is in flight.
+/// pool when it is dropped while a `COPY` or a batch insert is in flight.
 ///
 /// SUBTLE: sqlx's `PgCopyIn`, dropped before `finish`, sends `CopyFail` but
 /// does not account for the server's answer to it, so the connection's next
@@ -214,7 +219,9 @@ pub(crate) async fn compare_and_append<T: StorageTimestamp>(
         context: &context,
     };
     loop {
-        let attempt = if columns.times.len() >= backend.config().copy_threshold {
+        let bulk = columns.times.len() >= backend.config().copy_threshold
+            || columns.times.len() >= backend.config().batch_threshold;
+        let attempt = if bulk {
             append_by_copy(backend, &mut conn, args, &copy_mark).await?
         } else {
             run_append_statement(backend, &mut conn, args).await?
@@ -276,14 +283,37 @@ pub(crate) async fn run_append_statement(
     })
 }
 
-/// Writes the attempt's columns with `COPY` in a transaction that holds
-/// the shard row's lock, then moves the upper. `copy_mark` is the mark of
-/// the [`AppendConnection`] that `conn` is (or runs a transaction on).
+/// The bulk write path: writes the attempt's columns, as batch rows from
+/// `batch_threshold` updates on and with `COPY` into `updates` below it,
+/// in a transaction that holds the shard row's lock, then moves the upper.
+/// `copy_mark` is the mark of the [`AppendConnection`] that `conn` is (or
+/// runs a transaction on).
 pub(crate) async fn append_by_copy(
     backend: &PostgresBackend,
     conn: &mut PgConnection,
     args: AttemptArgs<'_>,
     copy_mark: &CopyMark,
+) -> Result<Attempt, BackendError> {
+    // SUBTLE: the whole write is marked, not only the COPY or the batch
+    // insert: an append dropped at any await of it (a batch insert of
+    // megabytes finishes fast, so a caller's timeout often lands on the
+    // statement or the commit after it) was seen to leave a connection
+    // whose next user read a stale answer. The mark is cleared only when
+    // the write returns normally; after an error the connection is
+    // closed too, which costs a reconnect and nothing else.
+    copy_mark.set(true);
+    let attempt = write_bulk(backend, conn, args).await;
+    if attempt.is_ok() {
+        copy_mark.set(false);
+    }
+    attempt
+}
+
+/// [`append_by_copy`] without the mark.
+async fn write_bulk(
+    backend: &PostgresBackend,
+    conn: &mut PgConnection,
+    args: AttemptArgs<'_>,
 ) -> Result<Attempt, BackendError> {
     let (shard, context) = (args.shard, args.context);
     let fail = |err| statement_error(err, context);
@@ -299,17 +329,19 @@ pub(crate) async fn append_by_copy(
         // The caller re-reads the shard to tell which.
         return Ok(Attempt::UpperDidNotMatch);
     }
-    let chunks = encode_copy_binary(shard, args.columns)?;
-    copy_mark.set(true);
-    let mut copy = tx
-        .copy_in_raw("COPY updates (shard_id, ts, row_bytes, diff) FROM STDIN (FORMAT binary)")
-        .await
-        .map_err(fail)?;
-    for chunk in chunks {
-        copy.send(chunk).await.map_err(fail)?;
+    if args.columns.times.len() >= backend.config().batch_threshold {
+        insert_batches(&mut tx, shard, args.columns, context).await?;
+    } else {
+        let chunks = encode_copy_binary(shard, args.columns)?;
+        let mut copy = tx
+            .copy_in_raw("COPY updates (shard_id, ts, row_bytes, diff) FROM STDIN (FORMAT binary)")
+            .await
+            .map_err(fail)?;
+        for chunk in chunks {
+            copy.send(chunk).await.map_err(fail)?;
+        }
+        copy.finish().await.map_err(fail)?;
     }
-    copy.finish().await.map_err(fail)?;
-    copy_mark.set(false);
     let no_inline_updates = Columns {
         times: Vec::new(),
         rows: Vec::new(),
@@ -333,6 +365,92 @@ pub(crate) async fn append_by_copy(
     }
     tx.commit().await.map_err(fail)?;
     Ok(Attempt::Applied)
+}
+
+/// The largest row an `update_batches` array element may be: PostgreSQL
+/// refuses values of 1 GiB or more, and the element shares its array with
+/// the others' headers.
+const MAX_BATCH_ELEMENT_BYTES: usize = (1 << 30) - (1 << 20);
+
+/// Bytes counted for one update's time and diff beside its row, as
+/// [`usage`](crate::read::usage) counts them.
+pub(crate) const UPDATE_OVERHEAD_BYTES: usize = 16;
+
+/// Stores the columns as `update_batches` rows, each of at most
+/// [`BATCH_MAX_UPDATES`] updates and [`BATCH_MAX_BYTES`] row bytes (a
+/// single larger row is a batch of its own), on `conn`, which must be in
+/// the append's transaction. Nothing is written for no updates.
+///
+/// # Errors
+///
+/// `InvalidUsage(TooLarge)` for a row too large for an array element,
+/// before anything is sent; statement errors as
+/// [`statement_error`] classifies them.
+async fn insert_batches(
+    conn: &mut PgConnection,
+    shard: ShardId,
+    columns: &Columns<'_>,
+    context: &str,
+) -> Result<(), BackendError> {
+    for (index, row) in columns.rows.iter().enumerate() {
+        if row.len() > MAX_BATCH_ELEMENT_BYTES {
+            return Err(BackendError::InvalidUsage(InvalidUsage::TooLarge {
+                shard,
+                what: format!("row {index} as a postgres batch array element"),
+                size: row.len() as u64,
+                limit: MAX_BATCH_ELEMENT_BYTES as u64,
+            }));
+        }
+    }
+    for range in batch_ranges(&columns.rows) {
+        let times = &columns.times[range.clone()];
+        let (Some(min_ts), Some(max_ts)) = (times.iter().min(), times.iter().max()) else {
+            continue;
+        };
+        let rows = &columns.rows[range.clone()];
+        let byte_count: usize = rows
+            .iter()
+            .map(|row| row.len() + UPDATE_OVERHEAD_BYTES)
+            .sum();
+        sqlx::query(
+            "INSERT INTO update_batches
+                (shard_id, min_ts, max_ts, update_count, byte_count, ts, row_bytes, diffs)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(shard.0)
+        .bind(min_ts)
+        .bind(max_ts)
+        .bind(i64::try_from(times.len()).unwrap_or(i64::MAX))
+        .bind(i64::try_from(byte_count).unwrap_or(i64::MAX))
+        .bind(times)
+        .bind(rows)
+        .bind(&columns.diffs[range])
+        .execute(&mut *conn)
+        .await
+        .map_err(|err| statement_error(err, context))?;
+    }
+    Ok(())
+}
+
+/// Cuts `rows` into consecutive index ranges of at most
+/// [`BATCH_MAX_UPDATES`] rows and [`BATCH_MAX_BYTES`] row bytes each (a
+/// range always takes at least one row).
+fn batch_ranges(rows: &[&[u8]]) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    let (mut start, mut bytes) = (0, 0usize);
+    for (index, row) in rows.iter().enumerate() {
+        let full = index - start >= BATCH_MAX_UPDATES
+            || (index > start && bytes.saturating_add(row.len()) > BATCH_MAX_BYTES);
+        if full {
+            ranges.push(start..index);
+            (start, bytes) = (index, 0);
+        }
+        bytes = bytes.saturating_add(row.len());
+    }
+    if start < rows.len() {
+        ranges.push(start..rows.len());
+    }
+    ranges
 }
 
 /// The largest field the binary `COPY` format can carry: its length is an
@@ -484,6 +602,25 @@ mod tests {
                 .contains(&format!("size={} limit={}", 1u64 << 31, i32::MAX)),
             "{err}"
         );
+    }
+
+    #[test]
+    fn batch_ranges_cut_by_count_and_bytes_and_cover_every_row() {
+        let small = [0u8; 10];
+        let rows: Vec<&[u8]> = vec![&small; BATCH_MAX_UPDATES * 2 + 1];
+        let ranges = batch_ranges(&rows);
+        assert_eq!(
+            ranges,
+            vec![
+                0..BATCH_MAX_UPDATES,
+                BATCH_MAX_UPDATES..BATCH_MAX_UPDATES * 2,
+                BATCH_MAX_UPDATES * 2..BATCH_MAX_UPDATES * 2 + 1
+            ]
+        );
+        let big = vec![0u8; BATCH_MAX_BYTES / 2 + 1];
+        let rows: Vec<&[u8]> = vec![&big, &big, &small, &big];
+        assert_eq!(batch_ranges(&rows), vec![0..1, 1..3, 3..4]);
+        assert!(batch_ranges(&[]).is_empty());
     }
 
     #[test]

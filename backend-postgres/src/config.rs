@@ -73,6 +73,16 @@ pub struct PostgresConfig {
     /// Appends of at least this many updates are written with `COPY` inside
     /// a transaction; smaller ones with one `UNNEST` statement.
     pub(crate) copy_threshold: usize,
+    /// Appends of at least this many updates are stored as rows of
+    /// `update_batches` (parallel arrays, one index entry per
+    /// [`BATCH_MAX_UPDATES`](crate::schema::BATCH_MAX_UPDATES) updates)
+    /// instead of one `updates` row each; `usize::MAX` keeps every update
+    /// in row form.
+    pub(crate) batch_threshold: usize,
+    /// The most streamed reads open at once on this backend (each holds a
+    /// pooled connection until it ends or is dropped); `None` for half the
+    /// pool, at least one.
+    pub(crate) max_open_streams: Option<u32>,
 }
 
 impl Default for PostgresConfig {
@@ -83,6 +93,8 @@ impl Default for PostgresConfig {
             pool_size: 8,
             connect_timeout: Duration::from_secs(5),
             copy_threshold: 2_000,
+            batch_threshold: 2_000,
+            max_open_streams: None,
         }
     }
 }
@@ -95,6 +107,8 @@ impl std::fmt::Debug for PostgresConfig {
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
             .field("copy_threshold", &self.copy_threshold)
+            .field("batch_threshold", &self.batch_threshold)
+            .field("max_open_streams", &self.max_open_streams)
             .finish()
     }
 }
@@ -253,6 +267,22 @@ impl PostgresConfig {
         self
     }
 
+    /// Sets the size from which appends are stored as batch rows
+    /// (`usize::MAX`: never).
+    #[must_use]
+    pub fn with_batch_threshold(mut self, batch_threshold: usize) -> Self {
+        self.batch_threshold = batch_threshold;
+        self
+    }
+
+    /// Sets the most streamed reads open at once (at least 1, at most the
+    /// pool size).
+    #[must_use]
+    pub fn with_max_open_streams(mut self, max_open_streams: u32) -> Self {
+        self.max_open_streams = Some(max_open_streams);
+        self
+    }
+
     /// The connection URL.
     #[must_use]
     pub fn url(&self) -> &str {
@@ -283,6 +313,21 @@ impl PostgresConfig {
         self.copy_threshold
     }
 
+    /// The size from which appends are stored as batch rows.
+    #[must_use]
+    pub fn batch_threshold(&self) -> usize {
+        self.batch_threshold
+    }
+
+    /// The most streamed reads open at once: the configured number, or half
+    /// the pool (at least one). Each open stream holds a pooled connection,
+    /// so the rest of the pool stays for writes and other reads.
+    #[must_use]
+    pub fn max_open_streams(&self) -> u32 {
+        self.max_open_streams
+            .unwrap_or_else(|| (self.pool_size / 2).max(1))
+    }
+
     /// Checks the settings without connecting.
     ///
     /// # Errors
@@ -293,6 +338,14 @@ impl PostgresConfig {
         validate_url_text(&self.url)?;
         if self.pool_size == 0 {
             return Err(invalid_config("pool_size must be at least 1: pool_size=0"));
+        }
+        if let Some(max_open_streams) = self.max_open_streams
+            && (max_open_streams == 0 || max_open_streams > self.pool_size)
+        {
+            return Err(invalid_config(format!(
+                "max_open_streams must be at least 1 and at most pool_size (each open stream holds a connection): max_open_streams={max_open_streams} pool_size={}",
+                self.pool_size
+            )));
         }
         if self.connect_timeout.is_zero() {
             return Err(invalid_config(

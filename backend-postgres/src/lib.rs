@@ -57,9 +57,10 @@ mod maintenance;
 mod notify;
 mod read;
 pub mod schema;
+mod stream;
 
 use std::sync::Arc;
-use tidemark_storage_types::{ChunkLimit, FetchStream, SnapshotStream, stream_from_vec};
+use tidemark_storage_types::{ChunkLimit, FetchStream, SnapshotStream};
 
 use async_trait::async_trait;
 use sqlx::pool::PoolConnection;
@@ -76,6 +77,7 @@ pub use config::{DEFAULT_SCHEMA, PostgresConfig, validate_schema_name};
 
 use crate::errors::connect_error;
 use crate::notify::UpperWatch;
+use crate::stream::StreamSlots;
 
 /// The oldest PostgreSQL this backend runs on (as `server_version_num`).
 pub const MIN_SERVER_VERSION_NUM: i32 = 130_000;
@@ -94,6 +96,7 @@ struct Shared {
     config: PostgresConfig,
     pool: PgPool,
     watch: UpperWatch,
+    streams: StreamSlots,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -143,11 +146,13 @@ impl PostgresConfig {
         let _ = conn.close().await;
         let pool = pool_options(&self).connect_lazy_with(options.clone());
         let watch = UpperWatch::new(&self, options);
+        let streams = StreamSlots::new(self.max_open_streams());
         Ok(PostgresBackend {
             shared: Arc::new(Shared {
                 config: self,
                 pool,
                 watch,
+                streams,
             }),
         })
     }
@@ -290,7 +295,7 @@ impl<T: StorageTimestamp> PersistBackend<T> for PostgresBackend {
     }
 
     async fn snapshot(&self, shard: ShardId, as_of: &T) -> Result<Vec<(Row, Diff)>, BackendError> {
-        read::snapshot(self, shard, as_of, ReadShare::WHOLE).await
+        stream::snapshot(self, shard, as_of, ReadShare::WHOLE).await
     }
 
     async fn fetch(
@@ -299,7 +304,7 @@ impl<T: StorageTimestamp> PersistBackend<T> for PostgresBackend {
         lower: &Antichain<T>,
         upper: &Antichain<T>,
     ) -> Result<Vec<Update<T>>, BackendError> {
-        read::fetch(self, shard, lower, upper, ReadShare::WHOLE).await
+        stream::fetch(self, shard, lower, upper, ReadShare::WHOLE).await
     }
 
     async fn snapshot_share(
@@ -308,7 +313,7 @@ impl<T: StorageTimestamp> PersistBackend<T> for PostgresBackend {
         as_of: &T,
         share: ReadShare,
     ) -> Result<Vec<(Row, Diff)>, BackendError> {
-        read::snapshot(self, shard, as_of, share).await
+        stream::snapshot(self, shard, as_of, share).await
     }
 
     async fn fetch_share(
@@ -318,7 +323,7 @@ impl<T: StorageTimestamp> PersistBackend<T> for PostgresBackend {
         upper: &Antichain<T>,
         share: ReadShare,
     ) -> Result<Vec<Update<T>>, BackendError> {
-        read::fetch(self, shard, lower, upper, share).await
+        stream::fetch(self, shard, lower, upper, share).await
     }
 
     async fn snapshot_stream(
@@ -328,9 +333,7 @@ impl<T: StorageTimestamp> PersistBackend<T> for PostgresBackend {
         share: ReadShare,
         limit: ChunkLimit,
     ) -> Result<SnapshotStream, BackendError> {
-        let entries =
-            <Self as PersistBackend<T>>::snapshot_share(self, shard, as_of, share).await?;
-        Ok(stream_from_vec(entries, limit))
+        stream::snapshot_stream(self, shard, as_of, share, limit).await
     }
 
     async fn fetch_stream(
@@ -341,9 +344,7 @@ impl<T: StorageTimestamp> PersistBackend<T> for PostgresBackend {
         share: ReadShare,
         limit: ChunkLimit,
     ) -> Result<FetchStream<T>, BackendError> {
-        let entries =
-            <Self as PersistBackend<T>>::fetch_share(self, shard, lower, upper, share).await?;
-        Ok(stream_from_vec(entries, limit))
+        stream::fetch_stream(self, shard, lower, upper, share, limit).await
     }
 
     async fn wait_for_upper_past(

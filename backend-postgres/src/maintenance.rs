@@ -10,6 +10,7 @@ use timely::progress::Antichain;
 use crate::PostgresBackend;
 use crate::errors::statement_error;
 use crate::read::{check_row_fence, context, epoch_parameter, read_shard_row, unknown_shard};
+use crate::schema::BATCH_MAX_UPDATES;
 use tidemark_storage_types::{decode_frontier, encode_frontier};
 
 pub(crate) async fn downgrade_since<T: StorageTimestamp>(
@@ -56,8 +57,11 @@ async fn stored(
     context: &str,
 ) -> Result<(u64, u64), BackendError> {
     let (updates, bytes): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), coalesce(sum(octet_length(row_bytes) + 16), 0)::BIGINT
-         FROM updates WHERE shard_id = $1",
+        "SELECT
+            (SELECT count(*) FROM updates WHERE shard_id = $1)
+                + (SELECT coalesce(sum(update_count), 0) FROM update_batches WHERE shard_id = $1)::BIGINT,
+            (SELECT coalesce(sum(octet_length(row_bytes) + 16), 0)::BIGINT FROM updates WHERE shard_id = $1)
+                + (SELECT coalesce(sum(byte_count), 0) FROM update_batches WHERE shard_id = $1)::BIGINT",
     )
     .bind(shard.0)
     .fetch_one(&mut *conn)
@@ -67,6 +71,67 @@ async fn stored(
         u64::try_from(updates).unwrap_or(0),
         u64::try_from(bytes).unwrap_or(0),
     ))
+}
+
+/// Physical compaction to the since `$2` of shard `$1`, in one statement:
+/// every `updates` row at a time not after the since and every
+/// `update_batches` row are deleted, and what they held is written back
+/// consolidated, times advanced by the since, as batch rows of at most `$3`
+/// updates each. Updates at times after the since keep their times; rows
+/// of `updates` after the since are left in place.
+///
+/// The output goes to `update_batches` because it is written in bulk: one
+/// index entry per batch instead of one per update, as for large appends.
+const COMPACT_STATEMENT: &str = "
+WITH removed_rows AS (
+    DELETE FROM updates WHERE shard_id = $1 AND ts <= $2
+    RETURNING ts, row_bytes, diff
+),
+removed_batches AS (
+    DELETE FROM update_batches WHERE shard_id = $1
+    RETURNING ts, row_bytes, diffs
+),
+consolidated AS (
+    SELECT advanced, row_bytes, sum(diff)::BIGINT AS diff FROM (
+        SELECT greatest(ts, $2) AS advanced, row_bytes, diff FROM removed_rows
+        UNION ALL
+        SELECT greatest(ts, $2), row_bytes, diff FROM (
+            SELECT unnest(ts) AS ts, unnest(row_bytes) AS row_bytes, unnest(diffs) AS diff
+            FROM removed_batches
+        ) unnested
+    ) stored
+    GROUP BY advanced, row_bytes HAVING sum(diff) <> 0
+),
+numbered AS (
+    SELECT advanced, row_bytes, diff,
+        (row_number() OVER (ORDER BY advanced, row_bytes) - 1) / $3 AS piece
+    FROM consolidated
+)
+INSERT INTO update_batches
+    (shard_id, min_ts, max_ts, update_count, byte_count, ts, row_bytes, diffs)
+SELECT $1, min(advanced), max(advanced), count(*), sum(octet_length(row_bytes) + 16)::BIGINT,
+    array_agg(advanced ORDER BY advanced, row_bytes),
+    array_agg(row_bytes ORDER BY advanced, row_bytes),
+    array_agg(diff ORDER BY advanced, row_bytes)
+FROM numbered GROUP BY piece";
+
+/// Deletes every stored update of the shard, in both layouts.
+async fn delete_data(
+    conn: &mut PgConnection,
+    shard: ShardId,
+    context: &str,
+) -> Result<(), BackendError> {
+    for statement in [
+        "DELETE FROM updates WHERE shard_id = $1",
+        "DELETE FROM update_batches WHERE shard_id = $1",
+    ] {
+        sqlx::query(statement)
+            .bind(shard.0)
+            .execute(&mut *conn)
+            .await
+            .map_err(|err| statement_error(err, context))?;
+    }
+    Ok(())
 }
 
 pub(crate) async fn compact(
@@ -87,31 +152,20 @@ pub(crate) async fn compact(
     let (updates_before, bytes_before) = stored(&mut tx, shard, &context).await?;
     match row.since {
         Some(since) => {
-            // One statement: the delete and the consolidated insert read the
-            // same snapshot.
-            sqlx::query(
-                "WITH removed AS (
-                    DELETE FROM updates WHERE shard_id = $1 AND ts <= $2
-                    RETURNING row_bytes, diff
-                 )
-                 INSERT INTO updates (shard_id, ts, row_bytes, diff)
-                 SELECT $1, $2, row_bytes, sum(diff)::BIGINT FROM removed
-                 GROUP BY row_bytes HAVING sum(diff) <> 0",
-            )
-            .bind(shard.0)
-            .bind(since)
-            .execute(&mut *tx)
-            .await
-            .map_err(fail)?;
+            // One statement: the deletes and the consolidated insert read
+            // the same snapshot, and nothing passes through this process.
+            sqlx::query(COMPACT_STATEMENT)
+                .bind(shard.0)
+                .bind(since)
+                .bind(i64::try_from(BATCH_MAX_UPDATES).unwrap_or(i64::MAX))
+                .execute(&mut *tx)
+                .await
+                .map_err(fail)?;
         }
         None => {
             // An empty since: no read is valid ever again, so nothing stored
             // can be observed.
-            sqlx::query("DELETE FROM updates WHERE shard_id = $1")
-                .bind(shard.0)
-                .execute(&mut *tx)
-                .await
-                .map_err(fail)?;
+            delete_data(&mut tx, shard, &context).await?;
         }
     }
     let (updates_after, bytes_after) = stored(&mut tx, shard, &context).await?;
@@ -138,11 +192,7 @@ pub(crate) async fn finalize(
     if row.finalized {
         return Ok(());
     }
-    sqlx::query("DELETE FROM updates WHERE shard_id = $1")
-        .bind(shard.0)
-        .execute(&mut *tx)
-        .await
-        .map_err(fail)?;
+    delete_data(&mut tx, shard, &context).await?;
     sqlx::query("DELETE FROM append_tokens WHERE shard_id = $1")
         .bind(shard.0)
         .execute(&mut *tx)

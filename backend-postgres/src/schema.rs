@@ -12,7 +12,17 @@
 //!   is the highest epoch of a fenced write, checked and raised by the same
 //!   statement that writes.
 //! - `updates (shard_id, ts, row_bytes, diff)`: one row per update, indexed
-//!   by `(shard_id, ts)`, so snapshots and compaction are SQL.
+//!   by `(shard_id, ts)`, so snapshots and compaction are SQL. Small appends
+//!   land here.
+//! - `update_batches (shard_id, batch_id, min_ts, max_ts, update_count,
+//!   byte_count, ts[], row_bytes[], diffs[])` (version 3): large appends
+//!   and compaction output, up to [`BATCH_MAX_UPDATES`] updates per row as
+//!   three parallel arrays, stored out of line without compression
+//!   (`STORAGE EXTERNAL`). One row instead of one per update means one
+//!   index entry instead of thousands, which is what made bulk appends cost
+//!   twice a raw `COPY`; reads and compaction `unnest` the arrays in SQL, so
+//!   they stay server-side and consolidate both tables together. See
+//!   `docs/decisions/115-postgres-streams-and-batch-layout.md`.
 //! - `append_tokens (shard_id, token, expected_upper, new_upper,
 //!   append_seq)`: the idempotency tokens of the most recent
 //!   [`TOKENS_KEPT_PER_SHARD`] appends of each shard.
@@ -37,6 +47,14 @@ use crate::errors::statement_error;
 /// How many of each shard's most recent idempotency tokens are kept (the
 /// contract asks for at least 128).
 pub const TOKENS_KEPT_PER_SHARD: i64 = 1024;
+
+/// The most updates one `update_batches` row holds; larger appends are
+/// split into several rows (in the same transaction).
+pub const BATCH_MAX_UPDATES: usize = 65_536;
+
+/// The most row bytes one `update_batches` row holds (well below the 1 GiB
+/// a PostgreSQL value may take).
+pub const BATCH_MAX_BYTES: usize = 64 << 20;
 
 /// One schema version.
 #[derive(Debug)]
@@ -85,6 +103,31 @@ CREATE INDEX append_tokens_shard_seq ON append_tokens (shard_id, append_seq);
         version: 2,
         description: "the shard's writer epoch, for fenced writes",
         sql: "ALTER TABLE shards ADD COLUMN writer_epoch BIGINT NOT NULL DEFAULT 0;",
+    },
+    Migration {
+        version: 3,
+        description: "update batches: large appends as one row of parallel arrays",
+        sql: r"
+CREATE TABLE update_batches (
+    shard_id     UUID NOT NULL,
+    batch_id     BIGSERIAL NOT NULL,
+    min_ts       BIGINT NOT NULL,
+    max_ts       BIGINT NOT NULL,
+    update_count BIGINT NOT NULL,
+    byte_count   BIGINT NOT NULL,
+    ts           BIGINT[] NOT NULL,
+    row_bytes    BYTEA[] NOT NULL,
+    diffs        BIGINT[] NOT NULL,
+    PRIMARY KEY (shard_id, batch_id),
+    CHECK (cardinality(ts) = update_count
+       AND cardinality(row_bytes) = update_count
+       AND cardinality(diffs) = update_count)
+);
+ALTER TABLE update_batches
+    ALTER COLUMN ts SET STORAGE EXTERNAL,
+    ALTER COLUMN row_bytes SET STORAGE EXTERNAL,
+    ALTER COLUMN diffs SET STORAGE EXTERNAL;
+",
     },
 ];
 

@@ -1,0 +1,538 @@
+//! Snapshots and fetches, streamed from a server-side cursor or read whole.
+//!
+//! A read opens a `REPEATABLE READ READ ONLY` transaction, reads the
+//! shard's row and checks the read against its frontiers in that
+//! transaction, then runs one statement over both layouts (`updates` rows
+//! and the `unnest`ed arrays of `update_batches`) that consolidates in SQL
+//! (`GROUP BY ... HAVING sum(diff) <> 0`) and orders the result as the read
+//! delivers it (`ORDER BY row_bytes`, or `ORDER BY time, row_bytes` for a
+//! fetch). Every check happens before the first row, so argument errors
+//! come from the call, never part-way.
+//!
+//! - **Streamed** ([`open_snapshot`] / [`open_fetch`] with a
+//!   [`StreamSlot`]): the statement is a `NO SCROLL` cursor declared in the
+//!   transaction, and the stream `FETCH`es from it as it is polled, cutting
+//!   what arrives into chunks within the read's [`ChunkLimit`]. The
+//!   transaction's snapshot fixes the shard's state at the call: appends,
+//!   compaction and finalization after it are invisible to the stream. The
+//!   stream owns the pooled connection; dropping it drops the transaction,
+//!   which sqlx rolls back before the connection goes back to the pool. A
+//!   statement failure ends the stream with that error as its last item.
+//! - **Whole** (the `Vec` forms, `slot` `None`): the same transaction and
+//!   statement, read to its end through one portal (no cursor round trips),
+//!   already in order.
+//!
+//! # Open streams are bounded
+//!
+//! Each open stream holds a connection for as long as its reader takes, so
+//! a backend admits at most
+//! [`max_open_streams`](crate::PostgresConfig::max_open_streams) at once
+//! (half the pool unless configured), leaving the rest of the pool to
+//! appends and other reads. One more is refused at the call with
+//! `Determinate(Unavailable)` naming the limit, instead of waiting: a
+//! reader that holds streams while it opens another would otherwise wait
+//! on itself. The `Vec` forms take no slot (they end on their own).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow, PgConnection, Postgres, Transaction};
+use tidemark_storage_types::{
+    BackendError, ChunkBuilder, ChunkEntry, ChunkLimit, DeterminateKind, Diff, FetchStream,
+    ReadShare, ReadStream, Row, ShardFrontiers, ShardId, SnapshotStream, StorageTimestamp, Update,
+    contract, decode_frontier, encode_frontier,
+};
+use timely::progress::Antichain;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+
+use crate::PostgresBackend;
+use crate::errors::{connect_error, statement_error};
+use crate::frontier::decode_frontiers;
+use crate::read::{context, read_shard_row, unknown_shard};
+
+/// The cursor every streamed read declares (one per transaction, so one
+/// name serves all).
+const CURSOR_NAME: &str = "tidemark_read";
+
+/// The most rows one `FETCH` asks for, whatever the chunk limit.
+const MAX_FETCH_ROWS: usize = 8192;
+
+/// The snapshot statement over both layouts: `$1` shard, `$2` as-of; with a
+/// share also `$3` count and `$4` index.
+const SNAPSHOT_SQL: &str = "
+SELECT row_bytes, sum(diff)::BIGINT FROM (
+    SELECT row_bytes, diff FROM updates WHERE shard_id = $1 AND ts <= $2
+    UNION ALL
+    SELECT row_bytes, diff FROM (
+        SELECT unnest(ts) AS ts, unnest(row_bytes) AS row_bytes, unnest(diffs) AS diff
+        FROM update_batches WHERE shard_id = $1 AND min_ts <= $2
+    ) batch WHERE ts <= $2
+) stored
+GROUP BY row_bytes HAVING sum(diff) <> 0
+ORDER BY row_bytes";
+
+const SNAPSHOT_SHARE_SQL: &str = "
+SELECT row_bytes, sum(diff)::BIGINT FROM (
+    SELECT row_bytes, diff FROM updates WHERE shard_id = $1 AND ts <= $2
+    UNION ALL
+    SELECT row_bytes, diff FROM (
+        SELECT unnest(ts) AS ts, unnest(row_bytes) AS row_bytes, unnest(diffs) AS diff
+        FROM update_batches WHERE shard_id = $1 AND min_ts <= $2
+    ) batch WHERE ts <= $2
+) stored
+WHERE (('x' || left(md5(row_bytes), 8))::bit(32)::BIGINT % $3::BIGINT) = $4::BIGINT
+GROUP BY row_bytes HAVING sum(diff) <> 0
+ORDER BY row_bytes";
+
+/// The fetch statement over both layouts: `$1` shard, `$2` since, `$3`
+/// lower, `$4` upper (`NULL` for the empty frontier); with a share also
+/// `$5` count and `$6` index.
+///
+/// Times are advanced by the since before the range applies, so the answer
+/// does not depend on whether physical compaction has run:
+/// `advance(t) = max(t, since)` is in `[lower, upper)` iff
+/// `(t >= lower or since >= lower) and t < upper and since < upper` (the
+/// caller has checked `since < upper`).
+const FETCH_SQL: &str = "
+SELECT greatest(ts, $2) AS advanced, row_bytes, sum(diff)::BIGINT FROM (
+    SELECT ts, row_bytes, diff FROM updates
+    WHERE shard_id = $1 AND (ts >= $3 OR $2 >= $3) AND ($4::BIGINT IS NULL OR ts < $4)
+    UNION ALL
+    SELECT ts, row_bytes, diff FROM (
+        SELECT unnest(ts) AS ts, unnest(row_bytes) AS row_bytes, unnest(diffs) AS diff
+        FROM update_batches
+        WHERE shard_id = $1 AND (max_ts >= $3 OR $2 >= $3) AND ($4::BIGINT IS NULL OR min_ts < $4)
+    ) batch WHERE (ts >= $3 OR $2 >= $3) AND ($4::BIGINT IS NULL OR ts < $4)
+) stored
+GROUP BY advanced, row_bytes HAVING sum(diff) <> 0
+ORDER BY advanced, row_bytes";
+
+const FETCH_SHARE_SQL: &str = "
+SELECT greatest(ts, $2) AS advanced, row_bytes, sum(diff)::BIGINT FROM (
+    SELECT ts, row_bytes, diff FROM updates
+    WHERE shard_id = $1 AND (ts >= $3 OR $2 >= $3) AND ($4::BIGINT IS NULL OR ts < $4)
+    UNION ALL
+    SELECT ts, row_bytes, diff FROM (
+        SELECT unnest(ts) AS ts, unnest(row_bytes) AS row_bytes, unnest(diffs) AS diff
+        FROM update_batches
+        WHERE shard_id = $1 AND (max_ts >= $3 OR $2 >= $3) AND ($4::BIGINT IS NULL OR min_ts < $4)
+    ) batch WHERE (ts >= $3 OR $2 >= $3) AND ($4::BIGINT IS NULL OR ts < $4)
+) stored
+WHERE (('x' || left(md5(row_bytes), 8))::bit(32)::BIGINT % $5::BIGINT) = $6::BIGINT
+GROUP BY advanced, row_bytes HAVING sum(diff) <> 0
+ORDER BY advanced, row_bytes";
+
+/// The open-stream bound of one backend (shared by its clones).
+#[derive(Clone)]
+pub(crate) struct StreamSlots {
+    slots: Arc<Semaphore>,
+    limit: u32,
+}
+
+/// A held place among the open streams, given back when dropped.
+pub(crate) struct StreamSlot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl StreamSlots {
+    pub(crate) fn new(limit: u32) -> Self {
+        StreamSlots {
+            slots: Arc::new(Semaphore::new(limit as usize)),
+            limit,
+        }
+    }
+
+    /// A slot for one more open stream.
+    ///
+    /// # Errors
+    ///
+    /// `Determinate(Unavailable)` naming the limit when every slot is held.
+    pub(crate) fn take(&self, context: &str) -> Result<StreamSlot, BackendError> {
+        match Arc::clone(&self.slots).try_acquire_owned() {
+            Ok(permit) => Ok(StreamSlot { _permit: permit }),
+            Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => {
+                Err(BackendError::determinate(
+                    DeterminateKind::Unavailable,
+                    format!(
+                        "too many streamed reads are open on this backend (each holds a pooled connection): finish or drop one, or raise max_open_streams: {context} max_open_streams={}",
+                        self.limit
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// How many streams are open now (for diagnostics and tests).
+    pub(crate) fn open(&self) -> usize {
+        (self.limit as usize).saturating_sub(self.slots.available_permits())
+    }
+}
+
+/// A statement's parameters, bound in order.
+enum Param {
+    Uuid(uuid::Uuid),
+    Int(i64),
+    NullableInt(Option<i64>),
+}
+
+/// A read ready to run: its transaction (frontiers checked), its statement
+/// and parameters, or nothing to read at all.
+enum Prepared {
+    Statement {
+        tx: Transaction<'static, Postgres>,
+        sql: &'static str,
+        params: Vec<Param>,
+    },
+    Nothing {
+        tx: Transaction<'static, Postgres>,
+    },
+}
+
+/// Begins the read transaction and reads the shard's row in it.
+async fn begin_read(
+    backend: &PostgresBackend,
+    shard: ShardId,
+    context: &str,
+) -> Result<(Transaction<'static, Postgres>, crate::read::ShardRow), BackendError> {
+    let conn = backend
+        .shared
+        .pool
+        .acquire()
+        .await
+        .map_err(|err| connect_error(err, context))?;
+    let mut tx = Transaction::begin(
+        conn,
+        Some("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY".into()),
+    )
+    .await
+    .map_err(|err| statement_error(err, context))?;
+    let row = read_shard_row(&mut tx, shard, false, context)
+        .await?
+        .ok_or_else(|| unknown_shard(shard))?;
+    Ok((tx, row))
+}
+
+async fn prepare_snapshot<T: StorageTimestamp>(
+    backend: &PostgresBackend,
+    shard: ShardId,
+    as_of: &T,
+    share: ReadShare,
+    context: &str,
+) -> Result<Prepared, BackendError> {
+    share.check(shard)?;
+    let (tx, row) = begin_read(backend, shard, context).await?;
+    let frontiers: ShardFrontiers<T> = decode_frontiers(row.since, row.upper);
+    contract::check_readable(shard, &frontiers.since, &frontiers.upper, as_of)?;
+    let mut params = vec![Param::Uuid(shard.0), Param::Int(as_of.encode())];
+    let sql = if share == ReadShare::WHOLE {
+        SNAPSHOT_SQL
+    } else {
+        params.push(Param::Int(i64::from(share.count)));
+        params.push(Param::Int(i64::from(share.index)));
+        SNAPSHOT_SHARE_SQL
+    };
+    Ok(Prepared::Statement { tx, sql, params })
+}
+
+async fn prepare_fetch<T: StorageTimestamp>(
+    backend: &PostgresBackend,
+    shard: ShardId,
+    lower: &Antichain<T>,
+    upper: &Antichain<T>,
+    share: ReadShare,
+    context: &str,
+) -> Result<Prepared, BackendError> {
+    share.check(shard)?;
+    let (tx, row) = begin_read(backend, shard, context).await?;
+    let shard_upper: Antichain<T> = decode_frontier(row.upper);
+    contract::check_fetch_range(shard, lower, upper, &shard_upper)?;
+    let upper_code = encode_frontier(upper);
+    // An empty since: nothing can ever be read again. An empty lower: the
+    // range [[], upper) is empty. A since at or past upper: every time
+    // advances out of the range.
+    let (Some(since_code), Some(lower_code)) = (row.since, encode_frontier(lower)) else {
+        return Ok(Prepared::Nothing { tx });
+    };
+    if upper_code.is_some_and(|upper_code| since_code >= upper_code) {
+        return Ok(Prepared::Nothing { tx });
+    }
+    let mut params = vec![
+        Param::Uuid(shard.0),
+        Param::Int(since_code),
+        Param::Int(lower_code),
+        Param::NullableInt(upper_code),
+    ];
+    let sql = if share == ReadShare::WHOLE {
+        FETCH_SQL
+    } else {
+        params.push(Param::Int(i64::from(share.count)));
+        params.push(Param::Int(i64::from(share.index)));
+        FETCH_SHARE_SQL
+    };
+    Ok(Prepared::Statement { tx, sql, params })
+}
+
+fn bind_all<'q, O>(
+    mut query: sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments>,
+    params: &[Param],
+) -> sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments> {
+    for param in params {
+        query = match param {
+            Param::Uuid(value) => query.bind(*value),
+            Param::Int(value) => query.bind(*value),
+            Param::NullableInt(value) => query.bind(*value),
+        };
+    }
+    query
+}
+
+/// A snapshot row as the statement returns it.
+type SnapshotRecord = (Vec<u8>, i64);
+/// A fetch row as the statement returns it.
+type FetchRecord = (i64, Vec<u8>, i64);
+
+fn snapshot_entry(record: SnapshotRecord, context: &str) -> Result<(Row, Diff), BackendError> {
+    let (bytes, diff) = record;
+    Ok((decode_row(&bytes, context)?, diff))
+}
+
+fn fetch_entry<T: StorageTimestamp>(
+    record: FetchRecord,
+    context: &str,
+) -> Result<Update<T>, BackendError> {
+    let (time, bytes, diff) = record;
+    Ok(Update::new(
+        decode_row(&bytes, context)?,
+        T::decode(time),
+        diff,
+    ))
+}
+
+/// A stored row, checked.
+pub(crate) fn decode_row(bytes: &[u8], context: &str) -> Result<Row, BackendError> {
+    Row::from_bytes(bytes).map_err(|err| {
+        BackendError::determinate(
+            DeterminateKind::Corrupted,
+            format!("stored row is not a valid row encoding: {err}: {context}"),
+        )
+    })
+}
+
+/// Runs a prepared read to its end.
+async fn read_whole<R, C>(
+    prepared: Prepared,
+    entry: fn(R, &str) -> Result<C, BackendError>,
+    context: &str,
+) -> Result<Vec<C>, BackendError>
+where
+    R: for<'r> FromRow<'r, PgRow> + Send + Unpin,
+{
+    let fail = |err| statement_error(err, context);
+    let (mut tx, sql, params) = match prepared {
+        Prepared::Nothing { tx } => {
+            tx.commit().await.map_err(fail)?;
+            return Ok(Vec::new());
+        }
+        Prepared::Statement { tx, sql, params } => (tx, sql, params),
+    };
+    let mut entries = Vec::new();
+    {
+        let query = bind_all(sqlx::query_as::<_, R>(sql), &params);
+        let mut records = query.fetch(&mut *tx);
+        while let Some(record) = records.try_next().await.map_err(fail)? {
+            entries.push(entry(record, context)?);
+        }
+    }
+    tx.commit().await.map_err(fail)?;
+    Ok(entries)
+}
+
+/// An open cursor read: the transaction it runs in, its slot, and the
+/// chunks cut but not yet delivered.
+struct CursorRead<R, C> {
+    tx: Transaction<'static, Postgres>,
+    _slot: StreamSlot,
+    entry: fn(R, &str) -> Result<C, BackendError>,
+    builder: ChunkBuilder<C>,
+    ready: VecDeque<Vec<C>>,
+    limit: ChunkLimit,
+    fetch_rows: usize,
+    exhausted: bool,
+    context: String,
+}
+
+/// Declares the cursor for a prepared read and returns the stream of its
+/// chunks.
+async fn open_cursor<R, C>(
+    prepared: Prepared,
+    slot: StreamSlot,
+    entry: fn(R, &str) -> Result<C, BackendError>,
+    limit: ChunkLimit,
+    context: String,
+) -> Result<ReadStream<C>, BackendError>
+where
+    R: for<'r> FromRow<'r, PgRow> + Send + Unpin + 'static,
+    C: ChunkEntry,
+{
+    let (mut tx, sql, params) = match prepared {
+        Prepared::Nothing { tx } => {
+            tx.commit()
+                .await
+                .map_err(|err| statement_error(err, &context))?;
+            return Ok(futures::stream::empty().boxed());
+        }
+        Prepared::Statement { tx, sql, params } => (tx, sql, params),
+    };
+    let declare = format!("DECLARE {CURSOR_NAME} NO SCROLL CURSOR FOR {sql}");
+    // Parsed once per stream (an unnamed statement): a declaration is not
+    // worth a place in the connection's statement cache.
+    bind_all(sqlx::query_as::<_, (i32,)>(&declare), &params)
+        .persistent(false)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|err| statement_error(err, &context))?;
+    let read = CursorRead {
+        tx,
+        _slot: slot,
+        entry,
+        builder: ChunkBuilder::new(limit),
+        ready: VecDeque::new(),
+        limit,
+        fetch_rows: limit.max_entries.get().min(MAX_FETCH_ROWS),
+        exhausted: false,
+        context,
+    };
+    Ok(futures::stream::unfold(Some(read), next_chunk).boxed())
+}
+
+/// The stream's step: the next chunk, fetching from the cursor as needed;
+/// `None` once everything was delivered (the transaction then ends) or
+/// after an error.
+async fn next_chunk<R, C>(
+    state: Option<CursorRead<R, C>>,
+) -> Option<(Result<Vec<C>, BackendError>, Option<CursorRead<R, C>>)>
+where
+    R: for<'r> FromRow<'r, PgRow> + Send + Unpin,
+    C: ChunkEntry,
+{
+    let mut read = state?;
+    loop {
+        if let Some(chunk) = read.ready.pop_front() {
+            return Some((Ok(chunk), Some(read)));
+        }
+        if read.exhausted {
+            // Everything was delivered once the last chunk is: the
+            // transaction (read only) is rolled back as the connection goes
+            // back to the pool, whether or not the stream is dropped.
+            let last = read.builder.finish()?;
+            return Some((Ok(last), Some(read)));
+        }
+        if let Err(err) = read.fetch_more().await {
+            return Some((Err(err), None));
+        }
+    }
+}
+
+impl<R, C> CursorRead<R, C>
+where
+    R: for<'r> FromRow<'r, PgRow> + Send + Unpin,
+    C: ChunkEntry,
+{
+    /// Fetches the next rows from the cursor into chunks; marks the read
+    /// exhausted when the cursor returned fewer than asked for.
+    async fn fetch_more(&mut self) -> Result<(), BackendError> {
+        // A FETCH count cannot be a parameter; the count is a number this
+        // code computed.
+        let statement = format!("FETCH {} FROM {CURSOR_NAME}", self.fetch_rows);
+        let records: Vec<R> = sqlx::query_as::<_, R>(&statement)
+            .persistent(false)
+            .fetch_all(&mut *self.tx as &mut PgConnection)
+            .await
+            .map_err(|err| statement_error(err, &self.context))?;
+        if records.len() < self.fetch_rows {
+            self.exhausted = true;
+        }
+        let mut largest = 1;
+        for record in records {
+            let entry = (self.entry)(record, &self.context)?;
+            largest = largest.max(entry.chunk_bytes());
+            if let Some(chunk) = self.builder.push(entry) {
+                self.ready.push_back(chunk);
+            }
+        }
+        // Ask for about a chunk's worth of bytes next time, judged by the
+        // largest entry so far, so one fetch never holds much more than a
+        // chunk however large rows are.
+        self.fetch_rows = (self.limit.max_bytes.get() / largest)
+            .clamp(1, self.limit.max_entries.get().min(MAX_FETCH_ROWS))
+            .min(self.fetch_rows.max(1));
+        Ok(())
+    }
+}
+
+/// The snapshot, whole, in row order.
+pub(crate) async fn snapshot<T: StorageTimestamp>(
+    backend: &PostgresBackend,
+    shard: ShardId,
+    as_of: &T,
+    share: ReadShare,
+) -> Result<Vec<(Row, Diff)>, BackendError> {
+    let context = context(backend, shard);
+    let prepared = prepare_snapshot(backend, shard, as_of, share, &context).await?;
+    read_whole(prepared, snapshot_entry, &context).await
+}
+
+/// The fetch, whole, in `(time, row)` order.
+pub(crate) async fn fetch<T: StorageTimestamp>(
+    backend: &PostgresBackend,
+    shard: ShardId,
+    lower: &Antichain<T>,
+    upper: &Antichain<T>,
+    share: ReadShare,
+) -> Result<Vec<Update<T>>, BackendError> {
+    let context = context(backend, shard);
+    let prepared = prepare_fetch(backend, shard, lower, upper, share, &context).await?;
+    read_whole(prepared, fetch_entry::<T>, &context).await
+}
+
+/// The snapshot as a stream of chunks from a cursor.
+pub(crate) async fn snapshot_stream<T: StorageTimestamp>(
+    backend: &PostgresBackend,
+    shard: ShardId,
+    as_of: &T,
+    share: ReadShare,
+    limit: ChunkLimit,
+) -> Result<SnapshotStream, BackendError> {
+    let context = context(backend, shard);
+    share.check(shard)?;
+    let slot = backend.shared.streams.take(&context)?;
+    let prepared = prepare_snapshot(backend, shard, as_of, share, &context).await?;
+    open_cursor(prepared, slot, snapshot_entry, limit, context).await
+}
+
+/// The fetch as a stream of chunks from a cursor.
+pub(crate) async fn fetch_stream<T: StorageTimestamp>(
+    backend: &PostgresBackend,
+    shard: ShardId,
+    lower: &Antichain<T>,
+    upper: &Antichain<T>,
+    share: ReadShare,
+    limit: ChunkLimit,
+) -> Result<FetchStream<T>, BackendError> {
+    let context = context(backend, shard);
+    share.check(shard)?;
+    let slot = backend.shared.streams.take(&context)?;
+    let prepared = prepare_fetch(backend, shard, lower, upper, share, &context).await?;
+    open_cursor(prepared, slot, fetch_entry::<T>, limit, context).await
+}
+
+impl PostgresBackend {
+    /// How many streamed reads of this backend (and its clones) are open
+    /// now: each holds a pooled connection until it ends or is dropped.
+    #[must_use]
+    pub fn open_streams(&self) -> usize {
+        self.shared.streams.open()
+    }
+}
