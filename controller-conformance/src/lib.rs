@@ -10,6 +10,7 @@
 
 pub mod appends;
 pub mod collections;
+pub mod crash;
 pub mod drops;
 pub mod durable;
 pub mod exports;
