@@ -25,7 +25,7 @@ fn factory_on(url: &str, schema: String) -> PostgresFactory {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_writers_leave_each_call_whole() {
+async fn atomic_calls_stay_whole_when_writers_are_killed() {
     let Some(url) = test_url("postgres atomic kill test") else {
         return;
     };
@@ -43,7 +43,7 @@ async fn killed_writers_leave_each_call_whole() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the writer process that killed_writers_leave_each_call_whole starts and kills"]
+#[ignore = "the writer process that atomic_calls_stay_whole_when_writers_are_killed starts and kills"]
 async fn atomic_writer() {
     let (Ok(schema), Some(url)) = (std::env::var(SCHEMA_ENV), test_url("atomic writer")) else {
         return;

@@ -23,7 +23,7 @@ fn factory_on(endpoint: &str, bucket: &str, prefix: &str) -> S3Factory {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_writers_leave_each_call_whole() {
+async fn atomic_calls_stay_whole_when_writers_are_killed() {
     let Some(endpoint) = test_endpoint("s3 atomic kill test") else {
         return;
     };
@@ -44,7 +44,7 @@ async fn killed_writers_leave_each_call_whole() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the writer process that killed_writers_leave_each_call_whole starts and kills"]
+#[ignore = "the writer process that atomic_calls_stay_whole_when_writers_are_killed starts and kills"]
 async fn atomic_writer() {
     let (Ok(store), Some(endpoint)) = (std::env::var(STORE_ENV), test_endpoint("atomic writer"))
     else {

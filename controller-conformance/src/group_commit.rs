@@ -207,8 +207,9 @@ pub async fn a_call_that_cannot_follow_its_group_fails_alone<F: BackendFactory>(
 
 /// Another writer moved one table's upper, so the store refuses the whole
 /// group: nothing of it lands, and then each call commits alone, getting
-/// the answer it would have had on its own: the calls to the moved table
-/// `InvalidUppers`, the others success, in submission order.
+/// the answer it would have had on its own, in submission order: the call
+/// that names the moved table `InvalidUppers` (and none of it lands, on
+/// either table), the others success.
 pub async fn a_group_the_store_refuses_answers_each_call_alone<F: BackendFactory>(factory: &F) {
     let mut c = counting_controller(factory, burst_config(3, 1_000)).await;
     c.create_collections(vec![(user(1), table()), (user(2), table())])
@@ -231,8 +232,11 @@ pub async fn a_group_the_store_refuses_answers_each_call_alone<F: BackendFactory
     let before = store_commits(&c);
     let receivers: Vec<Answer> = [
         vec![(user(1), vec![update(1, "a", 0, 1)], 1)],
-        vec![(user(2), vec![update(2, "b", 0, 1)], 1)],
-        vec![(user(1), vec![update(3, "c", 1, 1)], 2)],
+        vec![
+            (user(1), vec![update(2, "b", 1, 1)], 2),
+            (user(2), vec![update(2, "b", 0, 1)], 1),
+        ],
+        vec![(user(1), vec![update(3, "c", 2, 1)], 3)],
     ]
     .into_iter()
     .map(|call| c.append(call).expect("append accepted"))
@@ -249,13 +253,51 @@ pub async fn a_group_the_store_refuses_answers_each_call_alone<F: BackendFactory
         store_commits(&c) - before > 1,
         "the refused group was followed by commits of its calls alone"
     );
-    assert_eq!(other.frontiers(u1).await.unwrap().upper, frontier(2));
+    assert_eq!(other.frontiers(u1).await.unwrap().upper, frontier(3));
     assert_eq!(
-        rows_at(&other, u1, 1).await,
+        rows_at(&other, u1, 2).await,
         vec![(row(1, "a"), 1), (row(3, "c"), 1)]
     );
     assert_eq!(other.frontiers(u2).await.unwrap().upper, frontier(2));
     assert_eq!(rows_at(&other, u2, 1).await, vec![(row(9, "other"), 1)]);
+}
+
+/// Queued calls that share no table commit side by side, one store commit
+/// each; with `join_disjoint_calls` they join one store commit.
+pub async fn disjoint_calls_commit_side_by_side_unless_joined<F: BackendFactory>(factory: &F) {
+    for join in [false, true] {
+        let mut config = burst_config(4, 1_000);
+        config.group_commit.join_disjoint_calls = join;
+        let mut c = counting_controller(factory, config).await;
+        let ids: Vec<GlobalId> = (1..=4)
+            .map(|n| user(if join { 10 + n } else { n }))
+            .collect();
+        c.create_collections(ids.iter().map(|id| (*id, table())).collect())
+            .await
+            .unwrap();
+        let before = store_commits(&c);
+        let receivers: Vec<Answer> = ids
+            .iter()
+            .map(|id| {
+                c.append(vec![(*id, vec![update(1, "x", 0, 1)], 1)])
+                    .expect("append accepted")
+            })
+            .collect();
+        for receiver in receivers {
+            assert_eq!(outcome(receiver).await, Ok(()), "join {join}");
+        }
+        let expected = if join { 1 } else { 4 };
+        assert_eq!(store_commits(&c) - before, expected, "join {join}");
+        let reader = factory.open_handle().await;
+        for id in &ids {
+            let shard = data_shard(&c, *id);
+            assert_eq!(
+                reader.frontiers(shard).await.unwrap().upper,
+                frontier(1),
+                "{id}"
+            );
+        }
+    }
 }
 
 /// A group reaching `max_updates` closes: four one-update calls with a

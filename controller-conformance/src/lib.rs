@@ -372,6 +372,7 @@ macro_rules! controller_tests {
             group_commit::a_call_that_cannot_follow_its_group_fails_alone,
             group_commit::a_group_the_store_refuses_answers_each_call_alone,
             group_commit::a_group_closes_at_its_update_bound,
+            group_commit::disjoint_calls_commit_side_by_side_unless_joined,
             group_commit::readers_never_see_part_of_a_grouped_call,
             group_commit::grouped_calls_under_faults_are_all_or_nothing,
             policies::lag_policy_advances_since_with_writes,

@@ -4,7 +4,9 @@
 //! appends/s and p50/p99 latency, against, in the same run,
 //!
 //! - (a) the same workload through a controller that commits every call on
-//!   its own (`GroupCommitConfig::one_commit_per_call`), and
+//!   its own (`GroupCommitConfig::one_commit_per_call`; "joined" is a third
+//!   controller whose queued calls all join one commit,
+//!   `join_disjoint_calls`), and
 //! - (b) the raw store: `W` concurrent requests of the store's own kind
 //!   (S3: one PUT of a small object; PostgreSQL: one autocommitted
 //!   single-row INSERT; memory: a push onto a mutex-guarded Vec), in
@@ -13,7 +15,7 @@
 //! Also the p50 of one uncontended single-table append, and of one
 //! uncontended atomic call naming 3 tables, as a ratio to it.
 //!
-//! The grouped and per-call controllers each have a store of their own
+//! The grouped, per-call and joined controllers each have a store of their own
 //! (memory registry name, PostgreSQL schema, S3 prefix), so they do not
 //! fence each other; their runs alternate shape by shape.
 //!
@@ -26,7 +28,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tidemark_backend_memory::MemoryBackend;
@@ -72,7 +73,7 @@ fn relation() -> RelationDesc {
 }
 
 fn one_update(key: u64, time: u64) -> Vec<Update<u64>> {
-    let key = i64::try_from(key).expect("key fits");
+    let key = i64::try_from(key >> 1).expect("a key below 2^63 fits");
     vec![Update::new(
         Row::pack([Datum::Int64(key), Datum::String("group-commit-bench")]),
         time,
@@ -244,7 +245,8 @@ fn ms(duration: Duration) -> f64 {
 }
 
 /// Runs every figure on one backend: `open(mode)` gives the store of the
-/// grouped (`"grouped"`) or per-call (`"per-call"`) controller.
+/// grouped (`"grouped"`), per-call (`"per-call"`) or joined (`"joined"`)
+/// controller.
 async fn run<B, O, Fut>(name: &str, open: O, raw: RawRequest, duration: Duration, s3_goals: bool)
 where
     B: PersistBackend<u64> + 'static,
@@ -260,6 +262,15 @@ where
         tables,
     )
     .await;
+    let joined = writer(
+        open("joined").await,
+        GroupCommitConfig {
+            join_disjoint_calls: true,
+            ..GroupCommitConfig::default()
+        },
+        tables,
+    )
+    .await;
     let single = uncontended(&grouped, &[0], duration).await;
     let three = uncontended(&grouped, &[0, 1, 2], duration).await;
     println!(
@@ -272,6 +283,7 @@ where
     for (writers, shape_tables) in SHAPES {
         let a = appenders(&per_call, writers, shape_tables, duration).await;
         let g = appenders(&grouped, writers, shape_tables, duration).await;
+        let j = appenders(&joined, writers, shape_tables, duration).await;
         let r = raw_requests(&raw, writers, duration).await;
         println!(
             "  {writers:>2} writers x {shape_tables:>4} tables: grouped {:>9.0}/s p50 {:>7.2} ms p99 {:>7.2} ms | per-call {:>9.0}/s p50 {:>7.2} ms p99 {:>7.2} ms | raw {:>9.0} req/s",
@@ -289,8 +301,15 @@ where
             ""
         };
         println!(
-            "      ratios: grouped/per-call {:.2}, grouped/raw {:.3}, per-call/raw {:.3}, grouped p50/uncontended p50 {:.2}{goals}",
+            "      joined (one commit for all queued calls) {:>9.0}/s p50 {:>7.2} ms p99 {:>7.2} ms",
+            j.per_second,
+            ms(j.p50),
+            ms(j.p99),
+        );
+        println!(
+            "      ratios: grouped/per-call {:.2}, joined/per-call {:.2}, grouped/raw {:.3}, per-call/raw {:.3}, grouped p50/uncontended p50 {:.2}{goals}",
             g.per_second / a.per_second,
+            j.per_second / a.per_second,
             g.per_second / r.per_second,
             a.per_second / r.per_second,
             g.p50.as_secs_f64() / single.p50.as_secs_f64(),

@@ -351,12 +351,12 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
         Ok(recorded)
     }
 
-    /// Runs consecutive `append` calls in submission order, coalesced into
-    /// groups (within `self.group_commit`'s bounds) that each commit as one
-    /// atomic `compare_and_append_all`. Consecutive groups on disjoint
-    /// shards commit concurrently; a group that shares a shard with an
-    /// earlier one waits for it. Each call's reply resolves once its group
-    /// is done.
+    /// Runs consecutive `append` calls, coalesced into groups (see
+    /// [`coalesce`]) that each commit as one atomic
+    /// `compare_and_append_all`; calls on one shard apply in submission
+    /// order. Consecutive groups on disjoint shards commit concurrently; a
+    /// group that shares a shard with an earlier one waits for it. Each
+    /// call's reply resolves once its group is done.
     async fn append_calls(&mut self, calls: Vec<AppendCall<T>>) {
         let groups = coalesce(calls, &self.group_commit);
         let mut batch = Vec::new();
@@ -648,10 +648,76 @@ fn call_size<T>(call: &AppendCall<T>) -> (usize, usize) {
 /// diff.
 const UPDATE_OVERHEAD_BYTES: usize = 16;
 
-/// Splits `calls`, in order, into groups within `config`'s bounds: a group
-/// takes calls while adding the next keeps it within every bound; a call
-/// that alone exceeds a bound is a group of its own.
+/// Splits `calls` into groups: calls linked by shared shards (directly or
+/// through other calls of `calls`; with `join_disjoint_calls`, all of
+/// them) in submission order, cut within `config`'s bounds. A group takes
+/// calls while adding the next keeps it within every bound; a call that
+/// alone exceeds a bound is a group of its own. Groups of one linked set
+/// come out in submission order.
 fn coalesce<T>(calls: Vec<AppendCall<T>>, config: &GroupCommitConfig) -> Vec<Vec<AppendCall<T>>> {
+    let linked = if config.join_disjoint_calls {
+        vec![calls]
+    } else {
+        linked_sets(calls)
+    };
+    linked
+        .into_iter()
+        .flat_map(|calls| within_bounds(calls, config))
+        .collect()
+}
+
+/// Partitions `calls` into sets linked by shared shards, each in
+/// submission order, the sets ordered by their first call.
+fn linked_sets<T>(calls: Vec<AppendCall<T>>) -> Vec<Vec<AppendCall<T>>> {
+    // Each set: its calls' indexes (ascending) and its shards.
+    let mut sets: Vec<Option<(Vec<usize>, BTreeSet<ShardId>)>> = Vec::new();
+    let mut set_of_shard: BTreeMap<ShardId, usize> = BTreeMap::new();
+    for (index, call) in calls.iter().enumerate() {
+        let shards: BTreeSet<ShardId> = call.commands.iter().map(|command| command.shard).collect();
+        let mut joined: Vec<usize> = shards
+            .iter()
+            .filter_map(|shard| set_of_shard.get(shard).copied())
+            .collect();
+        joined.sort_unstable();
+        joined.dedup();
+        let target = match joined.first() {
+            Some(first) => *first,
+            None => {
+                sets.push(Some((Vec::new(), BTreeSet::new())));
+                sets.len() - 1
+            }
+        };
+        let (mut members, mut set_shards) = sets[target].take().expect("a live set");
+        for other in joined.iter().skip(1) {
+            let (other_members, other_shards) = sets[*other].take().expect("a live set");
+            members.extend(other_members);
+            set_shards.extend(other_shards);
+        }
+        members.push(index);
+        members.sort_unstable();
+        set_shards.extend(shards);
+        for shard in &set_shards {
+            set_of_shard.insert(*shard, target);
+        }
+        sets[target] = Some((members, set_shards));
+    }
+    let mut slots: Vec<Option<AppendCall<T>>> = calls.into_iter().map(Some).collect();
+    sets.into_iter()
+        .flatten()
+        .map(|(members, _)| {
+            members
+                .into_iter()
+                .map(|index| slots[index].take().expect("each call in one set"))
+                .collect()
+        })
+        .collect()
+}
+
+/// Cuts `calls`, in order, into groups within `config`'s bounds.
+fn within_bounds<T>(
+    calls: Vec<AppendCall<T>>,
+    config: &GroupCommitConfig,
+) -> Vec<Vec<AppendCall<T>>> {
     let max_calls = config.max_calls.max(1);
     let mut groups: Vec<Vec<AppendCall<T>>> = Vec::new();
     let mut current: Vec<AppendCall<T>> = Vec::new();
@@ -1118,32 +1184,66 @@ mod tests {
         groups.iter().map(Vec::len).collect()
     }
 
+    /// Every call joins one group, within the bounds.
+    fn joined(config: GroupCommitConfig) -> GroupCommitConfig {
+        GroupCommitConfig {
+            join_disjoint_calls: true,
+            ..config
+        }
+    }
+
+    #[test]
+    fn calls_sharing_shards_group_and_disjoint_ones_stand_apart() {
+        let mut calls: Vec<AppendCall<u64>> = (0..5).map(|n| call(&[(n, 1)], 4)).collect();
+        // Call 3 links calls 0 and 2 (it writes their shards); 1 and 4
+        // share nothing.
+        let (first, third) = (calls[0].commands[0].shard, calls[2].commands[0].shard);
+        calls[3].commands[0].shard = first;
+        calls[3].commands.push(ShardAppend {
+            shard: third,
+            ..call(&[(9, 1)], 4).commands.remove(0)
+        });
+        let groups = coalesce(calls, &GroupCommitConfig::default());
+        let ids: Vec<Vec<GlobalId>> = groups
+            .iter()
+            .map(|group| group.iter().map(|call| call.commands[0].id).collect())
+            .collect();
+        assert_eq!(
+            ids,
+            vec![
+                vec![GlobalId::User(0), GlobalId::User(2), GlobalId::User(3)],
+                vec![GlobalId::User(1)],
+                vec![GlobalId::User(4)],
+            ]
+        );
+    }
+
     #[test]
     fn calls_coalesce_up_to_max_calls() {
-        let config = GroupCommitConfig {
+        let config = joined(GroupCommitConfig {
             max_calls: 3,
             ..GroupCommitConfig::default()
-        };
+        });
         let calls = (0..7).map(|n| call(&[(n, 1)], 4)).collect();
         assert_eq!(sizes(&coalesce(calls, &config)), vec![3, 3, 1]);
     }
 
     #[test]
     fn max_calls_zero_is_one_call_per_group() {
-        let config = GroupCommitConfig {
+        let config = joined(GroupCommitConfig {
             max_calls: 0,
             ..GroupCommitConfig::default()
-        };
+        });
         let calls = (0..3).map(|n| call(&[(n, 1)], 4)).collect();
         assert_eq!(sizes(&coalesce(calls, &config)), vec![1, 1, 1]);
     }
 
     #[test]
     fn updates_of_every_command_count_toward_max_updates() {
-        let config = GroupCommitConfig {
+        let config = joined(GroupCommitConfig {
             max_updates: 5,
             ..GroupCommitConfig::default()
-        };
+        });
         // 2 + 3 fit; 2 more would make 7.
         let calls = vec![
             call(&[(1, 1), (2, 1)], 4),
@@ -1155,10 +1255,10 @@ mod tests {
 
     #[test]
     fn a_call_beyond_the_bounds_commits_alone() {
-        let config = GroupCommitConfig {
+        let config = joined(GroupCommitConfig {
             max_bytes: 1_000,
             ..GroupCommitConfig::default()
-        };
+        });
         let calls = vec![
             call(&[(1, 1)], 10),
             call(&[(2, 4)], 500),
