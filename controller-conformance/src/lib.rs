@@ -10,10 +10,12 @@
 
 pub mod appends;
 pub mod collections;
+pub mod crash;
 pub mod drops;
 pub mod durable;
 pub mod exports;
 pub mod fencing;
+pub mod group_commit;
 pub mod instances;
 pub mod lifecycle;
 pub mod metadata;
@@ -366,6 +368,13 @@ macro_rules! controller_tests {
             appends::snapshot_waits_for_the_upper,
             appends::atomic_append_with_one_bad_expectation_lands_nothing,
             appends::snapshots_of_tables_in_one_call_reflect_the_same_calls,
+            group_commit::queued_calls_commit_as_one_store_commit,
+            group_commit::a_call_that_cannot_follow_its_group_fails_alone,
+            group_commit::a_group_the_store_refuses_answers_each_call_alone,
+            group_commit::a_group_closes_at_its_update_bound,
+            group_commit::disjoint_calls_commit_side_by_side_unless_joined,
+            group_commit::readers_never_see_part_of_a_grouped_call,
+            group_commit::grouped_calls_under_faults_are_all_or_nothing,
             policies::lag_policy_advances_since_with_writes,
             policies::capability_never_moves_back_but_policy_is_stored,
             policies::multiple_policy_is_the_meet,

@@ -58,7 +58,7 @@ pub mod transport;
 pub mod wire;
 mod worker;
 
-pub use controller::{Controller, ControllerConfig};
+pub use controller::{Controller, ControllerConfig, GroupCommitConfig};
 pub use durable::{CURRENT_FORMAT_VERSION, METADATA_SHARD};
 pub use metadata_view::{MetadataView, read_metadata};
 pub use protocol::{
