@@ -6,7 +6,7 @@
 //! finalization cannot make a read see a state its check did not allow.
 
 use futures::TryStreamExt;
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 use tidemark_storage_types::{
     BackendError, DeterminateKind, Diff, InvalidUsage, ReadShare, Row, ShardFrontiers, ShardId,
     ShardUsage, StorageTimestamp, Update, WriteFence, contract,
