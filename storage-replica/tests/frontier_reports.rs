@@ -144,7 +144,12 @@ where
     })
     .await;
     if reached.is_err() {
-        let reported = first_time(&controller.collection(id).expect("the ingestion").write_frontier);
+        let reported = first_time(
+            &controller
+                .collection(id)
+                .expect("the ingestion")
+                .write_frontier,
+        );
         let shard = controller
             .collection(id)
             .expect("the ingestion")
