@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use differential_dataflow::consolidation::consolidate_updates;
 use sqlx::pool::PoolConnection;
-use sqlx::{Connection, PgConnection, Postgres};
+use sqlx::{Connection, PgConnection, Postgres, Transaction};
 use tidemark_storage_types::{
     BackendError, IdempotencyToken, InvalidUsage, Row, ShardId, StorageTimestamp, Update,
     UpperMismatch, WriteFence, contract,
@@ -53,47 +53,74 @@ use crate::read::{check_row_fence, context, epoch_parameter, read_shard_row, unk
 use crate::schema::{BATCH_MAX_BYTES, BATCH_MAX_UPDATES, TOKENS_KEPT_PER_SHARD};
 use tidemark_storage_types::{decode_frontier, encode_frontier};
 
-/// A pooled connection for an append: closed instead of returned to the
-/// pool when it is dropped while a `COPY` or a batch insert is in flight.
+/// A pooled connection that is closed instead of returned to the pool when
+/// it is dropped while a `BEGIN`, a `COPY` or a batch insert is in flight on
+/// it.
 ///
-/// SUBTLE: sqlx's `PgCopyIn`, dropped before `finish`, sends `CopyFail` but
-/// does not account for the server's answer to it, so the connection's next
-/// user reads that stale answer as its own: a read of the shard then finds
-/// no row (an unknown shard), a write fails to decode its result. An
-/// append's future can be dropped at any await (a caller's timeout, a task
-/// aborted at shutdown), so the `COPY` is marked while it runs, and a
-/// connection dropped with the mark set is detached from the pool and
-/// closed; the server then rolls its transaction back.
-pub(crate) struct AppendConnection {
+/// Any backend call's future can be dropped at any await (a caller's
+/// timeout, a task aborted at shutdown), and sqlx mishandles two such drops:
+///
+/// - SUBTLE: a `BEGIN` dropped before its answer leaves the server in a
+///   transaction that sqlx does not know of (its rollback guard only acts
+///   once the transaction is counted, which happens after the answer). The
+///   connection's next users then run their statements inside that
+///   transaction, which nobody commits: an `open` holds its uncommitted
+///   shard row and every other opener of the shard waits on it forever,
+///   appends "succeed" but stay invisible to every other connection.
+/// - SUBTLE: sqlx's `PgCopyIn`, dropped before `finish`, sends `CopyFail`
+///   but does not account for the server's answer to it, so the
+///   connection's next user reads that stale answer as its own: a read of
+///   the shard then finds no row (an unknown shard), a write fails to
+///   decode its result.
+///
+/// So [`begin`](Self::begin) and [`append_by_copy`]'s `COPY` set a mark
+/// while they run, and a connection dropped with the mark set is detached
+/// from the pool and closed; the server then rolls its transaction back.
+/// Every connection the backend takes from its pool is one of these
+/// (`PostgresBackend::acquire`).
+pub(crate) struct GuardedConnection {
     conn: Option<PoolConnection<Postgres>>,
-    copying: CopyMark,
+    in_flight: InFlightMark,
 }
 
-/// Set while an append's `COPY` is in flight on its [`AppendConnection`].
+/// Set while a `BEGIN` or a `COPY` is in flight on its
+/// [`GuardedConnection`].
 #[derive(Clone, Default)]
-pub(crate) struct CopyMark(Arc<AtomicBool>);
+pub(crate) struct InFlightMark(Arc<AtomicBool>);
 
-impl CopyMark {
-    fn set(&self, copying: bool) {
-        self.0.store(copying, Ordering::SeqCst);
+impl InFlightMark {
+    fn set(&self, in_flight: bool) {
+        self.0.store(in_flight, Ordering::SeqCst);
     }
 }
 
-impl AppendConnection {
+impl GuardedConnection {
     pub(crate) fn new(conn: PoolConnection<Postgres>) -> Self {
-        AppendConnection {
+        GuardedConnection {
             conn: Some(conn),
-            copying: CopyMark::default(),
+            in_flight: InFlightMark::default(),
         }
     }
 
     /// The mark [`append_by_copy`] sets on this connection.
-    pub(crate) fn copy_mark(&self) -> CopyMark {
-        self.copying.clone()
+    pub(crate) fn in_flight_mark(&self) -> InFlightMark {
+        self.in_flight.clone()
+    }
+
+    /// Begins a transaction; if this future is dropped before the server
+    /// answered, the connection is closed when dropped (see the type).
+    pub(crate) async fn begin(&mut self) -> Result<Transaction<'_, Postgres>, sqlx::Error> {
+        let mark = self.in_flight.clone();
+        mark.set(true);
+        let conn = self.conn.as_mut().expect("present until dropped");
+        let began = conn.begin().await;
+        // An error answer leaves no transaction open.
+        mark.set(false);
+        began
     }
 }
 
-impl Deref for AppendConnection {
+impl Deref for GuardedConnection {
     type Target = PgConnection;
 
     fn deref(&self) -> &PgConnection {
@@ -101,15 +128,15 @@ impl Deref for AppendConnection {
     }
 }
 
-impl DerefMut for AppendConnection {
+impl DerefMut for GuardedConnection {
     fn deref_mut(&mut self) -> &mut PgConnection {
         self.conn.as_mut().expect("present until dropped")
     }
 }
 
-impl Drop for AppendConnection {
+impl Drop for GuardedConnection {
     fn drop(&mut self) {
-        if self.copying.0.load(Ordering::SeqCst)
+        if self.in_flight.0.load(Ordering::SeqCst)
             && let Some(conn) = self.conn.take()
         {
             // Dropping the detached connection closes its socket.
@@ -203,8 +230,8 @@ pub(crate) async fn compare_and_append<T: StorageTimestamp>(
     let expected_code = encode_frontier(&expected_upper);
     let new_code = encode_frontier(&new_upper);
     let context = context(backend, shard);
-    let mut conn = AppendConnection::new(backend.acquire().await?);
-    let copy_mark = conn.copy_mark();
+    let mut conn = backend.acquire().await?;
+    let copy_mark = conn.in_flight_mark();
     // The upper only moves forward, so this loop runs a second write
     // attempt at most once per time the upper reaches `expected_upper`
     // between an attempt and its re-read: in practice once.
@@ -286,13 +313,13 @@ pub(crate) async fn run_append_statement(
 /// The bulk write path: writes the attempt's columns, as batch rows from
 /// `batch_threshold` updates on and with `COPY` into `updates` below it,
 /// in a transaction that holds the shard row's lock, then moves the upper.
-/// `copy_mark` is the mark of the [`AppendConnection`] that `conn` is (or
+/// `copy_mark` is the mark of the [`GuardedConnection`] that `conn` is (or
 /// runs a transaction on).
 pub(crate) async fn append_by_copy(
     backend: &PostgresBackend,
     conn: &mut PgConnection,
     args: AttemptArgs<'_>,
-    copy_mark: &CopyMark,
+    copy_mark: &InFlightMark,
 ) -> Result<Attempt, BackendError> {
     // SUBTLE: the whole write is marked, not only the COPY or the batch
     // insert: an append dropped at any await of it (a batch insert of
@@ -317,6 +344,8 @@ async fn write_bulk(
 ) -> Result<Attempt, BackendError> {
     let (shard, context) = (args.shard, args.context);
     let fail = |err| statement_error(err, context);
+    // `conn` is the guarded connection or a transaction on it (then this
+    // is a savepoint); the caller's mark covers the `BEGIN` too.
     let mut tx = conn.begin().await.map_err(fail)?;
     // SUBTLE: the row lock is taken before the upper is checked and held
     // until commit, so no other append can move the upper between the check

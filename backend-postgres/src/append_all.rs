@@ -14,7 +14,6 @@
 use std::collections::BTreeMap;
 
 use differential_dataflow::consolidation::consolidate_updates;
-use sqlx::Connection;
 use tidemark_storage_types::{
     BackendError, IdempotencyToken, Row, ShardAppend, ShardId, StorageTimestamp, UpperMismatch,
     UpperMismatches, WriteFence, contract, decode_frontier, encode_frontier,
@@ -22,8 +21,7 @@ use tidemark_storage_types::{
 
 use crate::PostgresBackend;
 use crate::append::{
-    AppendConnection, Attempt, AttemptArgs, Columns, append_by_copy, oldest_remembered_lower,
-    run_append_statement,
+    Attempt, AttemptArgs, Columns, append_by_copy, oldest_remembered_lower, run_append_statement,
 };
 use crate::errors::statement_error;
 use crate::read::{ShardRow, check_row_fence, epoch_parameter, unknown_shard};
@@ -81,8 +79,8 @@ pub(crate) async fn compare_and_append_all<T: StorageTimestamp>(
             .join(",")
     );
     let fail = |err| statement_error(err, &context);
-    let mut conn = AppendConnection::new(backend.acquire().await?);
-    let copy_mark = conn.copy_mark();
+    let mut conn = backend.acquire().await?;
+    let copy_mark = conn.in_flight_mark();
     let mut tx = conn.begin().await.map_err(fail)?;
 
     // SUBTLE: every row is locked, in shard-id order, before anything is

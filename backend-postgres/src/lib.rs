@@ -63,9 +63,8 @@ use std::sync::Arc;
 use tidemark_storage_types::{ChunkLimit, FetchStream, SnapshotStream};
 
 use async_trait::async_trait;
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection, PgPool, Postgres};
+use sqlx::{Connection, PgPool};
 use tidemark_storage_types::{
     BackendError, CompactionStats, DeterminateKind, Diff, IdempotencyToken, PersistBackend,
     ReadShare, Row, ShardAppend, ShardFrontiers, ShardId, ShardUsage, StorageTimestamp, Update,
@@ -244,12 +243,15 @@ impl PostgresBackend {
         &self.shared.pool
     }
 
-    /// A pooled connection; failing to get one is determinate.
-    async fn acquire(&self) -> Result<PoolConnection<Postgres>, BackendError> {
+    /// A pooled connection, closed rather than pooled again if it is
+    /// dropped part way through a `BEGIN` or a `COPY`; failing to get one is
+    /// determinate.
+    async fn acquire(&self) -> Result<append::GuardedConnection, BackendError> {
         self.shared
             .pool
             .acquire()
             .await
+            .map(append::GuardedConnection::new)
             .map_err(|err| connect_error(err, &format!("schema={}", self.schema())))
     }
 }

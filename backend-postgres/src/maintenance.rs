@@ -1,7 +1,7 @@
 //! Logical compaction (`downgrade_since`), physical compaction (`compact`)
 //! and `finalize`.
 
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 use tidemark_storage_types::{
     BackendError, CompactionStats, ShardId, StorageTimestamp, WriteFence,
 };

@@ -202,12 +202,23 @@ async fn begin_read(
         .acquire()
         .await
         .map_err(|err| connect_error(err, context))?;
-    let mut tx = Transaction::begin(
+    // SUBTLE: a `BEGIN` dropped before its answer would return the
+    // connection to the pool inside a transaction sqlx does not know of
+    // (see `GuardedConnection`). The `BEGIN` runs in a task of its own, so
+    // dropping this future never interrupts it: a transaction begun for a
+    // reader that went away is dropped by the task, and sqlx rolls it back.
+    let began = tokio::spawn(Transaction::begin(
         conn,
         Some("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY".into()),
-    )
+    ))
     .await
-    .map_err(|err| statement_error(err, context))?;
+    .map_err(|err| {
+        BackendError::determinate(
+            DeterminateKind::Unavailable,
+            format!("the read's BEGIN did not complete: {err}; {context}"),
+        )
+    })?;
+    let mut tx = began.map_err(|err| statement_error(err, context))?;
     let row = read_shard_row(&mut tx, shard, false, context)
         .await?
         .ok_or_else(|| unknown_shard(shard))?;

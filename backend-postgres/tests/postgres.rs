@@ -677,3 +677,101 @@ async fn appends_dropped_part_way_leave_the_pool_usable() {
         drop(factory);
     }
 }
+
+/// An append dropped after a given number of its polls came back pending
+/// (a task aborted at shutdown, deterministically at each of its first
+/// awaits in turn, the `BEGIN` of the `COPY` path among them) leaves its
+/// pooled connection outside any transaction: the next append on the same
+/// handle, a single statement, is seen by another handle at once.
+///
+/// A connection returned to the pool inside a transaction sqlx does not
+/// know of would run that statement uncommitted, and the other handle
+/// would still see the old upper.
+#[tokio::test]
+async fn an_append_dropped_at_any_await_leaves_no_transaction_open() {
+    let Some(url) = test_url("an_append_dropped_at_any_await_leaves_no_transaction_open") else {
+        return;
+    };
+    let mut factory = PostgresFactory::new(&url, "tmbegin");
+    factory.config = factory
+        .config
+        .clone()
+        .with_pool_size(1)
+        .with_copy_threshold(100);
+    let writer = factory.handle().await;
+    let observer = factory.handle().await;
+    let shard = open_shard(&writer).await;
+    let mut upper = 0u64;
+    let mut invisible = None;
+    for pending_polls in 1..=12usize {
+        // The append is dropped at the end of this block, as an aborted
+        // task drops its future.
+        let finished = {
+            let append = writer.compare_and_append(
+                shard,
+                updates_at(upper, 5_000),
+                at(upper),
+                at(upper + 1),
+                IdempotencyToken::new(),
+                WriteFence::Unfenced,
+            );
+            let mut append = std::pin::pin!(append);
+            let mut pending = 0;
+            std::future::poll_fn(|cx| {
+                while pending < pending_polls {
+                    match append.as_mut().poll(cx) {
+                        std::task::Poll::Ready(result) => {
+                            return std::task::Poll::Ready(Some(result));
+                        }
+                        std::task::Poll::Pending => pending += 1,
+                    }
+                    if pending < pending_polls {
+                        // Polled again only once woken.
+                        return std::task::Poll::Pending;
+                    }
+                }
+                std::task::Poll::Ready(None)
+            })
+            .await
+        };
+        if let Some(result) = finished {
+            result.expect("append request").expect("append upper");
+        }
+        // The dropped append applied wholly or not at all.
+        let now = upper_of(&observer, shard).await;
+        assert!(
+            now == at(upper) || now == at(upper + 1),
+            "after {pending_polls} pending polls the upper is {now:?}, from {upper}"
+        );
+        upper = now.as_option().copied().expect("a live shard");
+        writer
+            .compare_and_append(
+                shard,
+                updates_at(upper, 3),
+                at(upper),
+                at(upper + 1),
+                IdempotencyToken::new(),
+                WriteFence::Unfenced,
+            )
+            .await
+            .expect("an append after a dropped one")
+            .expect("its upper matches");
+        upper += 1;
+        let seen = upper_of(&observer, shard).await;
+        if seen != at(upper) {
+            invisible = Some((pending_polls, seen));
+            break;
+        }
+    }
+    // Closed before the schema is dropped: a connection left in a
+    // transaction would hold its locks and keep the drop waiting.
+    writer.pool().close().await;
+    observer.pool().close().await;
+    drop(factory);
+    if let Some((pending_polls, seen)) = invisible {
+        panic!(
+            "after an append dropped at its pending poll {pending_polls}, the next append on its \
+             connection (to {upper}) is not visible to another handle, which sees {seen:?}"
+        );
+    }
+}

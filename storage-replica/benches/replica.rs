@@ -9,9 +9,15 @@
 //! `TICKS` appends, generated beforehand, one after another.
 //!
 //! Backends: memory always; PostgreSQL when `TIDEMARK_TEST_POSTGRES_URL` is
-//! set (schema `tidemark_replica_bench`, fresh shards each sample); S3 when
-//! `TIDEMARK_BENCH_S3_URL` names a bucket URL (credentials from the
-//! environment). `cargo bench -p tidemark-storage-replica --bench replica`.
+//! set; S3 when `TIDEMARK_BENCH_S3_URL` names a bucket URL (credentials from
+//! the environment). `cargo bench -p tidemark-storage-replica --bench replica`.
+//!
+//! Every run writes where no earlier run wrote: a memory store named after
+//! the process, a new PostgreSQL schema (dropped at the end), a new key
+//! prefix under the S3 URL's. SUBTLE: the controller keeps its collections'
+//! shards in durable metadata, so on a store an earlier run used, ingestion
+//! `u1` would find its old shard already past the goal and a sample would
+//! measure nothing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -189,27 +195,60 @@ where
     }
 }
 
+/// A name no earlier run used: the process id and a random suffix.
+fn run_name() -> String {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        format!("{}_{}", std::process::id(), &random[..8])
+    })
+    .clone()
+}
+
+/// Drops the benchmark's PostgreSQL schema and everything in it.
+async fn drop_schema(url: &str, schema: &str) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let mut connection = sqlx::PgConnection::connect(url).await?;
+    sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .execute(&mut connection)
+        .await?;
+    connection.close().await
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("a runtime");
-    let memory_name = format!("replica-bench-{}", std::process::id());
+    let memory_name = format!("replica-bench-{}", run_name());
     run(&runtime, "memory", || MemoryBackend::open(&memory_name));
     if let Ok(base) = std::env::var("TIDEMARK_TEST_POSTGRES_URL") {
-        let separator = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{separator}schema=tidemark_replica_bench");
+        let schema = format!("tidemark_replica_bench_{}", run_name());
+        let config = tidemark_backend_postgres::PostgresConfig::from_url(&base)
+            .expect("TIDEMARK_TEST_POSTGRES_URL is a valid postgres URL")
+            .with_schema(schema.clone());
+        let url = config.url().to_string();
         let backend = runtime
-            .block_on(tidemark_backend_postgres::PostgresBackend::from_url(&url))
+            .block_on(config.build())
             .expect("the benchmark schema opens");
         run(&runtime, "postgres", || backend.clone());
+        drop(backend);
+        if let Err(error) = runtime.block_on(drop_schema(&url, &schema)) {
+            println!("postgres: could not drop the benchmark schema {schema}: {error}");
+        }
     } else {
         println!("postgres: skipped (TIDEMARK_TEST_POSTGRES_URL is not set)");
     }
     if let Ok(url) = std::env::var("TIDEMARK_BENCH_S3_URL") {
+        let config = tidemark_backend_s3::S3Config::from_url(&url)
+            .expect("TIDEMARK_BENCH_S3_URL is a valid s3 URL");
+        let prefix = match config.prefix() {
+            "" => format!("replica-bench-{}", run_name()),
+            base => format!("{base}/replica-bench-{}", run_name()),
+        };
         let backend = runtime
-            .block_on(tidemark_backend_s3::S3Backend::from_url(&url))
+            .block_on(config.with_prefix(prefix).build())
             .expect("the benchmark bucket opens");
         run(&runtime, "s3", || backend.clone());
     } else {

@@ -251,10 +251,29 @@ impl<T: ReplicaTimestamp> Drop for Replica<T> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
         if let Some(workers) = workers {
-            for result in workers.join() {
-                if let Err(error) = result {
-                    tracing::warn!(%error, "a replica worker failed");
+            let join = move || {
+                for result in workers.join() {
+                    if let Err(error) = result {
+                        tracing::warn!(%error, "a replica worker failed");
+                    }
                 }
+            };
+            // SUBTLE: the replica is usually dropped on a runtime thread
+            // (`serve` returning, or its task aborted), and a worker may
+            // still be waiting on that runtime (an export being built reads
+            // its source's since with `Handle::block_on`). Joining in
+            // `block_in_place` hands the thread's other tasks to another
+            // thread first, so the join never holds up the tasks the
+            // workers wait for. Off a multi-threaded runtime's threads the
+            // join runs as it is.
+            let on_multi_threaded_runtime =
+                tokio::runtime::Handle::try_current().is_ok_and(|handle| {
+                    handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                });
+            if on_multi_threaded_runtime {
+                tokio::task::block_in_place(join);
+            } else {
+                join();
             }
         }
     }
