@@ -261,13 +261,17 @@ async fn kill_mid_append(url: &str, copy_threshold: usize, rounds: u64) {
 
         // All or nothing: the upper and the data agree.
         let upper = upper_of(&observer, shard).await;
-        let rows_at_round: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM updates WHERE shard_id = $1 AND ts = $2")
-                .bind(shard.0)
-                .bind(tidemark_storage_types::Codec64::encode(&round))
-                .fetch_one(observer.pool())
-                .await
-                .unwrap();
+        // Stored in either layout: row per update, or batch rows.
+        let rows_at_round: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM updates WHERE shard_id = $1 AND ts = $2)
+                  + (SELECT count(*) FROM update_batches b, unnest(b.ts) AS t(ts)
+                     WHERE b.shard_id = $1 AND t.ts = $2)",
+        )
+        .bind(shard.0)
+        .bind(tidemark_storage_types::Codec64::encode(&round))
+        .fetch_one(observer.pool())
+        .await
+        .unwrap();
         if upper == at(round + 1) {
             assert_eq!(rows_at_round, BATCH, "applied whole (round {round})");
         } else {
