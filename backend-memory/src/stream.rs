@@ -74,6 +74,10 @@ pub fn fetch_stream<T: StorageTimestamp>(
     Ok(futures::stream::iter(Chunks::new(merge, limit).map(Ok)).boxed())
 }
 
+/// The fewest bytes an entry counts against a chunk's byte limit (its time
+/// and diff).
+const MIN_ENTRY_BYTES: usize = 16;
+
 /// Cuts the entries of a merge into chunks within a limit, reading one
 /// entry ahead at most: the entry that did not fit waits for the next
 /// chunk.
@@ -105,13 +109,16 @@ where
     fn next(&mut self) -> Option<Vec<I::Item>> {
         let first = self.waiting.take().or_else(|| self.entries.next())?;
         // The merge knows how many entries it may still yield at most: a
-        // chunk reserves no more than that, nor more than the limit.
+        // chunk reserves no more than that, nor more than the limit's
+        // entries, nor more than its bytes allow (every entry counts at
+        // least its time and diff).
         let remaining = self.entries.size_hint().1.unwrap_or(usize::MAX);
         let capacity = self
             .limit
             .max_entries
             .get()
-            .min(remaining.saturating_add(1));
+            .min(remaining.saturating_add(1))
+            .min(self.limit.max_bytes.get() / MIN_ENTRY_BYTES + 1);
         let mut chunk = Vec::with_capacity(capacity);
         let mut bytes = first.chunk_bytes();
         chunk.push(first);

@@ -240,7 +240,8 @@ where
 {
     // The snapshot, a chunk per event; the hold stays at the as_of until it
     // has all been delivered.
-    let mut snapshot = read_snapshot(backend, retry, hold.id(), shard, as_of).await?;
+    let mut snapshot =
+        read_snapshot(backend, retry, hold.id(), shard, as_of, ChunkLimit::DEFAULT).await?;
     while let Some(rows) = snapshot.next_chunk().await? {
         let updates = rows
             .into_iter()

@@ -340,7 +340,15 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
             return Err(StorageError::ReadBeforeSince(id));
         }
         let shard = collection.collection_metadata.data_shard;
-        let mut read = read_snapshot(&*self.backend, self.retry, id, shard, as_of).await?;
+        let mut read = read_snapshot(
+            &*self.backend,
+            self.retry,
+            id,
+            shard,
+            as_of,
+            SNAPSHOT_CHUNK_LIMIT,
+        )
+        .await?;
         // The chunks are moved into one Vec as they arrive: the read holds
         // one chunk beside the answer, never a second copy of it.
         let mut rows = Vec::new();
@@ -475,9 +483,16 @@ fn join<T: StorageTimestamp>(left: &Antichain<T>, right: &Antichain<T>) -> Antic
     }
 }
 
+/// The chunks a controller snapshot reads in: bounded by bytes only (the
+/// default's 4 MiB), since the answer is one `Vec` anyway. Fewer, larger
+/// chunks spare copying entries from chunk to answer (the first chunk
+/// becomes the answer); the bytes bound what is held beside it.
+const SNAPSHOT_CHUNK_LIMIT: ChunkLimit =
+    ChunkLimit::new(std::num::NonZeroUsize::MAX, ChunkLimit::DEFAULT.max_bytes);
+
 /// Reads shard `shard` of collection `id` at `as_of`, waiting for the upper
-/// to pass `as_of` first, as a [`ResumingRead`] of chunks within
-/// [`ChunkLimit::DEFAULT`]; maps an unreadable `as_of` to the controller's
+/// to pass `as_of` first, as a [`ResumingRead`] of chunks within `limit`;
+/// maps an unreadable `as_of` to the controller's
 /// errors. Reads are idempotent, so indeterminate failures are retried, and
 /// one part-way reads again and skips what was delivered (the caller holds
 /// the since at `as_of`, so every read of it is the same).
@@ -487,6 +502,7 @@ pub(crate) async fn read_snapshot<'a, T, B>(
     id: GlobalId,
     shard: ShardId,
     as_of: T,
+    limit: ChunkLimit,
 ) -> Result<ResumingRead<'a, (Row, Diff), Row>, StorageError>
 where
     T: StorageTimestamp,
@@ -496,7 +512,7 @@ where
     retry_indeterminate(retry, || backend.wait_for_upper_past(shard, &target)).await?;
     let open = move || async move {
         backend
-            .snapshot_stream(shard, &as_of, ReadShare::WHOLE, ChunkLimit::DEFAULT)
+            .snapshot_stream(shard, &as_of, ReadShare::WHOLE, limit)
             .await
     };
     match retry_indeterminate(retry, open).await {
