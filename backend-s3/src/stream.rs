@@ -1028,9 +1028,6 @@ impl S3Backend {
     }
 }
 
-/// A chunk limit no read reaches: the `Vec` forms read one chunk.
-pub(crate) const WHOLE_READ: ChunkLimit = ChunkLimit::entries(std::num::NonZeroUsize::MAX);
-
 #[cfg(test)]
 mod tests {
     use tidemark_storage_types::Datum;
