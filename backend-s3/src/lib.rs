@@ -70,6 +70,7 @@ mod keys;
 mod names;
 mod read;
 mod shards;
+mod share;
 mod state;
 mod store;
 mod stream;
@@ -78,7 +79,7 @@ mod txn;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use tidemark_storage_types::{ChunkLimit, FetchStream, SnapshotStream, collect_stream};
+use tidemark_storage_types::{ChunkLimit, FetchStream, SnapshotStream};
 
 use tidemark_storage_types::sync::lock;
 
@@ -704,8 +705,11 @@ impl<T: StorageTimestamp> PersistBackend<T> for S3Backend {
         self.compare_and_append_all(appends, token, fence).await
     }
 
+    // SUBTLE: the `Vec` reads are not the streams collected: the pairwise
+    // merge of whole parts is faster when the whole read is wanted anyway
+    // (decision 114).
     async fn snapshot(&self, shard: ShardId, as_of: &T) -> Result<Vec<(Row, Diff)>, BackendError> {
-        <Self as PersistBackend<T>>::snapshot_share(self, shard, as_of, ReadShare::WHOLE).await
+        self.snapshot(shard, as_of).await
     }
 
     async fn fetch(
@@ -714,7 +718,7 @@ impl<T: StorageTimestamp> PersistBackend<T> for S3Backend {
         lower: &Antichain<T>,
         upper: &Antichain<T>,
     ) -> Result<Vec<Update<T>>, BackendError> {
-        <Self as PersistBackend<T>>::fetch_share(self, shard, lower, upper, ReadShare::WHOLE).await
+        self.fetch(shard, lower, upper).await
     }
 
     async fn snapshot_share(
@@ -723,11 +727,7 @@ impl<T: StorageTimestamp> PersistBackend<T> for S3Backend {
         as_of: &T,
         share: ReadShare,
     ) -> Result<Vec<(Row, Diff)>, BackendError> {
-        collect_stream(
-            self.snapshot_stream(shard, as_of, share, stream::WHOLE_READ)
-                .await?,
-        )
-        .await
+        self.snapshot_share(shard, as_of, share).await
     }
 
     async fn fetch_share(
@@ -737,11 +737,7 @@ impl<T: StorageTimestamp> PersistBackend<T> for S3Backend {
         upper: &Antichain<T>,
         share: ReadShare,
     ) -> Result<Vec<Update<T>>, BackendError> {
-        collect_stream(
-            self.fetch_stream(shard, lower, upper, share, stream::WHOLE_READ)
-                .await?,
-        )
-        .await
+        self.fetch_share(shard, lower, upper, share).await
     }
 
     async fn snapshot_stream(

@@ -20,7 +20,9 @@
 //!   decode.
 //! - **Bounded memory.** A read holds, per run, the part being merged and
 //!   at most one part fetched ahead, plus the chunk being built: about
-//!   `2 x runs x part size`, whatever the size of the shard.
+//!   `2 x runs x part size`. A batch smaller than its run count times the
+//!   part size has one part per run and is held whole; compaction writes
+//!   parts small enough that a compacted batch is not (decision 114).
 //! - **Fetches in time order.** A fetch yields `(time, row)` order. The
 //!   batches of a shard cover consecutive time ranges, so a fetch reads them
 //!   in order; a batch whose times (advanced by the since) are one time is
@@ -1027,9 +1029,6 @@ impl S3Backend {
         )))
     }
 }
-
-/// A chunk limit no read reaches: the `Vec` forms read one chunk.
-pub(crate) const WHOLE_READ: ChunkLimit = ChunkLimit::entries(std::num::NonZeroUsize::MAX);
 
 #[cfg(test)]
 mod tests {
