@@ -11,7 +11,7 @@
 //! frontier). The bound is far above what a step needs; it is a stall
 //! detector, not a timing assertion.
 //!
-//! On PostgreSQL these rounds stalled, about one run in three, before
+//! On PostgreSQL these rounds stalled, in three of eight runs before
 //! pooled connections were guarded against a `BEGIN` dropped in flight (a
 //! replica stopped with an append part way): the connection went back to
 //! the pool inside a transaction nobody committed, and the next round's
