@@ -802,3 +802,38 @@ async fn an_export_that_cannot_open_its_sink_reports_stalled_with_its_error() {
         ["dropped"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingestion_writes_its_progress_collection_beside_its_data() {
+    let mut setup = setup(2).await;
+    let c = &mut setup.controller;
+    const PROGRESS: u64 = 2;
+    let mut source = counter();
+    if let DataSource::Ingestion(description) = &mut source.data_source {
+        description.remap_collection_id = Some(user(PROGRESS));
+    }
+    let progress = CollectionDescription::new(Generator::progress_relation(), DataSource::Progress);
+    c.create_collections(vec![(user(PROGRESS), progress), (user(1), source)])
+        .await
+        .unwrap();
+    const N: u64 = 30;
+    process_until(c, "the counter and its progress reach N", |c| {
+        upper_of(c, user(1)) >= N && upper_of(c, user(PROGRESS)) >= N
+    })
+    .await;
+    // At every time the progress collection holds one row: the ticks
+    // applied so far, i.e. the source offset the data is written up to.
+    for time in [0, N / 2, N - 1] {
+        let offset = i64::try_from(time + 1).unwrap();
+        assert_eq!(
+            c.snapshot(user(PROGRESS), time).await.unwrap(),
+            vec![(int(offset), 1)],
+            "progress at time {time}"
+        );
+        assert_eq!(
+            c.snapshot(user(1), time).await.unwrap().len(),
+            usize::try_from(offset).unwrap(),
+            "counter values at time {time}"
+        );
+    }
+}

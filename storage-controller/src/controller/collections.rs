@@ -352,14 +352,22 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
         // The chunks are moved into one Vec as they arrive: the read holds
         // one chunk beside the answer, never a second copy of it.
         let mut rows = Vec::new();
-        while let Some(chunk) = read.next_chunk().await? {
-            if rows.is_empty() {
-                rows = chunk;
-            } else {
-                rows.extend(chunk);
+        loop {
+            match read.next_chunk().await {
+                Ok(Some(chunk)) if rows.is_empty() => rows = chunk,
+                Ok(Some(chunk)) => rows.extend(chunk),
+                Ok(None) => return Ok(rows),
+                // A read started again part-way (after an indeterminate
+                // failure) finds the as-of compacted away or the collection
+                // dropped in the meantime: said as at the call.
+                Err(err @ BackendError::InvalidUsage(InvalidUsage::AsOfNotReadable { .. })) => {
+                    return Err(
+                        unreadable(&*self.backend, self.retry, id, shard, as_of, err).await,
+                    );
+                }
+                Err(err) => return Err(err.into()),
             }
         }
-        Ok(rows)
     }
 
     /// A [`Subscription`] to collection `id` from `as_of`: the snapshot at
