@@ -297,39 +297,65 @@ fn merge<T: Ord + Clone>(older: Arc<Batch<T>>, newer: Arc<Batch<T>>) -> Batch<T>
     };
     let (older_updates, older_keys) = take_parts(older);
     let (newer_updates, newer_keys) = take_parts(newer);
-    let mut older = older_keys.into_iter().zip(older_updates).peekable();
-    let mut newer = newer_keys.into_iter().zip(newer_updates).peekable();
-    while let (Some((older_key, older_update)), Some((newer_key, newer_update))) =
-        (older.peek(), newer.peek())
-    {
-        let order = keyed_order(*older_key, older_update, *newer_key, newer_update);
-        let next = match order {
-            Ordering::Less => older.next(),
-            Ordering::Greater => newer.next(),
-            Ordering::Equal => match (older.next(), newer.next()) {
-                (Some((key, (row, time, older_diff))), Some((_, (_, _, newer_diff)))) => {
+    // The two runs, as `[older, newer]`: which one gives the next update
+    // is an index computed from a comparison, not a branch, so random keys
+    // (where the branch would go either way at random) cost no
+    // mispredictions. Positions in `keys` follow the iterators.
+    let mut runs = [older_updates.into_iter(), newer_updates.into_iter()];
+    let mut positions = [0usize, 0usize];
+    while let (Some(&older_key), Some(&newer_key)) = (
+        older_keys.get(positions[0]),
+        newer_keys.get(positions[1]),
+    ) {
+        if older_key != newer_key {
+            let run = usize::from(newer_key < older_key);
+            if let Some(update) = runs[run].next() {
+                updates.push(update);
+                keys.push(older_key.min(newer_key));
+            }
+            positions[run] += 1;
+            continue;
+        }
+        // The keys tie (equal rows, or rows sharing their first 8 bytes):
+        // the rows and times decide.
+        let [older_run, newer_run] = &mut runs;
+        let order = match (older_run.as_slice().first(), newer_run.as_slice().first()) {
+            (Some(older_update), Some(newer_update)) => key_order(older_update, newer_update),
+            _ => break,
+        };
+        match order {
+            Ordering::Less | Ordering::Greater => {
+                let run = usize::from(order == Ordering::Greater);
+                if let Some(update) = runs[run].next() {
+                    updates.push(update);
+                    keys.push(older_key);
+                }
+                positions[run] += 1;
+            }
+            Ordering::Equal => {
+                positions[0] += 1;
+                positions[1] += 1;
+                if let (Some((row, time, older_diff)), Some((_, _, newer_diff))) =
+                    (older_run.next(), newer_run.next())
+                {
                     let diff = older_diff + newer_diff;
                     if diff == 0 {
                         bytes -= 2 * update_bytes(&row);
-                        None
                     } else {
                         bytes -= update_bytes(&row);
-                        Some((key, (row, time, diff)))
+                        updates.push((row, time, diff));
+                        keys.push(older_key);
                     }
                 }
-                _ => None,
-            },
-        };
-        if let Some((key, update)) = next {
-            keys.push(key);
-            updates.push(update);
+            }
         }
     }
     // One side is used up: the rest of the other follows in order.
-    for (key, update) in older.chain(newer) {
-        keys.push(key);
-        updates.push(update);
-    }
+    let [older_rest, newer_rest] = runs;
+    keys.extend_from_slice(&older_keys[positions[0]..]);
+    updates.extend(older_rest);
+    keys.extend_from_slice(&newer_keys[positions[1]..]);
+    updates.extend(newer_rest);
     let time_bounds = if updates.is_empty() {
         None
     } else {
