@@ -267,6 +267,18 @@ impl<T: Ord + Clone> Batch<T> {
     }
 }
 
+impl<T: Clone> Batch<T> {
+    /// The batch itself, copied only if a reader still holds it.
+    fn clone_from_shared(batch: Arc<Batch<T>>) -> Batch<T> {
+        Arc::try_unwrap(batch).unwrap_or_else(|shared| Batch {
+            updates: shared.updates.clone(),
+            keys: shared.keys.clone(),
+            bytes: shared.bytes,
+            time_bounds: shared.time_bounds.clone(),
+        })
+    }
+}
+
 /// The updates and keys of a shared batch, without copying when no reader
 /// holds it.
 fn take_parts<T: Clone>(batch: Arc<Batch<T>>) -> (Vec<(Row, T, Diff)>, Vec<u64>) {
@@ -369,6 +381,166 @@ fn merge<T: Ord + Clone>(older: Arc<Batch<T>>, newer: Arc<Batch<T>>) -> Batch<T>
     }
 }
 
+/// One input of [`merge_runs`]: a batch's order keys, its updates not yet
+/// merged, and the position in `keys` of the first of them.
+struct Run<T> {
+    keys: Vec<u64>,
+    updates: std::vec::IntoIter<(Row, T, Diff)>,
+    position: usize,
+}
+
+/// Merges any number of batches into one sorted, consolidated batch in one
+/// pass, each update moved once. Two batches go to [`merge`]; more are
+/// merged by looking, for each update written, at the head key of every
+/// run (there are few: a spine holds `log2(n) + 1` batches).
+///
+/// The spine uses it for an insertion that merges several batches at once
+/// (the newest with batches of 1, 2, 4, ... times its size): merging them
+/// two at a time moves the updates of the smaller batches once per merge,
+/// about twice the updates of the result in all.
+fn merge_runs<T: Ord + Clone>(batches: Vec<Arc<Batch<T>>>) -> Batch<T> {
+    let mut batches = batches.into_iter();
+    let (first, second, rest) = match (batches.next(), batches.next()) {
+        (None, _) => return Batch::from_sorted(Vec::new(), Vec::new()),
+        (Some(only), None) => return Batch::clone_from_shared(only),
+        (Some(first), Some(second)) => (first, second, batches.as_slice()),
+    };
+    if rest.is_empty() {
+        return merge(first, second);
+    }
+    let batches: Vec<Arc<Batch<T>>> = [first, second].into_iter().chain(batches).collect();
+    let capacity = batches.iter().map(|batch| batch.len()).sum();
+    let mut bytes: u64 = batches.iter().map(|batch| batch.bytes()).sum();
+    // Conservative, as in `merge`.
+    let time_bounds = batches
+        .iter()
+        .filter_map(|batch| batch.time_bounds.clone())
+        .reduce(|(earliest, latest), (other_earliest, other_latest)| {
+            (earliest.min(other_earliest), latest.max(other_latest))
+        });
+    let mut runs: Vec<Run<T>> = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let (updates, keys) = take_parts(batch);
+        if !keys.is_empty() {
+            runs.push(Run {
+                keys,
+                updates: updates.into_iter(),
+                position: 0,
+            });
+        }
+    }
+    // `heads[i]` is the key of `runs[i]`'s next update; a run is dropped
+    // from both once it is used up.
+    let mut heads: Vec<u64> = runs.iter().map(|run| run.keys[0]).collect();
+    let mut updates = Vec::with_capacity(capacity);
+    let mut keys = Vec::with_capacity(capacity);
+    while runs.len() > 1 {
+        let mut least = 0;
+        for (index, head) in heads.iter().enumerate().skip(1) {
+            if *head < heads[least] {
+                least = index;
+            }
+        }
+        let least_key = heads[least];
+        let ties = heads.iter().filter(|head| **head == least_key).count();
+        let mut used_up = false;
+        if ties == 1 {
+            let run = &mut runs[least];
+            if let Some(update) = run.updates.next() {
+                updates.push(update);
+                keys.push(least_key);
+            }
+            run.position += 1;
+            match run.keys.get(run.position) {
+                Some(key) => heads[least] = *key,
+                None => used_up = true,
+            }
+        } else {
+            // Several runs' next rows share their key: the rows and times
+            // decide, and equal `(row, time)` updates (at most one per run)
+            // are summed.
+            let mut tied: Vec<usize> = (0..runs.len())
+                .filter(|index| heads[*index] == least_key)
+                .collect();
+            let least_update = |runs: &[Run<T>], tied: &[usize]| {
+                tied.iter()
+                    .copied()
+                    .filter(|index| !runs[*index].updates.as_slice().is_empty())
+                    .reduce(|left, right| {
+                        let order = key_order(
+                            &runs[left].updates.as_slice()[0],
+                            &runs[right].updates.as_slice()[0],
+                        );
+                        if order == Ordering::Greater { right } else { left }
+                    })
+            };
+            if let Some(first) = least_update(&runs, &tied) {
+                tied.retain(|index| {
+                    *index == first
+                        || key_order(
+                            &runs[*index].updates.as_slice()[0],
+                            &runs[first].updates.as_slice()[0],
+                        ) == Ordering::Equal
+                });
+                let mut summed: Option<(Row, T, Diff)> = None;
+                for index in tied {
+                    let run = &mut runs[index];
+                    let Some(update) = run.updates.next() else {
+                        continue;
+                    };
+                    run.position += 1;
+                    match run.keys.get(run.position) {
+                        Some(key) => heads[index] = *key,
+                        None => used_up = true,
+                    }
+                    match &mut summed {
+                        Some((row, _, diff)) => {
+                            *diff += update.2;
+                            bytes -= update_bytes(row);
+                        }
+                        None => summed = Some(update),
+                    }
+                }
+                if let Some((row, time, diff)) = summed {
+                    if diff == 0 {
+                        bytes -= update_bytes(&row);
+                    } else {
+                        updates.push((row, time, diff));
+                        keys.push(least_key);
+                    }
+                }
+            }
+        }
+        if used_up {
+            let mut index = 0;
+            while index < runs.len() {
+                if runs[index].position < runs[index].keys.len() {
+                    index += 1;
+                } else {
+                    runs.swap_remove(index);
+                    heads.swap_remove(index);
+                }
+            }
+        }
+    }
+    // At most one run is left: the rest of it follows in order.
+    for run in runs {
+        keys.extend_from_slice(&run.keys[run.position..]);
+        updates.extend(run.updates);
+    }
+    let time_bounds = if updates.is_empty() {
+        None
+    } else {
+        time_bounds
+    };
+    Batch {
+        updates,
+        keys,
+        bytes,
+        time_bounds,
+    }
+}
+
 /// Advances every time of `batches` by `since` and consolidates them into
 /// one batch with freshly allocated rows. An empty `since` means nothing can
 /// be read again: the result is empty.
@@ -425,14 +597,33 @@ impl<T: Timestamp + Lattice> Spine<T> {
         self.restore_tiers();
     }
 
+    /// Merges the newest batches until every batch is at least twice the
+    /// size of the next newer one. The batches an insertion merges (the
+    /// newest, and each older one smaller than twice all newer ones
+    /// together) are merged in one pass (`merge_runs`), not two at a time;
+    /// the batches left are the same as merging them pairwise, newest
+    /// first, would leave, unless updates cancel out (then the merged batch
+    /// is smaller and is checked again against the next older).
     fn restore_tiers(&mut self) {
-        while let [.., older, newer] = self.batches.as_slice() {
-            if older.len() >= 2 * newer.len() {
-                break;
+        loop {
+            let mut merging = 1;
+            let mut merged_len = match self.batches.last() {
+                Some(newest) => newest.len(),
+                None => return,
+            };
+            while merging < self.batches.len() {
+                let older = &self.batches[self.batches.len() - 1 - merging];
+                if older.len() >= 2 * merged_len {
+                    break;
+                }
+                merged_len += older.len();
+                merging += 1;
             }
-            let newer = self.batches.pop().expect("matched two batches");
-            let older = self.batches.pop().expect("matched two batches");
-            let merged = merge(older, newer);
+            if merging == 1 {
+                return;
+            }
+            let inputs = self.batches.split_off(self.batches.len() - merging);
+            let merged = merge_runs(inputs);
             if !merged.is_empty() {
                 self.batches.push(Arc::new(merged));
             }
@@ -730,6 +921,84 @@ mod tests {
                     assert!(left < right, "{left} before {right} by key only");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn merging_several_batches_equals_consolidating_their_concatenation() {
+        let rows = [
+            Row::pack([Datum::String("abc")]),
+            Row::pack([Datum::String("abcd")]),
+            Row::pack([Datum::String("abce")]),
+            Row::pack([Datum::Int64(1)]),
+            Row::pack([Datum::Int64(2)]),
+            Row::pack([Datum::Int64(3)]),
+        ];
+        let mut state = 11u64;
+        let mut next = |bound: u64| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (state >> 33) % bound
+        };
+        for round in 0..300 {
+            let count = 3 + round % 4;
+            let inputs: Vec<Vec<(Row, u64, Diff)>> = (0..count)
+                .map(|_| {
+                    let len = next(12);
+                    (0..len)
+                        .map(|_| {
+                            let row = rows[next(rows.len() as u64) as usize].clone();
+                            (row, next(3), next(5) as i64 - 2)
+                        })
+                        .collect()
+                })
+                .collect();
+            let mut expected = inputs.concat();
+            consolidate_updates(&mut expected);
+            let batches: Vec<Arc<Batch<u64>>> = inputs
+                .into_iter()
+                .map(|updates| Arc::new(Batch::from_unsorted(updates)))
+                .collect();
+            let held = batches[0].clone();
+            let merged = merge_runs(batches);
+            assert_eq!(merged.updates(), expected, "round {round}");
+            let keys: Vec<u64> = expected.iter().map(|(row, _, _)| order_key(row)).collect();
+            assert_eq!(merged.keys(), keys);
+            let bytes: u64 = expected.iter().map(|(row, _, _)| update_bytes(row)).sum();
+            assert_eq!(merged.bytes(), bytes);
+            match merged.time_bounds() {
+                Some((earliest, latest)) => assert!(
+                    expected
+                        .iter()
+                        .all(|(_, time, _)| earliest <= time && time <= latest)
+                ),
+                None => assert!(expected.is_empty()),
+            }
+            drop(held);
+        }
+    }
+
+    /// Merging an insertion's batches in one pass leaves the batches that
+    /// merging them two at a time would.
+    #[test]
+    fn one_pass_merges_leave_the_batches_pairwise_merges_would() {
+        let mut spine = Spine::default();
+        let mut pairwise: Vec<usize> = Vec::new();
+        for time in 0..300u64 {
+            let len = 1 + (time % 5) as usize;
+            let updates: Vec<(i64, u64, Diff)> =
+                (0..len).map(|value| (value as i64, time, 1)).collect();
+            spine.insert(batch(&updates));
+            pairwise.push(len);
+            while let [.., older, newer] = pairwise.as_slice() {
+                if *older >= 2 * *newer {
+                    break;
+                }
+                let merged = pairwise.pop().unwrap() + pairwise.pop().unwrap();
+                pairwise.push(merged);
+            }
+            let lens: Vec<usize> = spine.batches().iter().map(|batch| batch.len()).collect();
+            assert_eq!(lens, pairwise, "after the append at {time}");
+            assert_tiers(&spine);
         }
     }
 
