@@ -9,7 +9,10 @@
 //!   the same 1,000,000 updates from scratch with differential's
 //!   `consolidate_updates`.
 //!
-//! Run with `cargo bench -p tidemark-backend-memory`.
+//! Run with `cargo bench -p tidemark-backend-memory`; arguments (after
+//! `--`) that do not start with `-` pick the benchmarks they name
+//! (`append-1000`, `append-10000`, `append-100000`, `append` for all three,
+//! `snapshot`), for instance `-- append-1000 snapshot`.
 
 use std::time::{Duration, Instant};
 use tidemark_storage_types::WriteFence;
@@ -217,10 +220,25 @@ fn main() {
         .enable_all()
         .build()
         .expect("a tokio runtime");
+    // `cargo bench` passes `--bench`; other arguments select benchmarks.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|argument| !argument.starts_with('-'))
+        .collect();
+    let selected = |name: &str| {
+        filters.is_empty()
+            || filters
+                .iter()
+                .any(|filter| name == filter || name.split('-').next() == Some(filter.as_str()))
+    };
     runtime.block_on(async {
         for batch_size in [1_000, 10_000, 100_000] {
-            bench_append(batch_size).await;
+            if selected(&format!("append-{batch_size}")) {
+                bench_append(batch_size).await;
+            }
         }
-        bench_snapshot().await;
+        if selected("snapshot") {
+            bench_snapshot().await;
+        }
     });
 }

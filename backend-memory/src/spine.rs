@@ -315,10 +315,9 @@ fn merge<T: Ord + Clone>(older: Arc<Batch<T>>, newer: Arc<Batch<T>>) -> Batch<T>
     // mispredictions. Positions in `keys` follow the iterators.
     let mut runs = [older_updates.into_iter(), newer_updates.into_iter()];
     let mut positions = [0usize, 0usize];
-    while let (Some(&older_key), Some(&newer_key)) = (
-        older_keys.get(positions[0]),
-        newer_keys.get(positions[1]),
-    ) {
+    while let (Some(&older_key), Some(&newer_key)) =
+        (older_keys.get(positions[0]), newer_keys.get(positions[1]))
+    {
         if older_key != newer_key {
             let run = usize::from(newer_key < older_key);
             if let Some(update) = runs[run].next() {
@@ -471,7 +470,11 @@ fn merge_runs<T: Ord + Clone>(batches: Vec<Arc<Batch<T>>>) -> Batch<T> {
                             &runs[left].updates.as_slice()[0],
                             &runs[right].updates.as_slice()[0],
                         );
-                        if order == Ordering::Greater { right } else { left }
+                        if order == Ordering::Greater {
+                            right
+                        } else {
+                            left
+                        }
                     })
             };
             if let Some(first) = least_update(&runs, &tied) {
