@@ -433,14 +433,18 @@ fn merge_runs<T: Ord + Clone>(batches: Vec<Arc<Batch<T>>>) -> Batch<T> {
     let mut heads: Vec<u64> = runs.iter().map(|run| run.keys[0]).collect();
     let mut updates = Vec::with_capacity(capacity);
     let mut keys = Vec::with_capacity(capacity);
+    // The runs whose next rows tie on their keys, when they do.
+    let mut tied: Vec<usize> = Vec::with_capacity(runs.len());
     while runs.len() > 1 {
+        // The first least head, chosen by selects rather than branches
+        // (which random keys would mispredict).
         let mut least = 0;
-        for (index, head) in heads.iter().enumerate().skip(1) {
-            if *head < heads[least] {
-                least = index;
-            }
+        let mut least_key = heads[0];
+        for (index, head) in heads.iter().copied().enumerate().skip(1) {
+            let smaller = head < least_key;
+            least = if smaller { index } else { least };
+            least_key = least_key.min(head);
         }
-        let least_key = heads[least];
         let ties = heads.iter().filter(|head| **head == least_key).count();
         let mut used_up = false;
         if ties == 1 {
@@ -458,9 +462,8 @@ fn merge_runs<T: Ord + Clone>(batches: Vec<Arc<Batch<T>>>) -> Batch<T> {
             // Several runs' next rows share their key: the rows and times
             // decide, and equal `(row, time)` updates (at most one per run)
             // are summed.
-            let mut tied: Vec<usize> = (0..runs.len())
-                .filter(|index| heads[*index] == least_key)
-                .collect();
+            tied.clear();
+            tied.extend((0..runs.len()).filter(|index| heads[*index] == least_key));
             let least_update = |runs: &[Run<T>], tied: &[usize]| {
                 tied.iter()
                     .copied()
@@ -486,7 +489,7 @@ fn merge_runs<T: Ord + Clone>(batches: Vec<Arc<Batch<T>>>) -> Batch<T> {
                         ) == Ordering::Equal
                 });
                 let mut summed: Option<(Row, T, Diff)> = None;
-                for index in tied {
+                for index in tied.iter().copied() {
                     let run = &mut runs[index];
                     let Some(update) = run.updates.next() else {
                         continue;
