@@ -36,7 +36,8 @@ const SECRET_ACCESS_KEY: &str = "tidemark-bench-secret";
 /// The bench's credentials: `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`
 /// when set (a server with its own identities), else the bench's own.
 fn credentials() -> (String, String) {
-    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_string());
+    let var =
+        |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_string());
     (
         var("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID),
         var("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),

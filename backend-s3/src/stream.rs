@@ -724,9 +724,10 @@ fn parts_in_order<'a, T: StorageTimestamp, E: Send + 'static>(
     let transform = Arc::clone(transform);
     futures::stream::iter(parts)
         .map(move |part| {
-            let mut task = AbortOnDrop(VecDeque::from([
-                fetcher.spawn(part, Arc::clone(&transform))
-            ]));
+            let mut task =
+                AbortOnDrop(VecDeque::from(
+                    [fetcher.spawn(part, Arc::clone(&transform))],
+                ));
             async move {
                 match task.0.front_mut() {
                     Some(handle) => join_part(handle).await,
