@@ -97,15 +97,21 @@ fn cpu_ticks() -> (u64, u64, u64) {
     // idle and iowait
     let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
     let own = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // utime and stime are fields 14 and 15; the fields after the
-    // parenthesized name start at field 3.
-    let after_name = own.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let own_fields: Vec<u64> = after_name
+    // The fields after the parenthesized name start at field 3 (the
+    // state); utime and stime are fields 14 and 15.
+    let after_name: Vec<&str> = own
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or("")
         .split_whitespace()
-        .filter_map(|field| field.parse().ok())
         .collect();
-    let own_ticks =
-        own_fields.get(11).copied().unwrap_or(0) + own_fields.get(12).copied().unwrap_or(0);
+    let field = |number: usize| -> u64 {
+        after_name
+            .get(number - 3)
+            .and_then(|field| field.parse().ok())
+            .unwrap_or(0)
+    };
+    let own_ticks = field(14) + field(15);
     (total - idle, total, own_ticks)
 }
 
