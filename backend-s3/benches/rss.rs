@@ -32,6 +32,17 @@ use timely::progress::Antichain;
 const BUCKET: &str = "tidemark-bench";
 const ACCESS_KEY_ID: &str = "tidemark-bench";
 const SECRET_ACCESS_KEY: &str = "tidemark-bench-secret";
+
+/// The bench's credentials: `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`
+/// when set (a server with its own identities), else the bench's own.
+fn credentials() -> (String, String) {
+    let var =
+        |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_string());
+    (
+        var("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID),
+        var("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
+    )
+}
 /// Updates per append while building the shard.
 const APPEND_UPDATES: usize = 1_000_000;
 const DEFAULT_UPDATES: usize = 1_000_000;
@@ -55,7 +66,7 @@ async fn backend(endpoint: &str, prefix: &str) -> S3Backend {
         .with_endpoint(endpoint)
         .with_region("us-east-1")
         .with_path_style(true)
-        .with_credentials(ACCESS_KEY_ID, SECRET_ACCESS_KEY)
+        .with_credentials(credentials().0, credentials().1)
         .with_operation_timeout(Duration::from_secs(600))
         .with_poll_interval(Duration::from_millis(1), Duration::from_millis(20));
     let backend = S3Backend::builder(config)

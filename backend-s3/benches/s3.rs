@@ -32,6 +32,17 @@ use timely::progress::Antichain;
 const BUCKET: &str = "tidemark-bench";
 const ACCESS_KEY_ID: &str = "tidemark-bench";
 const SECRET_ACCESS_KEY: &str = "tidemark-bench-secret";
+
+/// The bench's credentials: `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`
+/// when set (a server with its own identities), else the bench's own.
+fn credentials() -> (String, String) {
+    let var =
+        |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_string());
+    (
+        var("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID),
+        var("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
+    )
+}
 const SMALL_APPENDS: usize = 200;
 /// Small appends between two compactions (not timed), as a controller's
 /// background compaction would interleave them: compaction moves inline
@@ -39,6 +50,7 @@ const SMALL_APPENDS: usize = 200;
 const SMALL_APPENDS_PER_COMPACTION: usize = 16;
 const SNAPSHOT_UPDATES: usize = 1_000_000;
 const SNAPSHOT_ROUNDS: usize = 5;
+const SMALL_SNAPSHOT_ROUNDS: usize = 50;
 const WRITERS: usize = 8;
 const WRITE_SECONDS: u64 = 5;
 
@@ -57,14 +69,60 @@ fn raw_client(endpoint: &str) -> Client {
         .endpoint_url(endpoint)
         .force_path_style(true)
         .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            ACCESS_KEY_ID,
-            SECRET_ACCESS_KEY,
+            credentials().0,
+            credentials().1,
             None,
             None,
             "tidemark-bench",
         ))
         .build();
     Client::from_conf(config)
+}
+
+/// Busy and total CPU time of the whole machine so far, in clock ticks
+/// (`/proc/stat`), and this process's CPU time (`/proc/self/stat`): how
+/// much of the cores an interval used, and how much of it was this
+/// process rather than the server.
+fn cpu_ticks() -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    // idle and iowait
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    let own = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the parenthesized name start at field 3 (the
+    // state); utime and stime are fields 14 and 15.
+    let after_name: Vec<&str> = own
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let field = |number: usize| -> u64 {
+        after_name
+            .get(number - 3)
+            .and_then(|field| field.parse().ok())
+            .unwrap_or(0)
+    };
+    let own_ticks = field(14) + field(15);
+    (total - idle, total, own_ticks)
+}
+
+/// The cores busy over an interval (busy ticks / total ticks x cores) and
+/// the share of that busy time that was this process.
+fn cpu_use(before: (u64, u64, u64), after: (u64, u64, u64)) -> (f64, f64) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let busy = after.0.saturating_sub(before.0) as f64;
+    let total = after.1.saturating_sub(before.1).max(1) as f64;
+    let own = after.2.saturating_sub(before.2) as f64;
+    (busy / total * cores, own / busy.max(1.0))
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -78,7 +136,7 @@ async fn backend(endpoint: &str, prefix: &str) -> S3Backend {
         .with_endpoint(endpoint)
         .with_region("us-east-1")
         .with_path_style(true)
-        .with_credentials(ACCESS_KEY_ID, SECRET_ACCESS_KEY)
+        .with_credentials(credentials().0, credentials().1)
         .with_poll_interval(Duration::from_millis(1), Duration::from_millis(20))
         .build()
         .await
@@ -240,7 +298,10 @@ async fn big_snapshot(endpoint: &str, prefix: &str, raw: &Client) {
     let mut decodes = Vec::new();
     let mut streams = Vec::new();
     let mut total_bytes = 0;
+    let mut get_cpu = Vec::new();
+    let mut stream_cpu = Vec::new();
     for _ in 0..SNAPSHOT_ROUNDS {
+        let cpu_before = cpu_ticks();
         let start = Instant::now();
         let fetched: Vec<bytes::Bytes> = futures::stream::iter(keys.iter().cloned())
             .map(|key| {
@@ -260,6 +321,7 @@ async fn big_snapshot(endpoint: &str, prefix: &str, raw: &Client) {
             .collect()
             .await;
         gets.push(start.elapsed());
+        get_cpu.push(cpu_use(cpu_before, cpu_ticks()));
         total_bytes = fetched.iter().map(bytes::Bytes::len).sum::<usize>();
         let start = Instant::now();
         let decoded: usize = fetched
@@ -273,6 +335,7 @@ async fn big_snapshot(endpoint: &str, prefix: &str, raw: &Client) {
         snapshots.push(start.elapsed());
         assert_eq!(snapshot.len(), SNAPSHOT_UPDATES);
         drop(snapshot);
+        let cpu_before = cpu_ticks();
         let start = Instant::now();
         let mut stream = backend
             .snapshot_stream(shard, &as_of, ReadShare::WHOLE, ChunkLimit::DEFAULT)
@@ -283,6 +346,7 @@ async fn big_snapshot(endpoint: &str, prefix: &str, raw: &Client) {
             streamed += chunk.unwrap().len();
         }
         streams.push(start.elapsed());
+        stream_cpu.push(cpu_use(cpu_before, cpu_ticks()));
         assert_eq!(streamed, SNAPSHOT_UPDATES);
     }
     let snapshot = median(snapshots);
@@ -303,6 +367,65 @@ async fn big_snapshot(endpoint: &str, prefix: &str, raw: &Client) {
     println!(
         "  (decoding the same parts on one thread, no fetch: median {:?})",
         median(decodes)
+    );
+    let show = |samples: &[(f64, f64)]| {
+        samples
+            .iter()
+            .map(|(cores, own)| format!("{cores:.2} cores ({:.0}% this process)", own * 100.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("  cores busy during the raw GETs: {}", show(&get_cpu));
+    println!(
+        "  cores busy during the streamed snapshot: {}",
+        show(&stream_cpu)
+    );
+}
+
+/// Snapshots of a small shard (2,000 updates in two appends, one part
+/// each): the `Vec` read against the stream collected, interleaved.
+async fn small_snapshot(endpoint: &str, prefix: &str) {
+    let backend = backend(endpoint, prefix).await;
+    let shard = ShardId::new();
+    PersistBackend::<u64>::open(&backend, shard).await.unwrap();
+    for time in 0..2u64 {
+        let updates = (0..1000)
+            .map(|i| Update::new(row(time as usize * 1000 + i), time, 1))
+            .collect();
+        backend
+            .compare_and_append(
+                shard,
+                updates,
+                frontier(time),
+                frontier(time + 1),
+                IdempotencyToken::new(),
+                WriteFence::Unfenced,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let (mut vecs, mut streams) = (Vec::new(), Vec::new());
+    for _ in 0..SMALL_SNAPSHOT_ROUNDS {
+        let start = Instant::now();
+        let rows = backend.snapshot(shard, &1).await.unwrap();
+        vecs.push(start.elapsed());
+        assert_eq!(rows.len(), 2000);
+        let start = Instant::now();
+        let stream = backend
+            .snapshot_stream(shard, &1, ReadShare::WHOLE, ChunkLimit::DEFAULT)
+            .await
+            .unwrap();
+        let rows = tidemark_storage_types::collect_stream(stream)
+            .await
+            .unwrap();
+        streams.push(start.elapsed());
+        assert_eq!(rows.len(), 2000);
+    }
+    let (vec, stream) = (median(vecs), median(streams));
+    println!(
+        "small snapshot (2,000 updates, 2 parts): median Vec read {vec:?}, median collected stream {stream:?}: stream / Vec {:.2}",
+        stream.as_secs_f64() / vec.as_secs_f64()
     );
 }
 
@@ -459,6 +582,7 @@ fn main() {
         }
         let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
         small_appends(&endpoint, &format!("{prefix}/small"), &raw).await;
+        small_snapshot(&endpoint, &format!("{prefix}/small-snapshot")).await;
         big_snapshot(&endpoint, &format!("{prefix}/snapshot"), &raw).await;
         concurrent_writers(&endpoint, &format!("{prefix}/writers"), &raw).await;
     });

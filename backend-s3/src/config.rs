@@ -32,6 +32,13 @@ pub const URL_PARAMETERS: &[&str] = &[
 /// The smallest part size accepted, in bytes.
 pub const MIN_PART_SIZE_BYTES: usize = 1024;
 
+/// The default bound on the decoded part bytes one streamed snapshot holds
+/// ([`S3Config::with_read_memory_bytes`]).
+pub const DEFAULT_READ_MEMORY_BYTES: usize = 384 << 20;
+
+/// The least read memory accepted: a window must hold some entries.
+pub const MIN_READ_MEMORY_BYTES: usize = 4096;
+
 /// The default largest encoded batch an append stores inline in the shard
 /// state (decision 064).
 pub const DEFAULT_INLINE_BATCH_BYTES: usize = 4 << 10;
@@ -114,6 +121,9 @@ pub struct S3Config {
     pub(crate) part_size_bytes: usize,
     /// Parts fetched or written at once.
     pub(crate) concurrency: usize,
+    /// The decoded part bytes a streamed snapshot may hold at once; one
+    /// whose runs would need more is read in row windows (decision 119).
+    pub(crate) read_memory_bytes: usize,
     /// An append whose encoded batch is at most this many bytes stores it
     /// inline in the shard state (0: never).
     pub(crate) inline_batch_bytes: usize,
@@ -145,6 +155,7 @@ impl Default for S3Config {
             grace_period: Duration::from_secs(15 * 60),
             part_size_bytes: 8 << 20,
             concurrency: 16,
+            read_memory_bytes: DEFAULT_READ_MEMORY_BYTES,
             inline_batch_bytes: DEFAULT_INLINE_BATCH_BYTES,
             inline_state_bytes: DEFAULT_INLINE_STATE_BYTES,
             poll_interval_min: Duration::from_millis(5),
@@ -388,6 +399,18 @@ impl S3Config {
         self
     }
 
+    /// Sets the decoded part bytes one streamed snapshot may hold at once
+    /// (default [`DEFAULT_READ_MEMORY_BYTES`]). A snapshot whose runs, each
+    /// holding the part being merged and the one fetched ahead, would need
+    /// more (a shard of many appended batches) is read in row windows of a
+    /// quarter of this many entry bytes instead, one download of its parts
+    /// per window (decision 119).
+    #[must_use]
+    pub fn with_read_memory_bytes(mut self, bytes: usize) -> Self {
+        self.read_memory_bytes = bytes;
+        self
+    }
+
     /// Sets the largest encoded batch an append stores inline in the shard
     /// state (0 stores none inline) and the bound on the inline bytes of
     /// one state.
@@ -495,6 +518,12 @@ impl S3Config {
         self.concurrency
     }
 
+    /// The decoded part bytes one streamed snapshot may hold at once.
+    #[must_use]
+    pub fn read_memory_bytes(&self) -> usize {
+        self.read_memory_bytes
+    }
+
     /// The largest encoded batch stored inline in the shard state, and the
     /// bound on the inline bytes of one state.
     #[must_use]
@@ -530,6 +559,12 @@ impl S3Config {
             return Err(invalid(
                 "concurrency must be at least 1: concurrency=0".to_string(),
             ));
+        }
+        if self.read_memory_bytes < MIN_READ_MEMORY_BYTES {
+            return Err(invalid(format!(
+                "read_memory_bytes must be at least {MIN_READ_MEMORY_BYTES}: read_memory_bytes={}",
+                self.read_memory_bytes
+            )));
         }
         if self.inline_batch_bytes > self.inline_state_bytes {
             return Err(invalid(format!(
@@ -666,6 +701,10 @@ mod tests {
                 "part_size_bytes",
             ),
             (S3Config::new("b").with_concurrency(0), "concurrency"),
+            (
+                S3Config::new("b").with_read_memory_bytes(100),
+                "read_memory_bytes must be at least 4096: read_memory_bytes=100",
+            ),
             (
                 S3Config::new("b").with_inline_bytes(2048, 1024),
                 "inline_batch_bytes=2048 inline_state_bytes=1024",

@@ -12,6 +12,10 @@ pub struct PartDownloads {
     pub parts: u64,
     /// Their encoded bytes.
     pub bytes: u64,
+    /// The most entry bytes (counted as [`tidemark_storage_types::ChunkEntry::chunk_bytes`])
+    /// one window of a windowed read has held at once: what bounds the
+    /// memory of a snapshot of many runs (decision 119).
+    pub peak_window_bytes: u64,
 }
 
 /// The running counts behind [`PartDownloads`].
@@ -19,6 +23,7 @@ pub struct PartDownloads {
 pub(crate) struct DownloadCounters {
     parts: AtomicU64,
     bytes: AtomicU64,
+    peak_window_bytes: AtomicU64,
 }
 
 impl DownloadCounters {
@@ -28,11 +33,18 @@ impl DownloadCounters {
         self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
+    /// Records that a read's window holds `bytes` entry bytes.
+    pub(crate) fn record_window(&self, bytes: usize) {
+        self.peak_window_bytes
+            .fetch_max(bytes as u64, Ordering::Relaxed);
+    }
+
     /// The counts so far.
     pub(crate) fn totals(&self) -> PartDownloads {
         PartDownloads {
             parts: self.parts.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
+            peak_window_bytes: self.peak_window_bytes.load(Ordering::Relaxed),
         }
     }
 }

@@ -100,7 +100,8 @@ pub use crate::atomic::AtomicAppendStop;
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::config::{
     DEFAULT_INLINE_BATCH_BYTES, DEFAULT_INLINE_STATE_BYTES, DEFAULT_INTENT_TIMEOUT,
-    MIN_PART_SIZE_BYTES, S3Config, S3Credentials, URL_PARAMETERS,
+    DEFAULT_READ_MEMORY_BYTES, MIN_PART_SIZE_BYTES, MIN_READ_MEMORY_BYTES, S3Config, S3Credentials,
+    URL_PARAMETERS,
 };
 use crate::downloads::DownloadCounters;
 pub use crate::downloads::{ObjectPuts, PartDownloads};

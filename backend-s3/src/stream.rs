@@ -23,6 +23,14 @@
 //!   `2 x runs x part size`. A batch smaller than its run count times the
 //!   part size has one part per run and is held whole; compaction writes
 //!   parts small enough that a compacted batch is not (decision 114).
+//!   A snapshot whose runs would hold more than the configured read memory
+//!   ([`crate::S3Config::with_read_memory_bytes`]; a shard of many appended
+//!   batches, never compacted) is read in row windows instead: each pass
+//!   reads every part, keeps the entries from the window's first row on
+//!   (rows copied out of the part buffers) within a quarter of the read
+//!   memory, moving the window's end back whenever they pass it, and
+//!   yields them sorted; the next pass starts at the window's end. Such a
+//!   snapshot is downloaded once per window (decision 119).
 //! - **Fetches in time order.** A fetch yields `(time, row)` order. The
 //!   batches of a shard cover consecutive time ranges, so a fetch reads them
 //!   in order; a batch whose times (advanced by the since) are one time is
@@ -388,11 +396,14 @@ impl<T: StorageTimestamp, E: MergeEntry> Merger<T, E> {
                 return Ok(Ok(self.pending.take().filter(|entry| entry.diff() != 0)));
             };
             // The smallest entry is replaced by the next of its run (one
-            // sift down), or leaves the heap with its run.
-            let entry = match self.runs[top.run]
-                .next(&self.fetcher, &self.transform)
-                .await?
-            {
+            // sift down), or leaves the heap with its run. The next entry
+            // of the part being merged needs no await.
+            let run = &mut self.runs[top.run];
+            let next = match run.entries.next() {
+                Some(next) => Ok(Some(next)),
+                None => run.next(&self.fetcher, &self.transform).await?,
+            };
+            let entry = match next {
                 Ok(Some(next)) => std::mem::replace(&mut top.entry, next),
                 Ok(None) => PeekMut::pop(top).entry,
                 Err(gone) => return Ok(Err(gone)),
@@ -423,6 +434,16 @@ enum Segment {
     /// [`WINDOW_BUDGET_BYTES`]; they are sorted and yielded, and the next
     /// pass starts at the cutoff.
     Windows { runs: Vec<Vec<PartRef>>, from: i64 },
+    /// Runs of a snapshot too many to merge whole parts of within the read
+    /// memory, read in row windows: each pass reads every part and keeps
+    /// the entries from row `from` on (all, if `None`), up to a cutoff that
+    /// shrinks to keep them within a quarter of the read memory; they are
+    /// sorted and yielded, and the next pass starts at the cutoff
+    /// (decision 119).
+    RowWindows {
+        runs: Vec<Vec<PartRef>>,
+        from: Option<Row>,
+    },
 }
 
 /// What a streamed read reads from a state.
@@ -442,6 +463,9 @@ trait ReadPlan<T: StorageTimestamp>: Send + Sync + 'static {
     /// An entry's time, encoded: what [`Segment::Windows`] divides by (only
     /// reads ordered by time first have such segments).
     fn entry_time(entry: &Self::Entry) -> i64;
+
+    /// An entry's row: what [`Segment::RowWindows`] divides by.
+    fn entry_row(entry: &Self::Entry) -> &Row;
 
     /// The entry with its row in an allocation of its own, so that keeping
     /// it does not keep the whole part it was decoded from.
@@ -470,6 +494,9 @@ fn detached_row(row: &Row) -> Row {
 struct SnapshotPlan<T> {
     as_of: T,
     buckets: ShareBuckets,
+    /// The decoded part bytes the read may hold at once
+    /// ([`crate::S3Config::with_read_memory_bytes`]).
+    memory_bytes: usize,
 }
 
 impl<T: StorageTimestamp> ReadPlan<T> for SnapshotPlan<T> {
@@ -489,8 +516,12 @@ impl<T: StorageTimestamp> ReadPlan<T> for SnapshotPlan<T> {
                     .collect::<Vec<_>>()
             })
             .filter(|run| !run.is_empty())
-            .collect();
-        VecDeque::from([Segment::Merge(runs)])
+            .collect::<Vec<_>>();
+        if merge_resident_bytes(&runs) <= self.memory_bytes {
+            VecDeque::from([Segment::Merge(runs)])
+        } else {
+            VecDeque::from([Segment::RowWindows { runs, from: None }])
+        }
     }
 
     fn transform(&self, _state: &ShardState) -> PartTransform<T, (Row, Diff)> {
@@ -525,6 +556,10 @@ impl<T: StorageTimestamp> ReadPlan<T> for SnapshotPlan<T> {
     /// A snapshot has no windows: every entry counts as one time.
     fn entry_time(_entry: &(Row, Diff)) -> i64 {
         0
+    }
+
+    fn entry_row(entry: &(Row, Diff)) -> &Row {
+        &entry.0
     }
 
     fn detached((row, diff): (Row, Diff)) -> (Row, Diff) {
@@ -647,6 +682,10 @@ impl<T: StorageTimestamp> ReadPlan<T> for FetchPlan {
         entry.timestamp.encode()
     }
 
+    fn entry_row(entry: &Update<T>) -> &Row {
+        &entry.row
+    }
+
     fn detached(entry: Update<T>) -> Update<T> {
         Update::new(detached_row(&entry.row), entry.timestamp, entry.diff)
     }
@@ -671,6 +710,103 @@ pub(crate) fn batch_in_range(
         !frontier_le(batch.upper, lower)
     };
     starts_before_upper && ends_after_lower
+}
+
+/// The parts of `runs`, fetched and transformed at most `ahead` at once,
+/// in order.
+fn parts_in_order<'a, T: StorageTimestamp, E: Send + 'static>(
+    fetcher: &'a PartFetcher,
+    runs: &[Vec<PartRef>],
+    transform: &PartTransform<T, E>,
+    ahead: usize,
+) -> impl futures::Stream<Item = PartOutcome<E>> + 'a {
+    let parts: Vec<PartRef> = runs.iter().flatten().cloned().collect();
+    let transform = Arc::clone(transform);
+    futures::stream::iter(parts)
+        .map(move |part| {
+            let mut task =
+                AbortOnDrop(VecDeque::from(
+                    [fetcher.spawn(part, Arc::clone(&transform))],
+                ));
+            async move {
+                match task.0.front_mut() {
+                    Some(handle) => join_part(handle).await,
+                    None => Ok(Ok(Vec::new())),
+                }
+            }
+        })
+        .buffered(ahead)
+}
+
+/// Decoded bytes a part takes per encoded byte, about: its rows stay in
+/// the part's buffer, and each update adds its entry beside them.
+const DECODED_PER_ENCODED_BYTE: usize = 2;
+
+/// The decoded bytes a k-way merge of whole parts holds for `runs`, about:
+/// per run, the part being merged and the one fetched ahead (its two
+/// largest, to be safe).
+fn merge_resident_bytes(runs: &[Vec<PartRef>]) -> usize {
+    let encoded: u64 = runs
+        .iter()
+        .map(|run| {
+            let mut largest = [0u64; 2];
+            for part in run {
+                if part.bytes > largest[0] {
+                    largest = [part.bytes, largest[0]];
+                } else if part.bytes > largest[1] {
+                    largest[1] = part.bytes;
+                }
+            }
+            largest[0] + largest[1]
+        })
+        .sum();
+    usize::try_from(encoded)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(DECODED_PER_ENCODED_BYTE)
+}
+
+/// Keeps the entries of a row window within `budget` bytes (`kept_bytes`
+/// is their sum): while they exceed it, the window's end moves back to the
+/// row at the rank that keeps about three quarters of the budget, and the
+/// entries at or after it are dropped. Returns the window's new end, if it
+/// moved.
+///
+/// The least kept row always stays (a window that ends after it makes
+/// progress): if every entry is at one row (copies from different runs),
+/// they stay over the budget.
+fn narrow_rows<E: ChunkEntry>(
+    kept: &mut Vec<E>,
+    kept_bytes: &mut usize,
+    budget: usize,
+    row_of: impl Fn(&E) -> &Row,
+) -> Option<Row> {
+    let mut end = None;
+    while *kept_bytes > budget && kept.len() > 1 {
+        let wanted = (budget / 4).saturating_mul(3) as u128;
+        let rank = (kept.len() as u128 * wanted / *kept_bytes as u128) as usize;
+        let rank = rank.clamp(1, kept.len() - 1);
+        kept.select_nth_unstable_by(rank, |left, right| row_of(left).cmp(row_of(right)));
+        let at_rank = row_of(&kept[rank]);
+        let least = kept[..rank]
+            .iter()
+            .map(&row_of)
+            .min()
+            .expect("rank is at least 1");
+        let new_end = if at_rank > least {
+            at_rank.clone()
+        } else {
+            // Everything before the rank is the least row: end at the next
+            // row instead.
+            match kept.iter().map(&row_of).filter(|row| *row > least).min() {
+                Some(next) => next.clone(),
+                None => break,
+            }
+        };
+        kept.retain(|entry| row_of(entry) < &new_end);
+        *kept_bytes = kept.iter().map(ChunkEntry::chunk_bytes).sum();
+        end = Some(new_end);
+    }
+    end
 }
 
 /// How [`narrow_window`] left a window.
@@ -832,6 +968,29 @@ impl<T: StorageTimestamp, P: ReadPlan<T>> StreamState<T, P> {
                             }
                         }
                     }
+                    Some(Segment::RowWindows { runs, from }) => {
+                        let fetcher = PartFetcher::new(&self.backend, self.shard);
+                        match self.row_window_pass(&fetcher, &runs, from.as_ref()).await? {
+                            Ok((entries, next)) => {
+                                if let Some(next) = next {
+                                    self.segments.push_front(Segment::RowWindows {
+                                        runs,
+                                        from: Some(next),
+                                    });
+                                }
+                                self.current = Some(Merger::of_sorted(
+                                    entries,
+                                    fetcher,
+                                    Arc::clone(&self.transform),
+                                ));
+                            }
+                            Err(gone) => {
+                                if let Some(chunk) = self.restart(&gone).await? {
+                                    return Ok(Some(chunk));
+                                }
+                            }
+                        }
+                    }
                 }
                 continue;
             };
@@ -867,23 +1026,8 @@ impl<T: StorageTimestamp, P: ReadPlan<T>> StreamState<T, P> {
         runs: &[Vec<PartRef>],
         from: i64,
     ) -> Result<Result<WindowPass<P::Entry>, PartGone>, BackendError> {
-        let parts: Vec<PartRef> = runs.iter().flatten().cloned().collect();
         let ahead = self.backend.config().concurrency.max(1);
-        let transform = Arc::clone(&self.transform);
-        let mut parts = futures::stream::iter(parts)
-            .map(|part| {
-                let mut task =
-                    AbortOnDrop(VecDeque::from(
-                        [fetcher.spawn(part, Arc::clone(&transform))],
-                    ));
-                async move {
-                    match task.0.front_mut() {
-                        Some(handle) => join_part(handle).await,
-                        None => Ok(Ok(Vec::new())),
-                    }
-                }
-            })
-            .buffered(ahead);
+        let mut parts = parts_in_order(fetcher, runs, &self.transform, ahead);
         let mut kept: Vec<P::Entry> = Vec::new();
         let mut kept_bytes = 0usize;
         // Entries at or after `cutoff` are left to a later pass.
@@ -919,6 +1063,53 @@ impl<T: StorageTimestamp, P: ReadPlan<T>> StreamState<T, P> {
             entries: kept,
             next: cutoff,
         }))
+    }
+
+    /// One pass of a [`Segment::RowWindows`] from row `from` (the first
+    /// row, if `None`): every part read (at most `concurrency` ahead), the
+    /// entries from `from` on kept, with their rows copied out of the part
+    /// buffers, while within a quarter of the read memory, and the window's
+    /// end moved back whenever they are not. Returns the window's entries,
+    /// sorted, and the next window's first row if the window ended before
+    /// the runs did.
+    async fn row_window_pass(
+        &self,
+        fetcher: &PartFetcher,
+        runs: &[Vec<PartRef>],
+        from: Option<&Row>,
+    ) -> Result<Result<(Vec<P::Entry>, Option<Row>), PartGone>, BackendError> {
+        let config = self.backend.config();
+        let budget = config.read_memory_bytes() / 4;
+        let mut parts = parts_in_order(fetcher, runs, &self.transform, config.concurrency.max(1));
+        let mut kept: Vec<P::Entry> = Vec::new();
+        let mut kept_bytes = 0usize;
+        // Entries at or after `cutoff` are left to a later pass.
+        let mut cutoff: Option<Row> = None;
+        while let Some(outcome) = parts.next().await {
+            let entries = match outcome? {
+                Ok(entries) => entries,
+                Err(gone) => return Ok(Err(gone)),
+            };
+            for entry in entries {
+                let row = P::entry_row(&entry);
+                if from.is_some_and(|from| row < from)
+                    || cutoff.as_ref().is_some_and(|cutoff| row >= cutoff)
+                {
+                    continue;
+                }
+                let entry = P::detached(entry);
+                kept_bytes += entry.chunk_bytes();
+                kept.push(entry);
+            }
+            fetcher.downloads.record_window(kept_bytes);
+            if let Some(end) = narrow_rows(&mut kept, &mut kept_bytes, budget, P::entry_row) {
+                cutoff = Some(end);
+            }
+        }
+        // Equal rows (from different runs) are consolidated by the merge
+        // that yields the window, whatever their order.
+        kept.sort_unstable_by(MergeEntry::key_cmp);
+        Ok(Ok((kept, cutoff)))
     }
 
     /// Continues from a fresh state after `gone` was found missing, if the
@@ -993,6 +1184,7 @@ impl S3Backend {
         let plan = SnapshotPlan {
             as_of: *as_of,
             buckets: ShareBuckets::new(share),
+            memory_bytes: self.config().read_memory_bytes(),
         };
         Ok(into_stream(StreamState::new(
             self.clone(),

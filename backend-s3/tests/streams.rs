@@ -199,6 +199,11 @@ async fn streamed_snapshots_and_fetches_concatenate_to_the_vec_reads_and_the_mod
     }
     shares.sort();
     assert_eq!(shares, model_snapshot(upper, upper - 1));
+    assert_eq!(
+        backend.part_downloads().peak_window_bytes,
+        0,
+        "within the default read memory, snapshots merge whole parts"
+    );
 
     // Times advanced by the since: one segment at the since, merged by row,
     // and the batches after it.
@@ -461,4 +466,65 @@ async fn a_stream_whose_parts_gc_deleted_ends_with_a_conflict_when_the_answer_ch
         expected[..yielded.len()],
         "what was yielded is right"
     );
+}
+
+/// A snapshot whose runs' whole parts would pass the read memory is read in
+/// row windows: the entries one window holds stay within a quarter of the
+/// read memory (plus the entries of the part being added), each window
+/// downloads the parts again, and the answer is the model's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_of_many_runs_holds_one_bounded_row_window() {
+    let Some((_clock, mut factory)) = factory("s3 streams row windows").await else {
+        return;
+    };
+    let memory = 512 << 10;
+    factory.config = factory.config.with_read_memory_bytes(memory);
+    let backend = factory.open_handle().await;
+    let upper = 8;
+    let shard = build_shard(&backend, upper).await;
+    let objects = backend.part_keys(shard).await.unwrap().len() as u64;
+    assert!(objects > 100, "many runs of several parts: {objects}");
+    // No part's entries count more than its encoded bytes (each entry's
+    // row, time and diff are in the codec), and no part is over this.
+    let largest_part = 2 * tidemark_backend_s3::MIN_PART_SIZE_BYTES as u64
+        + tidemark_backend_s3::DEFAULT_INLINE_BATCH_BYTES as u64;
+    let chunk_limit = limit(500, 1 << 20);
+    for as_of in [2, upper - 1] {
+        let before = backend.part_downloads();
+        let stream = backend
+            .snapshot_stream(shard, &as_of, ReadShare::WHOLE, chunk_limit)
+            .await
+            .unwrap();
+        let (chunks, err) = chunks_within(stream, chunk_limit).await;
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(
+            chunks.concat(),
+            model_snapshot(upper, as_of),
+            "as_of {as_of}"
+        );
+        let after = backend.part_downloads();
+        assert!(after.peak_window_bytes > 0, "read in windows: {after:?}");
+        assert!(
+            after.peak_window_bytes <= (memory / 4) as u64 + largest_part,
+            "a window holds at most a quarter of the read memory and one part: {after:?}"
+        );
+        assert!(
+            after.parts - before.parts >= 2 * objects,
+            "several windows, each downloading the parts: {} downloads of {objects} parts",
+            after.parts - before.parts
+        );
+    }
+    // Shares are read in windows too, and together are the whole.
+    let mut shares: Vec<(Row, Diff)> = Vec::new();
+    for index in 0..2 {
+        let stream = backend
+            .snapshot_stream(shard, &(upper - 1), ReadShare::new(index, 2), chunk_limit)
+            .await
+            .unwrap();
+        let share = collect_stream(stream).await.unwrap();
+        assert!(share.is_sorted(), "a share is in row order");
+        shares.extend(share);
+    }
+    shares.sort();
+    assert_eq!(shares, model_snapshot(upper, upper - 1));
 }
