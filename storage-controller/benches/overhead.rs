@@ -16,7 +16,9 @@
 //! Backends: memory always; PostgreSQL when `TIDEMARK_TEST_POSTGRES_URL` is
 //! set (schema `tidemark_controller_bench`; what an earlier run left there
 //! is reclaimed at the start and this run's collections are dropped at the
-//! end).
+//! end); S3 when `TIDEMARK_TEST_S3_ENDPOINT` is set (credentials from
+//! `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, bucket `tidemark-bench`, a
+//! prefix of this run's own).
 //!
 //! `cargo bench -p tidemark-storage-controller --bench overhead`
 
@@ -365,4 +367,57 @@ fn main() {
     } else {
         println!("postgres: skipped (TIDEMARK_TEST_POSTGRES_URL is not set)");
     }
+    if let Ok(endpoint) = std::env::var("TIDEMARK_TEST_S3_ENDPOINT") {
+        let backend = runtime.block_on(s3_backend(&endpoint));
+        let s3 = Sizes {
+            append_rounds: 41,
+            snapshot_rounds: 11,
+            wide_rounds: 3,
+        };
+        runtime.block_on(run("s3", backend, &s3));
+    } else {
+        println!("s3: skipped (TIDEMARK_TEST_S3_ENDPOINT is not set)");
+    }
+}
+
+/// The bucket the S3 figures use (created if missing).
+const BUCKET: &str = "tidemark-bench";
+
+/// An S3 store under a prefix of this run's own in [`BUCKET`].
+async fn s3_backend(endpoint: &str) -> tidemark_backend_s3::S3Backend {
+    let access = std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_else(|_| "tidemark-test".into());
+    let secret =
+        std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|_| "tidemark-test-secret".into());
+    let credentials = aws_sdk_s3::config::Credentials::new(&access, &secret, None, None, "bench");
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .credentials_provider(credentials)
+        .build();
+    let client = aws_sdk_s3::Client::from_conf(config);
+    if client.head_bucket().bucket(BUCKET).send().await.is_err() {
+        client
+            .create_bucket()
+            .bucket(BUCKET)
+            .send()
+            .await
+            .expect("the bench bucket exists");
+    }
+    let prefix = format!(
+        "controller-overhead-{}-{}",
+        std::process::id(),
+        ShardId::new()
+    );
+    tidemark_backend_s3::S3Config::new(BUCKET)
+        .with_prefix(&prefix)
+        .with_endpoint(endpoint)
+        .with_region("us-east-1")
+        .with_path_style(true)
+        .with_credentials(&access, &secret)
+        .with_poll_interval(Duration::from_millis(1), Duration::from_millis(20))
+        .build()
+        .await
+        .expect("the S3 benchmark store opens")
 }
