@@ -240,8 +240,18 @@ where
 {
     // The snapshot, a chunk per event; the hold stays at the as_of until it
     // has all been delivered.
-    let mut snapshot =
-        read_snapshot(backend, retry, hold.id(), shard, as_of, ChunkLimit::DEFAULT).await?;
+    // No upper is known here: the read waits for the upper first.
+    let no_known_upper = Antichain::from_elem(T::minimum());
+    let mut snapshot = read_snapshot(
+        backend,
+        retry,
+        hold.id(),
+        shard,
+        as_of,
+        &no_known_upper,
+        ChunkLimit::DEFAULT,
+    )
+    .await?;
     while let Some(rows) = snapshot.next_chunk().await? {
         let updates = rows
             .into_iter()

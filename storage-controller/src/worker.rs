@@ -10,9 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tidemark_storage_types::{
-    BackendError, EarlierAttempts, GlobalId, IdempotencyToken, PersistBackend, ShardFrontiers,
-    ShardId, StorageError, StorageInstanceId, StorageParameters, StorageTimestamp, Update,
-    WriteFence,
+    BackendError, DeterminateKind, EarlierAttempts, GlobalId, IdempotencyToken, PersistBackend,
+    ShardFrontiers, ShardId, StorageError, StorageInstanceId, StorageParameters, StorageTimestamp,
+    Update, WriteFence,
 };
 use timely::PartialOrder;
 use timely::progress::Antichain;
@@ -122,10 +122,24 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
                 .await;
             // One fence check per chunk: a fenced controller must not touch
             // data a newer controller owns.
-            let needs_fence_check = chunk
-                .iter()
-                .any(|command| !matches!(command, WorkerCommand::Barrier { .. }));
-            let fence = if needs_fence_check {
+            //
+            // SUBTLE: a chunk of appends only skips the metadata read. Every
+            // shard this controller appends to is named in the metadata
+            // before its first write, so a newer controller's start-up
+            // raises its writer epoch before that controller is ready
+            // (`fence_data_shards`, which opens a shard not yet opened), and
+            // the backend then refuses this controller's epoch atomically
+            // with the append: answered `Fenced` (`fenced_answer`). The read
+            // would only add a refusal in the newer controller's start-up
+            // window (decision 111).
+            let fence = if self.metadata.known_fenced() {
+                Err(StorageError::Fenced)
+            } else if chunk.iter().any(|command| {
+                !matches!(
+                    command,
+                    WorkerCommand::Barrier { .. } | WorkerCommand::Append { .. }
+                )
+            }) {
                 self.metadata.check_fence(&*self.backend).await
             } else {
                 Ok(())
@@ -404,7 +418,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
                     .send(Internal::WriteCompleted(outcome.written));
             }
             for (reply, result) in outcome.answers {
-                let _ = reply.send(result);
+                let _ = reply.send(self.fenced_answer(result));
             }
             refused.push(outcome.refused);
         }
@@ -470,7 +484,24 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
                     .internal
                     .send(Internal::WriteCompleted(outcome.written));
             }
-            let _ = reply.send(outcome.result);
+            let _ = reply.send(self.fenced_answer(outcome.result));
+        }
+    }
+
+    /// An append's answer, with a data shard's refusal of this controller's
+    /// epoch made the controller's own `Fenced`: only a newer controller
+    /// raises a shard's epoch past this one's, so this controller is fenced
+    /// for good (as if its metadata check had found it), and nothing of the
+    /// refused append was written (the refusal is determinate).
+    fn fenced_answer(&self, result: Result<(), StorageError>) -> Result<(), StorageError> {
+        match result {
+            Err(StorageError::Backend(err))
+                if err.determinate_kind() == Some(DeterminateKind::Fenced) =>
+            {
+                self.metadata.mark_fenced();
+                Err(StorageError::Fenced)
+            }
+            result => result,
         }
     }
 
