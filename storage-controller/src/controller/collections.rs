@@ -533,7 +533,7 @@ where
     };
     match retry_indeterminate(retry, open).await {
         Ok(stream) => {
-            let reopen: OpenRead<'a, (Row, Diff)> = Box::new(move || Box::pin(open()));
+            let reopen: OpenRead<'a, (Row, Diff)> = std::sync::Arc::new(move || Box::pin(open()));
             Ok(ResumingRead::new(retry, reopen, |(row, _)| row.clone()).with_stream(stream))
         }
         Err(err @ BackendError::InvalidUsage(InvalidUsage::AsOfNotReadable { .. })) => {
