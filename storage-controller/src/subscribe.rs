@@ -6,11 +6,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures::Stream;
 use futures::future::BoxFuture;
-use futures::{Stream, StreamExt};
 use tidemark_storage_types::{
-    BackendError, ChunkLimit, GlobalId, PersistBackend, ReadShare, ReadStream, ResumePoint,
-    ShardId, StorageError, StorageTimestamp, Update, step_back_frontier,
+    BackendError, ChunkLimit, GlobalId, PersistBackend, ReadShare, ReadStream, ShardId,
+    StorageError, StorageTimestamp, Update, step_back_frontier,
 };
 use timely::progress::Antichain;
 use tokio::sync::mpsc;

@@ -395,10 +395,7 @@ impl<C: Send + 'static, K: Ord> ResumingRead<C, K> {
                     self.stream = None;
                     self.point.restart();
                     tokio::time::sleep(self.backoff).await;
-                    self.backoff = self
-                        .backoff
-                        .saturating_mul(2)
-                        .min(self.policy.max_backoff);
+                    self.backoff = self.backoff.saturating_mul(2).min(self.policy.max_backoff);
                 }
                 Some(Err(err)) => return Err(part_way(err)),
             }
@@ -529,7 +526,12 @@ mod tests {
         assert_eq!(restarts, vec![0, 1]);
         // Its backoff doubled once and then stopped at the cap.
         assert_eq!(read.backoff, std::time::Duration::from_millis(2));
-        assert!(read.next_chunk(&mut open, |err| err, |_, _| {}).await.unwrap().is_none());
+        assert!(
+            read.next_chunk(&mut open, |err| err, |_, _| {})
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[tokio::test]
