@@ -523,7 +523,7 @@ where
     // Uppers only advance: one the shard reached past `as_of` stays past
     // it, so the wait (one backend call) would return at once.
     if known_upper.less_equal(&as_of) {
-        let target = Antichain::from_elem(as_of.clone());
+        let target = Antichain::from_elem(as_of);
         retry_indeterminate(retry, || backend.wait_for_upper_past(shard, &target)).await?;
     }
     let open = move || async move {
