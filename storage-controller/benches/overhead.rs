@@ -162,13 +162,75 @@ async fn append_figure<B: PersistBackend<u64>>(
             direct.push(started.elapsed());
             drain(controller).await;
         }
+        let direct = median(direct);
         print_ratio(
             &format!("append of {len} update(s)"),
             median(through_controller),
-            median(direct),
+            direct,
             "<= 1.1",
         );
+        if len == 1 {
+            print_ratio(
+                "direct compare_and_append_all of one part",
+                append_all_of_one_part(&**controller.backend(), sizes.append_rounds).await,
+                direct,
+                "none: what the controller's backend call costs",
+            );
+            print_ratio(
+                "floor: a task hop and reply, no backend call",
+                task_hop(sizes.append_rounds).await,
+                direct,
+                "none: the floor of the append ratio",
+            );
+        }
     }
+}
+
+/// The median `compare_and_append_all` of one update to one shard of its
+/// own: the call the controller makes for a one-table append.
+async fn append_all_of_one_part<B: PersistBackend<u64>>(backend: &B, rounds: u64) -> Duration {
+    let shard = open_shard(backend).await;
+    let mut samples = Vec::new();
+    for time in 0..rounds {
+        let part = tidemark_storage_types::ShardAppend {
+            shard,
+            updates: batch(1, time, time),
+            expected_upper: Antichain::from_elem(time),
+            new_upper: Antichain::from_elem(time + 1),
+        };
+        let started = Instant::now();
+        backend
+            .compare_and_append_all(vec![part], IdempotencyToken::new(), WriteFence::Unfenced)
+            .await
+            .expect("the append succeeds")
+            .expect("the upper matches");
+        samples.push(started.elapsed());
+    }
+    median(samples)
+}
+
+/// The median round trip of a request to a task of its own and its
+/// reply, with no work in between: what handing an append to the write
+/// task costs before the task does anything.
+async fn task_hop(rounds: u64) -> Duration {
+    let (requests, mut received) =
+        tokio::sync::mpsc::unbounded_channel::<tokio::sync::oneshot::Sender<()>>();
+    let task = tokio::spawn(async move {
+        while let Some(reply) = received.recv().await {
+            let _ = reply.send(());
+        }
+    });
+    let mut samples = Vec::new();
+    for _ in 0..rounds {
+        let (reply, answered) = tokio::sync::oneshot::channel();
+        let started = Instant::now();
+        requests.send(reply).expect("the task receives");
+        answered.await.expect("the task replies");
+        samples.push(started.elapsed());
+    }
+    drop(requests);
+    task.await.expect("the task ends");
+    median(samples)
 }
 
 /// `snapshot` through the controller against the backend's `snapshot` of
