@@ -2,7 +2,10 @@
 //! backend's own calls measured in the same run, on the same backend:
 //!
 //! - **append**: `append_durable` of one batch to a table, against
-//!   `compare_and_append` of the same batch to a shard of its own;
+//!   `compare_and_append` of the same batch to a shard of its own; beside
+//!   the one-update figure, its floor against the same baseline: the
+//!   backend's `compare_and_append_all` of one part (the call the
+//!   controller makes) and a bare task hop with its reply;
 //! - **snapshot**: `snapshot` of a table, against `snapshot` of the same
 //!   shard;
 //! - **1,000 collections**: one batch to each of 1,000 tables at once
