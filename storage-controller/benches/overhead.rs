@@ -2,7 +2,10 @@
 //! backend's own calls measured in the same run, on the same backend:
 //!
 //! - **append**: `append_durable` of one batch to a table, against
-//!   `compare_and_append` of the same batch to a shard of its own;
+//!   `compare_and_append` of the same batch to a shard of its own; beside
+//!   the one-update figure, its floor against the same baseline: the
+//!   backend's `compare_and_append_all` of one part (the call the
+//!   controller makes) and a bare task hop with its reply;
 //! - **snapshot**: `snapshot` of a table, against `snapshot` of the same
 //!   shard;
 //! - **1,000 collections**: one batch to each of 1,000 tables at once
@@ -16,7 +19,9 @@
 //! Backends: memory always; PostgreSQL when `TIDEMARK_TEST_POSTGRES_URL` is
 //! set (schema `tidemark_controller_bench`; what an earlier run left there
 //! is reclaimed at the start and this run's collections are dropped at the
-//! end).
+//! end); S3 when `TIDEMARK_TEST_S3_ENDPOINT` is set (credentials from
+//! `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, bucket `tidemark-bench`, a
+//! prefix of this run's own).
 //!
 //! `cargo bench -p tidemark-storage-controller --bench overhead`
 
@@ -160,13 +165,75 @@ async fn append_figure<B: PersistBackend<u64>>(
             direct.push(started.elapsed());
             drain(controller).await;
         }
+        let direct = median(direct);
         print_ratio(
             &format!("append of {len} update(s)"),
             median(through_controller),
-            median(direct),
+            direct,
             "<= 1.1",
         );
+        if len == 1 {
+            print_ratio(
+                "direct compare_and_append_all of one part",
+                append_all_of_one_part(&**controller.backend(), sizes.append_rounds).await,
+                direct,
+                "none: what the controller's backend call costs",
+            );
+            print_ratio(
+                "floor: a task hop and reply, no backend call",
+                task_hop(sizes.append_rounds).await,
+                direct,
+                "none: the floor of the append ratio",
+            );
+        }
     }
+}
+
+/// The median `compare_and_append_all` of one update to one shard of its
+/// own: the call the controller makes for a one-table append.
+async fn append_all_of_one_part<B: PersistBackend<u64>>(backend: &B, rounds: u64) -> Duration {
+    let shard = open_shard(backend).await;
+    let mut samples = Vec::new();
+    for time in 0..rounds {
+        let part = tidemark_storage_types::ShardAppend {
+            shard,
+            updates: batch(1, time, time),
+            expected_upper: Antichain::from_elem(time),
+            new_upper: Antichain::from_elem(time + 1),
+        };
+        let started = Instant::now();
+        backend
+            .compare_and_append_all(vec![part], IdempotencyToken::new(), WriteFence::Unfenced)
+            .await
+            .expect("the append succeeds")
+            .expect("the upper matches");
+        samples.push(started.elapsed());
+    }
+    median(samples)
+}
+
+/// The median round trip of a request to a task of its own and its
+/// reply, with no work in between: what handing an append to the write
+/// task costs before the task does anything.
+async fn task_hop(rounds: u64) -> Duration {
+    let (requests, mut received) =
+        tokio::sync::mpsc::unbounded_channel::<tokio::sync::oneshot::Sender<()>>();
+    let task = tokio::spawn(async move {
+        while let Some(reply) = received.recv().await {
+            let _ = reply.send(());
+        }
+    });
+    let mut samples = Vec::new();
+    for _ in 0..rounds {
+        let (reply, answered) = tokio::sync::oneshot::channel();
+        let started = Instant::now();
+        requests.send(reply).expect("the task receives");
+        answered.await.expect("the task replies");
+        samples.push(started.elapsed());
+    }
+    drop(requests);
+    task.await.expect("the task ends");
+    median(samples)
 }
 
 /// `snapshot` through the controller against the backend's `snapshot` of
@@ -365,4 +432,57 @@ fn main() {
     } else {
         println!("postgres: skipped (TIDEMARK_TEST_POSTGRES_URL is not set)");
     }
+    if let Ok(endpoint) = std::env::var("TIDEMARK_TEST_S3_ENDPOINT") {
+        let backend = runtime.block_on(s3_backend(&endpoint));
+        let s3 = Sizes {
+            append_rounds: 41,
+            snapshot_rounds: 11,
+            wide_rounds: 3,
+        };
+        runtime.block_on(run("s3", backend, &s3));
+    } else {
+        println!("s3: skipped (TIDEMARK_TEST_S3_ENDPOINT is not set)");
+    }
+}
+
+/// The bucket the S3 figures use (created if missing).
+const BUCKET: &str = "tidemark-bench";
+
+/// An S3 store under a prefix of this run's own in [`BUCKET`].
+async fn s3_backend(endpoint: &str) -> tidemark_backend_s3::S3Backend {
+    let access = std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_else(|_| "tidemark-test".into());
+    let secret =
+        std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|_| "tidemark-test-secret".into());
+    let credentials = aws_sdk_s3::config::Credentials::new(&access, &secret, None, None, "bench");
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .credentials_provider(credentials)
+        .build();
+    let client = aws_sdk_s3::Client::from_conf(config);
+    if client.head_bucket().bucket(BUCKET).send().await.is_err() {
+        client
+            .create_bucket()
+            .bucket(BUCKET)
+            .send()
+            .await
+            .expect("the bench bucket exists");
+    }
+    let prefix = format!(
+        "controller-overhead-{}-{}",
+        std::process::id(),
+        ShardId::new()
+    );
+    tidemark_backend_s3::S3Config::new(BUCKET)
+        .with_prefix(&prefix)
+        .with_endpoint(endpoint)
+        .with_region("us-east-1")
+        .with_path_style(true)
+        .with_credentials(&access, &secret)
+        .with_poll_interval(Duration::from_millis(1), Duration::from_millis(20))
+        .build()
+        .await
+        .expect("the S3 benchmark store opens")
 }

@@ -63,7 +63,9 @@ fn record_fence(record: &StoredRecord) -> WriteFence {
 ///
 /// `Fenced` if a newer controller already raised a shard's epoch; a backend
 /// failure. A shard the metadata names but that was never opened (a crash
-/// between the two) is skipped: registering it opens and fences it.
+/// between the two, or an older controller registering it right now) is
+/// opened and raised like the others, so every shard an older controller
+/// can append to refuses it once this returns.
 async fn fence_data_shards<T: StorageTimestamp, B: PersistBackend<T> + ?Sized>(
     backend: &B,
     retry: RetryPolicy,
@@ -73,10 +75,22 @@ async fn fence_data_shards<T: StorageTimestamp, B: PersistBackend<T> + ?Sized>(
     let minimum = Antichain::from_elem(T::minimum());
     let fence = record_fence(record);
     for shard in metadata.collections.values() {
-        let raised =
+        let mut raised =
             retry_indeterminate(retry, || backend.downgrade_since(*shard, &minimum, fence)).await;
+        if let Err(BackendError::InvalidUsage(InvalidUsage::UnknownShard { .. })) = raised {
+            // SUBTLE: a shard named but not yet opened is opened here and
+            // raised too. An older controller may be registering it right
+            // now (its metadata write names the shard before it opens it);
+            // skipping the shard would let that controller's appends to it
+            // land after this one started, which the worker's append path
+            // relies on never happening (decision 111).
+            retry_indeterminate(retry, || backend.open(*shard)).await?;
+            raised =
+                retry_indeterminate(retry, || backend.downgrade_since(*shard, &minimum, fence))
+                    .await;
+        }
         match raised {
-            Ok(_) | Err(BackendError::InvalidUsage(InvalidUsage::UnknownShard { .. })) => {}
+            Ok(_) => {}
             Err(err) if err.determinate_kind() == Some(DeterminateKind::Fenced) => {
                 return Err(StorageError::Fenced);
             }
@@ -534,6 +548,17 @@ impl<T: StorageTimestamp> MetadataStore<T> {
     /// The stored format version.
     pub(crate) fn format_version(&self) -> i64 {
         self.record.format_version
+    }
+
+    /// Whether this controller already knows it is fenced.
+    pub(crate) fn known_fenced(&self) -> bool {
+        self.fenced.load(Ordering::SeqCst)
+    }
+
+    /// Records that a newer controller owns the storage: a data shard
+    /// refused this controller's epoch.
+    pub(crate) fn mark_fenced(&self) {
+        self.fenced.store(true, Ordering::SeqCst);
     }
 
     /// Fails with `Fenced` if another controller wrote since our last write.

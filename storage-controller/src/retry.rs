@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tidemark_storage_types::BackendError;
+use tidemark_storage_types::{BackendError, RestartPolicy};
 
 /// The counter of the controller's retries of indeterminate backend
 /// failures (through the `metrics` crate).
@@ -18,12 +18,27 @@ pub(crate) struct RetryPolicy {
     pub(crate) initial_backoff: Duration,
 }
 
+/// The longest wait between two restarts of a streamed read after
+/// failures part-way (as the dataflow's default).
+pub(crate) const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(2);
+
 impl RetryPolicy {
     /// No retries: the first failure is returned.
     pub(crate) const NONE: RetryPolicy = RetryPolicy {
         retries: 0,
         initial_backoff: Duration::ZERO,
     };
+
+    /// How a streamed read restarts after failures part-way: as often as
+    /// a call is retried, from the same first wait, doubling up to
+    /// [`MAX_RESTART_BACKOFF`].
+    pub(crate) fn restarts(self) -> RestartPolicy {
+        RestartPolicy {
+            restarts: self.retries,
+            initial_backoff: self.initial_backoff,
+            max_backoff: MAX_RESTART_BACKOFF.max(self.initial_backoff),
+        }
+    }
 }
 
 /// Runs `operation` until it succeeds, fails determinately, or has failed

@@ -6,11 +6,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures::Stream;
 use futures::future::BoxFuture;
-use futures::{Stream, StreamExt};
 use tidemark_storage_types::{
-    BackendError, ChunkLimit, GlobalId, PersistBackend, ReadShare, ReadStream, ResumePoint,
-    ShardId, StorageError, StorageTimestamp, Update, step_back_frontier,
+    BackendError, ChunkLimit, GlobalId, PersistBackend, ReadShare, ReadStream, ShardId,
+    StorageError, StorageTimestamp, Update, step_back_frontier,
 };
 use timely::progress::Antichain;
 use tokio::sync::mpsc;
@@ -21,27 +21,19 @@ use crate::internal::Internal;
 use crate::read_hold::ReadHold;
 use crate::retry::{RETRIES_METRIC, RetryPolicy, retry_indeterminate};
 
-/// Opens a streamed read from its beginning.
+/// Opens a streamed read from its beginning (one attempt; the
+/// [`ResumingRead`] retries it).
 pub(crate) type OpenRead<'a, C> =
-    Box<dyn FnMut() -> BoxFuture<'a, Result<ReadStream<C>, BackendError>> + Send + 'a>;
+    Arc<dyn Fn() -> BoxFuture<'a, Result<ReadStream<C>, BackendError>> + Send + Sync + 'a>;
 
-/// A streamed read (a `snapshot_stream` or `fetch_stream`) that survives
-/// indeterminate failures: the call is retried, and a failure part-way
-/// reads again from the start and skips the entries already delivered (see
-/// [`ResumePoint`]), so every entry is delivered once, in order.
-///
-/// Reading again yields the same entries only while the since has not
-/// passed what the read depends on: callers hold the since at the as-of of
-/// a snapshot, and before the lower of a fetch.
+/// The controller's streamed reads: the shared
+/// [`ResumingRead`](tidemark_storage_types::ResumingRead) (restarts after
+/// failures part-way, capped backoff), opened by `open` with the
+/// controller's retries of indeterminate failures of the call.
 pub(crate) struct ResumingRead<'a, C, K> {
     retry: RetryPolicy,
     open: OpenRead<'a, C>,
-    key: fn(&C) -> K,
-    stream: Option<ReadStream<C>>,
-    point: ResumePoint<K>,
-    restarts: u32,
-    backoff: std::time::Duration,
-    finished: bool,
+    read: tidemark_storage_types::ResumingRead<C, K>,
 }
 
 impl<'a, C: Send + 'static, K: Ord> ResumingRead<'a, C, K> {
@@ -52,19 +44,14 @@ impl<'a, C: Send + 'static, K: Ord> ResumingRead<'a, C, K> {
         ResumingRead {
             retry,
             open,
-            key,
-            stream: None,
-            point: ResumePoint::new(),
-            restarts: 0,
-            backoff: retry.initial_backoff,
-            finished: false,
+            read: tidemark_storage_types::ResumingRead::new(retry.restarts(), key),
         }
     }
 
     /// This read, already opened as `stream` (so that the caller sees the
     /// call's own errors first).
     pub(crate) fn with_stream(mut self, stream: ReadStream<C>) -> Self {
-        self.stream = Some(stream);
+        self.read = self.read.with_stream(stream);
         self
     }
 
@@ -76,45 +63,25 @@ impl<'a, C: Send + 'static, K: Ord> ResumingRead<'a, C, K> {
     /// The call's error (after retries), a determinate failure part-way, or
     /// an indeterminate one once the restarts are used up.
     pub(crate) async fn next_chunk(&mut self) -> Result<Option<Vec<C>>, BackendError> {
-        loop {
-            if self.finished {
-                return Ok(None);
-            }
-            let stream = match &mut self.stream {
-                Some(stream) => stream,
-                None => {
-                    let open = &mut self.open;
-                    let stream = retry_indeterminate(self.retry, open).await?;
-                    self.stream.insert(stream)
-                }
-            };
-            match stream.next().await {
-                None => {
-                    self.finished = true;
-                    self.stream = None;
-                }
-                Some(Ok(chunk)) => {
-                    let chunk = self.point.admit(chunk, self.key);
-                    if !chunk.is_empty() {
-                        return Ok(Some(chunk));
-                    }
-                }
-                Some(Err(err)) if !err.is_determinate() && self.restarts < self.retry.retries => {
+        let retry = self.retry;
+        let open = &self.open;
+        self.read
+            .next_chunk(
+                || {
+                    let open = Arc::clone(open);
+                    async move { retry_indeterminate(retry, || open()).await }
+                },
+                |err| err,
+                |restart, err| {
                     tracing::debug!(
-                        restart = self.restarts,
+                        restart,
                         error = %err,
                         "reading again after an indeterminate failure part-way"
                     );
-                    self.restarts += 1;
                     metrics::counter!(RETRIES_METRIC).increment(1);
-                    self.stream = None;
-                    self.point.restart();
-                    tokio::time::sleep(self.backoff).await;
-                    self.backoff = self.backoff.saturating_mul(2);
-                }
-                Some(Err(err)) => return Err(err),
-            }
-        }
+                },
+            )
+            .await
     }
 }
 
@@ -130,7 +97,7 @@ where
     T: StorageTimestamp,
     B: PersistBackend<T> + ?Sized,
 {
-    let open: OpenRead<'a, Update<T>> = Box::new(move || {
+    let open: OpenRead<'a, Update<T>> = Arc::new(move || {
         let (lower, upper) = (lower.clone(), upper.clone());
         Box::pin(async move {
             backend
@@ -240,8 +207,18 @@ where
 {
     // The snapshot, a chunk per event; the hold stays at the as_of until it
     // has all been delivered.
-    let mut snapshot =
-        read_snapshot(backend, retry, hold.id(), shard, as_of, ChunkLimit::DEFAULT).await?;
+    // No upper is known here: the read waits for the upper first.
+    let no_known_upper = Antichain::from_elem(T::minimum());
+    let mut snapshot = read_snapshot(
+        backend,
+        retry,
+        hold.id(),
+        shard,
+        as_of,
+        &no_known_upper,
+        ChunkLimit::DEFAULT,
+    )
+    .await?;
     while let Some(rows) = snapshot.next_chunk().await? {
         let updates = rows
             .into_iter()

@@ -10,9 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tidemark_storage_types::{
-    BackendError, EarlierAttempts, GlobalId, IdempotencyToken, PersistBackend, ShardFrontiers,
-    ShardId, StorageError, StorageInstanceId, StorageParameters, StorageTimestamp, Update,
-    WriteFence,
+    BackendError, DeterminateKind, EarlierAttempts, GlobalId, IdempotencyToken, PersistBackend,
+    ShardFrontiers, ShardId, StorageError, StorageInstanceId, StorageParameters, StorageTimestamp,
+    Update, WriteFence,
 };
 use timely::PartialOrder;
 use timely::progress::Antichain;
@@ -122,10 +122,24 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
                 .await;
             // One fence check per chunk: a fenced controller must not touch
             // data a newer controller owns.
-            let needs_fence_check = chunk
-                .iter()
-                .any(|command| !matches!(command, WorkerCommand::Barrier { .. }));
-            let fence = if needs_fence_check {
+            //
+            // SUBTLE: a chunk of appends only skips the metadata read. Every
+            // shard this controller appends to is named in the metadata
+            // before its first write, so a newer controller's start-up
+            // raises its writer epoch before that controller is ready
+            // (`fence_data_shards`, which opens a shard not yet opened), and
+            // the backend then refuses this controller's epoch atomically
+            // with the append: answered `Fenced` (`fenced_answer`). The read
+            // would only add a refusal in the newer controller's start-up
+            // window (decision 111).
+            let fence = if self.metadata.known_fenced() {
+                Err(StorageError::Fenced)
+            } else if chunk.iter().any(|command| {
+                !matches!(
+                    command,
+                    WorkerCommand::Barrier { .. } | WorkerCommand::Append { .. }
+                )
+            }) {
                 self.metadata.check_fence(&*self.backend).await
             } else {
                 Ok(())
@@ -404,7 +418,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
                     .send(Internal::WriteCompleted(outcome.written));
             }
             for (reply, result) in outcome.answers {
-                let _ = reply.send(result);
+                let _ = reply.send(self.fenced_answer(result));
             }
             refused.push(outcome.refused);
         }
@@ -470,7 +484,24 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Worker<T, B> {
                     .internal
                     .send(Internal::WriteCompleted(outcome.written));
             }
-            let _ = reply.send(outcome.result);
+            let _ = reply.send(self.fenced_answer(outcome.result));
+        }
+    }
+
+    /// An append's answer, with a data shard's refusal of this controller's
+    /// epoch made the controller's own `Fenced`: only a newer controller
+    /// raises a shard's epoch past this one's, so this controller is fenced
+    /// for good (as if its metadata check had found it), and nothing of the
+    /// refused append was written (the refusal is determinate).
+    fn fenced_answer(&self, result: Result<(), StorageError>) -> Result<(), StorageError> {
+        match result {
+            Err(StorageError::Backend(err))
+                if err.determinate_kind() == Some(DeterminateKind::Fenced) =>
+            {
+                self.metadata.mark_fenced();
+                Err(StorageError::Fenced)
+            }
+            result => result,
         }
     }
 
@@ -835,8 +866,11 @@ async fn commit_group<T: StorageTimestamp, B: PersistBackend<T>>(
     };
     let mut answers = Vec::new();
     let mut included: Vec<AppendCall<T>> = Vec::new();
+    // How many updates each command of each included call moved into its
+    // part, in order.
+    let mut included_lengths: Vec<Vec<usize>> = Vec::new();
     let mut parts: Vec<GroupPart<T>> = Vec::new();
-    for call in group {
+    for mut call in group {
         let upper_before = |command: &ShardAppend<T>| match parts
             .iter()
             .find(|part| part.shard == command.shard)
@@ -854,22 +888,27 @@ async fn commit_group<T: StorageTimestamp, B: PersistBackend<T>>(
             answers.push((call.reply, Err(StorageError::InvalidUppers(stale))));
             continue;
         }
-        for command in &call.commands {
+        // The updates move into the parts; a refused group gives them back
+        // (`give_back_updates`), so each call holds only their count.
+        let mut lengths = Vec::with_capacity(call.commands.len());
+        for command in &mut call.commands {
+            lengths.push(command.updates.len());
             match parts.iter_mut().find(|part| part.shard == command.shard) {
                 Some(part) => {
-                    part.updates.extend(command.updates.iter().cloned());
+                    part.updates.append(&mut command.updates);
                     part.new_upper = command.new_upper.clone();
                 }
                 None => parts.push(GroupPart {
                     id: command.id,
                     shard: command.shard,
                     expected_upper: known[&command.shard].clone(),
-                    updates: command.updates.clone(),
+                    updates: std::mem::take(&mut command.updates),
                     new_upper: command.new_upper.clone(),
                 }),
             }
         }
         included.push(call);
+        included_lengths.push(lengths);
     }
     if included.is_empty() {
         return GroupOutcome {
@@ -974,13 +1013,39 @@ async fn commit_group<T: StorageTimestamp, B: PersistBackend<T>>(
         // Nothing of the group was written; each call commits alone next,
         // from the uppers as they were before the group, so each gets the
         // answer it would have had without grouping.
-        Ok(Err(_)) => GroupOutcome {
-            answers,
-            refused: included,
-            written: Vec::new(),
-            uppers: known_uppers(&known),
-        },
+        Ok(Err(_)) => {
+            give_back_updates(&mut included, &included_lengths, request);
+            GroupOutcome {
+                answers,
+                refused: included,
+                written: Vec::new(),
+                uppers: known_uppers(&known),
+            }
+        }
         Err(err) => fail_all(included, answers, after_attempts(err, attempts)),
+    }
+}
+
+/// Moves each command's updates from the group's `request` back into
+/// `calls`, undoing how `commit_group` chained them: a shard's part holds
+/// its calls' updates one call after another, `lengths[call][command]` of
+/// each.
+fn give_back_updates<T>(
+    calls: &mut [AppendCall<T>],
+    lengths: &[Vec<usize>],
+    request: Vec<tidemark_storage_types::ShardAppend<T>>,
+) {
+    let mut remaining: BTreeMap<ShardId, std::vec::IntoIter<Update<T>>> = request
+        .into_iter()
+        .map(|part| (part.shard, part.updates.into_iter()))
+        .collect();
+    for (call, lengths) in calls.iter_mut().zip(lengths) {
+        for (command, len) in call.commands.iter_mut().zip(lengths) {
+            let updates = remaining
+                .get_mut(&command.shard)
+                .expect("every command's shard has a part");
+            command.updates = updates.by_ref().take(*len).collect();
+        }
     }
 }
 
@@ -1265,6 +1330,41 @@ mod tests {
             call(&[(3, 1)], 10),
         ];
         assert_eq!(sizes(&coalesce(calls, &config)), vec![1, 1, 1]);
+    }
+
+    #[test]
+    fn a_refused_group_gives_each_command_its_own_updates_back() {
+        let mut calls = vec![call(&[(1, 2)], 4), call(&[(2, 1)], 4), call(&[(1, 3)], 4)];
+        let (first, second) = (calls[0].commands[0].shard, calls[1].commands[0].shard);
+        calls[2].commands[0].shard = first;
+        let before: Vec<Vec<Update<u64>>> = calls
+            .iter()
+            .map(|call| call.commands[0].updates.clone())
+            .collect();
+        // Chained as commit_group does: shard `first` holds calls 0 and 2.
+        let lengths = vec![vec![2], vec![1], vec![3]];
+        let mut chained = std::mem::take(&mut calls[0].commands[0].updates);
+        chained.append(&mut calls[2].commands[0].updates);
+        let request = vec![
+            tidemark_storage_types::ShardAppend {
+                shard: first,
+                updates: chained,
+                expected_upper: Antichain::from_elem(0),
+                new_upper: Antichain::from_elem(3),
+            },
+            tidemark_storage_types::ShardAppend {
+                shard: second,
+                updates: std::mem::take(&mut calls[1].commands[0].updates),
+                expected_upper: Antichain::from_elem(0),
+                new_upper: Antichain::from_elem(1),
+            },
+        ];
+        give_back_updates(&mut calls, &lengths, request);
+        let after: Vec<Vec<Update<u64>>> = calls
+            .iter()
+            .map(|call| call.commands[0].updates.clone())
+            .collect();
+        assert_eq!(after, before);
     }
 
     #[test]

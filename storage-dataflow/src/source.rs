@@ -2,13 +2,12 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use differential_dataflow::{AsCollection, VecCollection};
-use futures::StreamExt;
 use tidemark_storage_types::{
     BackendError, ChunkLimit, Diff, InvalidUsage, PersistBackend, ReadShare, ReadStream,
-    ResumePoint, Row, ShardId, StorageTimestamp, Update, display_frontier, step_back_frontier,
+    RestartPolicy, ResumingRead, Row, ShardId, StorageTimestamp, Update, display_frontier,
+    step_back_frontier,
 };
 use timely::PartialOrder;
 use timely::container::CapacityContainerBuilder;
@@ -267,77 +266,43 @@ fn hold_before<T: StorageTimestamp>(lower: &Antichain<T>) -> Antichain<T> {
     }
 }
 
-/// A streamed read being consumed, which survives indeterminate failures
-/// part-way: the read is opened again and the entries already delivered
-/// are skipped ([`ResumePoint`]). A snapshot at one as-of, or a fetch of
-/// one range while the since stays before its lower (the read hold's
-/// job), is the same on every read, so nothing is delivered twice.
-struct Resuming<C, K> {
-    stream: Option<ReadStream<C>>,
-    point: ResumePoint<K>,
-    key: fn(&C) -> K,
-    restarts: u32,
-    backoff: Duration,
+/// How the source's streamed reads restart after failures part-way: as
+/// often as a call is retried, with the same capped backoff.
+fn restart_policy(retry: &RetryPolicy) -> RestartPolicy {
+    RestartPolicy {
+        restarts: retry.retries,
+        initial_backoff: retry.initial_backoff,
+        max_backoff: retry.max_backoff,
+    }
 }
 
-impl<C: Send + 'static, K: Ord> Resuming<C, K> {
-    fn new(stream: ReadStream<C>, key: fn(&C) -> K, retry: &RetryPolicy) -> Self {
-        Resuming {
-            stream: Some(stream),
-            point: ResumePoint::new(),
-            key,
-            restarts: 0,
-            backoff: retry.initial_backoff,
-        }
-    }
-
-    /// The next chunk not yet delivered, or `None` at the end; `open`
-    /// opens the read again after a failure part-way.
-    async fn next_chunk<F, Fut>(
-        &mut self,
-        retry: &RetryPolicy,
-        shard: ShardId,
-        operation: &'static str,
-        mut open: F,
-    ) -> Result<Option<Vec<C>>, DataflowError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<ReadStream<C>, BackendError>>,
-    {
-        loop {
-            let stream = match &mut self.stream {
-                Some(stream) => stream,
-                None => {
-                    let stream = retry.run(shard, operation, &mut open).await?;
-                    self.point.restart();
-                    self.stream.insert(stream)
-                }
-            };
-            match stream.next().await {
-                None => return Ok(None),
-                Some(Ok(chunk)) => {
-                    let chunk = self.point.admit(chunk, self.key);
-                    if !chunk.is_empty() {
-                        return Ok(Some(chunk));
-                    }
-                }
-                Some(Err(error)) if !error.is_determinate() && self.restarts < retry.retries => {
-                    tracing::debug!(%shard, operation, restart = self.restarts, %error, "reading again after a failure part-way");
-                    self.restarts += 1;
-                    self.stream = None;
-                    tokio::time::sleep(self.backoff).await;
-                    self.backoff = self.backoff.saturating_mul(2).min(retry.max_backoff);
-                }
-                Some(Err(error)) => {
-                    return Err(DataflowError::Backend {
-                        shard,
-                        operation,
-                        error: Box::new(error),
-                    });
-                }
-            }
-        }
-    }
+/// The next chunk of `read`, reopened after a failure part-way by the
+/// `operation` call `open` (with `retry`'s retries of the call).
+async fn next_resumed_chunk<C, K, F, Fut>(
+    read: &mut ResumingRead<C, K>,
+    retry: &RetryPolicy,
+    shard: ShardId,
+    operation: &'static str,
+    open: F,
+) -> Result<Option<Vec<C>>, DataflowError>
+where
+    C: Send + 'static,
+    K: Ord,
+    F: Fn() -> Fut + Copy,
+    Fut: Future<Output = Result<ReadStream<C>, BackendError>>,
+{
+    read.next_chunk(
+        || retry.run(shard, operation, open),
+        |error| DataflowError::Backend {
+            shard,
+            operation,
+            error: Box::new(error),
+        },
+        |restart, error| {
+            tracing::debug!(%shard, operation, restart, %error, "reading again after a failure part-way");
+        },
+    )
+    .await
 }
 
 /// A backend answer below what the source has already promised (the
@@ -410,10 +375,19 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Reader<T, B> {
         let mut updates: Vec<(Row, T, Diff)> = Vec::new();
         if !self.until.less_equal(&as_of) {
             let at_as_of = Antichain::from_elem(as_of);
-            let mut snapshot = Resuming::new(snapshot, |(row, _)| row.clone(), &self.retry);
-            while let Some(rows) = snapshot
-                .next_chunk(&self.retry, shard, "snapshot_stream", open_snapshot)
-                .await?
+            let mut snapshot =
+                ResumingRead::new(restart_policy(&self.retry), |(row, _): &(Row, Diff)| {
+                    row.clone()
+                })
+                .with_stream(snapshot);
+            while let Some(rows) = next_resumed_chunk(
+                &mut snapshot,
+                &self.retry,
+                shard,
+                "snapshot_stream",
+                open_snapshot,
+            )
+            .await?
             {
                 let previous = std::mem::replace(
                     &mut updates,
@@ -454,16 +428,15 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Reader<T, B> {
             let open_fetch =
                 || backend.fetch_stream(shard, &lower, &new_upper, share, ChunkLimit::DEFAULT);
             let fetched = self.retry.run(shard, "fetch_stream", open_fetch).await?;
-            let mut fetch = Resuming::new(
-                fetched,
-                |update: &Update<T>| (update.timestamp, update.row.clone()),
-                &self.retry,
-            );
+            let mut fetch = ResumingRead::new(restart_policy(&self.retry), |update: &Update<T>| {
+                (update.timestamp, update.row.clone())
+            })
+            .with_stream(fetched);
             updates = Vec::new();
             let mut fetched_any = false;
-            while let Some(chunk) = fetch
-                .next_chunk(&self.retry, shard, "fetch_stream", open_fetch)
-                .await?
+            while let Some(chunk) =
+                next_resumed_chunk(&mut fetch, &self.retry, shard, "fetch_stream", open_fetch)
+                    .await?
             {
                 fetched_any = true;
                 let previous = std::mem::replace(

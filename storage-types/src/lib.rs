@@ -42,8 +42,8 @@ pub use read_policy::{LagFn, ReadPolicy};
 pub use row::{ColumnType, Datum, DatumIter, RelationDesc, Row, ScalarType};
 pub use share::ReadShare;
 pub use stream::{
-    ChunkBuilder, ChunkEntry, ChunkLimit, FetchStream, ReadStream, ResumePoint, SnapshotStream,
-    collect_stream, stream_from_vec,
+    ChunkBuilder, ChunkEntry, ChunkLimit, FetchStream, ReadStream, RestartPolicy, ResumePoint,
+    ResumingRead, SnapshotStream, collect_stream, stream_from_vec,
 };
 pub use time::{
     Codec64, Diff, EncodedFrontier, StorageTimestamp, Update, decode_frontier, display_frontier,

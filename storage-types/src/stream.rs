@@ -276,6 +276,133 @@ impl<K: Ord> ResumePoint<K> {
     }
 }
 
+/// How a [`ResumingRead`] starts again after indeterminate failures
+/// part-way: at most `restarts` times per read, waiting `initial_backoff`
+/// before the first and doubling the wait each time up to `max_backoff`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Restarts allowed after the first read.
+    pub restarts: u32,
+    /// The wait before the first restart.
+    pub initial_backoff: std::time::Duration,
+    /// The longest wait between two restarts.
+    pub max_backoff: std::time::Duration,
+}
+
+/// A streamed read (a `snapshot_stream` or `fetch_stream`) being consumed,
+/// which survives indeterminate failures part-way: the read is opened
+/// again from its beginning and the entries already delivered are skipped
+/// ([`ResumePoint`]), so every entry is delivered once, in order.
+///
+/// Reading again yields the same entries only while the since has not
+/// passed what the read depends on: callers hold the since at the as-of of
+/// a snapshot, and before the lower of a fetch.
+///
+/// The caller opens the read (retrying the call as it sees fit) through
+/// the `open` it passes to [`next_chunk`](Self::next_chunk), so the call's
+/// own errors keep the caller's type.
+pub struct ResumingRead<C, K> {
+    policy: RestartPolicy,
+    key: fn(&C) -> K,
+    stream: Option<ReadStream<C>>,
+    point: ResumePoint<K>,
+    restarts: u32,
+    backoff: std::time::Duration,
+    finished: bool,
+}
+
+impl<C, K> std::fmt::Debug for ResumingRead<C, K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResumingRead")
+            .field("policy", &self.policy)
+            .field("open", &self.stream.is_some())
+            .field("restarts", &self.restarts)
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Send + 'static, K: Ord> ResumingRead<C, K> {
+    /// A read not opened yet (the first [`next_chunk`](Self::next_chunk)
+    /// opens it), whose entries are ordered by `key`, restarted by
+    /// `policy`.
+    #[must_use]
+    pub fn new(policy: RestartPolicy, key: fn(&C) -> K) -> Self {
+        ResumingRead {
+            policy,
+            key,
+            stream: None,
+            point: ResumePoint::new(),
+            restarts: 0,
+            backoff: policy.initial_backoff,
+            finished: false,
+        }
+    }
+
+    /// This read, already opened as `stream` (so that the caller sees the
+    /// call's own errors first).
+    #[must_use]
+    pub fn with_stream(mut self, stream: ReadStream<C>) -> Self {
+        self.stream = Some(stream);
+        self
+    }
+
+    /// The next chunk not yet delivered (never empty), or `None` at the end
+    /// of the read. `open` opens the read from its beginning when it is not
+    /// open (the first time, unless [`with_stream`](Self::with_stream)
+    /// gave it, and after each restart); `on_restart` is told of each
+    /// restart (its number, from 0, and the failure) before its wait.
+    ///
+    /// # Errors
+    ///
+    /// `open`'s error, or `part_way` of a determinate failure part-way or
+    /// of an indeterminate one once the restarts are used up.
+    pub async fn next_chunk<E, F, Fut>(
+        &mut self,
+        mut open: F,
+        part_way: impl FnOnce(BackendError) -> E,
+        mut on_restart: impl FnMut(u32, &BackendError),
+    ) -> Result<Option<Vec<C>>, E>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<ReadStream<C>, E>>,
+    {
+        loop {
+            if self.finished {
+                return Ok(None);
+            }
+            let stream = match &mut self.stream {
+                Some(stream) => stream,
+                None => {
+                    let stream = open().await?;
+                    self.stream.insert(stream)
+                }
+            };
+            match stream.next().await {
+                None => {
+                    self.finished = true;
+                    self.stream = None;
+                }
+                Some(Ok(chunk)) => {
+                    let chunk = self.point.admit(chunk, self.key);
+                    if !chunk.is_empty() {
+                        return Ok(Some(chunk));
+                    }
+                }
+                Some(Err(err)) if !err.is_determinate() && self.restarts < self.policy.restarts => {
+                    on_restart(self.restarts, &err);
+                    self.restarts += 1;
+                    self.stream = None;
+                    self.point.restart();
+                    tokio::time::sleep(self.backoff).await;
+                    self.backoff = self.backoff.saturating_mul(2).min(self.policy.max_backoff);
+                }
+                Some(Err(err)) => return Err(part_way(err)),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,5 +479,82 @@ mod tests {
         ];
         let stream = futures::stream::iter(items).boxed();
         assert!(collect_stream(stream).await.is_err());
+    }
+
+    /// Reads of `0..len` that fail indeterminately after `fail_after`
+    /// chunks of one entry, for each of the first `failing` opens.
+    fn flaky_opens(
+        len: u32,
+        fail_after: usize,
+        failing: u32,
+    ) -> impl FnMut() -> std::future::Ready<Result<ReadStream<u32>, BackendError>> {
+        let mut opened = 0;
+        move || {
+            opened += 1;
+            let mut chunks: Vec<Result<Vec<u32>, BackendError>> =
+                (0..len).map(|entry| Ok(vec![entry])).collect();
+            if opened <= failing {
+                chunks.truncate(fail_after);
+                chunks.push(Err(BackendError::indeterminate("injected")));
+            }
+            std::future::ready(Ok(futures::stream::iter(chunks).boxed()))
+        }
+    }
+
+    fn policy(restarts: u32) -> RestartPolicy {
+        RestartPolicy {
+            restarts,
+            initial_backoff: std::time::Duration::from_millis(1),
+            max_backoff: std::time::Duration::from_millis(2),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resuming_read_delivers_every_entry_once_across_restarts() {
+        let mut read = ResumingRead::new(policy(5), |entry: &u32| *entry);
+        let mut open = flaky_opens(6, 3, 2);
+        let mut restarts = Vec::new();
+        let mut delivered = Vec::new();
+        while let Some(chunk) = read
+            .next_chunk(&mut open, |err| err, |n, _| restarts.push(n))
+            .await
+            .unwrap()
+        {
+            delivered.extend(chunk);
+        }
+        assert_eq!(delivered, vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(restarts, vec![0, 1]);
+        // Its backoff doubled once and then stopped at the cap.
+        assert_eq!(read.backoff, std::time::Duration::from_millis(2));
+        assert!(
+            read.next_chunk(&mut open, |err| err, |_, _| {})
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_resuming_read_fails_once_its_restarts_are_used_up() {
+        let mut read = ResumingRead::new(policy(1), |entry: &u32| *entry);
+        let mut open = flaky_opens(4, 1, 10);
+        let first = read.next_chunk(&mut open, |err| err, |_, _| {}).await;
+        assert_eq!(first.unwrap(), Some(vec![0]));
+        let mut part_way = None;
+        let failed = read
+            .next_chunk(
+                &mut open,
+                |err| {
+                    part_way = Some(err.to_string());
+                    err
+                },
+                |_, _| {},
+            )
+            .await;
+        assert!(failed.is_err(), "{failed:?}");
+        assert!(
+            part_way.is_some_and(|err| err.contains("injected")),
+            "the failure part-way is what the read answers"
+        );
     }
 }

@@ -346,6 +346,7 @@ impl<T: StorageTimestamp, B: PersistBackend<T>> Controller<T, B> {
             id,
             shard,
             as_of,
+            &collection.write_frontier,
             SNAPSHOT_CHUNK_LIMIT,
         )
         .await?;
@@ -499,7 +500,9 @@ const SNAPSHOT_CHUNK_LIMIT: ChunkLimit =
     ChunkLimit::new(std::num::NonZeroUsize::MAX, ChunkLimit::DEFAULT.max_bytes);
 
 /// Reads shard `shard` of collection `id` at `as_of`, waiting for the upper
-/// to pass `as_of` first, as a [`ResumingRead`] of chunks within `limit`;
+/// to pass `as_of` first unless `known_upper` (an upper the shard is known
+/// to have reached) already does, as a [`ResumingRead`] of chunks within
+/// `limit`;
 /// maps an unreadable `as_of` to the controller's
 /// errors. Reads are idempotent, so indeterminate failures are retried, and
 /// one part-way reads again and skips what was delivered (the caller holds
@@ -510,14 +513,19 @@ pub(crate) async fn read_snapshot<'a, T, B>(
     id: GlobalId,
     shard: ShardId,
     as_of: T,
+    known_upper: &Antichain<T>,
     limit: ChunkLimit,
 ) -> Result<ResumingRead<'a, (Row, Diff), Row>, StorageError>
 where
     T: StorageTimestamp,
     B: PersistBackend<T> + ?Sized,
 {
-    let target = Antichain::from_elem(as_of);
-    retry_indeterminate(retry, || backend.wait_for_upper_past(shard, &target)).await?;
+    // Uppers only advance: one the shard reached past `as_of` stays past
+    // it, so the wait (one backend call) would return at once.
+    if known_upper.less_equal(&as_of) {
+        let target = Antichain::from_elem(as_of);
+        retry_indeterminate(retry, || backend.wait_for_upper_past(shard, &target)).await?;
+    }
     let open = move || async move {
         backend
             .snapshot_stream(shard, &as_of, ReadShare::WHOLE, limit)
@@ -525,7 +533,7 @@ where
     };
     match retry_indeterminate(retry, open).await {
         Ok(stream) => {
-            let reopen: OpenRead<'a, (Row, Diff)> = Box::new(move || Box::pin(open()));
+            let reopen: OpenRead<'a, (Row, Diff)> = std::sync::Arc::new(move || Box::pin(open()));
             Ok(ResumingRead::new(retry, reopen, |(row, _)| row.clone()).with_stream(stream))
         }
         Err(err @ BackendError::InvalidUsage(InvalidUsage::AsOfNotReadable { .. })) => {
