@@ -29,8 +29,8 @@ use timely::progress::Antichain;
 use uuid::Uuid;
 
 use crate::append::{AppendCheck, Verdict, inline_batch, mismatch};
-use crate::log::LogAppend;
 use crate::codec::{EncodedPart, encode_parts};
+use crate::log::LogAppend;
 use crate::state::{BatchRef, EncodedFrontier, Intent, Outcome, encode_frontier};
 use crate::store::ConditionalPut;
 use crate::{CachedState, MAX_STATE_ATTEMPTS, S3Backend, Step};

@@ -549,9 +549,7 @@ impl S3Backend {
             // and any write then also applies that tail.
             let (view, folded) = self.with_log_tail(shard, view).await?;
             let step = match decide(&view, fresh)? {
-                Step::Done(answer) if had_intent || folded => {
-                    Step::Write(view.successor(), answer)
-                }
+                Step::Done(answer) if had_intent || folded => Step::Write(view.successor(), answer),
                 step => step,
             };
             match step {

@@ -35,8 +35,8 @@ use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 use tidemark_storage_types::sync::lock;
 use tidemark_storage_types::{
-    BackendError, DeterminateKind, IdempotencyToken, ShardAppend, ShardId,
-    StorageTimestamp, UpperMismatches, WriteFence, contract,
+    BackendError, DeterminateKind, IdempotencyToken, ShardAppend, ShardId, StorageTimestamp,
+    UpperMismatches, WriteFence, contract,
 };
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -45,8 +45,7 @@ use crate::append::{inline_batch, mismatch};
 use crate::clock::epoch_millis;
 use crate::codec::{EncodedPart, encode_parts};
 use crate::state::{
-    BatchRef, EncodedFrontier, LogLink, ShardState, decode_frontier, encode_frontier,
-    frontier_join,
+    BatchRef, EncodedFrontier, LogLink, ShardState, decode_frontier, encode_frontier, frontier_join,
 };
 use crate::store::{Condition, ConditionalPut, bounded_in_order};
 use crate::{Inner, S3Backend, Step};
@@ -345,8 +344,8 @@ pub(crate) enum Answer {
 
 /// What checking a call against the shards decided.
 enum Judgement {
-    /// Goes into the entry.
-    Accept(LogCall),
+    /// Goes into the entry; answered so once it is written.
+    Accept(LogCall, Answer),
     /// Answered without a write.
     Answer(Result<Answer, BackendError>),
 }
@@ -781,7 +780,7 @@ impl S3Backend {
         if pending.is_empty() {
             return;
         }
-        if let Err(err) = self.catch_up(committer).await {
+        if let Err(err) = self.align(committer).await {
             for request in pending {
                 request.answer(Err(err.clone()));
             }
@@ -817,8 +816,8 @@ impl S3Backend {
             for (request, judgement) in pending.drain(..).zip(judged) {
                 match judgement {
                     Judgement::Answer(answer) => request.answer(answer),
-                    Judgement::Accept(call) => {
-                        accepted.push(request);
+                    Judgement::Accept(call, answer) => {
+                        accepted.push((request, answer));
                         calls.push(call);
                     }
                 }
@@ -837,8 +836,8 @@ impl S3Backend {
             match self.put_log_entry(&entry).await {
                 Ok(true) => {
                     self.committed(committer, entry);
-                    for request in accepted {
-                        request.answer(Ok(Answer::Applied));
+                    for (request, answer) in accepted {
+                        request.answer(Ok(answer));
                     }
                     return;
                 }
@@ -851,13 +850,14 @@ impl S3Backend {
                         match self.resolve_entry_put(&entry).await {
                             Ok(true) => {
                                 self.committed(committer, entry);
-                                for request in accepted {
-                                    request.answer(Ok(Answer::Applied));
+                                for (request, answer) in accepted {
+                                    request.answer(Ok(answer));
                                 }
                                 return;
                             }
                             Ok(false) => {
-                                pending = accepted;
+                                pending =
+                                    accepted.into_iter().map(|(request, _)| request).collect();
                                 if let Err(err) = self.catch_up(committer).await {
                                     for request in pending {
                                         request.answer(Err(err.clone()));
@@ -873,13 +873,13 @@ impl S3Backend {
                             }
                         }
                     };
-                    for request in accepted {
+                    for (request, _) in accepted {
                         request.answer(Err(answer.clone()));
                     }
                     return;
                 }
             }
-            pending = accepted;
+            pending = accepted.into_iter().map(|(request, _)| request).collect();
             if let Err(err) = self.catch_up(committer).await {
                 for request in pending {
                     request.answer(Err(err.clone()));
@@ -949,6 +949,47 @@ impl S3Backend {
             }
         }
         self.apply_in_background(APPLY_AFTER_ENTRIES);
+    }
+
+    /// Brings the committer's shards to one head, from the entries this
+    /// handle holds if it can (no request), else as [`catch_up`](Self::catch_up).
+    async fn align(&self, committer: &mut Committer) -> Result<(), BackendError> {
+        let cached = {
+            let log = lock(&self.inner.log);
+            let oldest = committer
+                .shards
+                .values()
+                .map(|state| state.log.map_or(0, |link| link.applied))
+                .min()
+                .unwrap_or(committer.head)
+                .min(committer.head);
+            let newest = committer
+                .shards
+                .values()
+                .map(|state| state.log.map_or(0, |link| link.applied))
+                .max()
+                .unwrap_or(0);
+            log.tail(oldest)
+                .filter(|_| newest <= log.head)
+                .map(|tail| (tail, log.head.max(committer.head)))
+        };
+        let Some((tail, head)) = cached else {
+            return self.catch_up(committer).await;
+        };
+        for entry in &tail {
+            for (shard, state) in &mut committer.shards {
+                let applied = state.log.map_or(0, |link| link.applied);
+                if entry.seq > applied {
+                    fold_entry(state, *shard, entry);
+                    state.batches.clear();
+                }
+            }
+        }
+        committer.head = head;
+        for state in committer.shards.values_mut() {
+            state.log = Some(LogLink { applied: head });
+        }
+        Ok(())
     }
 
     /// Brings the committer's shards to the log's current head.
@@ -1055,9 +1096,7 @@ fn judge(
                 .zip(&states)
                 .enumerate()
                 .filter(|(_, (part, state))| state.upper != part.expected)
-                .map(|(index, (_, state))| {
-                    (index, state.upper, state.oldest_remembered_lower())
-                })
+                .map(|(index, (_, state))| (index, state.upper, state.oldest_remembered_lower()))
                 .collect();
             if !mismatches.is_empty() {
                 return Judgement::Answer(Ok(Answer::Mismatches(mismatches)));
@@ -1085,14 +1124,20 @@ fn judge(
                     epoch,
                 });
             }
-            Judgement::Accept(LogCall {
-                token: Some(token.0),
-                fence: fence_epoch(*fence),
-                parts: log_parts,
-            })
+            Judgement::Accept(
+                LogCall {
+                    token: Some(token.0),
+                    fence: fence_epoch(*fence),
+                    parts: log_parts,
+                },
+                Answer::Applied,
+            )
         }
         Request::Since {
-            shard, since, fence, ..
+            shard,
+            since,
+            fence,
+            ..
         } => {
             let mut state = current(*shard);
             let epoch = match contract::check_fence(*shard, state.writer_epoch, *fence) {
@@ -1106,15 +1151,18 @@ fn judge(
             state.since = joined;
             state.writer_epoch = epoch;
             overlay.insert(*shard, state);
-            Judgement::Accept(LogCall {
-                token: None,
-                fence: fence_epoch(*fence),
-                parts: vec![LogPart {
-                    shard: *shard,
-                    change: Change::Since { since: joined },
-                    epoch,
-                }],
-            })
+            Judgement::Accept(
+                LogCall {
+                    token: None,
+                    fence: fence_epoch(*fence),
+                    parts: vec![LogPart {
+                        shard: *shard,
+                        change: Change::Since { since: joined },
+                        epoch,
+                    }],
+                },
+                Answer::Since(joined),
+            )
         }
         Request::Finalize { shard, .. } => {
             let mut state = current(*shard);
@@ -1127,15 +1175,18 @@ fn judge(
             state.finalized = true;
             state.tokens.clear();
             overlay.insert(*shard, state);
-            Judgement::Accept(LogCall {
-                token: None,
-                fence: None,
-                parts: vec![LogPart {
-                    shard: *shard,
-                    change: Change::Finalize,
-                    epoch,
-                }],
-            })
+            Judgement::Accept(
+                LogCall {
+                    token: None,
+                    fence: None,
+                    parts: vec![LogPart {
+                        shard: *shard,
+                        change: Change::Finalize,
+                        epoch,
+                    }],
+                },
+                Answer::Applied,
+            )
         }
     }
 }
@@ -1159,7 +1210,10 @@ async fn receive(
 
 /// The committer task of one handle: runs until every clone of the handle
 /// is dropped.
-async fn run_committer(inner: std::sync::Weak<Inner>, mut requests: mpsc::UnboundedReceiver<Request>) {
+async fn run_committer(
+    inner: std::sync::Weak<Inner>,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+) {
     let mut committer = Committer::default();
     loop {
         let idle_apply_due = inner
