@@ -559,6 +559,7 @@ fn main() {
             .with_poll_interval(Duration::from_millis(1), Duration::from_millis(20));
         let open = |commit_log: bool| {
             let config = config.clone();
+            let prefix = prefix.clone();
             move |mode: &'static str| {
                 let config = config
                     .clone()
