@@ -408,7 +408,8 @@ async fn log_read_cost(
             PersistBackend::<u64>::compare_and_append(
                 &backend,
                 shard,
-                one_update(time, time),
+                // One distinct row per entry.
+                one_update(time * 2, time),
                 timely::progress::Antichain::from_elem(time),
                 timely::progress::Antichain::from_elem(time + 1),
                 IdempotencyToken::new(),
