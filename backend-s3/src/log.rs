@@ -243,8 +243,14 @@ impl LogCache {
         }
     }
 
-    /// Every entry in `(after, head]`, if all of them are cached.
+    /// Every entry in `(after, head]`, if all of them are cached and the
+    /// head is an entry this handle read or wrote (a head only learned
+    /// from a state's applied seq says nothing of the entries after it, so
+    /// a cold handle lists rather than probing one seq at a time).
     fn tail(&self, after: u64) -> Option<Vec<Arc<LogEntry>>> {
+        if !self.entries.contains_key(&self.head) {
+            return None;
+        }
         if after >= self.head {
             return Some(Vec::new());
         }
@@ -408,9 +414,13 @@ impl S3Backend {
     /// request: the tail read is linearized there.
     pub(crate) async fn log_tail(&self, after: u64) -> Result<Vec<Arc<LogEntry>>, BackendError> {
         let cached = lock(&self.inner.log).tail(after);
-        let mut tail = match cached {
-            Some(tail) => tail,
-            None => self.list_log_tail(after).await?,
+        let Some(mut tail) = cached else {
+            // The listing found nothing newer: linearized there.
+            let tail = self.list_log_tail(after).await?;
+            if let Some(last) = tail.last() {
+                self.learn_head(last.seq);
+            }
+            return Ok(tail);
         };
         let mut next = tail.last().map_or(after, |entry| entry.seq) + 1;
         while let Some(entry) = self.get_log_entry(next).await? {
@@ -1330,12 +1340,17 @@ mod tests {
     fn the_cache_knows_a_tail_only_when_it_holds_all_of_it() {
         let shard = ShardId::from_bytes([1; 16]);
         let mut cache = LogCache::default();
-        assert_eq!(cache.tail(0).map(|tail| tail.len()), Some(0));
+        assert!(cache.tail(0).is_none(), "a cold cache lists");
         cache.insert(Arc::new(entry(2, shard)));
         assert!(cache.tail(0).is_none(), "entry 1 is missing");
         assert_eq!(cache.tail(1).map(|tail| tail.len()), Some(1));
         cache.insert(Arc::new(entry(1, shard)));
         assert_eq!(cache.tail(0).map(|tail| tail.len()), Some(2));
+        assert_eq!(cache.tail(2).map(|tail| tail.len()), Some(0));
+        cache.head = 5;
+        assert!(cache.tail(2).is_none(), "a head learned from a state lists");
+        cache.insert(Arc::new(entry(5, shard)));
+        assert!(cache.tail(2).is_none(), "entries 3 and 4 are missing");
         for seq in 3..(CACHED_ENTRIES as u64 + 10) {
             cache.insert(Arc::new(entry(seq, shard)));
         }
