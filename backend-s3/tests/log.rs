@@ -75,7 +75,6 @@ async fn rows_at(backend: &S3Backend, shard: ShardId, as_of: u64) -> BTreeMap<Ro
         .await
         .expect("snapshot")
         .into_iter()
-        .map(|(row, diff)| (row, diff))
         .collect()
 }
 
