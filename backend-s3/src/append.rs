@@ -5,14 +5,15 @@
 use std::sync::Arc;
 
 use tidemark_storage_types::{
-    BackendError, EarlierAttempts, IdempotencyToken, ShardId, StorageTimestamp, Update,
-    UpperMismatch, WriteFence, contract,
+    BackendError, EarlierAttempts, IdempotencyToken, ShardAppend, ShardId, StorageTimestamp,
+    Update, UpperMismatch, UpperMismatches, WriteFence, contract,
 };
 use timely::progress::Antichain;
 
 use crate::S3Backend;
 use crate::Step;
 use crate::codec::{EncodedPart, encode_parts};
+use crate::log::LogAppend;
 use crate::state::{BatchRef, EncodedFrontier, ShardState, decode_frontier, encode_frontier};
 use crate::store::bounded_in_order;
 
@@ -28,6 +29,8 @@ pub(crate) enum Verdict {
     Committed,
     /// The batch would take the state's inline bytes past their bound.
     NoInlineRoom,
+    /// The shard is in log mode: the append goes through the commit log.
+    LogMode,
 }
 
 /// The batch stored inline, if it is small enough: one part of at most
@@ -128,6 +131,16 @@ impl S3Backend {
         fence: WriteFence,
     ) -> Result<Result<(), UpperMismatch<T>>, BackendError> {
         contract::check_append_bounds(shard, &updates, &expected_upper, &new_upper)?;
+        if self.appends_through_log([shard]) {
+            let append = ShardAppend {
+                shard,
+                updates,
+                expected_upper,
+                new_upper,
+            };
+            let outcome = self.log_append_all(vec![append], token, fence).await?;
+            return Ok(outcome.map_err(single_mismatch));
+        }
         let expected = encode_frontier(&expected_upper);
         let new = encode_frontier(&new_upper);
         let check = AppendCheck {
@@ -148,15 +161,19 @@ impl S3Backend {
             Some(state) => state,
             None => self.read_state(shard).await?,
         };
-        if judge(&state).is_some() {
+        let mut route_to_log = state.log.is_some();
+        if !route_to_log && judge(&state).is_some() {
             state = self.read_state(shard).await?;
+            route_to_log = state.log.is_some();
+        }
+        if !route_to_log && judge(&state).is_some() {
             match judge(&state) {
                 Some(Verdict::AlreadyApplied) => return Ok(Ok(())),
                 Some(Verdict::Mismatch(current, earlier)) => {
                     return Ok(Err(mismatch(expected_upper.clone(), current, earlier)));
                 }
                 Some(Verdict::Fenced(shard_epoch)) => return Err(fenced(shard_epoch)),
-                Some(Verdict::Committed | Verdict::NoInlineRoom) | None => {}
+                Some(Verdict::Committed | Verdict::NoInlineRoom | Verdict::LogMode) | None => {}
             }
         }
 
@@ -172,11 +189,31 @@ impl S3Backend {
             self.config().part_size_bytes,
         )
         .map_err(|err| err.into_backend_error(shard))?;
+        let through_log = |batch: BatchRef, parts: Vec<EncodedPart>, uploaded: bool| {
+            let append = LogAppend {
+                shard,
+                expected_upper: expected_upper.clone(),
+                new_upper: new_upper.clone(),
+                batch,
+                parts,
+                uploaded,
+            };
+            async move {
+                let outcome = self.log_append_encoded(vec![append], token, fence).await?;
+                Ok(outcome.map_err(single_mismatch))
+            }
+        };
+        if route_to_log {
+            return through_log(batch, parts, false).await;
+        }
         // A small batch goes into the state itself: one conditional PUT.
         if let Some(inline) = inline_batch(&batch, &parts, self.config().inline_batch_bytes) {
             let inline_limit = self.config().inline_state_bytes as u64;
             let outcome = self
                 .update_state(shard, true, |state, _fresh| {
+                    if state.log.is_some() {
+                        return Ok(Step::Done(Verdict::LogMode));
+                    }
                     if let Some(verdict) = judge(state) {
                         return Ok(Step::Done(verdict));
                     }
@@ -197,6 +234,7 @@ impl S3Backend {
                     return Ok(Err(mismatch(expected_upper.clone(), current, earlier)));
                 }
                 Verdict::Fenced(shard_epoch) => return Err(fenced(shard_epoch)),
+                Verdict::LogMode => return through_log(batch, parts, false).await,
                 Verdict::NoInlineRoom => {}
             }
         }
@@ -208,6 +246,9 @@ impl S3Backend {
 
         let outcome = self
             .update_state(shard, true, |state, _fresh| {
+                if state.log.is_some() {
+                    return Ok(Step::Done(Verdict::LogMode));
+                }
                 if let Some(verdict) = judge(state) {
                     return Ok(Step::Done(verdict));
                 }
@@ -219,6 +260,8 @@ impl S3Backend {
             .await;
         match outcome {
             Ok((Verdict::Committed, _)) => Ok(Ok(())),
+            // The parts are written: the entry references them.
+            Ok((Verdict::LogMode, _)) => through_log(batch, parts, true).await,
             Ok((verdict, _)) => {
                 // Nothing references the parts just written; deleting them
                 // need not delay the answer.
@@ -228,9 +271,10 @@ impl S3Backend {
                         Ok(Err(mismatch(expected_upper.clone(), current, earlier)))
                     }
                     Verdict::Fenced(shard_epoch) => Err(fenced(shard_epoch)),
-                    Verdict::AlreadyApplied | Verdict::Committed | Verdict::NoInlineRoom => {
-                        Ok(Ok(()))
-                    }
+                    Verdict::AlreadyApplied
+                    | Verdict::Committed
+                    | Verdict::NoInlineRoom
+                    | Verdict::LogMode => Ok(Ok(())),
                 }
             }
             Err(err) => {
@@ -292,6 +336,16 @@ impl S3Backend {
             tracing::warn!(%shard, error = %err, "could not delete unreferenced parts, gc will");
         }
     }
+}
+
+/// The one mismatch of a one-shard call.
+fn single_mismatch<T>(mismatches: UpperMismatches<T>) -> UpperMismatch<T> {
+    mismatches
+        .mismatches
+        .into_iter()
+        .next()
+        .map(|(_, mismatch)| mismatch)
+        .expect("a refused one-shard call names its shard")
 }
 
 pub(crate) fn mismatch<T: StorageTimestamp>(

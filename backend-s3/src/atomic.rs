@@ -30,6 +30,7 @@ use uuid::Uuid;
 
 use crate::append::{AppendCheck, Verdict, inline_batch, mismatch};
 use crate::codec::{EncodedPart, encode_parts};
+use crate::log::LogAppend;
 use crate::state::{BatchRef, EncodedFrontier, Intent, Outcome, encode_frontier};
 use crate::store::ConditionalPut;
 use crate::{CachedState, MAX_STATE_ATTEMPTS, S3Backend, Step};
@@ -92,6 +93,8 @@ enum Placement {
 
 /// The answer of a call that did not commit, from the shards' verdicts.
 enum Refusal {
+    /// A shard is in log mode: the call goes through the commit log.
+    LogMode,
     AlreadyApplied,
     Fenced(BackendError),
     Mismatches(Vec<(usize, Verdict)>),
@@ -132,6 +135,9 @@ impl S3Backend {
             }
             _ => {}
         }
+        if self.appends_through_log(appends.iter().map(|append| append.shard)) {
+            return self.log_append_all(appends, token, fence).await;
+        }
         let mut prepared: Vec<Prepared<T>> = appends
             .into_iter()
             .map(|append| self.prepare(append))
@@ -140,8 +146,10 @@ impl S3Backend {
 
         // Decide on what this handle knows before writing anything; an
         // answer without a write comes from fresh reads.
-        if let Some(refusal) = self.precheck(&prepared, token, fence).await? {
-            return answer(&prepared, refusal);
+        match self.precheck(&prepared, token, fence).await? {
+            Some(Refusal::LogMode) => return self.through_log(prepared, token, fence).await,
+            Some(refusal) => return answer(&prepared, refusal),
+            None => {}
         }
 
         // SUBTLE: parts are written (and acknowledged) before any intent
@@ -221,6 +229,14 @@ impl S3Backend {
             // and it will not: whatever intents it wrote never apply. The
             // abort record only spares other writers the wait.
             self.abort_attempt(txn, &shards, placed);
+            // A shard went into log mode: the whole call goes through the
+            // log (its intents here never apply).
+            if refused
+                .iter()
+                .any(|(_, verdict)| matches!(verdict, Verdict::LogMode))
+            {
+                return self.through_log(prepared, token, fence).await;
+            }
             let refusal = refusal_of(&prepared, token, fence, refused);
             match (refusal, error) {
                 (Some(refusal), _) => {
@@ -294,7 +310,11 @@ impl S3Backend {
         let states = join_all(prepared.iter().map(|part| self.read_state(part.shard))).await;
         let mut refused = Vec::new();
         for (index, state) in states.into_iter().enumerate() {
-            if let Some(verdict) = prepared[index].check(token, fence).judge(&*state?) {
+            let state = state?;
+            if state.log.is_some() {
+                return Ok(Some(Refusal::LogMode));
+            }
+            if let Some(verdict) = prepared[index].check(token, fence).judge(&state) {
                 refused.push((index, verdict));
             }
         }
@@ -319,6 +339,9 @@ impl S3Backend {
             let check = part.check(token, fence);
             let (verdict, _) = self
                 .update_state(part.shard, true, |view, _fresh| {
+                    if view.log.is_some() {
+                        return Ok(Step::Done(Some(Verdict::LogMode)));
+                    }
                     if let Some(verdict) = check.judge(view) {
                         return Ok(Step::Done(Some(verdict)));
                     }
@@ -453,6 +476,28 @@ impl S3Backend {
         }
     }
 
+    /// The call through the commit log, from its prepared parts (those
+    /// already written are referenced, not written again).
+    async fn through_log<T: StorageTimestamp>(
+        &self,
+        prepared: Vec<Prepared<T>>,
+        token: IdempotencyToken,
+        fence: WriteFence,
+    ) -> Result<Result<(), UpperMismatches<T>>, BackendError> {
+        let inputs = prepared
+            .into_iter()
+            .map(|part| LogAppend {
+                shard: part.shard,
+                expected_upper: part.expected_upper,
+                new_upper: part.new_upper,
+                batch: part.batch,
+                parts: part.parts,
+                uploaded: part.uploaded,
+            })
+            .collect();
+        self.log_append_encoded(inputs, token, fence).await
+    }
+
     /// Deletes the part objects of a call that did not commit, in the
     /// background (only intents that never apply reference them).
     fn discard_uploaded<T>(&self, prepared: &[Prepared<T>]) {
@@ -498,6 +543,9 @@ fn answer<T: StorageTimestamp>(
     refusal: Refusal,
 ) -> Result<Result<(), UpperMismatches<T>>, BackendError> {
     match refusal {
+        Refusal::LogMode => Err(BackendError::indeterminate(
+            "a multi-shard append meant for the commit log was answered as refused".to_string(),
+        )),
         Refusal::AlreadyApplied => Ok(Ok(())),
         Refusal::Fenced(err) => Err(err),
         Refusal::Mismatches(refused) => Ok(Err(UpperMismatches {

@@ -27,6 +27,7 @@ pub const URL_PARAMETERS: &[&str] = &[
     "path_style",
     "part_size_bytes",
     "grace_period",
+    "commit_log",
 ];
 
 /// The smallest part size accepted, in bytes.
@@ -138,6 +139,11 @@ pub struct S3Config {
     /// intent on a shard waits for that append to decide before aborting
     /// it (what a writer that crashed mid-append costs the next one).
     pub(crate) intent_timeout: Duration,
+    /// Whether this handle commits appends through the shared commit log
+    /// (`PREFIX/log/`), so one conditional PUT commits many appends across
+    /// shards (decision 118). Shards it creates or appends to are in log
+    /// mode; shards already in log mode stay so whatever this says.
+    pub(crate) commit_log: bool,
 }
 
 impl Default for S3Config {
@@ -161,6 +167,7 @@ impl Default for S3Config {
             poll_interval_min: Duration::from_millis(5),
             poll_interval_max: Duration::from_millis(500),
             intent_timeout: DEFAULT_INTENT_TIMEOUT,
+            commit_log: false,
         }
     }
 }
@@ -237,8 +244,9 @@ impl S3Config {
 
     /// Parses `s3://BUCKET/PREFIX?endpoint=URL&region=NAME&path_style=BOOL`,
     /// with the tuning parameters `part_size_bytes=BYTES` (at least
-    /// [`MIN_PART_SIZE_BYTES`]) and `grace_period=SECONDS` (fractions
-    /// allowed): every parameter in [`URL_PARAMETERS`].
+    /// [`MIN_PART_SIZE_BYTES`]), `grace_period=SECONDS` (fractions
+    /// allowed) and `commit_log=BOOL` ([`S3Config::with_commit_log`]):
+    /// every parameter in [`URL_PARAMETERS`].
     ///
     /// # Errors
     ///
@@ -293,6 +301,7 @@ impl S3Config {
                     config.part_size_bytes = parse_part_size("part_size_bytes", &value)?;
                 }
                 "grace_period" => config.grace_period = parse_seconds("grace_period", &value)?,
+                "commit_log" => config.commit_log = parse_bool("commit_log", &value)?,
                 _ => unknown.push(name.escape_debug().to_string()),
             }
         }
@@ -444,6 +453,25 @@ impl S3Config {
     #[must_use]
     pub fn intent_timeout(&self) -> Duration {
         self.intent_timeout
+    }
+
+    /// Commits this handle's appends through the shared commit log
+    /// (default off): concurrent appends of this handle, to any shards, are
+    /// packed into one log entry written by one conditional PUT, and a
+    /// multi-shard append costs one conditional PUT like a single-shard
+    /// one. Shards this handle creates or appends to are put in log mode;
+    /// a shard in log mode is read and written through the log by every
+    /// handle, whatever its setting (decision 118).
+    #[must_use]
+    pub fn with_commit_log(mut self, commit_log: bool) -> Self {
+        self.commit_log = commit_log;
+        self
+    }
+
+    /// Whether this handle commits through the commit log.
+    #[must_use]
+    pub fn commit_log(&self) -> bool {
+        self.commit_log
     }
 
     /// The bucket.
@@ -632,7 +660,7 @@ mod tests {
         let text = err.to_string();
         assert!(
             text.ends_with(
-                "unknown s3 url parameters: unknown=colour,size known=endpoint,region,path_style,part_size_bytes,grace_period"
+                "unknown s3 url parameters: unknown=colour,size known=endpoint,region,path_style,part_size_bytes,grace_period,commit_log"
             ),
             "{text}"
         );
@@ -654,9 +682,12 @@ mod tests {
 
     #[test]
     fn tuning_parameters_parse_and_bad_values_are_named() {
-        let config =
-            S3Config::from_url("s3://b/p?part_size_bytes=1048576&grace_period=90.5").unwrap();
+        let config = S3Config::from_url(
+            "s3://b/p?part_size_bytes=1048576&grace_period=90.5&commit_log=true",
+        )
+        .unwrap();
         assert_eq!(config.part_size_bytes(), 1 << 20);
+        assert!(config.commit_log());
         assert_eq!(config.grace_period(), Duration::from_millis(90_500));
         let defaults = S3Config::from_url("s3://b/p").unwrap();
         assert_eq!(defaults, S3Config::new("b").with_prefix("p"));
@@ -666,6 +697,7 @@ mod tests {
             ("s3://b/p?grace_period=-1", "grace_period"),
             ("s3://b/p?grace_period=soon", "grace_period"),
             ("s3://b/p?grace_period=inf", "grace_period"),
+            ("s3://b/p?commit_log=often", "commit_log"),
         ] {
             let err = S3Config::from_url(url).unwrap_err();
             assert_eq!(err.determinate_kind(), Some(DeterminateKind::InvalidConfig));

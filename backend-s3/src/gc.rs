@@ -73,7 +73,17 @@ impl S3Backend {
         objects: Vec<ListedObject>,
     ) -> Result<u64, BackendError> {
         let store = self.store();
-        let state = store.get_state(shard).await?.map(|(state, _)| state);
+        let state = match store.get_state(shard).await? {
+            // SUBTLE: a log-mode shard's parts are referenced by its state
+            // and by the log entries not yet folded into it.
+            Some((state, _)) if state.log.is_some() => Some(
+                self.read_view(shard, std::sync::Arc::new(state))
+                    .await?
+                    .as_ref()
+                    .clone(),
+            ),
+            other => other.map(|(state, _)| state),
+        };
         let grace = self.config().grace_period;
         let now = self.clock().now();
         let old_enough = |object: &ListedObject| {

@@ -6,6 +6,7 @@
 //! PREFIX/shards/SHARD/state             the shard's state, replaced by compare-and-swap
 //! PREFIX/shards/SHARD/batches/UUID      write-once, checksummed batch parts
 //! PREFIX/txns/UUID                      the decision of one attempt of a multi-shard append
+//! PREFIX/log/SEQ                        one commit log entry (SEQ: 20 decimal digits, from 1)
 //! ```
 //!
 //! `PREFIX` may be empty; it never starts or ends with `/`.
@@ -69,6 +70,24 @@ impl Keys {
         format!("{}txns/{txn}", self.root)
     }
 
+    pub(crate) fn log_dir(&self) -> String {
+        format!("{}log/", self.root)
+    }
+
+    /// The key of log entry `seq`: zero-padded so keys sort as seqs do.
+    pub(crate) fn log_entry(&self, seq: u64) -> String {
+        format!("{}log/{seq:020}", self.root)
+    }
+
+    /// The seq of a key under [`log_dir`](Self::log_dir), if it is one.
+    pub(crate) fn log_seq(&self, key: &str) -> Option<u64> {
+        let rest = key.strip_prefix(&self.log_dir())?;
+        if rest.len() != 20 || !rest.bytes().all(|byte| byte.is_ascii_digit()) {
+            return None;
+        }
+        rest.parse().ok()
+    }
+
     /// The part id of a key under [`batches_dir`](Self::batches_dir), if it
     /// is one.
     pub(crate) fn part_id(&self, shard: ShardId, key: &str) -> Option<Uuid> {
@@ -96,5 +115,10 @@ mod tests {
         assert_eq!(keys.part_id(shard, &keys.state(shard)), None);
         assert_eq!(keys.live(shard), format!("p/live/{shard}"));
         assert_eq!(keys.txn(part), format!("p/txns/{part}"));
+        assert_eq!(keys.log_entry(42), "p/log/00000000000000000042");
+        assert_eq!(keys.log_seq(&keys.log_entry(42)), Some(42));
+        assert_eq!(keys.log_seq(&keys.log_entry(u64::MAX)), Some(u64::MAX));
+        assert_eq!(keys.log_seq("p/log/42"), None);
+        assert_eq!(keys.log_seq(&keys.state(shard)), None);
     }
 }

@@ -9,6 +9,7 @@
 //! PREFIX/shards/SHARD/batches/UUID    write-once, checksummed batch parts
 //! PREFIX/live/SHARD                   marks a shard as listed
 //! PREFIX/txns/UUID                    decides one attempt of a multi-shard append
+//! PREFIX/log/SEQ                      one commit log entry (log mode, decision 118)
 //! PREFIX/conditional-write-probe      checked at build
 //! ```
 //!
@@ -35,6 +36,12 @@
 //! an intent into each shard's state, then creates one record object that
 //! commits them all; readers and writers of a shard decide a pending intent
 //! by its record (`docs/decisions/110-atomic-multi-collection-appends.md`).
+//!
+//! With [`S3Config::with_commit_log`], appends (single- and multi-shard)
+//! instead go through a shared commit log: one task per handle packs the
+//! calls queued to it into one log entry, created by one conditional PUT,
+//! and shards in log mode are their state plus the later log entries that
+//! name them (`docs/decisions/118-s3-commit-log.md`).
 //!
 //! # Frontiers
 //!
@@ -67,6 +74,7 @@ mod downloads;
 mod errors;
 mod gc;
 mod keys;
+mod log;
 mod names;
 mod read;
 mod shards;
@@ -78,6 +86,7 @@ mod txn;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use tidemark_storage_types::{ChunkLimit, FetchStream, SnapshotStream};
 
@@ -145,6 +154,15 @@ struct Inner {
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Where the next multi-shard appends stop, for crash tests.
     stop: Mutex<Option<AtomicAppendStop>>,
+    /// Commit log entries this handle knows ([`crate::log`]).
+    log: Mutex<log::LogCache>,
+    /// The queue of this handle's committer, once started.
+    committer: Mutex<Option<tokio::sync::mpsc::UnboundedSender<log::Request>>>,
+    /// Per shard, entries this handle wrote that are not folded into the
+    /// shard's state yet (the applier's work list).
+    unapplied: Mutex<HashMap<ShardId, u32>>,
+    /// Set by tests to keep the applier from folding entries.
+    applier_held: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -243,10 +261,13 @@ impl S3Backend {
 
     /// Waits until the writes this handle (or a clone) started in the
     /// background have finished: rolling committed multi-shard appends
-    /// forward into their shards' states. Never needed for correctness (a
-    /// committed append is applied whether or not its intents were rolled
-    /// forward); for tests that count requests, and for a clean shutdown.
+    /// forward into their shards' states, and folding the commit log
+    /// entries it wrote into their shards' states (unless the applier is
+    /// held). Never needed for correctness (a committed append is applied
+    /// whether or not its intents were rolled forward or its log entry
+    /// folded in); for tests that count requests, and for a clean shutdown.
     pub async fn wait_for_background_writes(&self) {
+        self.apply_in_background(1);
         loop {
             let tasks = std::mem::take(&mut *lock(&self.inner.background));
             if tasks.is_empty() {
@@ -343,6 +364,10 @@ impl S3Backend {
                 outcomes: Mutex::default(),
                 background: Mutex::default(),
                 stop: Mutex::default(),
+                log: Mutex::default(),
+                committer: Mutex::default(),
+                unapplied: Mutex::default(),
+                applier_held: AtomicBool::new(false),
             }),
         })
     }
@@ -365,9 +390,13 @@ impl S3Backend {
 
     /// The cached state as readers see it, if this handle knows how its
     /// pending intent (if any) was decided. Only a starting guess, as
-    /// [`cached`](Self::cached).
+    /// [`cached`](Self::cached); `None` for a log-mode shard (whose writes
+    /// go through the log).
     pub(crate) fn cached_view(&self, shard: ShardId) -> Option<Arc<ShardState>> {
         let cached = self.cached(shard)?;
+        if cached.state.log.is_some() {
+            return None;
+        }
         match &cached.state.pending {
             None => Some(cached.state),
             Some(intent) => {
@@ -401,7 +430,7 @@ impl S3Backend {
     /// `InvalidUsage(UnknownShard)` if the shard has no state.
     pub(crate) async fn read_state(&self, shard: ShardId) -> Result<Arc<ShardState>, BackendError> {
         let state = self.read_state_and_etag(shard).await?.0;
-        self.read_view(state).await
+        self.read_view(shard, state).await
     }
 
     /// A state as of the instant it was read: a pending intent applied if
@@ -417,10 +446,26 @@ impl S3Backend {
     /// between the two requests (or before the state was read) and nothing
     /// else changed the shard in between, so the state with the intent
     /// applied is the shard at the later of the two instants.
+    ///
+    /// A log-mode state (which never holds an intent) is read with every
+    /// later log entry naming the shard folded in, as of the request that
+    /// found no newer entry ([`S3Backend::log_tail`]).
+    ///
+    /// `SUBTLE:` that request comes after the state's GET, and the read is
+    /// linearized at it: only log entries change a log-mode shard, and the
+    /// state's own fields are the log folded up to its applied seq, so any
+    /// version of the state (the one read, or a newer one written since by
+    /// an applier or a compaction) plus the entries after its applied seq
+    /// up to the newest one is the same shard: the shard as of the newest
+    /// entry, which was still the newest at that request.
     pub(crate) async fn read_view(
         &self,
+        shard: ShardId,
         state: Arc<ShardState>,
     ) -> Result<Arc<ShardState>, BackendError> {
+        if state.log.is_some() {
+            return Ok(self.with_log_tail(shard, state).await?.0);
+        }
         let Some(intent) = &state.pending else {
             return Ok(state);
         };
@@ -451,7 +496,8 @@ impl S3Backend {
     /// Changes a shard's state by compare-and-swap.
     ///
     /// `decide` sees a state and whether it was just read from S3, never
-    /// with a pending intent: an intent is decided first (waiting for its
+    /// with a pending intent, and a log-mode state with its log tail folded
+    /// in (so writing it applies the tail): an intent is decided first (waiting for its
     /// record, or aborting it after the intent timeout), and `decide` sees
     /// the decided state. Whatever `decide` answers, the write that follows
     /// then also clears the intent (even a [`Step::Done`] writes the decided
@@ -500,8 +546,11 @@ impl S3Backend {
                     (Arc::new(state.decided(outcome)), true)
                 }
             };
+            // A log-mode state is decided on with its log tail folded in,
+            // and any write then also applies that tail.
+            let (view, folded) = self.with_log_tail(shard, view).await?;
             let step = match decide(&view, fresh)? {
-                Step::Done(answer) if had_intent => Step::Write(view.successor(), answer),
+                Step::Done(answer) if had_intent || folded => Step::Write(view.successor(), answer),
                 step => step,
             };
             match step {

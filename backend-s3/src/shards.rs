@@ -12,7 +12,7 @@ use tidemark_storage_types::{
 };
 use timely::progress::Antichain;
 
-use crate::state::{ShardState, decode_frontier, encode_frontier, frontier_join};
+use crate::state::{LogLink, ShardState, decode_frontier, encode_frontier, frontier_join};
 use crate::store::ConditionalPut;
 use crate::{S3Backend, Step};
 
@@ -36,7 +36,15 @@ impl S3Backend {
         let store = self.store();
         let mut attempts = 0;
         let state = loop {
-            let initial = ShardState::new_shard::<T>();
+            let mut initial = ShardState::new_shard::<T>();
+            // SUBTLE: no entry names a shard before its state exists, so
+            // any seq known to exist is a sound start for a new one.
+            if self.config().commit_log {
+                initial.log = Some(LogLink {
+                    applied: self.known_log_head(),
+                });
+                initial.format = initial.format_to_write();
+            }
             match store.create_state(shard, &initial).await? {
                 ConditionalPut::Written(_) => break initial,
                 // It exists (412), or someone else is creating it (409).
@@ -72,42 +80,75 @@ impl S3Backend {
         fence: WriteFence,
     ) -> Result<Antichain<T>, BackendError> {
         let requested = encode_frontier(new_since);
+        if self.known_log_mode(shard) {
+            return Ok(decode_frontier(
+                self.log_downgrade_since(shard, requested, fence).await?,
+            ));
+        }
         let (since, _) = self
             .update_state(shard, true, |state, _fresh| {
+                // A log-mode shard's since and epoch change only through
+                // the log.
+                if state.log.is_some() {
+                    return Ok(Step::Done(None));
+                }
                 // The fence is checked on the state the conditional PUT
                 // replaces, so it holds at the write.
                 let epoch = match contract::check_fence(shard, state.writer_epoch, fence) {
                     Ok(epoch) => epoch,
-                    Err(err) => return Ok(Step::Done(Err(err))),
+                    Err(err) => return Ok(Step::Done(Some(Err(err)))),
                 };
                 let joined = frontier_join(state.since, requested);
                 if joined == state.since && epoch == state.writer_epoch {
-                    return Ok(Step::Done(Ok(joined)));
+                    return Ok(Step::Done(Some(Ok(joined))));
                 }
                 let mut next = state.successor();
                 next.since = joined;
                 next.writer_epoch = epoch;
-                Ok(Step::Write(next, Ok(joined)))
+                Ok(Step::Write(next, Some(Ok(joined))))
             })
             .await?;
-        Ok(decode_frontier(since?))
+        match since {
+            Some(since) => Ok(decode_frontier(since?)),
+            None => Ok(decode_frontier(
+                self.log_downgrade_since(shard, requested, fence).await?,
+            )),
+        }
     }
 
     pub(crate) async fn finalize_shard(&self, shard: ShardId) -> Result<(), BackendError> {
-        self.update_state(shard, true, |state, _fresh| {
-            if state.finalized {
-                return Ok(Step::Done(()));
-            }
-            let mut next = state.successor();
-            next.since = None;
-            next.upper = None;
-            next.finalized = true;
-            next.batches.clear();
-            next.retired.clear();
-            next.tokens.clear();
-            Ok(Step::Write(next, ()))
-        })
-        .await?;
+        let through_log = if self.known_log_mode(shard) {
+            true
+        } else {
+            self.update_state(shard, true, |state, _fresh| {
+                // A log-mode shard is finalized through the log.
+                if state.log.is_some() {
+                    return Ok(Step::Done(true));
+                }
+                if state.finalized {
+                    return Ok(Step::Done(false));
+                }
+                let mut next = state.successor();
+                next.since = None;
+                next.upper = None;
+                next.finalized = true;
+                next.batches.clear();
+                next.retired.clear();
+                next.tokens.clear();
+                Ok(Step::Write(next, false))
+            })
+            .await?
+            .0
+        };
+        if through_log {
+            self.log_finalize(shard).await?;
+            // Fold it in now: the state itself then drops its batches.
+            self.apply_log(shard).await?;
+        }
+        self.delete_finalized_data(shard).await
+    }
+
+    async fn delete_finalized_data(&self, shard: ShardId) -> Result<(), BackendError> {
         // The shard is sealed and unreadable: its parts can go at once (a
         // reader that finds one gone re-reads the state and learns that).
         let store = self.store();

@@ -40,6 +40,15 @@ pub(crate) const STATE_FORMAT: u32 = 3;
 /// state as before.
 pub(crate) const INTENT_FORMAT: u32 = 4;
 
+/// The format of a shard in log mode ([`ShardState::log`]): its state is
+/// only part of the shard, the rest is in the commit log (decision 118).
+/// Only such states are written in it, so code that does not know the log
+/// refuses them (rather than reading the shard without its log entries).
+pub(crate) const LOG_FORMAT: u32 = 5;
+
+/// The newest state format this code reads.
+pub(crate) const NEWEST_READABLE_FORMAT: u32 = LOG_FORMAT;
+
 /// The oldest state format this code reads.
 pub(crate) const OLDEST_READABLE_FORMAT: u32 = 1;
 
@@ -222,6 +231,19 @@ pub(crate) struct ShardState {
     /// ([`crate::txn`]). Every other field is the state without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<Box<Intent>>,
+    /// Set iff the shard is in log mode: appends, since downgrades and
+    /// finalize go through the commit log, and the shard is this state with
+    /// every later log entry naming it folded in ([`crate::log`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogLink>,
+}
+
+/// How far a log-mode shard's state has taken in the commit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LogLink {
+    /// Every log entry with a seq at most this that names the shard is
+    /// folded into the state; later ones are not.
+    pub applied: u64,
 }
 
 /// One shard's part of a multi-shard append, written into the shard's state
@@ -265,6 +287,7 @@ impl ShardState {
             retired: Vec::new(),
             writer_epoch: 0,
             pending: None,
+            log: None,
         }
     }
 
@@ -277,10 +300,12 @@ impl ShardState {
         next
     }
 
-    /// The format this state is written in: [`INTENT_FORMAT`] iff it holds
-    /// a pending intent.
+    /// The format this state is written in: [`LOG_FORMAT`] iff the shard
+    /// is in log mode, else [`INTENT_FORMAT`] iff it holds a pending intent.
     pub(crate) fn format_to_write(&self) -> u32 {
-        if self.pending.is_some() {
+        if self.log.is_some() {
+            LOG_FORMAT
+        } else if self.pending.is_some() {
             INTENT_FORMAT
         } else {
             STATE_FORMAT
@@ -321,7 +346,7 @@ impl ShardState {
                     intent.writer_epoch,
                 );
             }
-            view.format = STATE_FORMAT;
+            view.format = view.format_to_write();
         }
         view
     }
@@ -424,12 +449,24 @@ impl ShardState {
             )
             .caused_by(err)
         })?;
-        if !(OLDEST_READABLE_FORMAT..=INTENT_FORMAT).contains(&state.format) {
+        if !(OLDEST_READABLE_FORMAT..=NEWEST_READABLE_FORMAT).contains(&state.format) {
             return Err(BackendError::determinate(
                 DeterminateKind::Corrupted,
                 format!(
-                    "shard state has an unknown format: key={key} format={} supported={OLDEST_READABLE_FORMAT}..={INTENT_FORMAT}",
+                    "shard state has an unknown format: key={key} format={} supported={OLDEST_READABLE_FORMAT}..={NEWEST_READABLE_FORMAT}",
                     state.format
+                ),
+            ));
+        }
+        // Only log-mode states are written in the log format, and only they
+        // carry a log link: anything else was not written by this code.
+        if (state.format == LOG_FORMAT) != state.log.is_some() {
+            return Err(BackendError::determinate(
+                DeterminateKind::Corrupted,
+                format!(
+                    "shard state's format and log link disagree: key={key} format={} log_link={}",
+                    state.format,
+                    state.log.is_some()
                 ),
             ));
         }

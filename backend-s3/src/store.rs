@@ -292,6 +292,31 @@ impl Store {
             .collect())
     }
 
+    /// The keys under `prefix` that sort after `start_after`, in order.
+    pub(crate) async fn list_keys_after(
+        &self,
+        operation: &'static str,
+        prefix: &str,
+        start_after: &str,
+    ) -> Result<Vec<String>, BackendError> {
+        let pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .start_after(start_after)
+            .into_paginator()
+            .send();
+        let pages = pages.try_collect().await.map_err(|err| {
+            classify(err, self.context(operation, prefix)).into_backend_error(operation, prefix)
+        })?;
+        Ok(pages
+            .iter()
+            .flat_map(|page| page.contents())
+            .filter_map(|object| object.key().map(str::to_string))
+            .collect())
+    }
+
     /// The keys of every object under `prefix`, for callers that only need
     /// names.
     pub(crate) async fn list_keys(

@@ -21,7 +21,12 @@
 //!
 //! Backends: memory always; PostgreSQL when `TIDEMARK_TEST_POSTGRES_URL`
 //! is set; S3 when `TIDEMARK_TEST_S3_ENDPOINT` is set (credentials from
-//! `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, bucket `tidemark-bench`).
+//! `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, bucket `tidemark-bench`),
+//! then S3 with the commit log on (decision 118): its grouped controller
+//! against a per-call controller on default S3, and the cost to readers of
+//! entries not yet folded into a shard's state (a cold handle's snapshot).
+//!
+//! `TIDEMARK_BENCH_GROUP_COMMIT=s3-log` runs only the commit-log figures.
 //!
 //! `cargo bench -p tidemark-storage-controller --bench group_commit`
 
@@ -317,6 +322,120 @@ where
     }
 }
 
+/// The commit-log figures: `open_log` gives the store of the grouped
+/// controller (commit log on), `open_plain` the default S3 store of the
+/// per-call baseline.
+async fn run_log<B, P, OL, OP, FL, FP>(open_log: OL, open_plain: OP, duration: Duration)
+where
+    B: PersistBackend<u64> + 'static,
+    P: PersistBackend<u64> + 'static,
+    OL: Fn(&'static str) -> FL,
+    OP: Fn(&'static str) -> FP,
+    FL: Future<Output = B>,
+    FP: Future<Output = P>,
+{
+    println!(
+        "s3 with the commit log ({} s per run; baseline: one commit per call on default s3):",
+        duration.as_secs_f64()
+    );
+    let tables = SHAPES.iter().map(|(_, tables)| *tables).max().unwrap_or(1);
+    let logged = writer(
+        open_log("log-grouped").await,
+        GroupCommitConfig::default(),
+        tables,
+    )
+    .await;
+    let per_call = writer(
+        open_plain("plain-per-call").await,
+        GroupCommitConfig::one_commit_per_call(),
+        tables,
+    )
+    .await;
+    let single = uncontended(&logged, &[0], duration).await;
+    let three = uncontended(&logged, &[0, 1, 2], duration).await;
+    let plain_single = uncontended(&per_call, &[0], duration).await;
+    println!(
+        "  uncontended p50: 1 table {:.2} ms, 3 tables in one call {:.2} ms, ratio {:.2} (goal <= 1.3); default s3 1 table {:.2} ms",
+        ms(single.p50),
+        ms(three.p50),
+        three.p50.as_secs_f64() / single.p50.as_secs_f64(),
+        ms(plain_single.p50),
+    );
+    for (writers, shape_tables) in SHAPES {
+        let a = appenders(&per_call, writers, shape_tables, duration).await;
+        let g = appenders(&logged, writers, shape_tables, duration).await;
+        let goals = if writers == 8 {
+            " (goals at 8 writers: >= 5, <= 1.5)"
+        } else {
+            ""
+        };
+        println!(
+            "  {writers:>2} writers x {shape_tables:>4} tables: log {:>7.0}/s p50 {:>7.2} ms p99 {:>7.2} ms | default per-call {:>7.0}/s p50 {:>7.2} ms | log/per-call {:.2}, log p50/uncontended {:.2}, log p99/uncontended {:.2}{goals}",
+            g.per_second,
+            ms(g.p50),
+            ms(g.p99),
+            a.per_second,
+            ms(a.p50),
+            g.per_second / a.per_second,
+            g.p50.as_secs_f64() / single.p50.as_secs_f64(),
+            g.p99.as_secs_f64() / single.p50.as_secs_f64(),
+        );
+    }
+}
+
+/// What unapplied log entries cost a reader: the p50 of a snapshot from a
+/// fresh handle of a log-mode shard with `entries` entries not yet folded
+/// into its state, against the same from a plain shard with the same data.
+async fn log_read_cost(
+    config: tidemark_backend_s3::S3Config,
+    entries: u64,
+    samples: usize,
+) -> (Duration, Duration) {
+    use tidemark_storage_types::{IdempotencyToken, ShardId, WriteFence};
+    let mut medians = Vec::new();
+    for commit_log in [true, false] {
+        let config = config
+            .clone()
+            .with_prefix(format!("{}/reads-{commit_log}", config.prefix()))
+            .with_commit_log(commit_log);
+        let backend = config.clone().build().await.expect("the read store opens");
+        backend.hold_log_applier(true);
+        let shard = ShardId::new();
+        PersistBackend::<u64>::open(&backend, shard)
+            .await
+            .expect("open");
+        for time in 0..entries {
+            PersistBackend::<u64>::compare_and_append(
+                &backend,
+                shard,
+                // One distinct row per entry.
+                one_update(time * 2, time),
+                timely::progress::Antichain::from_elem(time),
+                timely::progress::Antichain::from_elem(time + 1),
+                IdempotencyToken::new(),
+                WriteFence::Unfenced,
+            )
+            .await
+            .expect("append")
+            .expect("no mismatch");
+        }
+        let mut latencies = Vec::new();
+        for _ in 0..samples {
+            let reader = config.clone().build().await.expect("a reader opens");
+            let started = Instant::now();
+            let rows = PersistBackend::<u64>::snapshot(&reader, shard, &(entries - 1))
+                .await
+                .expect("snapshot");
+            latencies.push(started.elapsed());
+            assert_eq!(rows.len() as u64, entries);
+        }
+        medians.push(percentile(&mut latencies, 0.5));
+        backend.hold_log_applier(false);
+        backend.wait_for_background_writes().await;
+    }
+    (medians[0], medians[1])
+}
+
 fn memory_raw() -> RawRequest {
     let store: Arc<std::sync::Mutex<Vec<Update<u64>>>> = Arc::default();
     Arc::new(move |writer, n| {
@@ -407,7 +526,70 @@ fn main() {
         .build()
         .expect("a runtime");
     let run_id = std::process::id();
+    let only_log = std::env::var("TIDEMARK_BENCH_GROUP_COMMIT").as_deref() == Ok("s3-log");
     runtime.block_on(async {
+        if !only_log {
+            existing_runs(run_id).await;
+        }
+        let Ok(endpoint) = std::env::var("TIDEMARK_TEST_S3_ENDPOINT") else {
+            println!("s3 with the commit log: skipped (TIDEMARK_TEST_S3_ENDPOINT is not set)");
+            return;
+        };
+        let access = std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_else(|_| "tidemark-test".into());
+        let secret = std::env::var("AWS_SECRET_ACCESS_KEY")
+            .unwrap_or_else(|_| "tidemark-test-secret".into());
+        let client = s3_client(&endpoint, &access, &secret);
+        if client.head_bucket().bucket(BUCKET).send().await.is_err() {
+            client
+                .create_bucket()
+                .bucket(BUCKET)
+                .send()
+                .await
+                .expect("the bench bucket exists");
+        }
+        let prefix = format!(
+            "group-commit-log-{run_id}-{}",
+            tidemark_storage_types::ShardId::new()
+        );
+        let config = tidemark_backend_s3::S3Config::new(BUCKET)
+            .with_prefix(&prefix)
+            .with_endpoint(&endpoint)
+            .with_region("us-east-1")
+            .with_path_style(true)
+            .with_credentials(&access, &secret)
+            .with_poll_interval(Duration::from_millis(1), Duration::from_millis(20));
+        let open = |commit_log: bool| {
+            let config = config.clone();
+            let prefix = prefix.clone();
+            move |mode: &'static str| {
+                let config = config
+                    .clone()
+                    .with_prefix(format!("{prefix}/{mode}"))
+                    .with_commit_log(commit_log);
+                async move {
+                    config
+                        .build()
+                        .await
+                        .expect("the S3 benchmark store opens")
+                }
+            }
+        };
+        run_log(open(true), open(false), Duration::from_secs(2)).await;
+        for entries in [4, 16, 64] {
+            let (log, plain) = log_read_cost(config.clone(), entries, 9).await;
+            println!(
+                "  cold-handle snapshot p50, {entries:>2} entries unapplied: log mode {:.2} ms, plain {:.2} ms, ratio {:.2}",
+                ms(log),
+                ms(plain),
+                log.as_secs_f64() / plain.as_secs_f64(),
+            );
+        }
+    });
+}
+
+/// The memory, PostgreSQL and default S3 runs.
+async fn existing_runs(run_id: u32) {
+    {
         run(
             "memory",
             |mode| async move {
@@ -478,5 +660,5 @@ fn main() {
             }
             Err(_) => println!("s3: skipped (TIDEMARK_TEST_S3_ENDPOINT is not set)"),
         }
-    });
+    }
 }
