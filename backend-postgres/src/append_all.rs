@@ -8,7 +8,7 @@
 //! parts), which moves the part's upper, raises its epoch, records the
 //! token and `NOTIFY`s, and commits once. PostgreSQL makes the commit
 //! visible to every later snapshot at once, so no reader sees one shard's
-//! part without the others'. See
+//! part without the others'. A one-part call is the single-shard append. See
 //! `docs/decisions/110-atomic-multi-collection-appends.md`.
 
 use std::collections::BTreeMap;
@@ -46,6 +46,26 @@ pub(crate) async fn compare_and_append_all<T: StorageTimestamp>(
     fence: WriteFence,
 ) -> Result<Result<(), UpperMismatches<T>>, BackendError> {
     contract::check_append_all(&appends)?;
+    if appends.len() == 1 {
+        // A one-part call is exactly `compare_and_append` (the contract), so
+        // it takes the single-shard statement: one round trip instead of a
+        // locking transaction.
+        let append = appends.into_iter().next().expect("one part");
+        let shard = append.shard;
+        let outcome = crate::append::compare_and_append(
+            backend,
+            shard,
+            append.updates,
+            append.expected_upper,
+            append.new_upper,
+            token,
+            fence,
+        )
+        .await?;
+        return Ok(outcome.map_err(|mismatch| UpperMismatches {
+            mismatches: vec![(shard, mismatch)],
+        }));
+    }
     let Some(first) = appends.first() else {
         return Ok(Ok(()));
     };
