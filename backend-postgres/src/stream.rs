@@ -59,9 +59,27 @@ const CURSOR_NAME: &str = "tidemark_read";
 /// The most rows one `FETCH` asks for, whatever the chunk limit.
 const MAX_FETCH_ROWS: usize = 8192;
 
-/// The snapshot statement over both layouts: `$1` shard, `$2` as-of; with a
-/// share also `$3` count and `$4` index.
-const SNAPSHOT_SQL: &str = "
+/// The filter that keeps one share of a read: the rows whose hash, modulo
+/// the share count (parameter `$count`), is the share index (`$index`).
+macro_rules! share_filter {
+    ($count:literal, $index:literal) => {
+        concat!(
+            "WHERE (('x' || left(md5(row_bytes), 8))::bit(32)::BIGINT % $",
+            $count,
+            "::BIGINT) = $",
+            $index,
+            "::BIGINT"
+        )
+    };
+}
+
+/// The snapshot statement over both layouts, with `$filter` (empty, or a
+/// `share_filter!`) applied to the stored updates before they are
+/// consolidated: `$1` shard, `$2` as-of.
+macro_rules! snapshot_statement {
+    ($($filter:tt)*) => {
+        concat!(
+            "
 SELECT row_bytes, sum(diff)::BIGINT FROM (
     SELECT row_bytes, diff FROM updates WHERE shard_id = $1 AND ts <= $2
     UNION ALL
@@ -70,32 +88,28 @@ SELECT row_bytes, sum(diff)::BIGINT FROM (
         FROM update_batches WHERE shard_id = $1 AND min_ts <= $2
     ) batch WHERE ts <= $2
 ) stored
+",
+            $($filter)*,
+            "
 GROUP BY row_bytes HAVING sum(diff) <> 0
-ORDER BY row_bytes";
+ORDER BY row_bytes"
+        )
+    };
+}
 
-const SNAPSHOT_SHARE_SQL: &str = "
-SELECT row_bytes, sum(diff)::BIGINT FROM (
-    SELECT row_bytes, diff FROM updates WHERE shard_id = $1 AND ts <= $2
-    UNION ALL
-    SELECT row_bytes, diff FROM (
-        SELECT unnest(ts) AS ts, unnest(row_bytes) AS row_bytes, unnest(diffs) AS diff
-        FROM update_batches WHERE shard_id = $1 AND min_ts <= $2
-    ) batch WHERE ts <= $2
-) stored
-WHERE (('x' || left(md5(row_bytes), 8))::bit(32)::BIGINT % $3::BIGINT) = $4::BIGINT
-GROUP BY row_bytes HAVING sum(diff) <> 0
-ORDER BY row_bytes";
-
-/// The fetch statement over both layouts: `$1` shard, `$2` since, `$3`
-/// lower, `$4` upper (`NULL` for the empty frontier); with a share also
-/// `$5` count and `$6` index.
+/// The fetch statement over both layouts, with `$filter` as for
+/// `snapshot_statement!`: `$1` shard, `$2` since, `$3` lower, `$4` upper
+/// (`NULL` for the empty frontier).
 ///
 /// Times are advanced by the since before the range applies, so the answer
 /// does not depend on whether physical compaction has run:
 /// `advance(t) = max(t, since)` is in `[lower, upper)` iff
 /// `(t >= lower or since >= lower) and t < upper and since < upper` (the
 /// caller has checked `since < upper`).
-const FETCH_SQL: &str = "
+macro_rules! fetch_statement {
+    ($($filter:tt)*) => {
+        concat!(
+            "
 SELECT greatest(ts, $2) AS advanced, row_bytes, sum(diff)::BIGINT FROM (
     SELECT ts, row_bytes, diff FROM updates
     WHERE shard_id = $1 AND (ts >= $3 OR $2 >= $3) AND ($4::BIGINT IS NULL OR ts < $4)
@@ -106,23 +120,26 @@ SELECT greatest(ts, $2) AS advanced, row_bytes, sum(diff)::BIGINT FROM (
         WHERE shard_id = $1 AND (max_ts >= $3 OR $2 >= $3) AND ($4::BIGINT IS NULL OR min_ts < $4)
     ) batch WHERE (ts >= $3 OR $2 >= $3) AND ($4::BIGINT IS NULL OR ts < $4)
 ) stored
+",
+            $($filter)*,
+            "
 GROUP BY advanced, row_bytes HAVING sum(diff) <> 0
-ORDER BY advanced, row_bytes";
+ORDER BY advanced, row_bytes"
+        )
+    };
+}
 
-const FETCH_SHARE_SQL: &str = "
-SELECT greatest(ts, $2) AS advanced, row_bytes, sum(diff)::BIGINT FROM (
-    SELECT ts, row_bytes, diff FROM updates
-    WHERE shard_id = $1 AND (ts >= $3 OR $2 >= $3) AND ($4::BIGINT IS NULL OR ts < $4)
-    UNION ALL
-    SELECT ts, row_bytes, diff FROM (
-        SELECT unnest(ts) AS ts, unnest(row_bytes) AS row_bytes, unnest(diffs) AS diff
-        FROM update_batches
-        WHERE shard_id = $1 AND (max_ts >= $3 OR $2 >= $3) AND ($4::BIGINT IS NULL OR min_ts < $4)
-    ) batch WHERE (ts >= $3 OR $2 >= $3) AND ($4::BIGINT IS NULL OR ts < $4)
-) stored
-WHERE (('x' || left(md5(row_bytes), 8))::bit(32)::BIGINT % $5::BIGINT) = $6::BIGINT
-GROUP BY advanced, row_bytes HAVING sum(diff) <> 0
-ORDER BY advanced, row_bytes";
+/// The whole snapshot: `$1` shard, `$2` as-of.
+const SNAPSHOT_SQL: &str = snapshot_statement!("");
+
+/// One share of the snapshot: also `$3` share count and `$4` index.
+const SNAPSHOT_SHARE_SQL: &str = snapshot_statement!(share_filter!(3, 4));
+
+/// The whole fetch: `$1` shard, `$2` since, `$3` lower, `$4` upper.
+const FETCH_SQL: &str = fetch_statement!("");
+
+/// One share of the fetch: also `$5` share count and `$6` index.
+const FETCH_SHARE_SQL: &str = fetch_statement!(share_filter!(5, 6));
 
 /// The open-stream bound of one backend (shared by its clones).
 #[derive(Clone)]
