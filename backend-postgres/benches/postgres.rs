@@ -433,7 +433,10 @@ async fn bench_small_snapshot(url: &str, schema: &str) {
     let shard = ShardId::new();
     PersistBackend::<u64>::open(&backend, shard).await.unwrap();
     let rows: Vec<Row> = (0..SMALL_SNAPSHOT_ROWS).map(row).collect();
-    let updates: Vec<Update<u64>> = rows.iter().map(|row| Update::new(row.clone(), 0, 1)).collect();
+    let updates: Vec<Update<u64>> = rows
+        .iter()
+        .map(|row| Update::new(row.clone(), 0, 1))
+        .collect();
     backend
         .compare_and_append(
             shard,
@@ -453,7 +456,12 @@ async fn bench_small_snapshot(url: &str, schema: &str) {
     .execute(&mut *conn)
     .await
     .unwrap();
-    raw_copy(&mut conn, "raw_small_snapshot", &copy_stream(shard.0, 0, &rows)).await;
+    raw_copy(
+        &mut conn,
+        "raw_small_snapshot",
+        &copy_stream(shard.0, 0, &rows),
+    )
+    .await;
     drop(conn);
     let mut samples: [Vec<Duration>; 3] = Default::default();
     for _ in 0..SMALL_SNAPSHOT_ROUNDS {
