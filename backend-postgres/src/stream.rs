@@ -516,11 +516,21 @@ async fn next_chunk<C: ChunkEntry>(
             return Some((Ok(chunk), Some(read)));
         }
         if read.exhausted {
-            // Everything was delivered once the last chunk is: the
-            // transaction (read only) is rolled back as the connection goes
-            // back to the pool, whether or not the stream is dropped.
-            let last = read.builder.finish()?;
-            return Some((Ok(last), Some(read)));
+            // Everything is read: the transaction ends here, before the last
+            // chunk is delivered, so the connection goes back to the pool
+            // outside any transaction whether or not the stream is dropped.
+            // Left to the drop, its `ROLLBACK` would wait for a task of the
+            // pool; a caller that then blocks on the shard's locks (a
+            // `DROP SCHEMA`, say) would wait on it forever. The transaction
+            // only read: a failed `COMMIT` loses nothing already delivered,
+            // and the pool closes a connection that fails its release ping.
+            let last = read.builder.finish();
+            let CursorRead {
+                tx, _slot: slot, ..
+            } = read;
+            let _ = tx.commit().await;
+            drop(slot);
+            return last.map(|chunk| (Ok(chunk), None));
         }
         if let Err(err) = read.fetch_more().await {
             return Some((Err(err), None));
