@@ -13,6 +13,8 @@
 //!   hand: the `GROUP BY` query returning consolidated rows in row order,
 //!   ordered by the server or sorted by the client, whichever is faster
 //!   (time ratio, goal <= 1.1), read whole and streamed;
+//! - snapshot of a 100-row shard, the `Vec` form and the streamed form
+//!   collected, vs a raw ordered read of a bare table (latency ratio);
 //! - peak RSS growth of a streamed snapshot, a streamed fetch from the
 //!   start and a compaction of a large shard (`TIDEMARK_BENCH_RSS_UPDATES`
 //!   updates, 1,000,000 unless set; goal < 512 MiB each at 10,000,000), each
@@ -21,7 +23,7 @@
 //! Needs a server: `TIDEMARK_TEST_POSTGRES_URL` (or `TIDEMARK_POSTGRES_URL`);
 //! without one it says so and exits. Run with
 //! `cargo bench -p tidemark-backend-postgres`; `TIDEMARK_BENCH_ONLY=rss`
-//! (or `bulk`, `small`, `snapshot`) runs one part.
+//! (or `bulk`, `small`, `small_snapshot`, `snapshot`) runs one part.
 
 use std::time::{Duration, Instant};
 use tidemark_storage_types::WriteFence;
@@ -32,6 +34,7 @@ use sqlx::{Connection, PgConnection};
 use tidemark_backend_postgres::PostgresConfig;
 use tidemark_storage_types::{
     ChunkLimit, Codec64, Datum, IdempotencyToken, PersistBackend, ReadShare, Row, ShardId, Update,
+    collect_stream,
 };
 use timely::progress::Antichain;
 use uuid::Uuid;
@@ -43,6 +46,8 @@ const SMALL_ROUNDS: usize = 400;
 const SNAPSHOT_ROWS: i64 = 100_000;
 const SNAPSHOT_TIMES: u64 = 10;
 const SNAPSHOT_ROUNDS: usize = 5;
+const SMALL_SNAPSHOT_ROWS: i64 = 100;
+const SMALL_SNAPSHOT_ROUNDS: usize = 400;
 const RSS_DEFAULT_UPDATES: u64 = 1_000_000;
 const RSS_APPEND_UPDATES: u64 = 100_000;
 
@@ -414,6 +419,92 @@ async fn bench_snapshot(url: &str, schema: &str) {
     );
 }
 
+/// A small snapshot (one append of `SMALL_SNAPSHOT_ROWS` rows, the row
+/// layout): the `Vec` form and the streamed form collected into a `Vec`,
+/// against a raw `GROUP BY ... ORDER BY` of the same rows in a bare table on
+/// a pooled connection.
+async fn bench_small_snapshot(url: &str, schema: &str) {
+    let backend = PostgresConfig::from_url(url)
+        .unwrap()
+        .with_schema(schema)
+        .build()
+        .await
+        .unwrap();
+    let shard = ShardId::new();
+    PersistBackend::<u64>::open(&backend, shard).await.unwrap();
+    let rows: Vec<Row> = (0..SMALL_SNAPSHOT_ROWS).map(row).collect();
+    let updates: Vec<Update<u64>> = rows
+        .iter()
+        .map(|row| Update::new(row.clone(), 0, 1))
+        .collect();
+    backend
+        .compare_and_append(
+            shard,
+            updates,
+            at(0),
+            at(1),
+            IdempotencyToken::new(),
+            WriteFence::Unfenced,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let mut conn = backend.pool().acquire().await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE raw_small_snapshot (shard_id UUID NOT NULL, ts BIGINT NOT NULL, row_bytes BYTEA NOT NULL, diff BIGINT NOT NULL)",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    raw_copy(
+        &mut conn,
+        "raw_small_snapshot",
+        &copy_stream(shard.0, 0, &rows),
+    )
+    .await;
+    drop(conn);
+    let mut samples: [Vec<Duration>; 3] = Default::default();
+    for _ in 0..SMALL_SNAPSHOT_ROUNDS {
+        let started = Instant::now();
+        let whole = backend.snapshot(shard, &0).await.unwrap();
+        samples[0].push(started.elapsed());
+
+        let started = Instant::now();
+        let stream = backend
+            .snapshot_stream(shard, &0, ReadShare::WHOLE, ChunkLimit::DEFAULT)
+            .await
+            .unwrap();
+        let collected = collect_stream(stream).await.unwrap();
+        samples[1].push(started.elapsed());
+
+        let started = Instant::now();
+        let mut conn = backend.pool().acquire().await.unwrap();
+        let result: Vec<(Vec<u8>, i64)> = sqlx::query_as(
+            "SELECT row_bytes, sum(diff)::BIGINT FROM raw_small_snapshot
+             WHERE shard_id = $1 AND ts <= $2
+             GROUP BY row_bytes HAVING sum(diff) <> 0 ORDER BY row_bytes",
+        )
+        .bind(shard.0)
+        .bind(0i64)
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        let raw: Vec<(Row, i64)> = result
+            .into_iter()
+            .map(|(bytes, diff)| (Row::from_bytes(&bytes).unwrap(), diff))
+            .collect();
+        samples[2].push(started.elapsed());
+        assert!(whole.len() == collected.len() && whole.len() == raw.len());
+    }
+    let [whole, streamed, raw] = samples.map(median);
+    println!(
+        "snapshot of a {SMALL_SNAPSHOT_ROWS} row shard: latency ratio vs a raw ordered read = {:.2}; streamed and collected = {:.2}; streamed vs the Vec form = {:.2}",
+        whole.as_secs_f64() / raw.as_secs_f64(),
+        streamed.as_secs_f64() / raw.as_secs_f64(),
+        streamed.as_secs_f64() / whole.as_secs_f64(),
+    );
+}
+
 /// This process's resident set size and its peak, in bytes, from
 /// `/proc/self/status` (`VmRSS`, `VmHWM`).
 fn rss_and_peak() -> (u64, u64) {
@@ -651,6 +742,9 @@ fn main() {
         }
         if runs("small") {
             bench_small(&url, &schema).await;
+        }
+        if runs("small_snapshot") {
+            bench_small_snapshot(&url, &schema).await;
         }
         if runs("snapshot") {
             bench_snapshot(&url, &schema).await;
