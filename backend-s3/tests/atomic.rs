@@ -6,6 +6,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use support::calls::{frontier, open_shards, part, row, upper};
 use support::{S3Factory, make_factory, raw_client, test_endpoint};
 use tidemark_backend_conformance::BackendFactory;
 use tidemark_backend_s3::{AtomicAppendStop, S3Backend};
@@ -19,43 +20,10 @@ use timely::progress::Antichain;
 /// is quick.
 const INTENT_TIMEOUT: Duration = Duration::from_millis(50);
 
-fn row(writer: i64, seq: i64) -> Row {
-    Row::pack([Datum::Int64(writer), Datum::Int64(seq)])
-}
-
-fn frontier(time: u64) -> Antichain<u64> {
-    Antichain::from_elem(time)
-}
-
 async fn factory(test_name: &str) -> Option<S3Factory> {
     let mut factory = make_factory(test_name).await?;
     factory.config = factory.config.with_intent_timeout(INTENT_TIMEOUT);
     Some(factory)
-}
-
-async fn open_shards(backend: &S3Backend, count: usize) -> Vec<ShardId> {
-    let mut shards = Vec::new();
-    for _ in 0..count {
-        let shard = ShardId::new();
-        PersistBackend::<u64>::open(backend, shard)
-            .await
-            .expect("open");
-        shards.push(shard);
-    }
-    shards
-}
-
-/// One shard's part: `rows` at time `lower`, upper `lower -> upper`.
-fn part(shard: ShardId, lower: u64, upper: u64, rows: &[Row]) -> ShardAppend<u64> {
-    ShardAppend {
-        shard,
-        updates: rows
-            .iter()
-            .map(|row| Update::new(row.clone(), lower, 1))
-            .collect(),
-        expected_upper: frontier(lower),
-        new_upper: frontier(upper),
-    }
 }
 
 async fn call(
@@ -65,13 +33,6 @@ async fn call(
     fence: WriteFence,
 ) -> Result<Result<(), UpperMismatches<u64>>, BackendError> {
     backend.compare_and_append_all(appends, token, fence).await
-}
-
-async fn upper(backend: &S3Backend, shard: ShardId) -> Antichain<u64> {
-    PersistBackend::<u64>::frontiers(backend, shard)
-        .await
-        .expect("frontiers")
-        .upper
 }
 
 fn time_of(upper: &Antichain<u64>) -> u64 {

@@ -7,51 +7,19 @@ mod support;
 
 use std::collections::BTreeMap;
 
+use support::calls::{frontier, open_shards, part, row, upper};
 use support::{S3Factory, make_factory, raw_client};
 use tidemark_backend_conformance::BackendFactory;
 use tidemark_backend_s3::S3Backend;
 use tidemark_storage_types::{
-    BackendError, Datum, DeterminateKind, IdempotencyToken, PersistBackend, Row, ShardAppend,
-    ShardId, Update, UpperMismatches, WriteFence,
+    BackendError, DeterminateKind, IdempotencyToken, PersistBackend, Row, ShardAppend, ShardId,
+    UpperMismatches, WriteFence,
 };
-use timely::progress::Antichain;
-
-fn row(writer: i64, seq: i64) -> Row {
-    Row::pack([Datum::Int64(writer), Datum::Int64(seq)])
-}
-
-fn frontier(time: u64) -> Antichain<u64> {
-    Antichain::from_elem(time)
-}
 
 async fn log_factory(test_name: &str) -> Option<S3Factory> {
     let mut factory = make_factory(test_name).await?;
     factory.config = factory.config.with_commit_log(true);
     Some(factory)
-}
-
-async fn open_shards(backend: &S3Backend, count: usize) -> Vec<ShardId> {
-    let mut shards = Vec::new();
-    for _ in 0..count {
-        let shard = ShardId::new();
-        PersistBackend::<u64>::open(backend, shard)
-            .await
-            .expect("open");
-        shards.push(shard);
-    }
-    shards
-}
-
-fn part(shard: ShardId, lower: u64, upper: u64, rows: &[Row]) -> ShardAppend<u64> {
-    ShardAppend {
-        shard,
-        updates: rows
-            .iter()
-            .map(|row| Update::new(row.clone(), lower, 1))
-            .collect(),
-        expected_upper: frontier(lower),
-        new_upper: frontier(upper),
-    }
 }
 
 async fn call(
@@ -61,13 +29,6 @@ async fn call(
 ) -> Result<Result<(), UpperMismatches<u64>>, BackendError> {
     PersistBackend::<u64>::compare_and_append_all(backend, appends, token, WriteFence::Unfenced)
         .await
-}
-
-async fn upper(backend: &S3Backend, shard: ShardId) -> Antichain<u64> {
-    PersistBackend::<u64>::frontiers(backend, shard)
-        .await
-        .expect("frontiers")
-        .upper
 }
 
 async fn rows_at(backend: &S3Backend, shard: ShardId, as_of: u64) -> BTreeMap<Row, i64> {

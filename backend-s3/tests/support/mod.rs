@@ -136,4 +136,5 @@ pub async fn make_factory_with_clock(
     Some(factory)
 }
 
+pub mod calls;
 pub mod stub;
