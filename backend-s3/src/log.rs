@@ -145,19 +145,20 @@ impl LogEntry {
     /// `Determinate(Corrupted)` naming the key if the bytes are not an entry
     /// of a known format, or not the entry of `seq`.
     pub(crate) fn from_bytes(key: &str, seq: u64, bytes: &[u8]) -> Result<Self, BackendError> {
+        let not_valid = |err: serde_json::Error| {
+            BackendError::determinate(
+                DeterminateKind::Corrupted,
+                format!("commit log entry is not valid: key={key} error={err}"),
+            )
+            .caused_by(err)
+        };
         // The format is checked first, so a newer format with fields this
         // code does not know is named as such.
         #[derive(Deserialize)]
         struct Format {
             format: u32,
         }
-        let format = serde_json::from_slice::<Format>(bytes).map_err(|err| {
-            BackendError::determinate(
-                DeterminateKind::Corrupted,
-                format!("commit log entry is not valid: key={key} error={err}"),
-            )
-            .caused_by(err)
-        })?;
+        let format = serde_json::from_slice::<Format>(bytes).map_err(not_valid)?;
         if format.format != LOG_ENTRY_FORMAT {
             return Err(BackendError::determinate(
                 DeterminateKind::Corrupted,
@@ -167,13 +168,7 @@ impl LogEntry {
                 ),
             ));
         }
-        let entry: LogEntry = serde_json::from_slice(bytes).map_err(|err| {
-            BackendError::determinate(
-                DeterminateKind::Corrupted,
-                format!("commit log entry is not valid: key={key} error={err}"),
-            )
-            .caused_by(err)
-        })?;
+        let entry: LogEntry = serde_json::from_slice(bytes).map_err(not_valid)?;
         if entry.seq != seq {
             return Err(BackendError::determinate(
                 DeterminateKind::Corrupted,
