@@ -392,10 +392,71 @@ struct Run<T> {
     position: usize,
 }
 
+/// A tournament (loser) tree over the head keys of `k` runs: the run with
+/// the least head, and after that run's head changes, the next least in
+/// about `log2(k)` comparisons along one path, each a select rather than a
+/// branch (random keys would mispredict one).
+///
+/// Node `i` (`1 <= i < k`) holds the run that lost the match played there;
+/// the leaves are `k..2k` (leaf `k + r` is run `r`), and `winner` is the run
+/// that won every match on its path.
+struct LoserTree {
+    heads: Vec<u64>,
+    losers: Vec<usize>,
+    winner: usize,
+}
+
+impl LoserTree {
+    fn new(heads: Vec<u64>) -> Self {
+        let runs = heads.len();
+        // `winners[i]` is the run that won at node `i` (or is leaf `i`).
+        let mut winners = vec![0; 2 * runs];
+        for run in 0..runs {
+            winners[runs + run] = run;
+        }
+        let mut losers = vec![0; runs];
+        for node in (1..runs).rev() {
+            let (left, right) = (winners[2 * node], winners[2 * node + 1]);
+            let right_wins = heads[right] < heads[left];
+            winners[node] = if right_wins { right } else { left };
+            losers[node] = if right_wins { left } else { right };
+        }
+        let winner = if runs > 1 { winners[1] } else { 0 };
+        LoserTree {
+            heads,
+            losers,
+            winner,
+        }
+    }
+
+    /// Sets the winner's head to `head` and replays its path to the root.
+    #[inline]
+    fn replace_winner(&mut self, head: u64) {
+        let mut winner = self.winner;
+        let mut winner_head = head;
+        self.heads[winner] = head;
+        let mut node = (winner + self.heads.len()) / 2;
+        while node > 0 {
+            let other = self.losers[node];
+            let other_head = self.heads[other];
+            let other_wins = other_head < winner_head;
+            self.losers[node] = if other_wins { winner } else { other };
+            winner = if other_wins { other } else { winner };
+            winner_head = winner_head.min(other_head);
+            node /= 2;
+        }
+        self.winner = winner;
+    }
+}
+
 /// Merges any number of batches into one sorted, consolidated batch in one
 /// pass, each update moved once. Two batches go to [`merge`]; more are
-/// merged by looking, for each update written, at the head key of every
-/// run (there are few: a spine holds `log2(n) + 1` batches).
+/// merged through a [`LoserTree`] on their order keys, which gives the
+/// updates in key order. Updates whose keys tie (equal rows, or rows that
+/// share their first 8 bytes) come out next to each other, each batch's in
+/// its own order: a run of equal keys taken from more than one batch is
+/// then sorted by row and time and consolidated in place (equal
+/// `(row, time)` updates always share their key).
 ///
 /// The spine uses it for an insertion that merges several batches at once
 /// (the newest with batches of 1, 2, 4, ... times its size): merging them
@@ -424,119 +485,92 @@ fn merge_runs<T: Ord + Clone>(batches: Vec<Arc<Batch<T>>>) -> Batch<T> {
     let mut runs: Vec<Run<T>> = Vec::with_capacity(batches.len());
     for batch in batches {
         let (updates, keys) = take_parts(batch);
-        if !keys.is_empty() {
-            runs.push(Run {
-                keys,
-                updates: updates.into_iter(),
-                position: 0,
-            });
+        runs.push(Run {
+            keys,
+            updates: updates.into_iter(),
+            position: 0,
+        });
+    }
+    let heads = |runs: &[Run<T>]| runs.iter().map(|run| run.keys[run.position]).collect();
+    runs.retain(|run| !run.keys.is_empty());
+    let mut tree = LoserTree::new(heads(&runs));
+    let mut updates: Vec<(Row, T, Diff)> = Vec::with_capacity(capacity);
+    let mut keys: Vec<u64> = Vec::with_capacity(capacity);
+    // The updates from `group_start` on share their key; `mixed` says
+    // whether they came from more than one run.
+    let mut group_start = 0;
+    let mut group_run = 0;
+    let mut mixed = false;
+    while runs.len() > 1 {
+        let winner = tree.winner;
+        let run = &mut runs[winner];
+        let key = run.keys[run.position];
+        let Some(update) = run.updates.next() else {
+            // Cannot happen: a run in the tree has an update left.
+            break;
+        };
+        run.position += 1;
+        if keys.last() != Some(&key) {
+            if mixed {
+                bytes -= order_tied_group(&mut updates, group_start);
+                keys.truncate(updates.len());
+            }
+            group_start = updates.len();
+            group_run = winner;
+            mixed = false;
+        } else {
+            mixed |= winner != group_run;
+        }
+        updates.push(update);
+        keys.push(key);
+        match run.keys.get(run.position) {
+            Some(&next) => tree.replace_winner(next),
+            None => {
+                // A run used up leaves the tree, which is built anew on
+                // the others (at most `log2(n) + 1` times per merge).
+                runs.swap_remove(winner);
+                // The group's first run may have moved to `winner`.
+                if group_run == runs.len() {
+                    group_run = winner;
+                } else if group_run == winner {
+                    group_run = usize::MAX;
+                }
+                tree = LoserTree::new(heads(&runs));
+            }
         }
     }
-    // `heads[i]` is the key of `runs[i]`'s next update; a run is dropped
-    // from both once it is used up.
-    let mut heads: Vec<u64> = runs.iter().map(|run| run.keys[0]).collect();
-    let mut updates = Vec::with_capacity(capacity);
-    let mut keys = Vec::with_capacity(capacity);
-    // The runs whose next rows tie on their keys, when they do.
-    let mut tied: Vec<usize> = Vec::with_capacity(runs.len());
-    while runs.len() > 1 {
-        // The first least head, chosen by selects rather than branches
-        // (which random keys would mispredict).
-        let mut least = 0;
-        let mut least_key = heads[0];
-        for (index, head) in heads.iter().copied().enumerate().skip(1) {
-            let smaller = head < least_key;
-            least = if smaller { index } else { least };
-            least_key = least_key.min(head);
-        }
-        let ties = heads.iter().filter(|head| **head == least_key).count();
-        let mut used_up = false;
-        if ties == 1 {
-            let run = &mut runs[least];
-            if let Some(update) = run.updates.next() {
-                updates.push(update);
-                keys.push(least_key);
-            }
-            run.position += 1;
-            match run.keys.get(run.position) {
-                Some(key) => heads[least] = *key,
-                None => used_up = true,
+    // One run is left: the rest of it follows in order, the first of its
+    // updates perhaps tied with the group before it.
+    if let Some(run) = runs.pop() {
+        let rest = &run.keys[run.position..];
+        if let (Some(first), Some(last)) = (rest.first(), keys.last()) {
+            if first == last {
+                let tied = rest.iter().take_while(|key| *key == first).count();
+                keys.extend_from_slice(&rest[..tied]);
+                let mut rest_updates = run.updates;
+                updates.extend(rest_updates.by_ref().take(tied));
+                bytes -= order_tied_group(&mut updates, group_start);
+                keys.truncate(updates.len());
+                mixed = false;
+                keys.extend_from_slice(&run.keys[run.position + tied..]);
+                updates.extend(rest_updates);
+            } else {
+                if mixed {
+                    bytes -= order_tied_group(&mut updates, group_start);
+                    keys.truncate(updates.len());
+                    mixed = false;
+                }
+                keys.extend_from_slice(rest);
+                updates.extend(run.updates);
             }
         } else {
-            // Several runs' next rows share their key: the rows and times
-            // decide, and equal `(row, time)` updates (at most one per run)
-            // are summed.
-            tied.clear();
-            tied.extend((0..runs.len()).filter(|index| heads[*index] == least_key));
-            let least_update = |runs: &[Run<T>], tied: &[usize]| {
-                tied.iter()
-                    .copied()
-                    .filter(|index| !runs[*index].updates.as_slice().is_empty())
-                    .reduce(|left, right| {
-                        let order = key_order(
-                            &runs[left].updates.as_slice()[0],
-                            &runs[right].updates.as_slice()[0],
-                        );
-                        if order == Ordering::Greater {
-                            right
-                        } else {
-                            left
-                        }
-                    })
-            };
-            if let Some(first) = least_update(&runs, &tied) {
-                tied.retain(|index| {
-                    *index == first
-                        || key_order(
-                            &runs[*index].updates.as_slice()[0],
-                            &runs[first].updates.as_slice()[0],
-                        ) == Ordering::Equal
-                });
-                let mut summed: Option<(Row, T, Diff)> = None;
-                for index in tied.iter().copied() {
-                    let run = &mut runs[index];
-                    let Some(update) = run.updates.next() else {
-                        continue;
-                    };
-                    run.position += 1;
-                    match run.keys.get(run.position) {
-                        Some(key) => heads[index] = *key,
-                        None => used_up = true,
-                    }
-                    match &mut summed {
-                        Some((row, _, diff)) => {
-                            *diff += update.2;
-                            bytes -= update_bytes(row);
-                        }
-                        None => summed = Some(update),
-                    }
-                }
-                if let Some((row, time, diff)) = summed {
-                    if diff == 0 {
-                        bytes -= update_bytes(&row);
-                    } else {
-                        updates.push((row, time, diff));
-                        keys.push(least_key);
-                    }
-                }
-            }
-        }
-        if used_up {
-            let mut index = 0;
-            while index < runs.len() {
-                if runs[index].position < runs[index].keys.len() {
-                    index += 1;
-                } else {
-                    runs.swap_remove(index);
-                    heads.swap_remove(index);
-                }
-            }
+            keys.extend_from_slice(rest);
+            updates.extend(run.updates);
         }
     }
-    // At most one run is left: the rest of it follows in order.
-    for run in runs {
-        keys.extend_from_slice(&run.keys[run.position..]);
-        updates.extend(run.updates);
+    if mixed {
+        bytes -= order_tied_group(&mut updates, group_start);
+        keys.truncate(updates.len());
     }
     let time_bounds = if updates.is_empty() {
         None
@@ -549,6 +583,45 @@ fn merge_runs<T: Ord + Clone>(batches: Vec<Arc<Batch<T>>>) -> Batch<T> {
         bytes,
         time_bounds,
     }
+}
+
+/// Orders `updates[start..]`, updates of equal order keys taken from
+/// several runs (each run's in its own order), by row and time, and
+/// consolidates them in place: sums equal neighbours and drops zero sums.
+/// Returns the bytes (as [`update_bytes`] counts them) of the updates
+/// removed.
+fn order_tied_group<T: Ord>(updates: &mut Vec<(Row, T, Diff)>, start: usize) -> u64 {
+    // Stable: within a run the tied updates are already in order.
+    updates[start..].sort_by(key_order);
+    let mut removed = 0;
+    // `updates[start..kept]` is consolidated but for its last diff, which
+    // may still be zero.
+    let mut kept = start;
+    for index in start..updates.len() {
+        if kept > start {
+            let last = kept - 1;
+            if updates[last].0 == updates[index].0 && updates[last].1 == updates[index].1 {
+                let diff = updates[index].2;
+                updates[last].2 += diff;
+                removed += update_bytes(&updates[index].0);
+                continue;
+            }
+            if updates[last].2 == 0 {
+                removed += update_bytes(&updates[last].0);
+                kept = last;
+            }
+        }
+        if kept != index {
+            updates.swap(kept, index);
+        }
+        kept += 1;
+    }
+    if kept > start && updates[kept - 1].2 == 0 {
+        removed += update_bytes(&updates[kept - 1].0);
+        kept -= 1;
+    }
+    updates.truncate(kept);
+    removed
 }
 
 /// Advances every time of `batches` by `since` and consolidates them into
