@@ -29,6 +29,17 @@ use timely::progress::{Antichain, Timestamp};
 /// and 8 for the diff.
 pub const BYTES_PER_UPDATE: u64 = 16;
 
+/// The most batches of one [`size_class`] a spine holds: an insertion that
+/// makes it this many merges them (124).
+pub const BATCHES_PER_CLASS: usize = 8;
+
+/// The size class of a batch of `len` updates: `floor(log8(len))`, so a
+/// class spans sizes within a factor of [`BATCHES_PER_CLASS`], and merging
+/// that many batches of one class gives a batch of a larger class.
+fn size_class(len: usize) -> u32 {
+    len.max(1).ilog(BATCHES_PER_CLASS)
+}
+
 /// The bytes an update with this row is accounted as.
 fn update_bytes(row: &Row) -> u64 {
     row.byte_len() as u64 + BYTES_PER_UPDATE
@@ -670,42 +681,57 @@ impl<T> Default for Spine<T> {
 }
 
 impl<T: Timestamp + Lattice> Spine<T> {
-    /// Adds a batch and merges until every batch is at least twice the size
-    /// of the next newer one. An empty batch is not stored.
+    /// Adds a batch and merges as the size classes require (see
+    /// [`restore_classes`](Self::restore_classes)). An empty batch is not
+    /// stored.
     pub fn insert(&mut self, batch: Batch<T>) {
         if batch.is_empty() {
             return;
         }
         self.batches.push(Arc::new(batch));
-        self.restore_tiers();
+        self.restore_classes();
     }
 
-    /// Merges the newest batches until every batch is at least twice the
-    /// size of the next newer one. The batches an insertion merges (the
-    /// newest, and each older one smaller than twice all newer ones
-    /// together) are merged in one pass (`merge_runs`), not two at a time;
-    /// the batches left are the same as merging them pairwise, newest
-    /// first, would leave, unless updates cancel out (then the merged batch
-    /// is smaller and is checked again against the next older).
-    fn restore_tiers(&mut self) {
+    /// Merges the newest batches until the spine's [`size_class`]es do not
+    /// grow from oldest to newest and no class holds
+    /// [`BATCHES_PER_CLASS`] batches:
+    ///
+    /// - a newest batch of a larger class than the batches before it is
+    ///   merged with every one of them of a smaller class (they are
+    ///   smaller than it);
+    /// - otherwise, once the newest class holds `BATCHES_PER_CLASS`
+    ///   batches, they are merged into one (of a larger class, unless
+    ///   updates cancel out).
+    ///
+    /// Each merge is one pass over all its batches (`merge_runs`), and may
+    /// fill the next class, which is then merged in turn.
+    fn restore_classes(&mut self) {
         loop {
-            let mut merging = 1;
-            let mut merged_len = match self.batches.last() {
-                Some(newest) => newest.len(),
-                None => return,
-            };
-            while merging < self.batches.len() {
-                let older = &self.batches[self.batches.len() - 1 - merging];
-                if older.len() >= 2 * merged_len {
-                    break;
-                }
-                merged_len += older.len();
-                merging += 1;
-            }
-            if merging == 1 {
+            let count = self.batches.len();
+            let Some(newest) = self.batches.last() else {
                 return;
-            }
-            let inputs = self.batches.split_off(self.batches.len() - merging);
+            };
+            let class = size_class(newest.len());
+            let older = &self.batches[..count - 1];
+            let smaller = older
+                .iter()
+                .rev()
+                .take_while(|batch| size_class(batch.len()) < class)
+                .count();
+            let merging = if smaller > 0 {
+                smaller + 1
+            } else {
+                let same = 1 + older
+                    .iter()
+                    .rev()
+                    .take_while(|batch| size_class(batch.len()) == class)
+                    .count();
+                if same < BATCHES_PER_CLASS {
+                    return;
+                }
+                same
+            };
+            let inputs = self.batches.split_off(count - merging);
             let merged = merge_runs(inputs);
             if !merged.is_empty() {
                 self.batches.push(Arc::new(merged));
@@ -767,7 +793,7 @@ impl<T: Timestamp + Lattice> Spine<T> {
         // newer batches into it as the tiers require.
         for batch in newer {
             self.batches.push(batch);
-            self.restore_tiers();
+            self.restore_classes();
         }
         true
     }
@@ -809,13 +835,24 @@ mod tests {
         all
     }
 
+    /// The spine's invariants: size classes do not grow from oldest to
+    /// newest, fewer than `BATCHES_PER_CLASS` batches per class, every
+    /// batch non-empty, sorted and consolidated.
     fn assert_tiers(spine: &Spine<u64>) {
-        for pair in spine.batches().windows(2) {
+        let classes: Vec<u32> = spine
+            .batches()
+            .iter()
+            .map(|batch| size_class(batch.len()))
+            .collect();
+        for pair in classes.windows(2) {
+            assert!(pair[0] >= pair[1], "classes grow: {classes:?}");
+        }
+        for run in classes.chunk_by(|left, right| left == right) {
             assert!(
-                pair[0].len() >= 2 * pair[1].len(),
-                "older batch of {} updates next to newer batch of {}",
-                pair[0].len(),
-                pair[1].len()
+                run.len() < BATCHES_PER_CLASS,
+                "{} batches of class {}: {classes:?}",
+                run.len(),
+                run[0]
             );
         }
         for batch in spine.batches() {
@@ -877,8 +914,8 @@ mod tests {
             model.push((row(value), time, diff));
             model.push((row(value + 100), time, 1));
             assert_tiers(&spine);
-            let updates = spine.usage().updates as f64;
-            let bound = updates.log2().floor() as usize + 1;
+            let updates = spine.usage().updates as usize;
+            let bound = (BATCHES_PER_CLASS - 1) * (size_class(updates) as usize + 1);
             assert!(
                 spine.batch_count() <= bound,
                 "{} batches for {updates} updates",
@@ -1060,29 +1097,65 @@ mod tests {
         }
     }
 
-    /// Merging an insertion's batches in one pass leaves the batches that
-    /// merging them two at a time would.
+    /// Equal appends fill a size class before they are merged, and the
+    /// merge of a full class can fill the next one.
     #[test]
-    fn one_pass_merges_leave_the_batches_pairwise_merges_would() {
+    fn a_full_size_class_is_merged_into_the_next() {
         let mut spine = Spine::default();
-        let mut pairwise: Vec<usize> = Vec::new();
-        for time in 0..300u64 {
-            let len = 1 + (time % 5) as usize;
-            let updates: Vec<(i64, u64, Diff)> =
-                (0..len).map(|value| (value as i64, time, 1)).collect();
+        let append = |spine: &mut Spine<u64>, time: u64| {
+            let updates: Vec<(i64, u64, Diff)> = (0..10)
+                .map(|value| (value + 10 * time as i64, time, 1))
+                .collect();
             spine.insert(batch(&updates));
-            pairwise.push(len);
-            while let [.., older, newer] = pairwise.as_slice() {
-                if *older >= 2 * *newer {
-                    break;
-                }
-                let merged = pairwise.pop().unwrap() + pairwise.pop().unwrap();
-                pairwise.push(merged);
-            }
-            let lens: Vec<usize> = spine.batches().iter().map(|batch| batch.len()).collect();
-            assert_eq!(lens, pairwise, "after the append at {time}");
+        };
+        for time in 0..7 {
+            append(&mut spine, time);
+        }
+        let lens = |spine: &Spine<u64>| -> Vec<usize> {
+            spine.batches().iter().map(|batch| batch.len()).collect()
+        };
+        assert_eq!(lens(&spine), vec![10; 7], "class 1 holds 7 batches");
+        append(&mut spine, 7);
+        assert_eq!(lens(&spine), vec![80], "the eighth merges them");
+        for time in 8..64 {
+            append(&mut spine, time);
             assert_tiers(&spine);
         }
+        assert_eq!(lens(&spine), vec![640], "eight of class 2 make class 3");
+        // A larger newest batch takes the smaller ones before it.
+        append(&mut spine, 64);
+        let large: Vec<(i64, u64, Diff)> = (0..100).map(|value| (-value - 1, 65, 1)).collect();
+        spine.insert(batch(&large));
+        assert_eq!(lens(&spine), vec![640, 110]);
+        assert_tiers(&spine);
+    }
+
+    /// Random batch sizes, with updates that cancel out, keep the
+    /// invariants and the contents.
+    #[test]
+    fn random_appends_keep_the_size_classes() {
+        let mut state = 3u64;
+        let mut next = |bound: u64| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (state >> 33) % bound
+        };
+        let mut spine = Spine::default();
+        let mut model = Vec::new();
+        for time in 0..400u64 {
+            let len = if next(10) == 0 { next(300) } else { next(12) };
+            let updates: Vec<(i64, u64, Diff)> = (0..len)
+                .map(|_| (next(50) as i64, next(3) + time, next(3) as i64 - 1))
+                .collect();
+            model.extend(
+                updates
+                    .iter()
+                    .map(|&(value, time, diff)| (row(value), time, diff)),
+            );
+            spine.insert(batch(&updates));
+            assert_tiers(&spine);
+        }
+        consolidate_updates(&mut model);
+        assert_eq!(contents(&spine), model);
     }
 
     #[test]
@@ -1096,7 +1169,11 @@ mod tests {
     #[test]
     fn merges_that_cancel_out_leave_no_empty_batch() {
         let mut spine = Spine::default();
-        spine.insert(batch(&[(1, 5, 1), (2, 5, 1)]));
+        for diff in [1, 1, 1, 1, -1, -1, -1] {
+            spine.insert(batch(&[(1, 5, diff), (2, 5, diff)]));
+        }
+        assert_eq!(spine.batch_count(), BATCHES_PER_CLASS - 1);
+        // The eighth batch of the class merges them all, and they cancel.
         spine.insert(batch(&[(1, 5, -1), (2, 5, -1)]));
         assert_eq!(spine.batch_count(), 0);
         assert_eq!(spine.usage(), SpineUsage::default());
@@ -1109,10 +1186,12 @@ mod tests {
         let mut spine = Spine::default();
         spine.insert(batch(&[(1, 0, 1), (2, 0, 1)]));
         let held = spine.batches();
-        spine.insert(batch(&[(1, 1, 1), (3, 1, 1)]));
-        assert_eq!(spine.batch_count(), 1, "equal sizes merge");
+        for time in 1..BATCHES_PER_CLASS as u64 {
+            spine.insert(batch(&[(1, time, 1), (3, time, 1)]));
+        }
+        assert_eq!(spine.batch_count(), 1, "a full class merges");
         assert_eq!(held[0].updates(), &[(row(1), 0, 1), (row(2), 0, 1)]);
-        assert_eq!(spine.usage().updates, 4);
+        assert_eq!(spine.usage().updates, 2 * BATCHES_PER_CLASS as u64);
     }
 
     #[test]
@@ -1162,11 +1241,13 @@ mod tests {
     fn a_compaction_done_aside_is_dropped_when_a_merge_rewrote_its_input() {
         let mut spine = Spine::default();
         spine.insert(batch(&[(1, 0, 1), (2, 0, 1)]));
-        spine.insert(batch(&[(1, 1, 1)]));
-        assert_eq!(spine.batch_count(), 2);
+        for time in 1..BATCHES_PER_CLASS as u64 - 1 {
+            spine.insert(batch(&[(1, time, 1)]));
+        }
+        assert_eq!(spine.batch_count(), BATCHES_PER_CLASS - 1);
         let input = spine.batches();
         let compacted = compact_batches(input.clone(), &Antichain::from_elem(1));
-        spine.insert(batch(&[(2, 2, 1)]));
+        spine.insert(batch(&[(2, 9, 1)]));
         assert_eq!(
             spine.batch_count(),
             1,
