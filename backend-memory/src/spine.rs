@@ -807,6 +807,7 @@ impl<T: Timestamp + Lattice> Spine<T> {
 #[cfg(test)]
 mod tests {
     use differential_dataflow::consolidation::consolidate_updates;
+    use proptest::prelude::*;
     use tidemark_storage_types::Datum;
 
     use super::*;
@@ -1156,6 +1157,97 @@ mod tests {
         }
         consolidate_updates(&mut model);
         assert_eq!(contents(&spine), model);
+    }
+
+    /// Rows for the property tests: short ones whose order keys tie, rows
+    /// sharing their first 8 bytes, and integer rows.
+    fn property_rows() -> Vec<Row> {
+        vec![
+            Row::pack([]),
+            Row::pack([Datum::Null]),
+            Row::pack([Datum::String("abc")]),
+            Row::pack([Datum::String("abcd")]),
+            Row::pack([Datum::String("abce")]),
+            Row::pack([Datum::String("abcdefgh")]),
+            Row::pack([Datum::String("abcdefgi")]),
+            Row::pack([Datum::Int64(1)]),
+            Row::pack([Datum::Int64(2)]),
+            Row::pack([Datum::Int64(1 << 60)]),
+        ]
+    }
+
+    /// Batches as `(row index, time, diff)` triples.
+    fn property_batches(
+        max_batches: usize,
+        max_len: usize,
+    ) -> impl Strategy<Value = Vec<Vec<(usize, u64, Diff)>>> {
+        proptest::collection::vec(
+            proptest::collection::vec((0..10usize, 0..4u64, -2..3i64), 0..max_len),
+            0..max_batches,
+        )
+    }
+
+    fn with_rows(updates: &[(usize, u64, Diff)], rows: &[Row]) -> Vec<(Row, u64, Diff)> {
+        updates
+            .iter()
+            .map(|&(index, time, diff)| (rows[index].clone(), time, diff))
+            .collect()
+    }
+
+    proptest! {
+        /// The many-batch merge (the loser tree and its tied groups) gives
+        /// what consolidating every update does, with the keys and bytes
+        /// of that result.
+        #[test]
+        fn merging_batches_equals_consolidating_them(
+            inputs in property_batches(12, 40),
+            hold in any::<bool>(),
+        ) {
+            let rows = property_rows();
+            let mut expected: Vec<(Row, u64, Diff)> = inputs
+                .iter()
+                .flat_map(|updates| with_rows(updates, &rows))
+                .collect();
+            consolidate_updates(&mut expected);
+            let batches: Vec<Arc<Batch<u64>>> = inputs
+                .iter()
+                .map(|updates| Arc::new(Batch::from_unsorted(with_rows(updates, &rows))))
+                .collect();
+            // A batch a reader holds is copied, not taken.
+            let held = if hold { batches.clone() } else { Vec::new() };
+            let merged = merge_runs(batches);
+            prop_assert_eq!(merged.updates(), &expected[..]);
+            let keys: Vec<u64> = expected.iter().map(|(row, _, _)| order_key(row)).collect();
+            prop_assert_eq!(merged.keys(), &keys[..]);
+            let bytes: u64 = expected.iter().map(|(row, _, _)| update_bytes(row)).sum();
+            prop_assert_eq!(merged.bytes(), bytes);
+            if let Some((earliest, latest)) = merged.time_bounds() {
+                prop_assert!(expected.iter().all(|(_, time, _)| earliest <= time && time <= latest));
+            } else {
+                prop_assert!(expected.is_empty());
+            }
+            for (batch, updates) in held.iter().zip(&inputs) {
+                let mut own = with_rows(updates, &rows);
+                consolidate_updates(&mut own);
+                prop_assert_eq!(batch.updates(), &own[..]);
+            }
+        }
+
+        /// Any sequence of appends keeps the size classes and the contents.
+        #[test]
+        fn appends_keep_the_classes_and_the_contents(inputs in property_batches(60, 30)) {
+            let rows = property_rows();
+            let mut spine = Spine::default();
+            let mut model = Vec::new();
+            for updates in &inputs {
+                let updates = with_rows(updates, &rows);
+                model.extend(updates.iter().cloned());
+                spine.insert(Batch::from_unsorted(updates));
+                assert_tiers(&spine);
+            }
+            consolidate_updates(&mut model);
+            prop_assert_eq!(contents(&spine), model);
+        }
     }
 
     #[test]
