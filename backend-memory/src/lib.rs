@@ -40,8 +40,9 @@
 //!
 //! Each shard keeps its since, upper, the most recent applied idempotency
 //! tokens (with the bounds they applied with), and its updates as sorted,
-//! consolidated batches merged size-tiered (at most `log2(n) + 1` batches
-//! for `n` updates). [`compact`](PersistBackend::compact) advances times to
+//! consolidated batches merged by size class (eight batches of one class
+//! into one, so at most `7 * (floor(log8(n)) + 1)` batches for `n`
+//! updates). [`compact`](PersistBackend::compact) advances times to
 //! the since and leaves one batch. Usage counts each update as its row's
 //! encoded bytes plus 16 (8 for the time, 8 for the diff).
 //!

@@ -1,15 +1,18 @@
 //! A shard's stored updates: immutable, sorted, consolidated batches merged
-//! size-tiered, like differential dataflow's spine.
+//! by size class, like an LSM tree's tiered compaction.
 //!
 //! # Invariants
 //!
 //! - Every [`Batch`] is sorted by `(row, time)` and consolidated: no two of
 //!   its updates share a row and a time, and no diff is zero.
 //! - The [`Spine`] keeps batches oldest first and never stores an empty one.
-//!   After every insertion each batch holds at least twice as many updates as
-//!   the next newer one, so a spine of `n` updates has at most
-//!   `log2(n) + 1` batches, and each update is merged `O(log n)` times over
-//!   its life (every merge it takes part in grows its batch by at least half).
+//!   After every insertion the batches' size classes (`floor(log8(len))`)
+//!   do not grow from oldest to newest and each class holds at most
+//!   [`BATCHES_PER_CLASS`]` - 1` = 7 batches, so a spine of `n` updates has
+//!   at most `7 * (floor(log8(n)) + 1)` batches, and each update is merged
+//!   at most about `log8(n)` times over its life (every merge it takes part
+//!   in, but for a larger batch taking smaller ones, moves it to a larger
+//!   class) (124).
 //! - Beside its updates, every batch keeps each row's order key (a prefix
 //!   of the row order, see `order_key`), which sorting and merging compare
 //!   first.
@@ -469,10 +472,9 @@ impl LoserTree {
 /// then sorted by row and time and consolidated in place (equal
 /// `(row, time)` updates always share their key).
 ///
-/// The spine uses it for an insertion that merges several batches at once
-/// (the newest with batches of 1, 2, 4, ... times its size): merging them
-/// two at a time moves the updates of the smaller batches once per merge,
-/// about twice the updates of the result in all.
+/// The spine uses it for every merge of a full size class (eight batches)
+/// and of a large batch with the smaller ones before it: merging them two
+/// at a time would move each update `log2` of the batch count times.
 fn merge_runs<T: Ord + Clone>(batches: Vec<Arc<Batch<T>>>) -> Batch<T> {
     let mut batches = batches.into_iter();
     let (first, second, rest) = match (batches.next(), batches.next()) {
@@ -538,7 +540,7 @@ fn merge_runs<T: Ord + Clone>(batches: Vec<Arc<Batch<T>>>) -> Batch<T> {
             Some(&next) => tree.replace_winner(next),
             None => {
                 // A run used up leaves the tree, which is built anew on
-                // the others (at most `log2(n) + 1` times per merge).
+                // the others (once per run, so at most as often as the merge has runs).
                 runs.swap_remove(winner);
                 // The group's first run may have moved to `winner`.
                 if group_run == runs.len() {
