@@ -13,8 +13,10 @@
 //!   hand: the `GROUP BY` query returning consolidated rows in row order,
 //!   ordered by the server or sorted by the client, whichever is faster
 //!   (time ratio, goal <= 1.1), read whole and streamed;
-//! - snapshot of a 100-row shard, the `Vec` form and the streamed form
-//!   collected, vs a raw ordered read of a bare table (latency ratio);
+//! - snapshot and fetch of a 100-row shard, the `Vec` form and the
+//!   streamed form collected, vs a raw ordered read of a bare table, and
+//!   `frontiers` vs a raw read of the shard row (latency ratios, goal
+//!   <= 1.2);
 //! - peak RSS growth of a streamed snapshot, a streamed fetch from the
 //!   start and a compaction of a large shard (`TIDEMARK_BENCH_RSS_UPDATES`
 //!   updates, 1,000,000 unless set; goal < 512 MiB each at 10,000,000), each
@@ -419,10 +421,11 @@ async fn bench_snapshot(url: &str, schema: &str) {
     );
 }
 
-/// A small snapshot (one append of `SMALL_SNAPSHOT_ROWS` rows, the row
-/// layout): the `Vec` form and the streamed form collected into a `Vec`,
-/// against a raw `GROUP BY ... ORDER BY` of the same rows in a bare table on
-/// a pooled connection.
+/// A small snapshot and fetch (one append of `SMALL_SNAPSHOT_ROWS` rows,
+/// the row layout): the `Vec` form and the streamed form collected into a
+/// `Vec`, against a raw `GROUP BY ... ORDER BY` of the same rows in a bare
+/// table on a pooled connection; and `frontiers` against the same
+/// statement on the shard row, written by hand.
 async fn bench_small_snapshot(url: &str, schema: &str) {
     let backend = PostgresConfig::from_url(url)
         .unwrap()
@@ -463,7 +466,7 @@ async fn bench_small_snapshot(url: &str, schema: &str) {
     )
     .await;
     drop(conn);
-    let mut samples: [Vec<Duration>; 3] = Default::default();
+    let mut samples: [Vec<Duration>; 8] = Default::default();
     for _ in 0..SMALL_SNAPSHOT_ROUNDS {
         let started = Instant::now();
         let whole = backend.snapshot(shard, &0).await.unwrap();
@@ -493,15 +496,90 @@ async fn bench_small_snapshot(url: &str, schema: &str) {
             .into_iter()
             .map(|(bytes, diff)| (Row::from_bytes(&bytes).unwrap(), diff))
             .collect();
+        drop(conn);
         samples[2].push(started.elapsed());
         assert!(whole.len() == collected.len() && whole.len() == raw.len());
+
+        let started = Instant::now();
+        let fetched = backend.fetch(shard, &at(0), &at(1)).await.unwrap();
+        samples[3].push(started.elapsed());
+
+        let started = Instant::now();
+        let stream = backend
+            .fetch_stream(shard, &at(0), &at(1), ReadShare::WHOLE, ChunkLimit::DEFAULT)
+            .await
+            .unwrap();
+        let streamed = collect_stream(stream).await.unwrap();
+        samples[4].push(started.elapsed());
+
+        let started = Instant::now();
+        let mut conn = backend.pool().acquire().await.unwrap();
+        let result: Vec<(i64, Vec<u8>, i64)> = sqlx::query_as(
+            "SELECT ts, row_bytes, sum(diff)::BIGINT FROM raw_small_snapshot
+             WHERE shard_id = $1 AND ts >= $2 AND ts < $3
+             GROUP BY ts, row_bytes HAVING sum(diff) <> 0 ORDER BY ts, row_bytes",
+        )
+        .bind(shard.0)
+        .bind(0i64)
+        .bind(1i64)
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        let raw: Vec<Update<u64>> = result
+            .into_iter()
+            .map(|(time, bytes, diff)| {
+                Update::new(Row::from_bytes(&bytes).unwrap(), u64::decode(time), diff)
+            })
+            .collect();
+        drop(conn);
+        samples[5].push(started.elapsed());
+        assert!(fetched.len() == streamed.len() && fetched.len() == raw.len());
+
+        let started = Instant::now();
+        let frontiers = PersistBackend::<u64>::frontiers(&backend, shard)
+            .await
+            .unwrap();
+        samples[6].push(started.elapsed());
+
+        let started = Instant::now();
+        let mut conn = backend.pool().acquire().await.unwrap();
+        let (since, upper): (Option<i64>, Option<i64>) =
+            sqlx::query_as("SELECT since, upper FROM shards WHERE shard_id = $1")
+                .bind(shard.0)
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+        drop(conn);
+        samples[7].push(started.elapsed());
+        assert_eq!(upper.map(u64::decode), frontiers.upper.as_option().copied());
+        assert_eq!(since.map(u64::decode), frontiers.since.as_option().copied());
     }
-    let [whole, streamed, raw] = samples.map(median);
+    let [
+        whole,
+        streamed,
+        raw,
+        fetch_whole,
+        fetch_streamed,
+        fetch_raw,
+        frontiers,
+        frontiers_raw,
+    ] = samples.map(median);
+    let ratio = |of: Duration, to: Duration| of.as_secs_f64() / to.as_secs_f64();
     println!(
-        "snapshot of a {SMALL_SNAPSHOT_ROWS} row shard: latency ratio vs a raw ordered read = {:.2}; streamed and collected = {:.2}; streamed vs the Vec form = {:.2}",
-        whole.as_secs_f64() / raw.as_secs_f64(),
-        streamed.as_secs_f64() / raw.as_secs_f64(),
-        streamed.as_secs_f64() / whole.as_secs_f64(),
+        "snapshot of a {SMALL_SNAPSHOT_ROWS} row shard: latency ratio vs a raw ordered read = {:.2}; streamed and collected = {:.2}; streamed vs the Vec form = {:.2} (goal <= 1.2; raw {:?})",
+        ratio(whole, raw),
+        ratio(streamed, raw),
+        ratio(streamed, whole),
+        raw,
+    );
+    println!(
+        "fetch of the same {SMALL_SNAPSHOT_ROWS} updates: latency ratio vs a raw ordered read = {:.2}; streamed and collected = {:.2} (goal <= 1.2; raw {fetch_raw:?})",
+        ratio(fetch_whole, fetch_raw),
+        ratio(fetch_streamed, fetch_raw),
+    );
+    println!(
+        "frontiers: latency ratio vs a raw read of the shard row = {:.2} (goal <= 1.2; raw {frontiers_raw:?})",
+        ratio(frontiers, frontiers_raw),
     );
 }
 

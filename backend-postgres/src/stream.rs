@@ -1,27 +1,43 @@
-//! Snapshots and fetches, streamed from a server-side cursor or read whole.
+//! Snapshots and fetches: answered by one statement when the shard is
+//! small, streamed from a server-side cursor or read whole otherwise.
 //!
-//! A read opens a `REPEATABLE READ READ ONLY` transaction, reads the
-//! shard's row and checks the read against its frontiers in that
-//! transaction, then runs one statement over both layouts (`updates` rows
-//! and the `unnest`ed arrays of `update_batches`) that consolidates in SQL
-//! (`GROUP BY ... HAVING sum(diff) <> 0`) and orders the result as the read
-//! delivers it (`ORDER BY row_bytes`, or `ORDER BY time, row_bytes` for a
-//! fetch). Every check happens before the first row, so argument errors
-//! come from the call, never part-way.
+//! Every read begins with one statement on a pooled connection, outside any
+//! transaction (`first_snapshot_statement!` / `first_fetch_statement!`):
+//! it returns the shard's row (its frontiers, checked against the read
+//! here, so argument errors come from the call), counts the stored updates
+//! the read could touch, up to a bound, and when they are within it also
+//! returns the read's rows, consolidated (`GROUP BY ... HAVING sum(diff) <>
+//! 0`) and in the order the read delivers them. One statement sees one
+//! snapshot, so frontiers and rows agree: a small read is one round trip.
+//! The bound is [`SMALL_READ_MAX_UPDATES`] for the `Vec` forms, and the
+//! rows of the cursor's first `FETCH` for a stream (it holds no more than
+//! the cursor read would). A larger read goes on to the cursor read:
 //!
-//! - **Streamed** ([`open_snapshot`] / [`open_fetch`] with a
-//!   [`StreamSlot`]): the statement is a `NO SCROLL` cursor declared in the
-//!   transaction, and the stream `FETCH`es from it as it is polled, cutting
-//!   what arrives into chunks within the read's [`ChunkLimit`]. The
-//!   transaction's snapshot fixes the shard's state at the call: appends,
-//!   compaction and finalization after it are invisible to the stream. The
-//!   stream owns the pooled connection; dropping it drops the transaction,
-//!   which sqlx rolls back before the connection goes back to the pool. A
-//!   statement failure ends the stream with that error as its last item.
+//! - A `REPEATABLE READ READ ONLY` transaction (with
+//!   [`SNAPSHOT_SETTINGS`] for a snapshot) reads the shard's row and checks
+//!   the read against its frontiers again, then runs one statement over
+//!   both layouts (`updates` rows and the `unnest`ed arrays of
+//!   `update_batches`) that consolidates in SQL and orders the result as
+//!   the read delivers it (`ORDER BY row_bytes`, or `ORDER BY time,
+//!   row_bytes` for a fetch).
+//! - **Streamed** ([`snapshot_stream`] / [`fetch_stream`]): the statement
+//!   is a `NO SCROLL` cursor declared in the transaction, and the stream
+//!   `FETCH`es from it as it is polled, cutting what arrives into chunks
+//!   within the read's [`ChunkLimit`]. The transaction's snapshot fixes the
+//!   shard's state at the call: appends, compaction and finalization after
+//!   it are invisible to the stream. The stream owns the pooled
+//!   connection; dropping it drops the transaction, which sqlx rolls back
+//!   before the connection goes back to the pool. A statement failure ends
+//!   the stream with that error as its last item.
 //! - **Whole** (the `Vec` forms): the same cursor read, collected
 //!   ([`collect_stream`]) to its end, in larger fetches and without a slot
 //!   (it ends on its own). There is no second read path to drift from the
 //!   streamed one.
+//!
+//! A stream answered by its first statement holds its rows (at most one
+//! `FETCH`'s worth) and its slot but no connection; its state is fixed at
+//! the call as a cursor's is, and a row that does not decode is its last
+//! item, after the chunks before it, as in a cursor read. See decision 123.
 //!
 //! # Open streams are bounded
 //!
@@ -88,20 +104,13 @@ macro_rules! share_filter {
     };
 }
 
-/// The snapshot statement over both layouts, with `$filter` (empty, or a
-/// `share_filter!`) applied to the stored updates before they are
-/// consolidated: `$1` shard, `$2` as-of.
-///
-/// The updates are consolidated by hashing in a `MATERIALIZED` CTE, and
-/// only the consolidated rows are sorted: the planner cannot see how many
-/// updates a batch row's arrays hold (it guesses ten), so left to itself it
-/// sorts every update before grouping. [`SNAPSHOT_SETTINGS`] keep it from
-/// sorting inside the CTE and give the hash table room. See decision 115.
-macro_rules! snapshot_statement {
+/// The consolidated rows of a snapshot over both layouts, unordered, with
+/// `$filter` (empty, or a `share_filter!`) applied to the stored updates
+/// before they are consolidated: `$1` shard, `$2` as-of.
+macro_rules! snapshot_rows {
     ($($filter:tt)*) => {
         concat!(
             "
-WITH consolidated AS MATERIALIZED (
 SELECT row_bytes, sum(diff)::BIGINT AS diff FROM (
     SELECT row_bytes, diff FROM updates WHERE shard_id = $1 AND ts <= $2
     UNION ALL
@@ -113,41 +122,205 @@ SELECT row_bytes, sum(diff)::BIGINT AS diff FROM (
 ",
             $($filter)*,
             "
-GROUP BY row_bytes HAVING sum(diff) <> 0
+GROUP BY row_bytes HAVING sum(diff) <> 0"
+        )
+    };
+}
+
+/// The snapshot statement of the cursor read: `snapshot_rows!` in row
+/// order.
+///
+/// The updates are consolidated by hashing in a `MATERIALIZED` CTE, and
+/// only the consolidated rows are sorted: the planner cannot see how many
+/// updates a batch row's arrays hold (it guesses ten), so left to itself it
+/// sorts every update before grouping. [`SNAPSHOT_SETTINGS`] keep it from
+/// sorting inside the CTE and give the hash table room. See decision 115.
+macro_rules! snapshot_statement {
+    ($($filter:tt)*) => {
+        concat!(
+            "WITH consolidated AS MATERIALIZED (",
+            snapshot_rows!($($filter)*),
+            "
 )
 SELECT row_bytes, diff FROM consolidated ORDER BY row_bytes"
         )
     };
 }
 
-/// The fetch statement over both layouts, with `$filter` as for
-/// `snapshot_statement!`: `$1` shard, `$2` since, `$3` lower, `$4` upper
-/// (`NULL` for the empty frontier).
+/// The first statement of every snapshot, which answers a small one
+/// whole: `$1` shard, `$2` as-of, `$3` the most stored updates it answers,
+/// then the share parameters of `$filter`.
+///
+/// Its first row is the shard's (`since`, `upper` in columns 2 and 3, no
+/// row if the shard was never opened) with `rows_follow` (column 4): true
+/// when the as-of is readable and the shard holds at most `$3` updates at
+/// or before it (counted up to `$3 + 1`, so the count costs no more than a
+/// small read). Then, only if it is true, the consolidated rows in row
+/// order (columns 0 and 1, as the cursor's). One statement sees one
+/// snapshot of the database, so the frontiers and the rows agree without a
+/// transaction, and the rows are planned with the server's own settings,
+/// which suit a small shard.
+macro_rules! first_snapshot_statement {
+    ($($filter:tt)*) => {
+        concat!(
+            "
+WITH shard AS (SELECT since, upper FROM shards WHERE shard_id = $1),
+answer AS (
+    SELECT since, upper, coalesce(
+        since <= $2 AND (upper IS NULL OR $2 < upper)
+        AND (SELECT count(*) FROM (
+                SELECT FROM updates WHERE shard_id = $1 AND ts <= $2 LIMIT $3::BIGINT + 1
+            ) counted)
+            + (SELECT coalesce(sum(update_count), 0) FROM update_batches
+               WHERE shard_id = $1 AND min_ts <= $2) <= $3::BIGINT,
+        false) AS rows_follow
+    FROM shard
+)
+SELECT NULL::BYTEA AS row_bytes, NULL::BIGINT AS diff, since, upper, rows_follow FROM answer
+UNION ALL
+SELECT row_bytes, diff, NULL, NULL, NULL FROM (",
+            snapshot_rows!($($filter)*),
+            "
+) consolidated WHERE (SELECT rows_follow FROM answer)
+ORDER BY row_bytes NULLS FIRST"
+        )
+    };
+}
+
+/// The consolidated updates of a fetch over both layouts, unordered, with
+/// `$filter` as for `snapshot_rows!`; `$since`, `$lower` and `$upper` are
+/// the SQL of the shard's since, the range's lower and its upper (`NULL`
+/// for the empty frontier).
 ///
 /// Times are advanced by the since before the range applies, so the answer
 /// does not depend on whether physical compaction has run:
 /// `advance(t) = max(t, since)` is in `[lower, upper)` iff
 /// `(t >= lower or since >= lower) and t < upper and since < upper` (the
 /// caller has checked `since < upper`).
-macro_rules! fetch_statement {
-    ($($filter:tt)*) => {
+macro_rules! fetch_rows {
+    ($since:literal, $lower:literal, $upper:literal, $($filter:tt)*) => {
         concat!(
             "
-SELECT greatest(ts, $2) AS advanced, row_bytes, sum(diff)::BIGINT FROM (
-    SELECT ts, row_bytes, diff FROM updates
-    WHERE shard_id = $1 AND (ts >= $3 OR $2 >= $3) AND ($4::BIGINT IS NULL OR ts < $4)
-    UNION ALL
-    SELECT ts, row_bytes, diff FROM (
-        SELECT unnest(ts) AS ts, unnest(row_bytes) AS row_bytes, unnest(diffs) AS diff
-        FROM update_batches
-        WHERE shard_id = $1 AND (max_ts >= $3 OR $2 >= $3) AND ($4::BIGINT IS NULL OR min_ts < $4)
-    ) batch WHERE (ts >= $3 OR $2 >= $3) AND ($4::BIGINT IS NULL OR ts < $4)
+SELECT greatest(ts, ", $since, ") AS advanced, row_bytes, sum(diff)::BIGINT AS diff FROM (",
+            fetch_stored!($since, $lower, $upper, "ts, row_bytes, diff"),
+            "
 ) stored
 ",
             $($filter)*,
             "
-GROUP BY advanced, row_bytes HAVING sum(diff) <> 0
+GROUP BY advanced, row_bytes HAVING sum(diff) <> 0"
+        )
+    };
+}
+
+/// The stored updates a fetch reads (`$columns` of each), both layouts,
+/// batch rows pruned by their time range before their arrays are read.
+macro_rules! fetch_stored {
+    ($since:literal, $lower:literal, $upper:literal, $columns:literal) => {
+        concat!(
+            "
+    SELECT ",
+            $columns,
+            " FROM updates
+    WHERE shard_id = $1 AND (ts >= ",
+            $lower,
+            " OR ",
+            $since,
+            " >= ",
+            $lower,
+            ")
+        AND (",
+            $upper,
+            "::BIGINT IS NULL OR ts < ",
+            $upper,
+            ")
+    UNION ALL
+    SELECT ",
+            $columns,
+            " FROM (
+        SELECT unnest(ts) AS ts, unnest(row_bytes) AS row_bytes, unnest(diffs) AS diff
+        FROM update_batches
+        WHERE shard_id = $1 AND (max_ts >= ",
+            $lower,
+            " OR ",
+            $since,
+            " >= ",
+            $lower,
+            ")
+            AND (",
+            $upper,
+            "::BIGINT IS NULL OR min_ts < ",
+            $upper,
+            ")
+    ) batch WHERE (ts >= ",
+            $lower,
+            " OR ",
+            $since,
+            " >= ",
+            $lower,
+            ")
+        AND (",
+            $upper,
+            "::BIGINT IS NULL OR ts < ",
+            $upper,
+            ")"
+        )
+    };
+}
+
+/// The fetch statement of the cursor read: `$1` shard, `$2` since, `$3`
+/// lower, `$4` upper, then the share parameters of `$filter`, in
+/// `(time, row)` order.
+macro_rules! fetch_statement {
+    ($($filter:tt)*) => {
+        concat!(
+            fetch_rows!("$2", "$3", "$4", $($filter)*),
+            "
 ORDER BY advanced, row_bytes"
+        )
+    };
+}
+
+/// The first statement of every fetch, which answers a small one whole:
+/// `$1` shard, `$2` lower, `$3` upper, `$4` the most stored updates it
+/// answers, then the share parameters of `$filter`.
+///
+/// As `first_snapshot_statement!`: the shard's row first (`since`, `upper`
+/// in columns 3 and 4, `rows_follow` in 5), true when the shard's since is
+/// not empty and at most `$4` stored updates could fall in the range (the
+/// fetch's own pruning of rows and batch rows, rows counted up to
+/// `$4 + 1`); then, only if it is true,
+/// the consolidated updates in `(time, row)` order (columns 0 to 2, as the
+/// cursor's), computed with the since of the same snapshot. The range is
+/// checked by the caller, which discards rows it does not take.
+macro_rules! first_fetch_statement {
+    ($($filter:tt)*) => {
+        concat!(
+            "
+WITH shard AS (SELECT since, upper FROM shards WHERE shard_id = $1),
+answer AS (
+    SELECT since, upper, coalesce(
+        since IS NOT NULL
+        AND (SELECT count(*) FROM (
+                SELECT FROM updates
+                WHERE shard_id = $1 AND (ts >= $2 OR since >= $2)
+                    AND ($3::BIGINT IS NULL OR ts < $3)
+                LIMIT $4::BIGINT + 1
+            ) counted)
+            + (SELECT coalesce(sum(update_count), 0) FROM update_batches
+               WHERE shard_id = $1 AND (max_ts >= $2 OR since >= $2)
+                   AND ($3::BIGINT IS NULL OR min_ts < $3)) <= $4::BIGINT,
+        false) AS rows_follow
+    FROM shard
+)
+SELECT NULL::BIGINT AS advanced, NULL::BYTEA AS row_bytes, NULL::BIGINT AS diff,
+    since, upper, rows_follow FROM answer
+UNION ALL
+SELECT advanced, row_bytes, diff, NULL, NULL, NULL FROM (",
+            fetch_rows!("(SELECT since FROM shard)", "$2", "$3", $($filter)*),
+            "
+) consolidated WHERE (SELECT rows_follow FROM answer)
+ORDER BY advanced NULLS FIRST, row_bytes"
         )
     };
 }
@@ -176,6 +349,29 @@ const FETCH_SQL: &str = fetch_statement!("");
 
 /// One share of the fetch: also `$5` share count and `$6` index.
 const FETCH_SHARE_SQL: &str = fetch_statement!(share_filter!(5, 6));
+
+/// The first statement of a whole snapshot: `$1` shard, `$2` as-of, `$3`
+/// the most stored updates it answers.
+const FIRST_SNAPSHOT_SQL: &str = first_snapshot_statement!("");
+
+/// The first statement of one share of a snapshot: also `$4` share count
+/// and `$5` index.
+const FIRST_SNAPSHOT_SHARE_SQL: &str = first_snapshot_statement!(share_filter!(4, 5));
+
+/// The first statement of a whole fetch: `$1` shard, `$2` lower, `$3`
+/// upper, `$4` the most stored updates it answers.
+const FIRST_FETCH_SQL: &str = first_fetch_statement!("");
+
+/// The first statement of one share of a fetch: also `$5` share count and
+/// `$6` index.
+const FIRST_FETCH_SHARE_SQL: &str = first_fetch_statement!(share_filter!(5, 6));
+
+/// The most stored updates a `Vec` form answers from its first statement;
+/// larger shards are read through the cursor, with [`SNAPSHOT_SETTINGS`]
+/// for a snapshot. A streamed read answers from its first statement at
+/// most the rows its cursor's first `FETCH` would ask for
+/// ([`first_fetch_rows`]), so it holds no more than the cursor read would.
+const SMALL_READ_MAX_UPDATES: usize = MAX_FETCH_ROWS;
 
 /// The open-stream bound of one backend (shared by its clones).
 #[derive(Clone)]
@@ -472,11 +668,7 @@ async fn open_cursor<C: ChunkEntry>(
         .await
         .map_err(|err| statement_error(err, &context))?;
     let (slot, limit, max_fetch_rows) = match delivery {
-        Delivery::Streamed(slot, limit) => (
-            Some(slot),
-            limit,
-            power_of_two_at_most(limit.max_entries.get().min(MAX_FETCH_ROWS)),
-        ),
+        Delivery::Streamed(slot, limit) => (Some(slot), limit, first_fetch_rows(limit)),
         Delivery::Whole => (None, WHOLE_READ_CHUNKS, WHOLE_READ_FETCH_ROWS),
     };
     let read = CursorRead {
@@ -493,6 +685,12 @@ async fn open_cursor<C: ChunkEntry>(
         context,
     };
     Ok(futures::stream::unfold(Some(read), next_chunk).boxed())
+}
+
+/// The rows a stream's first `FETCH` asks for: the chunk's entries, at
+/// most [`MAX_FETCH_ROWS`], as a power of two.
+fn first_fetch_rows(limit: ChunkLimit) -> usize {
+    power_of_two_at_most(limit.max_entries.get().min(MAX_FETCH_ROWS))
 }
 
 /// The largest power of two at most `count` (1 for 0).
@@ -573,7 +771,206 @@ impl<C: ChunkEntry> CursorRead<C> {
     }
 }
 
-/// The snapshot, whole, in row order.
+/// A read answered by its first statement: the entries in the read's
+/// order, and the failure that ended decoding them, if one did.
+struct AnsweredRead<C> {
+    entries: Vec<C>,
+    /// A stored row that did not decode, or a column that did not: a `Vec`
+    /// form fails with it, a stream delivers it after the entries before it.
+    failure: Option<BackendError>,
+}
+
+impl<C> AnsweredRead<C> {
+    fn empty() -> Self {
+        AnsweredRead {
+            entries: Vec::new(),
+            failure: None,
+        }
+    }
+
+    fn into_result(self) -> Result<Vec<C>, BackendError> {
+        match self.failure {
+            Some(err) => Err(err),
+            None => Ok(self.entries),
+        }
+    }
+
+    /// The stream of the answer, in chunks within `limit`. It holds `slot`
+    /// (but no connection) until its last item is taken or it is dropped,
+    /// so an open stream counts against `max_open_streams` whichever way
+    /// it was read.
+    fn into_stream(self, slot: StreamSlot, limit: ChunkLimit) -> ReadStream<C>
+    where
+        C: ChunkEntry,
+    {
+        let mut builder = ChunkBuilder::new(limit);
+        let mut items: VecDeque<Result<Vec<C>, BackendError>> = VecDeque::new();
+        for entry in self.entries {
+            if let Some(chunk) = builder.push(entry) {
+                items.push_back(Ok(chunk));
+            }
+        }
+        if let Some(chunk) = builder.finish() {
+            items.push_back(Ok(chunk));
+        }
+        if let Some(err) = self.failure {
+            items.push_back(Err(err));
+        }
+        futures::stream::unfold((items, Some(slot)), |(mut items, mut slot)| async move {
+            let item = items.pop_front()?;
+            if items.is_empty() {
+                slot = None;
+            }
+            Some((item, (items, slot)))
+        })
+        .boxed()
+    }
+}
+
+/// What a read's first statement found: the shard's frontiers as stored,
+/// and the whole answer when the shard was small enough for it.
+struct FirstAnswer<C> {
+    since: Option<i64>,
+    upper: Option<i64>,
+    answered: Option<AnsweredRead<C>>,
+}
+
+/// Runs a read's first statement (`first_snapshot_statement!` or
+/// `first_fetch_statement!`) on a pooled connection, outside any
+/// transaction: one round trip. The shard's row is the first row, its
+/// `since`, `upper` and `rows_follow` from column `header`; the entries
+/// follow when `rows_follow`, and are decoded as they arrive.
+///
+/// # Errors
+///
+/// `InvalidUsage(UnknownShard)` when there is no shard row; a failed
+/// statement as [`statement_error`] says. A row that does not decode is
+/// not an error here: it ends the answer ([`AnsweredRead::failure`]).
+async fn first_answer<C>(
+    backend: &PostgresBackend,
+    shard: ShardId,
+    sql: &'static str,
+    params: &[Param],
+    entry: EntryDecoder<C>,
+    header: usize,
+    context: &str,
+) -> Result<FirstAnswer<C>, BackendError> {
+    let mut conn = backend.acquire().await?;
+    let mut records = bind_all(sqlx::query(sql), params).fetch(&mut *conn as &mut PgConnection);
+    let Some(first) = records
+        .next()
+        .await
+        .transpose()
+        .map_err(|err| statement_error(err, context))?
+    else {
+        return Err(unknown_shard(shard));
+    };
+    let since: Option<i64> = column(&first, header, context)?;
+    let upper: Option<i64> = column(&first, header + 1, context)?;
+    let rows_follow: bool = column(&first, header + 2, context)?;
+    if !rows_follow {
+        return Ok(FirstAnswer {
+            since,
+            upper,
+            answered: None,
+        });
+    }
+    let mut answered = AnsweredRead::empty();
+    while let Some(record) = records.next().await {
+        let record = record.map_err(|err| statement_error(err, context))?;
+        if answered.failure.is_some() {
+            // Read to its end (it is small) rather than left unread: a
+            // server blocked on sending the rest would hold the statement's
+            // locks until the connection's next use.
+            continue;
+        }
+        match entry(&record, context) {
+            Ok(entry) => answered.entries.push(entry),
+            Err(err) => answered.failure = Some(err),
+        }
+    }
+    Ok(FirstAnswer {
+        since,
+        upper,
+        answered: Some(answered),
+    })
+}
+
+/// A snapshot's first statement: the argument errors, and the whole answer
+/// if the shard holds at most `max_updates` updates at or before `as_of`
+/// (`None`: read it through the cursor).
+async fn first_snapshot<T: StorageTimestamp>(
+    backend: &PostgresBackend,
+    shard: ShardId,
+    as_of: &T,
+    share: ReadShare,
+    max_updates: usize,
+    context: &str,
+) -> Result<Option<AnsweredRead<(Row, Diff)>>, BackendError> {
+    let mut params = vec![
+        Param::Uuid(shard.0),
+        Param::Int(as_of.encode()),
+        Param::Int(i64::try_from(max_updates).unwrap_or(i64::MAX)),
+    ];
+    let sql = if share == ReadShare::WHOLE {
+        FIRST_SNAPSHOT_SQL
+    } else {
+        params.push(Param::Int(i64::from(share.count)));
+        params.push(Param::Int(i64::from(share.index)));
+        FIRST_SNAPSHOT_SHARE_SQL
+    };
+    let answer = first_answer(backend, shard, sql, &params, snapshot_entry, 2, context).await?;
+    let frontiers: ShardFrontiers<T> = decode_frontiers(answer.since, answer.upper);
+    // The frontiers decide here, not the statement's own test of them: rows
+    // it sent for an as-of that is not readable are never delivered.
+    contract::check_readable(shard, &frontiers.since, &frontiers.upper, as_of)?;
+    Ok(answer.answered)
+}
+
+/// A fetch's first statement: the argument errors, and the whole answer
+/// if at most `max_updates` stored updates could fall in the range
+/// (`None`: read it through the cursor).
+async fn first_fetch<T: StorageTimestamp>(
+    backend: &PostgresBackend,
+    shard: ShardId,
+    lower: &Antichain<T>,
+    upper: &Antichain<T>,
+    share: ReadShare,
+    max_updates: usize,
+    context: &str,
+) -> Result<Option<AnsweredRead<Update<T>>>, BackendError> {
+    let lower_code = encode_frontier(lower);
+    let upper_code = encode_frontier(upper);
+    let mut params = vec![
+        Param::Uuid(shard.0),
+        Param::NullableInt(lower_code),
+        Param::NullableInt(upper_code),
+        Param::Int(i64::try_from(max_updates).unwrap_or(i64::MAX)),
+    ];
+    let sql = if share == ReadShare::WHOLE {
+        FIRST_FETCH_SQL
+    } else {
+        params.push(Param::Int(i64::from(share.count)));
+        params.push(Param::Int(i64::from(share.index)));
+        FIRST_FETCH_SHARE_SQL
+    };
+    let answer = first_answer(backend, shard, sql, &params, fetch_entry::<T>, 3, context).await?;
+    let shard_upper: Antichain<T> = decode_frontier(answer.upper);
+    contract::check_fetch_range(shard, lower, upper, &shard_upper)?;
+    // As `prepare_fetch`: an empty since or an empty lower, or a since at
+    // or past upper, leaves nothing in the range, whatever was stored.
+    let (Some(since_code), Some(_)) = (answer.since, lower_code) else {
+        return Ok(Some(AnsweredRead::empty()));
+    };
+    if upper_code.is_some_and(|upper_code| since_code >= upper_code) {
+        return Ok(Some(AnsweredRead::empty()));
+    }
+    Ok(answer.answered)
+}
+
+/// The snapshot, whole, in row order: one statement for a shard of at
+/// most [`SMALL_READ_MAX_UPDATES`] updates, the cursor read collected
+/// otherwise.
 pub(crate) async fn snapshot<T: StorageTimestamp>(
     backend: &PostgresBackend,
     shard: ShardId,
@@ -581,11 +978,26 @@ pub(crate) async fn snapshot<T: StorageTimestamp>(
     share: ReadShare,
 ) -> Result<Vec<(Row, Diff)>, BackendError> {
     let context = context(backend, shard);
+    share.check(shard)?;
+    let first = first_snapshot(
+        backend,
+        shard,
+        as_of,
+        share,
+        SMALL_READ_MAX_UPDATES,
+        &context,
+    )
+    .await?;
+    if let Some(answered) = first {
+        return answered.into_result();
+    }
     let prepared = prepare_snapshot(backend, shard, as_of, share, &context).await?;
     collect_stream(open_cursor(prepared, Delivery::Whole, snapshot_entry, context).await?).await
 }
 
-/// The fetch, whole, in `(time, row)` order.
+/// The fetch, whole, in `(time, row)` order: one statement when at most
+/// [`SMALL_READ_MAX_UPDATES`] stored updates could fall in the range, the
+/// cursor read collected otherwise.
 pub(crate) async fn fetch<T: StorageTimestamp>(
     backend: &PostgresBackend,
     shard: ShardId,
@@ -594,11 +1006,27 @@ pub(crate) async fn fetch<T: StorageTimestamp>(
     share: ReadShare,
 ) -> Result<Vec<Update<T>>, BackendError> {
     let context = context(backend, shard);
+    share.check(shard)?;
+    let first = first_fetch(
+        backend,
+        shard,
+        lower,
+        upper,
+        share,
+        SMALL_READ_MAX_UPDATES,
+        &context,
+    )
+    .await?;
+    if let Some(answered) = first {
+        return answered.into_result();
+    }
     let prepared = prepare_fetch(backend, shard, lower, upper, share, &context).await?;
     collect_stream(open_cursor(prepared, Delivery::Whole, fetch_entry::<T>, context).await?).await
 }
 
-/// The snapshot as a stream of chunks from a cursor.
+/// The snapshot as a stream of chunks: answered by the first statement
+/// when the shard holds no more updates than the cursor's first `FETCH`
+/// would read, from a cursor otherwise.
 pub(crate) async fn snapshot_stream<T: StorageTimestamp>(
     backend: &PostgresBackend,
     shard: ShardId,
@@ -609,6 +1037,18 @@ pub(crate) async fn snapshot_stream<T: StorageTimestamp>(
     let context = context(backend, shard);
     share.check(shard)?;
     let slot = backend.shared.streams.take(&context)?;
+    let first = first_snapshot(
+        backend,
+        shard,
+        as_of,
+        share,
+        first_fetch_rows(limit),
+        &context,
+    )
+    .await?;
+    if let Some(answered) = first {
+        return Ok(answered.into_stream(slot, limit));
+    }
     let prepared = prepare_snapshot(backend, shard, as_of, share, &context).await?;
     open_cursor(
         prepared,
@@ -619,7 +1059,9 @@ pub(crate) async fn snapshot_stream<T: StorageTimestamp>(
     .await
 }
 
-/// The fetch as a stream of chunks from a cursor.
+/// The fetch as a stream of chunks: answered by the first statement when
+/// no more stored updates could fall in the range than the cursor's first
+/// `FETCH` would read, from a cursor otherwise.
 pub(crate) async fn fetch_stream<T: StorageTimestamp>(
     backend: &PostgresBackend,
     shard: ShardId,
@@ -631,6 +1073,19 @@ pub(crate) async fn fetch_stream<T: StorageTimestamp>(
     let context = context(backend, shard);
     share.check(shard)?;
     let slot = backend.shared.streams.take(&context)?;
+    let first = first_fetch(
+        backend,
+        shard,
+        lower,
+        upper,
+        share,
+        first_fetch_rows(limit),
+        &context,
+    )
+    .await?;
+    if let Some(answered) = first {
+        return Ok(answered.into_stream(slot, limit));
+    }
     let prepared = prepare_fetch(backend, shard, lower, upper, share, &context).await?;
     open_cursor(
         prepared,
