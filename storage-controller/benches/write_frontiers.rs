@@ -6,6 +6,13 @@
 //!
 //! The controller's queued backend work (since downgrades) is drained
 //! between measured calls so that it does not compete with them.
+//!
+//! `TIDEMARK_BENCH_ROUNDS=N` runs N rounds instead of 15. Each side of a
+//! round is one function that is never inlined (`raw_round` and
+//! `controller_round`), so an instruction count of one side is one
+//! `valgrind --tool=callgrind --toggle-collect='*raw_round*'` (or
+//! `'*controller_round*'`) run of the bench binary away, repeatable on a
+//! loaded machine where the wall-clock ratio is not.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -20,7 +27,7 @@ use timely::progress::frontier::MutableAntichain;
 use timely::progress::{Antichain, ChangeBatch};
 
 const COLLECTIONS: u64 = 10_000;
-const ROUNDS: u64 = 15;
+const DEFAULT_ROUNDS: u64 = 15;
 const LAG: u64 = 10;
 const GRANULARITY: u64 = 5;
 
@@ -35,6 +42,7 @@ struct RawCollection {
 /// The same work by hand: raise the write frontier, compute the policy's
 /// frontier, move the implied capability, apply it to the read
 /// capabilities, collect the since changes.
+#[inline(never)]
 fn raw_round(collections: &mut [RawCollection], upper: &Antichain<u64>) -> usize {
     let mut since_changes = 0;
     for collection in collections.iter_mut() {
@@ -60,12 +68,41 @@ fn raw_round(collections: &mut [RawCollection], upper: &Antichain<u64>) -> usize
     since_changes
 }
 
+/// The measured controller call of one round.
+#[inline(never)]
+fn controller_round(
+    controller: &mut Controller<u64, MemoryBackend>,
+    updates: &[(GlobalId, Antichain<u64>)],
+) {
+    controller.update_write_frontiers(updates);
+}
+
+/// How many rounds to run: `TIDEMARK_BENCH_ROUNDS`, 15 when unset.
+fn rounds() -> Result<u64, String> {
+    match std::env::var("TIDEMARK_BENCH_ROUNDS") {
+        Ok(text) => match text.parse::<u64>() {
+            Ok(rounds) if rounds > 0 => Ok(rounds),
+            _ => Err(format!(
+                "TIDEMARK_BENCH_ROUNDS must be a positive integer: got {text:?}"
+            )),
+        },
+        Err(_) => Ok(DEFAULT_ROUNDS),
+    }
+}
+
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[samples.len() / 2]
 }
 
 fn main() {
+    let rounds = match rounds() {
+        Ok(rounds) => rounds,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(2);
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -115,7 +152,7 @@ fn main() {
 
         let mut controller_samples = Vec::new();
         let mut raw_samples = Vec::new();
-        for round in 1..=ROUNDS {
+        for round in 1..=rounds {
             // Each round moves every upper by one granule: every
             // collection's since moves.
             let upper = Antichain::from_elem(LAG + round * GRANULARITY);
@@ -127,12 +164,12 @@ fn main() {
             raw_samples.push(started.elapsed());
 
             let started = Instant::now();
-            controller.update_write_frontiers(black_box(&updates));
+            controller_round(&mut controller, black_box(&updates));
             controller_samples.push(started.elapsed());
             controller.flush().await;
         }
         // Both computed the same sinces.
-        let expected = Antichain::from_elem(ROUNDS * GRANULARITY);
+        let expected = Antichain::from_elem(rounds * GRANULARITY);
         for (id, state) in controller.collections() {
             assert_eq!(state.since(), expected, "since of {id}");
         }
@@ -142,7 +179,7 @@ fn main() {
         let controller_ns = per_collection(median(controller_samples));
         let raw_ns = per_collection(median(raw_samples));
         println!(
-            "update_write_frontiers, {COLLECTIONS} collections with lag policies (median of {ROUNDS} rounds):"
+            "update_write_frontiers, {COLLECTIONS} collections with lag policies (median of {rounds} rounds):"
         );
         println!("  controller: {controller_ns:>9.1} ns per collection");
         println!("  raw:        {raw_ns:>9.1} ns per collection");
