@@ -235,7 +235,8 @@ async fn cold_readers_after_gc_see_exactly_what_was_committed() {
             &writer,
             vec![
                 part(busy_a, lower, lower + 1, &[row(0, lower as i64)]),
-                part(busy_b, lower - 1, lower + 1, &[row(1, lower as i64)]),
+                // busy_b starts at the second call, from upper 0.
+                part(busy_b, if lower == 1 { 0 } else { lower }, lower + 1, &[row(1, lower as i64)]),
             ],
             IdempotencyToken::new(),
         )
