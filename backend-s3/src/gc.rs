@@ -20,12 +20,15 @@
 //!   stopped before folding it in) is folded forward first.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use tidemark_storage_types::{BackendError, ShardId};
 
 use crate::clock::from_epoch_millis;
 use crate::errors::{RequestContext, classify};
+use crate::keys::Keys;
+use crate::log::LogEntry;
 use crate::state::ShardState;
 use crate::store::{ListedObject, bounded_in_order};
 use crate::{S3Backend, Step};
@@ -146,27 +149,7 @@ impl S3Backend {
         let (listed, truncated) = self.list_log_page(LOG_GC_ENTRIES_PER_PASS).await?;
         stats.requests += 1;
         let mut work_left = truncated;
-        // SUBTLE: the highest entry is never deleted, so the highest entry
-        // ever written always exists: a listing shows where the log ends,
-        // and a committer never finds a deleted seq free below it. A page
-        // with more keys after it holds no highest entry.
-        let below_head = if truncated {
-            listed.len()
-        } else {
-            listed.len().saturating_sub(1)
-        };
-        let mut candidates = Vec::new();
-        for object in listed.into_iter().take(below_head) {
-            let Some(seq) = store.keys.log_seq(&object.key) else {
-                continue;
-            };
-            // Entries are created in seq order: the ones after a young
-            // entry are young too.
-            if !object.last_modified.is_some_and(old) {
-                break;
-            }
-            candidates.push(seq);
-        }
+        let candidates = log_gc_candidates(&store.keys, &listed, truncated, now, grace);
         if candidates.is_empty() {
             return Ok(stats);
         }
@@ -223,7 +206,8 @@ impl S3Backend {
         let mut lagging = Vec::new();
         for entry in &entries {
             for shard in entry.shards() {
-                if applied.get(&shard).is_some_and(|&at| at < entry.seq) && !lagging.contains(&shard)
+                if applied.get(&shard).is_some_and(|&at| at < entry.seq)
+                    && !lagging.contains(&shard)
                 {
                     lagging.push(shard);
                 }
@@ -260,19 +244,15 @@ impl S3Backend {
             }
         }
 
-        let doomed: Vec<String> = entries
-            .iter()
-            .filter(|entry| {
-                entry
-                    .shards()
-                    .all(|shard| applied.get(&shard).is_some_and(|&at| at >= entry.seq))
-            })
-            .map(|entry| store.keys.log_entry(entry.seq))
+        let doomed: Vec<String> = folded_entries(&entries, &applied)
+            .map(|seq| store.keys.log_entry(seq))
             .collect();
         if !doomed.is_empty() {
             stats.entries_deleted = doomed.len() as u64;
             stats.requests += doomed.len().div_ceil(1000) as u64;
-            store.delete_many("delete_applied_log_entries", doomed).await?;
+            store
+                .delete_many("delete_applied_log_entries", doomed)
+                .await?;
         }
         // Only a pass that got somewhere asks for another at once.
         stats.more = work_left && (stats.entries_deleted > 0 || stats.shards_folded > 0);
@@ -280,10 +260,7 @@ impl S3Backend {
     }
 
     /// The oldest `limit` keys under `log/`, and whether there are more.
-    async fn list_log_page(
-        &self,
-        limit: usize,
-    ) -> Result<(Vec<ListedObject>, bool), BackendError> {
+    async fn list_log_page(&self, limit: usize) -> Result<(Vec<ListedObject>, bool), BackendError> {
         const OPERATION: &str = "list_log_for_gc";
         let store = self.store();
         let dir = store.keys.log_dir();
@@ -432,6 +409,60 @@ impl S3Backend {
     }
 }
 
+/// The seqs of a listing of the log (oldest first; `truncated` if more
+/// keys follow) that may be deleted if folded in: not the highest entry,
+/// and older than `grace` by `LastModified`.
+///
+/// `SUBTLE:` the highest entry is never deleted, so the highest entry ever
+/// written always exists: a listing shows where the log ends, and a
+/// committer never finds a deleted seq free below it. A page with more
+/// keys after it holds no highest entry.
+fn log_gc_candidates(
+    keys: &Keys,
+    listed: &[ListedObject],
+    truncated: bool,
+    now: SystemTime,
+    grace: Duration,
+) -> Vec<u64> {
+    let below_head = if truncated {
+        listed.len()
+    } else {
+        listed.len().saturating_sub(1)
+    };
+    let mut candidates = Vec::new();
+    for object in &listed[..below_head] {
+        let Some(seq) = keys.log_seq(&object.key) else {
+            continue;
+        };
+        // Entries are created in seq order: the ones after a young entry
+        // are young too.
+        let old = object
+            .last_modified
+            .is_some_and(|modified| now.duration_since(modified).is_ok_and(|age| age >= grace));
+        if !old {
+            break;
+        }
+        candidates.push(seq);
+    }
+    candidates
+}
+
+/// The seqs of `entries` every shard they name has folded in, by the
+/// `applied` of its stored state (a shard missing from `applied` has not).
+fn folded_entries<'a>(
+    entries: &'a [Arc<LogEntry>],
+    applied: &'a HashMap<ShardId, u64>,
+) -> impl Iterator<Item = u64> + 'a {
+    entries
+        .iter()
+        .filter(|entry| {
+            entry
+                .shards()
+                .all(|shard| applied.get(&shard).is_some_and(|&at| at >= entry.seq))
+        })
+        .map(|entry| entry.seq)
+}
+
 /// Parts the state references or has retired (retired ones are deleted by
 /// their own rule).
 fn kept_parts(state: &ShardState) -> HashSet<uuid::Uuid> {
@@ -440,4 +471,92 @@ fn kept_parts(state: &ShardState) -> HashSet<uuid::Uuid> {
         .map(|part| part.id)
         .chain(state.retired.iter().map(|retired| retired.id))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{Change, LOG_ENTRY_FORMAT, LogCall, LogPart};
+
+    fn listed(keys: &Keys, seq: u64, age: Duration, now: SystemTime) -> ListedObject {
+        ListedObject {
+            key: keys.log_entry(seq),
+            last_modified: Some(now - age),
+        }
+    }
+
+    #[test]
+    fn candidates_are_old_and_below_the_highest_entry() {
+        let keys = Keys::new("p");
+        let now = SystemTime::now();
+        let grace = Duration::from_secs(60);
+        let old = Duration::from_secs(61);
+        let page: Vec<_> = (1..=4).map(|seq| listed(&keys, seq, old, now)).collect();
+        assert_eq!(
+            log_gc_candidates(&keys, &page, false, now, grace),
+            vec![1, 2, 3],
+            "the highest entry stays"
+        );
+        assert_eq!(
+            log_gc_candidates(&keys, &page, true, now, grace),
+            vec![1, 2, 3, 4],
+            "a page with keys after it holds no highest entry"
+        );
+        let mut young = page.clone();
+        young[1].last_modified = Some(now - Duration::from_secs(5));
+        assert_eq!(log_gc_candidates(&keys, &young, true, now, grace), vec![1]);
+        young[0].last_modified = None;
+        assert!(log_gc_candidates(&keys, &young, true, now, grace).is_empty());
+        let mut stray = page;
+        stray[0].key = "p/log/not-an-entry".to_string();
+        assert_eq!(
+            log_gc_candidates(&keys, &stray, false, now, grace),
+            vec![2, 3]
+        );
+        assert!(log_gc_candidates(&keys, &[], false, now, grace).is_empty());
+    }
+
+    #[test]
+    fn an_entry_is_folded_when_every_shard_it_names_is_past_it() {
+        let first = ShardId::from_bytes([1; 16]);
+        let second = ShardId::from_bytes([2; 16]);
+        let entry = |seq: u64, shards: &[ShardId]| {
+            Arc::new(LogEntry {
+                format: LOG_ENTRY_FORMAT,
+                seq,
+                written_at_ms: 0,
+                attempt: uuid::Uuid::new_v4(),
+                calls: vec![LogCall {
+                    token: None,
+                    fence: None,
+                    parts: shards
+                        .iter()
+                        .map(|&shard| LogPart {
+                            shard,
+                            change: Change::Finalize,
+                            epoch: 0,
+                        })
+                        .collect(),
+                }],
+            })
+        };
+        let entries = vec![
+            entry(3, &[first]),
+            entry(4, &[first, second]),
+            entry(5, &[second]),
+            entry(6, &[first]),
+        ];
+        let applied = HashMap::from([(first, 5), (second, 4)]);
+        assert_eq!(
+            folded_entries(&entries, &applied).collect::<Vec<_>>(),
+            vec![3, 4],
+            "5 waits for the second shard, 6 for the first"
+        );
+        let only_first = HashMap::from([(first, 9)]);
+        assert_eq!(
+            folded_entries(&entries, &only_first).collect::<Vec<_>>(),
+            vec![3, 6],
+            "a shard without a known state keeps its entries"
+        );
+    }
 }

@@ -6,11 +6,15 @@
 //! PREFIX/log/00000000000000000002     ...
 //! ```
 //!
-//! - **Entries** are contiguous from seq 1: a committer writes entry
-//!   `head + 1` only once it has read entry `head`, so a seq exists only if
-//!   every lower one does. An entry holds calls; a call holds parts, each
-//!   one change of one shard (an append, a since downgrade, a finalize),
-//!   already checked against the shard as of the entry before.
+//! - **Entries** are created in seq order from seq 1: a committer writes
+//!   entry `head + 1` only once it has read entry `head`, so a seq is
+//!   created only after every lower one. An entry holds calls; a call holds
+//!   parts, each one change of one shard (an append, a since downgrade, a
+//!   finalize), already checked against the shard as of the entry before.
+//! - **Gc** ([`S3Backend::gc_log`], decision 120) deletes old entries every
+//!   shard they name has folded in, never the highest: readers fold across
+//!   the gaps ([`S3Backend::with_log_tail`]), and a committer never writes
+//!   at a deleted seq ([`S3Backend::may_write_entry`]).
 //! - **Log-mode shards** have [`LogLink::applied`] in their state: every
 //!   entry up to it that names the shard is folded into the state. The
 //!   shard is the state with every later entry naming it folded in, in seq
@@ -461,7 +465,10 @@ impl S3Backend {
     }
 
     /// Reads entry `seq`; `None` if it does not exist.
-    pub(crate) async fn get_log_entry(&self, seq: u64) -> Result<Option<Arc<LogEntry>>, BackendError> {
+    pub(crate) async fn get_log_entry(
+        &self,
+        seq: u64,
+    ) -> Result<Option<Arc<LogEntry>>, BackendError> {
         if let Some(entry) = lock(&self.inner.log).entries.get(&seq) {
             return Ok(Some(Arc::clone(entry)));
         }
@@ -1235,7 +1242,10 @@ impl S3Backend {
                 .shards
                 .get_mut(&shard)
                 .expect("the shard was read because the committer holds it");
-            if view.log.is_none_or(|link| link.applied < stored_link.applied) {
+            if view
+                .log
+                .is_none_or(|link| link.applied < stored_link.applied)
+            {
                 let mut stored = light(&stored);
                 stored.pending = None;
                 *view = stored;
@@ -1547,6 +1557,28 @@ mod tests {
         fold_entry(&mut state, shard, &finalize);
         assert!(state.finalized);
         assert_eq!(state.upper, None);
+    }
+
+    #[test]
+    fn the_end_of_the_log_is_trusted_for_half_the_grace_period() {
+        let grace = Duration::from_secs(60);
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut cache = LogCache::default();
+        assert!(!cache.end_fresh(start, grace), "never verified");
+        cache.verified_end(7, start);
+        assert_eq!(cache.head, 7, "a verified end is a known seq");
+        assert!(cache.end_fresh(start + Duration::from_secs(29), grace));
+        assert!(!cache.end_fresh(start + Duration::from_secs(30), grace));
+        assert!(
+            !cache.end_fresh(start - Duration::from_secs(1), grace),
+            "a clock that went back is stale"
+        );
+        // An older verification finishing late does not move it back.
+        cache.verified_end(5, start - Duration::from_secs(20));
+        assert_eq!(cache.head, 7);
+        assert!(cache.end_fresh(start + Duration::from_secs(29), grace));
+        cache.verified_end(8, start + Duration::from_secs(40));
+        assert!(cache.end_fresh(start + Duration::from_secs(60), grace));
     }
 
     #[test]

@@ -134,7 +134,10 @@ async fn gc_deletes_folded_old_entries_and_keeps_the_highest_and_unfolded_ones()
     assert_eq!(log_seqs(&factory).await, vec![1, 2, 3, 4, 5]);
     assert_eq!(stored_applied(&factory, busy).await, 5);
     let behind = stored_applied(&factory, unfolded).await;
-    assert!(behind < 4, "the held writer did not fold its entry 4: {behind}");
+    assert!(
+        behind < 4,
+        "the held writer did not fold its entry 4: {behind}"
+    );
 
     // Young entries stay, whatever is folded in; the pass is one listing.
     let young = gc.gc_log().await.unwrap();
@@ -236,7 +239,12 @@ async fn cold_readers_after_gc_see_exactly_what_was_committed() {
             vec![
                 part(busy_a, lower, lower + 1, &[row(0, lower as i64)]),
                 // busy_b starts at the second call, from upper 0.
-                part(busy_b, if lower == 1 { 0 } else { lower }, lower + 1, &[row(1, lower as i64)]),
+                part(
+                    busy_b,
+                    if lower == 1 { 0 } else { lower },
+                    lower + 1,
+                    &[row(1, lower as i64)],
+                ),
             ],
             IdempotencyToken::new(),
         )
@@ -344,7 +352,11 @@ async fn a_stale_committer_neither_loses_nor_misjudges_an_append() {
     // whose state is past it.
     append(&stale, quiet, 1, &[row(0, 1)]).await;
     let seqs = log_seqs(&factory).await;
-    assert_eq!(seqs, vec![5, 6], "written above the head, not at a deleted seq");
+    assert_eq!(
+        seqs,
+        vec![5, 6],
+        "written above the head, not at a deleted seq"
+    );
     let reader = factory.open_handle().await;
     assert_eq!(upper(&reader, quiet).await, frontier(2));
     assert_eq!(rows_at(&reader, quiet, 1).await, rows_of(0, [0, 1]));
@@ -392,10 +404,7 @@ fn writer_call(writer: usize, shards: [ShardId; 2], k: u64) -> Vec<ShardAppend<u
 
 /// What a shard of that writer holds below `upper`.
 fn expected_rows(writer: usize, second: bool, upper: u64) -> BTreeMap<Row, i64> {
-    rows_of(
-        writer as i64,
-        (0..upper).filter(|k| !second || k % 2 == 0),
-    )
+    rows_of(writer as i64, (0..upper).filter(|k| !second || k % 2 == 0))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -406,9 +415,12 @@ async fn gc_under_concurrent_appends_and_readers_loses_and_duplicates_nothing() 
     const WRITERS: usize = 3;
     const CALLS: u64 = 40;
     let clock = Arc::new(ManualClock::starting_now());
-    let Some(mut factory) =
-        make_factory_with_clock("s3 log gc concurrent", Arc::clone(&clock) as _, CONCURRENT_GRACE)
-            .await
+    let Some(mut factory) = make_factory_with_clock(
+        "s3 log gc concurrent",
+        Arc::clone(&clock) as _,
+        CONCURRENT_GRACE,
+    )
+    .await
     else {
         return;
     };
