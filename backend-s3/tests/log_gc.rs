@@ -393,7 +393,7 @@ async fn a_stale_committer_neither_loses_nor_misjudges_an_append() {
 fn writer_call(writer: usize, shards: [ShardId; 2], k: u64) -> Vec<ShardAppend<u64>> {
     let rows = [row(writer as i64, k as i64)];
     let mut parts = vec![part(shards[0], k, k + 1, &rows)];
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         let lower = k.saturating_sub(1);
         let mut second = part(shards[1], lower, k + 1, &rows);
         second.updates[0].timestamp = k;
@@ -404,7 +404,10 @@ fn writer_call(writer: usize, shards: [ShardId; 2], k: u64) -> Vec<ShardAppend<u
 
 /// What a shard of that writer holds below `upper`.
 fn expected_rows(writer: usize, second: bool, upper: u64) -> BTreeMap<Row, i64> {
-    rows_of(writer as i64, (0..upper).filter(|k| !second || k % 2 == 0))
+    rows_of(
+        writer as i64,
+        (0..upper).filter(|k| !second || k.is_multiple_of(2)),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
