@@ -70,3 +70,10 @@ pub(crate) fn epoch_millis(time: SystemTime) -> u64 {
         .map(|since_epoch| u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
+
+/// The time `millis` milliseconds after the Unix epoch (saturating).
+pub(crate) fn from_epoch_millis(millis: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_millis(millis))
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}

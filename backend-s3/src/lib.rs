@@ -114,7 +114,7 @@ pub use crate::config::{
 };
 use crate::downloads::DownloadCounters;
 pub use crate::downloads::{ObjectPuts, PartDownloads};
-pub use crate::gc::GcStats;
+pub use crate::gc::{GcStats, LogGcStats};
 use crate::keys::Keys;
 pub use crate::names::{MAX_BUCKET_BYTES, MAX_ENDPOINT_BYTES, MAX_PREFIX_BYTES, MAX_REGION_BYTES};
 use crate::state::ShardState;
@@ -163,6 +163,8 @@ struct Inner {
     unapplied: Mutex<HashMap<ShardId, u32>>,
     /// Set by tests to keep the applier from folding entries.
     applier_held: AtomicBool,
+    /// When this handle last ran commit log gc in the background.
+    log_gc: Mutex<gc::LogGcSchedule>,
 }
 
 #[derive(Clone)]
@@ -368,6 +370,7 @@ impl S3Backend {
                 committer: Mutex::default(),
                 unapplied: Mutex::default(),
                 applier_held: AtomicBool::new(false),
+                log_gc: Mutex::default(),
             }),
         })
     }
@@ -464,7 +467,7 @@ impl S3Backend {
         state: Arc<ShardState>,
     ) -> Result<Arc<ShardState>, BackendError> {
         if state.log.is_some() {
-            return Ok(self.with_log_tail(shard, state).await?.0);
+            return Ok(self.with_log_tail(shard, state).await?.view);
         }
         let Some(intent) = &state.pending else {
             return Ok(state);
@@ -524,7 +527,7 @@ impl S3Backend {
         let mut current = if use_cache { self.cached(shard) } else { None };
         let mut refused = 0;
         loop {
-            let (state, etag, fresh) = match current.take() {
+            let (mut state, mut etag, mut fresh) = match current.take() {
                 Some(cached) => (cached.state, cached.etag, false),
                 None => {
                     let (state, etag) = self.read_state_and_etag(shard).await?;
@@ -547,8 +550,14 @@ impl S3Backend {
                 }
             };
             // A log-mode state is decided on with its log tail folded in,
-            // and any write then also applies that tail.
-            let (view, folded) = self.with_log_tail(shard, view).await?;
+            // and any write then also applies that tail. A tail with gaps
+            // (entries gc deleted) is folded into the state read again
+            // after it, which the write then replaces.
+            let log_view = self.with_log_tail(shard, view).await?;
+            if let Some((again, again_etag)) = log_view.reread {
+                (state, etag, fresh) = (again, again_etag, true);
+            }
+            let (view, folded) = (log_view.view, log_view.folded);
             let step = match decide(&view, fresh)? {
                 Step::Done(answer) if had_intent || folded => Step::Write(view.successor(), answer),
                 step => step,
@@ -829,7 +838,10 @@ impl<T: StorageTimestamp> PersistBackend<T> for S3Backend {
     }
 
     async fn compact(&self, shard: ShardId) -> Result<CompactionStats, BackendError> {
-        self.compact_shard::<T>(shard).await
+        let stats = self.compact_shard::<T>(shard).await?;
+        // Maintenance of the shared commit log rides along, rate-limited.
+        self.gc_log_in_background();
+        Ok(stats)
     }
 
     async fn usage(&self, shard: ShardId) -> Result<ShardUsage, BackendError> {

@@ -6,11 +6,15 @@
 //! PREFIX/log/00000000000000000002     ...
 //! ```
 //!
-//! - **Entries** are contiguous from seq 1: a committer writes entry
-//!   `head + 1` only once it has read entry `head`, so a seq exists only if
-//!   every lower one does. An entry holds calls; a call holds parts, each
-//!   one change of one shard (an append, a since downgrade, a finalize),
-//!   already checked against the shard as of the entry before.
+//! - **Entries** are created in seq order from seq 1: a committer writes
+//!   entry `head + 1` only once it has read entry `head`, so a seq is
+//!   created only after every lower one. An entry holds calls; a call holds
+//!   parts, each one change of one shard (an append, a since downgrade, a
+//!   finalize), already checked against the shard as of the entry before.
+//! - **Gc** ([`S3Backend::gc_log`], decision 120) deletes old entries every
+//!   shard they name has folded in, never the highest: readers fold across
+//!   the gaps ([`S3Backend::with_log_tail`]), and a committer never writes
+//!   at a deleted seq ([`S3Backend::may_write_entry`]).
 //! - **Log-mode shards** have [`LogLink::applied`] in their state: every
 //!   entry up to it that names the shard is folded into the state. The
 //!   shard is the state with every later entry naming it folded in, in seq
@@ -29,7 +33,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::future::join_all;
 use serde::{Deserialize, Serialize};
@@ -78,6 +82,10 @@ const APPLY_WHEN_IDLE_AFTER: Duration = Duration::from_millis(200);
 
 /// Shards whose state the committer keeps (only bounds memory).
 const COMMITTER_SHARDS: usize = 16_384;
+
+/// Times the committer reads the log on when a shard's state, read again
+/// after a tail with gaps, is past the tail, before giving up.
+const MAX_CATCH_UP_ROUNDS: usize = 8;
 
 /// Entries fetched at once when a tail is listed.
 const TAIL_FETCH_CONCURRENCY: usize = 16;
@@ -181,6 +189,11 @@ impl LogEntry {
         Ok(entry)
     }
 
+    /// The shards the entry names (a shard once per part naming it).
+    pub(crate) fn shards(&self) -> impl Iterator<Item = ShardId> + '_ {
+        self.parts().map(|(_, part)| part.shard)
+    }
+
     fn parts(&self) -> impl Iterator<Item = (&LogCall, &LogPart)> {
         self.calls
             .iter()
@@ -222,11 +235,17 @@ pub(crate) fn fold_entry(state: &mut ShardState, shard: ShardId, entry: &LogEntr
     state.log = Some(LogLink { applied: entry.seq });
 }
 
-/// The entries this handle knows, and the highest seq it knows exists.
+/// The entries this handle knows, the highest seq it knows exists, and
+/// when it last knew where the log ended.
 #[derive(Default)]
 pub(crate) struct LogCache {
     head: u64,
     entries: BTreeMap<u64, Arc<LogEntry>>,
+    /// The latest time (by the backend's clock) at which this handle knew
+    /// that no entry above some seq at or below `head` existed: the start
+    /// of a request that found the log's end (a listing, a `404` probe) or
+    /// of an entry PUT that succeeded.
+    end_verified_at: Option<SystemTime>,
 }
 
 impl LogCache {
@@ -236,6 +255,31 @@ impl LogCache {
         while self.entries.len() > CACHED_ENTRIES {
             self.entries.pop_first();
         }
+    }
+
+    /// Records that at `at`, no entry above `last` existed.
+    fn verified_end(&mut self, last: u64, at: SystemTime) {
+        self.head = self.head.max(last);
+        if self.end_verified_at.is_none_or(|verified| verified < at) {
+            self.end_verified_at = Some(at);
+        }
+    }
+
+    /// Whether a `404` for a seq above `head` still shows that the log ends
+    /// there: the end was verified less than half the grace period ago.
+    ///
+    /// `SUBTLE:` gc deletes only entries older than the grace period, and
+    /// every seq above `head` was created (if at all) after the
+    /// verification. So within half the grace period of it, a seq above
+    /// `head` that is missing was never written (rather than written and
+    /// deleted), and a PUT there (sent now, landing within the other half)
+    /// cannot land on a deleted seq. A clock that moved backwards counts
+    /// as stale.
+    fn end_fresh(&self, now: SystemTime, grace: Duration) -> bool {
+        self.end_verified_at.is_some_and(|verified| {
+            now.duration_since(verified)
+                .is_ok_and(|age| age < grace / 2)
+        })
     }
 
     /// Every entry in `(after, head]`, if all of them are cached and the
@@ -255,6 +299,37 @@ impl LogCache {
             .map(|(_, entry)| Arc::clone(entry))
             .collect();
         (tail.len() as u64 == self.head - after).then_some(tail)
+    }
+}
+
+/// The entries after some seq that still exist ([`S3Backend::log_tail`]).
+pub(crate) struct LogTail {
+    /// In seq order, up to the newest entry at the request that found the
+    /// log's end.
+    pub entries: Vec<Arc<LogEntry>>,
+    /// Whether some seq between the one asked after and the newest entry
+    /// is missing (deleted by gc).
+    pub has_gaps: bool,
+}
+
+/// A shard as readers see it ([`S3Backend::with_log_tail`]).
+pub(crate) struct LogView {
+    /// The state with its log tail folded in.
+    pub view: Arc<ShardState>,
+    /// Whether any entry was folded in (writing `view` applies them).
+    pub folded: bool,
+    /// The state as read again (and its ETag) when the tail had gaps:
+    /// `view` is built on it, so a write of `view` replaces it.
+    pub reread: Option<(Arc<ShardState>, String)>,
+}
+
+impl LogView {
+    fn unchanged(state: Arc<ShardState>) -> Self {
+        LogView {
+            view: state,
+            folded: false,
+            reread: None,
+        }
     }
 }
 
@@ -357,6 +432,8 @@ enum Judgement {
 struct Committer {
     head: u64,
     shards: HashMap<ShardId, ShardState>,
+    /// The shards the group being committed names.
+    in_use: Vec<ShardId>,
 }
 
 /// A state without its batches, for checks.
@@ -382,8 +459,16 @@ impl S3Backend {
         log.head = log.head.max(head);
     }
 
+    /// Entry `seq`, if this handle holds it.
+    pub(crate) fn cached_log_entry(&self, seq: u64) -> Option<Arc<LogEntry>> {
+        lock(&self.inner.log).entries.get(&seq).cloned()
+    }
+
     /// Reads entry `seq`; `None` if it does not exist.
-    async fn get_log_entry(&self, seq: u64) -> Result<Option<Arc<LogEntry>>, BackendError> {
+    pub(crate) async fn get_log_entry(
+        &self,
+        seq: u64,
+    ) -> Result<Option<Arc<LogEntry>>, BackendError> {
         if let Some(entry) = lock(&self.inner.log).entries.get(&seq) {
             return Ok(Some(Arc::clone(entry)));
         }
@@ -397,36 +482,50 @@ impl S3Backend {
         Ok(Some(entry))
     }
 
-    /// Every entry with a seq above `after`, in seq order, as of a request
-    /// that found nothing newer.
+    /// Every entry with a seq above `after` that still exists, in seq
+    /// order, as of a request that found nothing newer.
     ///
-    /// If this handle holds every entry from `after` to its head, it probes
-    /// the next seqs until one is missing; otherwise it lists the log after
-    /// `after` and reads the entries it does not hold.
+    /// If this handle holds every entry from `after` to its head and
+    /// verified where the log ended less than half the grace period ago
+    /// ([`LogCache::end_fresh`]), it probes the next seqs until one is
+    /// missing; otherwise it lists the log after `after` and reads the
+    /// entries it does not hold.
     ///
-    /// `SUBTLE:` entries are contiguous and never change, so the missing
-    /// seq (or the listing) shows that no later entry existed at that
-    /// request: the tail read is linearized there.
-    pub(crate) async fn log_tail(&self, after: u64) -> Result<Vec<Arc<LogEntry>>, BackendError> {
+    /// `SUBTLE:` entries are created in seq order (a committer writes
+    /// `head + 1` only once entry `head` exists) and never change, and gc
+    /// never deletes the highest entry, so a listing shows where the log
+    /// ends at that request, and so does a missing seq while the end is
+    /// fresh: the tail read is linearized there. Seqs gc deleted leave
+    /// gaps ([`LogTail::has_gaps`]); what a reader does about them is
+    /// [`with_log_tail`](Self::with_log_tail)'s business.
+    pub(crate) async fn log_tail(&self, after: u64) -> Result<LogTail, BackendError> {
         let cached = lock(&self.inner.log).tail(after);
-        let Some(mut tail) = cached else {
-            // The listing found nothing newer: linearized there.
-            let tail = self.list_log_tail(after).await?;
-            if let Some(last) = tail.last() {
-                self.learn_head(last.seq);
-            }
-            return Ok(tail);
+        let Some(mut entries) = cached else {
+            return self.list_log_tail(after).await;
         };
-        let mut next = tail.last().map_or(after, |entry| entry.seq) + 1;
-        while let Some(entry) = self.get_log_entry(next).await? {
-            tail.push(entry);
-            next += 1;
+        let mut next = entries.last().map_or(after, |entry| entry.seq) + 1;
+        loop {
+            let probed_at = self.clock().now();
+            if !lock(&self.inner.log).end_fresh(probed_at, self.config().grace_period) {
+                return self.list_log_tail(after).await;
+            }
+            match self.get_log_entry(next).await? {
+                Some(entry) => {
+                    entries.push(entry);
+                    next += 1;
+                }
+                None => {
+                    lock(&self.inner.log).verified_end(next - 1, probed_at);
+                    return Ok(LogTail {
+                        entries,
+                        has_gaps: false,
+                    });
+                }
+            }
         }
-        self.learn_head(next - 1);
-        Ok(tail)
     }
 
-    async fn list_log_tail(&self, after: u64) -> Result<Vec<Arc<LogEntry>>, BackendError> {
+    async fn list_log_tail(&self, after: u64) -> Result<LogTail, BackendError> {
         let store = self.store();
         let dir = store.keys.log_dir();
         let start_after = if after == 0 {
@@ -434,48 +533,43 @@ impl S3Backend {
         } else {
             store.keys.log_entry(after)
         };
+        let listed_at = self.clock().now();
         let keys = store
             .list_keys_after("list_log_tail", &dir, &start_after)
             .await?;
         let mut seqs = Vec::with_capacity(keys.len());
-        for (index, key) in keys.iter().enumerate() {
-            let Some(seq) = store.keys.log_seq(key) else {
+        for key in &keys {
+            let Some(seq) = store.keys.log_seq(key).filter(|&seq| seq > after) else {
                 return Err(BackendError::determinate(
                     DeterminateKind::Corrupted,
                     format!("unexpected object in the commit log: key={key}"),
                 ));
             };
-            if seq != after + 1 + index as u64 {
-                return Err(BackendError::determinate(
-                    DeterminateKind::Corrupted,
-                    format!(
-                        "the commit log has a gap before this entry: key={key} expected_seq={}",
-                        after + 1 + index as u64
-                    ),
-                ));
-            }
             seqs.push(seq);
         }
+        lock(&self.inner.log).verified_end(seqs.last().copied().unwrap_or(after), listed_at);
+        // Seqs gc deleted before the listing are missing from it.
+        let mut has_gaps = seqs
+            .iter()
+            .zip(std::iter::once(after).chain(seqs.iter().copied()))
+            .any(|(&seq, previous)| seq != previous + 1);
         let reads = seqs
             .iter()
-            .map(|&seq| async move { (seq, self.get_log_entry(seq).await) })
+            .map(|&seq| async move { self.get_log_entry(seq).await })
             .collect();
-        let mut tail = Vec::with_capacity(seqs.len());
-        for (seq, entry) in bounded_in_order(reads, TAIL_FETCH_CONCURRENCY).await {
+        let mut entries = Vec::with_capacity(seqs.len());
+        for entry in bounded_in_order(reads, TAIL_FETCH_CONCURRENCY).await {
             match entry? {
-                Some(entry) => tail.push(entry),
-                None => {
-                    return Err(BackendError::indeterminate(format!(
-                        "a listed commit log entry is gone: key={}",
-                        store.keys.log_entry(seq)
-                    )));
-                }
+                Some(entry) => entries.push(entry),
+                // Deleted by gc since the listing: a gap like the others
+                // (never the last entry: gc keeps the highest one).
+                None => has_gaps = true,
             }
         }
-        Ok(tail)
+        Ok(LogTail { entries, has_gaps })
     }
 
-    /// A log-mode state with `tail` (every entry after its applied seq, in
+    /// A log-mode state with `tail` (the entries after its applied seq, in
     /// order) folded in.
     pub(crate) fn fold_tail(
         shard: ShardId,
@@ -491,22 +585,56 @@ impl S3Backend {
     }
 
     /// The shard as readers see it: a log-mode state with its log tail
-    /// folded in; any other state as it is. Also returns whether anything
-    /// was folded.
+    /// folded in; any other state as it is.
+    ///
+    /// `SUBTLE:` if the tail has gaps (entries gc deleted), the state is
+    /// read again after the listing and the tail folded into that one. gc
+    /// deletes an entry only once every shard it names has an `applied` at
+    /// or past it in its stored state, and `applied` never decreases. So a
+    /// deleted entry that named this shard is at or below the `applied` of
+    /// the state read after the listing: the entries missing above that
+    /// `applied` did not name it, and the state plus the listed entries
+    /// above its `applied` is the whole shard as of the listing's newest
+    /// entry.
     pub(crate) async fn with_log_tail(
         &self,
         shard: ShardId,
         state: Arc<ShardState>,
-    ) -> Result<(Arc<ShardState>, bool), BackendError> {
+    ) -> Result<LogView, BackendError> {
         let Some(link) = state.log else {
-            return Ok((state, false));
+            return Ok(LogView::unchanged(state));
         };
         self.learn_head(link.applied);
         let tail = self.log_tail(link.applied).await?;
-        if tail.is_empty() {
-            return Ok((state, false));
+        let (base, reread) = if tail.has_gaps {
+            let (again, etag) = self.read_state_and_etag(shard).await?;
+            let applied_again = again.log.map(|link| link.applied);
+            if applied_again.is_none_or(|applied| applied < link.applied) {
+                return Err(BackendError::determinate(
+                    DeterminateKind::Corrupted,
+                    format!(
+                        "a log-mode shard's state went back in the log: shard={shard} applied={} applied_now={applied_again:?}",
+                        link.applied
+                    ),
+                ));
+            }
+            (Arc::clone(&again), Some((again, etag)))
+        } else {
+            (state, None)
+        };
+        let applied = base.log.map_or(0, |link| link.applied);
+        if tail.entries.iter().all(|entry| entry.seq <= applied) {
+            return Ok(LogView {
+                view: base,
+                folded: false,
+                reread,
+            });
         }
-        Ok((Arc::new(Self::fold_tail(shard, &state, &tail)), true))
+        Ok(LogView {
+            view: Arc::new(Self::fold_tail(shard, &base, &tail.entries)),
+            folded: true,
+            reread,
+        })
     }
 
     /// Whether this handle knows `shard` to be in log mode (from the state
@@ -716,9 +844,10 @@ impl S3Backend {
     /// Starts folding the shards this handle wrote entries for into their
     /// states, in the background: those with `at_least` unapplied entries.
     pub(crate) fn apply_in_background(&self, at_least: u32) {
-        if self.inner.applier_held.load(Ordering::SeqCst) {
+        if self.log_applier_held() {
             return;
         }
+        self.gc_log_in_background();
         let due: Vec<ShardId> = {
             let mut unapplied = lock(&self.inner.unapplied);
             let due: Vec<ShardId> = unapplied
@@ -741,8 +870,14 @@ impl S3Backend {
         }
     }
 
-    /// Stops (or restarts) the background folding of the log into states,
-    /// so tests can look at a log that is not applied.
+    /// Whether tests hold the applier ([`hold_log_applier`](Self::hold_log_applier)).
+    pub(crate) fn log_applier_held(&self) -> bool {
+        self.inner.applier_held.load(Ordering::SeqCst)
+    }
+
+    /// Stops (or restarts) the background folding of the log into states
+    /// (by the applier, and by log gc, which then deletes only entries
+    /// already folded in), so tests can look at a log that is not applied.
     #[doc(hidden)]
     pub fn hold_log_applier(&self, hold: bool) {
         self.inner.applier_held.store(hold, Ordering::SeqCst);
@@ -755,6 +890,7 @@ impl S3Backend {
         let mut needed: Vec<ShardId> = requests.iter().flat_map(Request::shards).collect();
         needed.sort();
         needed.dedup();
+        committer.in_use.clone_from(&needed);
         let loads = join_all(
             needed
                 .iter()
@@ -831,16 +967,33 @@ impl S3Backend {
                 return;
             }
             let seq = committer.head + 1;
+            // SUBTLE: never PUT at a seq that may have existed and been
+            // deleted by gc (the PUT would succeed and the shards that
+            // folded past it would ignore it): only above every seq this
+            // handle knows exists, and within half the grace period of
+            // verifying where the log ended (decision 120).
+            if !self.may_write_entry(seq) {
+                pending = accepted.into_iter().map(|(request, _)| request).collect();
+                if let Err(err) = self.catch_up(committer).await {
+                    for request in pending {
+                        request.answer(Err(err.clone()));
+                    }
+                    return;
+                }
+                fresh = true;
+                continue;
+            }
+            let sent_at = self.clock().now();
             let entry = LogEntry {
                 format: LOG_ENTRY_FORMAT,
                 seq,
-                written_at_ms: epoch_millis(self.clock().now()),
+                written_at_ms: epoch_millis(sent_at),
                 attempt: Uuid::new_v4(),
                 calls,
             };
             match self.put_log_entry(&entry).await {
                 Ok(true) => {
-                    self.committed(committer, entry);
+                    self.committed(committer, entry, sent_at);
                     for (request, answer) in accepted {
                         request.answer(Ok(answer));
                     }
@@ -854,7 +1007,7 @@ impl S3Backend {
                     } else {
                         match self.resolve_entry_put(&entry).await {
                             Ok(true) => {
-                                self.committed(committer, entry);
+                                self.committed(committer, entry, sent_at);
                                 for (request, answer) in accepted {
                                     request.answer(Ok(answer));
                                 }
@@ -935,8 +1088,12 @@ impl S3Backend {
 
     /// Records entry `entry` as written: in the committer's shards, the
     /// cache, and the shards the applier folds.
-    fn committed(&self, committer: &mut Committer, entry: LogEntry) {
+    ///
+    /// `sent_at` is when its PUT was sent: the seq was free then, so no
+    /// entry above it existed.
+    fn committed(&self, committer: &mut Committer, entry: LogEntry, sent_at: SystemTime) {
         let entry = Arc::new(entry);
+        lock(&self.inner.log).verified_end(entry.seq, sent_at);
         // Every state the committer holds was at `entry.seq - 1`.
         for (shard, state) in &mut committer.shards {
             fold_entry(state, *shard, &entry);
@@ -997,31 +1154,102 @@ impl S3Backend {
         Ok(())
     }
 
+    /// Whether the committer may PUT entry `seq`: it is above every seq
+    /// this handle knows exists, and the log's end was verified less than
+    /// half the grace period ago ([`LogCache::end_fresh`]).
+    fn may_write_entry(&self, seq: u64) -> bool {
+        let now = self.clock().now();
+        let log = lock(&self.inner.log);
+        log.head < seq && log.end_fresh(now, self.config().grace_period)
+    }
+
     /// Brings the committer's shards to the log's current head.
     async fn catch_up(&self, committer: &mut Committer) -> Result<(), BackendError> {
-        let oldest = committer
-            .shards
-            .values()
-            .map(|state| state.log.map_or(0, |link| link.applied))
-            .min()
-            .unwrap_or(committer.head)
-            .min(committer.head);
-        let tail = self.log_tail(oldest).await?;
-        for entry in &tail {
-            for (shard, state) in &mut committer.shards {
-                let applied = state.log.map_or(0, |link| link.applied);
-                if entry.seq > applied {
-                    fold_entry(state, *shard, entry);
-                    state.batches.clear();
+        for _ in 0..MAX_CATCH_UP_ROUNDS {
+            let oldest = committer
+                .shards
+                .values()
+                .map(|state| state.log.map_or(0, |link| link.applied))
+                .min()
+                .unwrap_or(committer.head)
+                .min(committer.head);
+            let tail = self.log_tail(oldest).await?;
+            if tail.has_gaps {
+                self.reload_after_gaps(committer).await?;
+            }
+            for entry in &tail.entries {
+                for (shard, state) in &mut committer.shards {
+                    let applied = state.log.map_or(0, |link| link.applied);
+                    if entry.seq > applied {
+                        fold_entry(state, *shard, entry);
+                        state.batches.clear();
+                    }
                 }
             }
+            let listed_end = tail.entries.last().map_or(oldest, |entry| entry.seq);
+            committer.head = committer.head.max(listed_end);
+            let newest = committer
+                .shards
+                .values()
+                .map(|state| state.log.map_or(0, |link| link.applied))
+                .max()
+                .unwrap_or(0);
+            // A state read again after the listing may be past it: read on
+            // from the listing's end, so every shard reaches one head.
+            if newest <= committer.head {
+                for state in committer.shards.values_mut() {
+                    state.log = Some(LogLink {
+                        applied: committer.head,
+                    });
+                }
+                return Ok(());
+            }
         }
-        let head = tail.last().map_or(oldest, |entry| entry.seq);
-        committer.head = committer.head.max(head);
-        for state in committer.shards.values_mut() {
-            state.log = Some(LogLink {
-                applied: committer.head,
-            });
+        Err(BackendError::determinate(
+            DeterminateKind::Conflict,
+            format!(
+                "the commit log moved under every catch-up of the committer, giving up: rounds={MAX_CATCH_UP_ROUNDS}"
+            ),
+        ))
+    }
+
+    /// After a tail with gaps (entries gc deleted), reads the states of the
+    /// shards in use again and keeps, per shard, whichever of the stored
+    /// state and the committer's view is further along the log; the others
+    /// are dropped (loaded again when next named).
+    ///
+    /// `SUBTLE:` as for readers ([`with_log_tail`](Self::with_log_tail)):
+    /// a deleted entry that named a shard is at or below the `applied` of
+    /// its state read after the listing. If that `applied` is not past the
+    /// committer's view, no missing seq above the view named the shard.
+    async fn reload_after_gaps(&self, committer: &mut Committer) -> Result<(), BackendError> {
+        let in_use: std::collections::HashSet<ShardId> = committer.in_use.iter().copied().collect();
+        committer.shards.retain(|shard, _| in_use.contains(shard));
+        let reads = committer
+            .shards
+            .keys()
+            .map(|&shard| async move { (shard, self.read_state_and_etag(shard).await) })
+            .collect();
+        for (shard, read) in bounded_in_order(reads, TAIL_FETCH_CONCURRENCY).await {
+            let (stored, _) = read?;
+            let Some(stored_link) = stored.log else {
+                return Err(BackendError::determinate(
+                    DeterminateKind::Corrupted,
+                    format!("a log-mode shard's state left log mode: shard={shard}"),
+                ));
+            };
+            let view = committer
+                .shards
+                .get_mut(&shard)
+                .expect("the shard was read because the committer holds it");
+            if view
+                .log
+                .is_none_or(|link| link.applied < stored_link.applied)
+            {
+                let mut stored = light(&stored);
+                stored.pending = None;
+                *view = stored;
+            }
         }
         Ok(())
     }
@@ -1329,6 +1557,28 @@ mod tests {
         fold_entry(&mut state, shard, &finalize);
         assert!(state.finalized);
         assert_eq!(state.upper, None);
+    }
+
+    #[test]
+    fn the_end_of_the_log_is_trusted_for_half_the_grace_period() {
+        let grace = Duration::from_secs(60);
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut cache = LogCache::default();
+        assert!(!cache.end_fresh(start, grace), "never verified");
+        cache.verified_end(7, start);
+        assert_eq!(cache.head, 7, "a verified end is a known seq");
+        assert!(cache.end_fresh(start + Duration::from_secs(29), grace));
+        assert!(!cache.end_fresh(start + Duration::from_secs(30), grace));
+        assert!(
+            !cache.end_fresh(start - Duration::from_secs(1), grace),
+            "a clock that went back is stale"
+        );
+        // An older verification finishing late does not move it back.
+        cache.verified_end(5, start - Duration::from_secs(20));
+        assert_eq!(cache.head, 7);
+        assert!(cache.end_fresh(start + Duration::from_secs(29), grace));
+        cache.verified_end(8, start + Duration::from_secs(40));
+        assert!(cache.end_fresh(start + Duration::from_secs(60), grace));
     }
 
     #[test]
