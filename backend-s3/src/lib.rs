@@ -105,6 +105,8 @@ use tidemark_storage_types::{
 };
 use timely::progress::Antichain;
 
+#[doc(hidden)]
+pub use crate::append::SmallAppendEncoding;
 pub use crate::atomic::AtomicAppendStop;
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::config::{
