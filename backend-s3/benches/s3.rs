@@ -241,6 +241,35 @@ async fn raw_put(raw: &Client, prefix: &str, body: Vec<u8>) {
         .unwrap();
 }
 
+/// Creates `key` with a short body; its ETag.
+async fn raw_create(raw: &Client, key: &str) -> String {
+    raw.put_object()
+        .bucket(BUCKET)
+        .key(key)
+        .body(ByteStream::from(b"state".to_vec()))
+        .send()
+        .await
+        .unwrap()
+        .e_tag()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A raw PUT of `body` over `key` iff its ETag is `etag`; the new ETag.
+async fn raw_overwrite(raw: &Client, key: &str, etag: &str, body: Vec<u8>) -> String {
+    raw.put_object()
+        .bucket(BUCKET)
+        .key(key)
+        .if_match(etag)
+        .body(ByteStream::from(body))
+        .send()
+        .await
+        .unwrap()
+        .e_tag()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// The bytes of a batch of `updates` as the codec encodes it.
 fn batch_bytes(updates: &[Update<u64>], time: u64) -> Vec<u8> {
     encode_batch(&Batch {
@@ -263,19 +292,12 @@ async fn small_appends(endpoint: &str, prefix: &str, raw: &Client) {
     let mut puts = Samples::default();
     let mut puts_like_backend = Samples::default();
     let mut overwrites = Samples::default();
+    let mut small_overwrites = Samples::default();
     let mut encodes = Samples::default();
     let cas_key = format!("{prefix}/raw-state");
-    let mut etag = raw
-        .put_object()
-        .bucket(BUCKET)
-        .key(&cas_key)
-        .body(ByteStream::from(b"state".to_vec()))
-        .send()
-        .await
-        .unwrap()
-        .e_tag()
-        .unwrap_or_default()
-        .to_string();
+    let small_cas_key = format!("{prefix}/raw-small-state");
+    let mut etag = raw_create(raw, &cas_key).await;
+    let mut small_etag = raw_create(raw, &small_cas_key).await;
     let state_key = format!(
         "{}state",
         backend.parts_prefix(shard).trim_end_matches("batches/")
@@ -290,7 +312,12 @@ async fn small_appends(endpoint: &str, prefix: &str, raw: &Client) {
         batch_sizes.push(bytes.len());
         puts.time(raw_put(raw, prefix, bytes.clone())).await;
         puts_like_backend
-            .time(raw_put(&like_backend, prefix, bytes))
+            .time(raw_put(&like_backend, prefix, bytes.clone()))
+            .await;
+        // An overwrite of a body as small as the batch: what replacing a key
+        // costs on this server, apart from the body's size.
+        small_etag = small_overwrites
+            .time(raw_overwrite(raw, &small_cas_key, &small_etag, bytes))
             .await;
         // The raw overwrite writes as many bytes as the shard's state object
         // holds now (its tokens and inline batches), measured untimed.
@@ -306,20 +333,9 @@ async fn small_appends(endpoint: &str, prefix: &str, raw: &Client) {
         state_sizes.push(state_bytes);
         let mut state_body = format!("state {round} ").into_bytes();
         state_body.resize(usize::try_from(state_bytes).unwrap_or_default(), b'x');
-        let overwrite = raw
-            .put_object()
-            .bucket(BUCKET)
-            .key(&cas_key)
-            .if_match(&etag)
-            .body(ByteStream::from(state_body))
-            .send();
         etag = overwrites
-            .time(overwrite)
-            .await
-            .unwrap()
-            .e_tag()
-            .unwrap_or_default()
-            .to_string();
+            .time(raw_overwrite(raw, &cas_key, &etag, state_body))
+            .await;
         // The append's own work before its request, on the state it will
         // commit on, writing nothing.
         let encoded = encodes
@@ -369,6 +385,11 @@ async fn small_appends(endpoint: &str, prefix: &str, raw: &Client) {
         state_sizes.iter().max().unwrap_or(&0),
         overwrite.as_secs_f64() / put.as_secs_f64(),
         append.as_secs_f64() / overwrite.as_secs_f64()
+    );
+    println!(
+        "  (raw If-Match overwrite of a body the size of the batch {:?}, ratio {:.2} to one new-key PUT)",
+        small_overwrites.median(),
+        small_overwrites.median().as_secs_f64() / put.as_secs_f64()
     );
     let encode = encodes.median();
     println!(
