@@ -120,6 +120,8 @@ pub use crate::gc::GcStats;
 use crate::keys::Keys;
 pub use crate::names::{MAX_BUCKET_BYTES, MAX_ENDPOINT_BYTES, MAX_PREFIX_BYTES, MAX_REGION_BYTES};
 use crate::state::ShardState;
+#[doc(hidden)]
+pub use crate::state::stored_state_as_json;
 use crate::store::{Condition, ConditionalPut, Store};
 use crate::txn::Outcomes;
 
