@@ -11,7 +11,14 @@
 //! - appends per second on one shard from 8 concurrent writers, next to
 //!   raw conditional PUTs per second on one key from 8 writers.
 //!
-//! Run with `cargo bench -p tidemark-backend-s3 --bench s3`.
+//! The small append also prints its own work before the request (timed
+//! without one), this process's CPU per request, a raw PUT from a client
+//! set up like the backend's, and the same append through the commit log
+//! (one new-key PUT of a log entry, decision 118) against the raw PUT.
+//!
+//! Run with `cargo bench -p tidemark-backend-s3 --bench s3`; names after
+//! `--` (`small-append`, `small-snapshot`, `snapshot`, `writers`) run only
+//! those sections.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -143,54 +150,175 @@ async fn backend(endpoint: &str, prefix: &str) -> S3Backend {
         .expect("backend on the bench bucket")
 }
 
-/// Small append latency against one raw PUT of the same bytes, interleaved.
-async fn small_appends(endpoint: &str, prefix: &str, raw: &Client) {
-    let backend = backend(endpoint, prefix).await;
-    let shard = ShardId::new();
-    PersistBackend::<u64>::open(&backend, shard).await.unwrap();
-    let mut appends = Vec::new();
-    let mut puts = Vec::new();
-    let mut overwrites = Vec::new();
-    let cas_key = format!("{prefix}/raw-state");
-    let mut etag = raw
-        .put_object()
+/// A raw client set up as the backend sets up its own (shared config
+/// loader, timeouts, retries), to tell the SDK setup's cost from the
+/// backend's work.
+async fn raw_client_like_backend(endpoint: &str, backend: &S3Backend) -> Client {
+    use aws_sdk_s3::config::retry::RetryConfig;
+    use aws_sdk_s3::config::timeout::TimeoutConfig;
+    let config = backend.config();
+    let shared = aws_config::defaults(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            credentials().0,
+            credentials().1,
+            None,
+            None,
+            "tidemark-bench",
+        ))
+        .load()
+        .await;
+    let s3_config = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(true)
+        .endpoint_url(endpoint)
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(config.connect_timeout())
+                .operation_timeout(config.operation_timeout())
+                .build(),
+        )
+        .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts()))
+        .build();
+    Client::from_conf(s3_config)
+}
+
+/// CPU time this process has used so far, in nanoseconds: the sum over its
+/// threads of `/proc/self/task/*/schedstat` (0 where that is missing).
+fn process_cpu_nanos() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Latencies and this process's CPU time of one kind of request.
+#[derive(Default)]
+struct Samples {
+    latencies: Vec<Duration>,
+    cpu_nanos: u64,
+}
+
+impl Samples {
+    /// Runs and times `request`, with the CPU time this process spent.
+    async fn time<O>(&mut self, request: impl Future<Output = O>) -> O {
+        let cpu = process_cpu_nanos();
+        let start = Instant::now();
+        let output = request.await;
+        self.latencies.push(start.elapsed());
+        self.cpu_nanos += process_cpu_nanos().saturating_sub(cpu);
+        output
+    }
+
+    fn median(&self) -> Duration {
+        median(self.latencies.clone())
+    }
+
+    /// Mean CPU time of this process per request, in microseconds.
+    fn cpu_micros(&self) -> f64 {
+        self.cpu_nanos as f64 / 1e3 / self.latencies.len().max(1) as f64
+    }
+}
+
+fn ten_updates(round: usize) -> Vec<Update<u64>> {
+    (0..10)
+        .map(|i| Update::new(row(round * 10 + i), round as u64, 1))
+        .collect()
+}
+
+/// A raw PUT of `body` to a new key.
+async fn raw_put(raw: &Client, prefix: &str, body: Vec<u8>) {
+    let key = format!("{prefix}/raw/{}", uuid::Uuid::new_v4());
+    raw.put_object()
         .bucket(BUCKET)
-        .key(&cas_key)
+        .key(&key)
+        .body(ByteStream::from(body))
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Creates `key` with a short body; its ETag.
+async fn raw_create(raw: &Client, key: &str) -> String {
+    raw.put_object()
+        .bucket(BUCKET)
+        .key(key)
         .body(ByteStream::from(b"state".to_vec()))
         .send()
         .await
         .unwrap()
         .e_tag()
         .unwrap_or_default()
-        .to_string();
+        .to_string()
+}
+
+/// A raw PUT of `body` over `key` iff its ETag is `etag`; the new ETag.
+async fn raw_overwrite(raw: &Client, key: &str, etag: &str, body: Vec<u8>) -> String {
+    raw.put_object()
+        .bucket(BUCKET)
+        .key(key)
+        .if_match(etag)
+        .body(ByteStream::from(body))
+        .send()
+        .await
+        .unwrap()
+        .e_tag()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The bytes of a batch of `updates` as the codec encodes it.
+fn batch_bytes(updates: &[Update<u64>], time: u64) -> Vec<u8> {
+    encode_batch(&Batch {
+        lower: frontier(time),
+        upper: frontier(time + 1),
+        since: frontier(time),
+        updates: updates.to_vec(),
+    })
+    .expect("small rows encode")
+}
+
+/// Small append latency against one raw PUT of the same bytes, interleaved;
+/// the same for an append through the commit log.
+async fn small_appends(endpoint: &str, prefix: &str, raw: &Client) {
+    let backend = backend(endpoint, prefix).await;
+    let like_backend = raw_client_like_backend(endpoint, &backend).await;
+    let shard = ShardId::new();
+    PersistBackend::<u64>::open(&backend, shard).await.unwrap();
+    let mut appends = Samples::default();
+    let mut puts = Samples::default();
+    let mut puts_like_backend = Samples::default();
+    let mut overwrites = Samples::default();
+    let mut small_overwrites = Samples::default();
+    let mut encodes = Samples::default();
+    let cas_key = format!("{prefix}/raw-state");
+    let small_cas_key = format!("{prefix}/raw-small-state");
+    let mut etag = raw_create(raw, &cas_key).await;
+    let mut small_etag = raw_create(raw, &small_cas_key).await;
     let state_key = format!(
         "{}state",
         backend.parts_prefix(shard).trim_end_matches("batches/")
     );
     let mut state_sizes = Vec::new();
+    let mut batch_sizes = Vec::new();
     let puts_before = backend.object_puts();
     for round in 0..SMALL_APPENDS {
         let time = round as u64;
-        let updates: Vec<Update<u64>> = (0..10)
-            .map(|i| Update::new(row(round * 10 + i), time, 1))
-            .collect();
-        let bytes = encode_batch(&Batch {
-            lower: frontier(time),
-            upper: frontier(time + 1),
-            since: frontier(time),
-            updates: updates.clone(),
-        })
-        .expect("small rows encode");
-        let key = format!("{prefix}/raw/{}", uuid::Uuid::new_v4());
-        let start = Instant::now();
-        raw.put_object()
-            .bucket(BUCKET)
-            .key(&key)
-            .body(ByteStream::from(bytes))
-            .send()
-            .await
-            .unwrap();
-        puts.push(start.elapsed());
+        let updates = ten_updates(round);
+        let bytes = batch_bytes(&updates, time);
+        batch_sizes.push(bytes.len());
+        puts.time(raw_put(raw, prefix, bytes.clone())).await;
+        puts_like_backend
+            .time(raw_put(&like_backend, prefix, bytes.clone()))
+            .await;
+        // An overwrite of a body as small as the batch: what replacing a key
+        // costs on this server, apart from the body's size.
+        small_etag = small_overwrites
+            .time(raw_overwrite(raw, &small_cas_key, &small_etag, bytes))
+            .await;
         // The raw overwrite writes as many bytes as the shard's state object
         // holds now (its tokens and inline batches), measured untimed.
         let state_bytes = raw
@@ -205,43 +333,42 @@ async fn small_appends(endpoint: &str, prefix: &str, raw: &Client) {
         state_sizes.push(state_bytes);
         let mut state_body = format!("state {round} ").into_bytes();
         state_body.resize(usize::try_from(state_bytes).unwrap_or_default(), b'x');
-        let start = Instant::now();
-        etag = raw
-            .put_object()
-            .bucket(BUCKET)
-            .key(&cas_key)
-            .if_match(&etag)
-            .body(ByteStream::from(state_body))
-            .send()
+        etag = overwrites
+            .time(raw_overwrite(raw, &cas_key, &etag, state_body))
+            .await;
+        // The append's own work before its request, on the state it will
+        // commit on, writing nothing.
+        let encoded = encodes
+            .time(async {
+                backend.encode_small_append(
+                    shard,
+                    updates.clone(),
+                    &frontier(time),
+                    &frontier(time + 1),
+                )
+            })
             .await
-            .unwrap()
-            .e_tag()
-            .unwrap_or_default()
-            .to_string();
-        overwrites.push(start.elapsed());
-        let start = Instant::now();
-        backend
-            .compare_and_append(
-                shard,
-                updates,
-                frontier(time),
-                frontier(time + 1),
-                IdempotencyToken::new(),
-                WriteFence::Unfenced,
-            )
-            .await
-            .unwrap()
             .unwrap();
-        appends.push(start.elapsed());
+        assert!(
+            round == 0 || encoded.is_some(),
+            "a small append on a cached state encodes inline"
+        );
+        let append = backend.compare_and_append(
+            shard,
+            updates,
+            frontier(time),
+            frontier(time + 1),
+            IdempotencyToken::new(),
+            WriteFence::Unfenced,
+        );
+        appends.time(append).await.unwrap().unwrap();
         if (round + 1) % SMALL_APPENDS_PER_COMPACTION == 0 {
             PersistBackend::<u64>::compact(&backend, shard)
                 .await
                 .unwrap();
         }
     }
-    let append = median(appends);
-    let put = median(puts);
-    let overwrite = median(overwrites);
+    let (append, put, overwrite) = (appends.median(), puts.median(), overwrites.median());
     let written = backend.object_puts();
     println!(
         "small append (10 updates): median append {append:?} / median raw PUT {put:?} = ratio {:.2} (goal <= 1.2)",
@@ -258,6 +385,88 @@ async fn small_appends(endpoint: &str, prefix: &str, raw: &Client) {
         state_sizes.iter().max().unwrap_or(&0),
         overwrite.as_secs_f64() / put.as_secs_f64(),
         append.as_secs_f64() / overwrite.as_secs_f64()
+    );
+    println!(
+        "  (raw If-Match overwrite of a body the size of the batch {:?}, ratio {:.2} to one new-key PUT)",
+        small_overwrites.median(),
+        small_overwrites.median().as_secs_f64() / put.as_secs_f64()
+    );
+    let encode = encodes.median();
+    println!(
+        "  (the append's own work before its request, no request: median {encode:?} = {:.1}% of the raw PUT; batch {} to {} bytes)",
+        encode.as_secs_f64() / put.as_secs_f64() * 100.0,
+        batch_sizes.iter().min().unwrap_or(&0),
+        batch_sizes.iter().max().unwrap_or(&0),
+    );
+    println!(
+        "  (raw new-key PUT from a client set up like the backend's: median {:?}, ratio {:.2} to the bench's raw PUT)",
+        puts_like_backend.median(),
+        puts_like_backend.median().as_secs_f64() / put.as_secs_f64()
+    );
+    println!(
+        "  (this process's CPU per request: append {:.0} us, raw PUT {:.0} us, same from the backend-like client {:.0} us, raw overwrite {:.0} us, encoding alone {:.0} us)",
+        appends.cpu_micros(),
+        puts.cpu_micros(),
+        puts_like_backend.cpu_micros(),
+        overwrites.cpu_micros(),
+        encodes.cpu_micros()
+    );
+    small_log_appends(endpoint, &format!("{prefix}/log"), raw).await;
+}
+
+/// Small appends through the commit log (decision 118): each is one new-key
+/// conditional PUT of a log entry, against one raw new-key PUT of the
+/// batch's bytes, interleaved.
+async fn small_log_appends(endpoint: &str, prefix: &str, raw: &Client) {
+    let backend = S3Backend::builder(
+        S3Config::new(BUCKET)
+            .with_prefix(prefix)
+            .with_endpoint(endpoint)
+            .with_region("us-east-1")
+            .with_path_style(true)
+            .with_credentials(credentials().0, credentials().1)
+            .with_poll_interval(Duration::from_millis(1), Duration::from_millis(20))
+            .with_commit_log(true),
+    )
+    .build()
+    .await
+    .expect("log-mode backend on the bench bucket");
+    let shard = ShardId::new();
+    PersistBackend::<u64>::open(&backend, shard).await.unwrap();
+    let mut appends = Samples::default();
+    let mut puts = Samples::default();
+    let puts_before = backend.object_puts();
+    for round in 0..SMALL_APPENDS {
+        let time = round as u64;
+        let updates = ten_updates(round);
+        puts.time(raw_put(raw, prefix, batch_bytes(&updates, time)))
+            .await;
+        let append = backend.compare_and_append(
+            shard,
+            updates,
+            frontier(time),
+            frontier(time + 1),
+            IdempotencyToken::new(),
+            WriteFence::Unfenced,
+        );
+        appends.time(append).await.unwrap().unwrap();
+        if (round + 1) % SMALL_APPENDS_PER_COMPACTION == 0 {
+            // Untimed, as background work: fold the log into the state.
+            backend.wait_for_background_writes().await;
+            PersistBackend::<u64>::compact(&backend, shard)
+                .await
+                .unwrap();
+        }
+    }
+    let written = backend.object_puts();
+    let (append, put) = (appends.median(), puts.median());
+    println!(
+        "small append through the commit log (10 updates): median append {append:?} / median raw PUT {put:?} = ratio {:.2} (goal <= 1.2; {} conditional and {} unconditional PUTs for {SMALL_APPENDS} appends, the log's folding and compactions; CPU per append {:.0} us, per raw PUT {:.0} us)",
+        append.as_secs_f64() / put.as_secs_f64(),
+        written.conditional - puts_before.conditional,
+        written.unconditional - puts_before.unconditional,
+        appends.cpu_micros(),
+        puts.cpu_micros()
     );
 }
 
@@ -563,6 +772,17 @@ async fn concurrent_writers(endpoint: &str, prefix: &str, raw: &Client) {
     );
 }
 
+/// Whether the section `name` runs: every section when no names are given
+/// (`cargo bench -p tidemark-backend-s3 --bench s3 -- small-append writers`
+/// runs two).
+fn selected(name: &str) -> bool {
+    let names: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with("--"))
+        .collect();
+    names.is_empty() || names.iter().any(|selected| selected == name)
+}
+
 fn main() {
     let Some(endpoint) = service_env("TIDEMARK_TEST_S3_ENDPOINT", "s3 benchmark") else {
         return;
@@ -581,9 +801,17 @@ fn main() {
                 .expect("create the bench bucket");
         }
         let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
-        small_appends(&endpoint, &format!("{prefix}/small"), &raw).await;
-        small_snapshot(&endpoint, &format!("{prefix}/small-snapshot")).await;
-        big_snapshot(&endpoint, &format!("{prefix}/snapshot"), &raw).await;
-        concurrent_writers(&endpoint, &format!("{prefix}/writers"), &raw).await;
+        if selected("small-append") {
+            small_appends(&endpoint, &format!("{prefix}/small"), &raw).await;
+        }
+        if selected("small-snapshot") {
+            small_snapshot(&endpoint, &format!("{prefix}/small-snapshot")).await;
+        }
+        if selected("snapshot") {
+            big_snapshot(&endpoint, &format!("{prefix}/snapshot"), &raw).await;
+        }
+        if selected("writers") {
+            concurrent_writers(&endpoint, &format!("{prefix}/writers"), &raw).await;
+        }
     });
 }

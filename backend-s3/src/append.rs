@@ -120,7 +120,85 @@ impl<T: StorageTimestamp> AppendCheck<'_, T> {
     }
 }
 
+/// What a small append's own work before its request produced (see
+/// [`S3Backend::encode_small_append`]).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SmallAppendEncoding {
+    /// Encoded bytes of the batch's one part (what goes inline).
+    pub batch_bytes: usize,
+    /// Bytes of the state body its conditional PUT would write.
+    pub state_bytes: usize,
+}
+
 impl S3Backend {
+    /// Does the work a small append does before its conditional PUT, on the
+    /// state this handle last saw of `shard`, and writes nothing: checks the
+    /// bounds, encodes the batch, decides the commit and encodes the state
+    /// that would be written. For the benchmark that separates the backend's
+    /// own work from the request; `None` if this handle has no state of the
+    /// shard cached, the batch is too large to go inline, or the append would
+    /// not commit as an inline append on that state.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidUsage` for bounds `compare_and_append` refuses, and a batch
+    /// the codec cannot encode.
+    #[doc(hidden)]
+    pub fn encode_small_append<T: StorageTimestamp>(
+        &self,
+        shard: ShardId,
+        updates: Vec<Update<T>>,
+        expected_upper: &Antichain<T>,
+        new_upper: &Antichain<T>,
+    ) -> Result<Option<SmallAppendEncoding>, BackendError> {
+        contract::check_append_bounds(shard, &updates, expected_upper, new_upper)?;
+        let Some(state) = self.cached_view(shard) else {
+            return Ok(None);
+        };
+        let check = AppendCheck {
+            shard,
+            token: IdempotencyToken::new(),
+            expected: encode_frontier(expected_upper),
+            new: encode_frontier(new_upper),
+            new_upper,
+            fence: WriteFence::Unfenced,
+        };
+        if check.judge(&state).is_some() {
+            return Ok(None);
+        }
+        let rows = updates
+            .into_iter()
+            .map(|update| (update.row, update.timestamp, update.diff))
+            .collect();
+        let (batch, parts) = encode_parts(
+            rows,
+            expected_upper,
+            new_upper,
+            expected_upper,
+            self.config().part_size_bytes,
+        )
+        .map_err(|err| err.into_backend_error(shard))?;
+        let Some(inline) = inline_batch(&batch, &parts, self.config().inline_batch_bytes) else {
+            return Ok(None);
+        };
+        if state.inline_bytes() + inline.bytes() > self.config().inline_state_bytes as u64 {
+            return Ok(None);
+        }
+        let next = committed(
+            &state,
+            &inline,
+            check.token,
+            check.expected,
+            check.new,
+            check.epoch(&state),
+        );
+        Ok(Some(SmallAppendEncoding {
+            batch_bytes: inline.bytes() as usize,
+            state_bytes: next.to_bytes().len(),
+        }))
+    }
+
     pub(crate) async fn compare_and_append<T: StorageTimestamp>(
         &self,
         shard: ShardId,

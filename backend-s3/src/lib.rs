@@ -105,6 +105,8 @@ use tidemark_storage_types::{
 };
 use timely::progress::Antichain;
 
+#[doc(hidden)]
+pub use crate::append::SmallAppendEncoding;
 pub use crate::atomic::AtomicAppendStop;
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::config::{
@@ -118,6 +120,8 @@ pub use crate::gc::{GcStats, LogGcStats};
 use crate::keys::Keys;
 pub use crate::names::{MAX_BUCKET_BYTES, MAX_ENDPOINT_BYTES, MAX_PREFIX_BYTES, MAX_REGION_BYTES};
 use crate::state::ShardState;
+#[doc(hidden)]
+pub use crate::state::stored_state_as_json;
 use crate::store::{Condition, ConditionalPut, Store};
 use crate::txn::Outcomes;
 

@@ -12,8 +12,11 @@
 //! of in an object of its own, so an append of a few rows is one conditional
 //! PUT of the state (decision 064).
 //!
-//! The state is JSON. Every committed state carries a `seqno` one greater
-//! than the state it replaced, so no two versions of a shard's state have the
+//! A plain state (no pending intent, not in log mode), which every small
+//! append rewrites, is stored in a compact, checksummed binary encoding
+//! (decision 125); a state with an intent or a log link is JSON, and the
+//! JSON form of every format stays readable. Every committed state carries
+//! a `seqno` one greater than the state it replaced, so no two versions of a shard's state have the
 //! same bytes (and so the same ETag): a compare-and-swap on the ETag can never
 //! succeed against an older version that happens to look like the current
 //! one.
@@ -27,11 +30,17 @@ use timely::progress::Timestamp;
 use uuid::Uuid;
 
 use crate::buckets::{ALL_BUCKETS, BucketSet};
+use crate::codec::{
+    BINARY_STATE_MAGIC, binary_state_format, decode_state_binary, encode_state_binary,
+};
 
-/// The state format this code writes. Format 2 added inline parts
-/// ([`PartRef::inline`]); format 1 states read as having none. Format 3
-/// added [`ShardState::writer_epoch`]; older states read as epoch 0.
-pub(crate) const STATE_FORMAT: u32 = 3;
+/// The state format this code writes for a plain state. Format 2 added
+/// inline parts ([`PartRef::inline`]); format 1 states read as having none.
+/// Format 3 added [`ShardState::writer_epoch`]; older states read as epoch
+/// 0. Format 6 is format 3's contents in the binary encoding
+/// ([`crate::codec::encode_state_binary`], decision 125): code that knows
+/// only JSON refuses it as `Corrupted` rather than misreading it.
+pub(crate) const STATE_FORMAT: u32 = 6;
 
 /// The format of a state that holds a pending intent of a multi-shard
 /// append ([`ShardState::pending`]). Only such states are written in it, so
@@ -47,7 +56,7 @@ pub(crate) const INTENT_FORMAT: u32 = 4;
 pub(crate) const LOG_FORMAT: u32 = 5;
 
 /// The newest state format this code reads.
-pub(crate) const NEWEST_READABLE_FORMAT: u32 = LOG_FORMAT;
+pub(crate) const NEWEST_READABLE_FORMAT: u32 = STATE_FORMAT;
 
 /// The oldest state format this code reads.
 pub(crate) const OLDEST_READABLE_FORMAT: u32 = 1;
@@ -430,9 +439,11 @@ impl ShardState {
         self.batches.iter().map(BatchRef::bytes).sum()
     }
 
-    /// The state as stored.
+    /// The state as stored: binary for a plain state of the current format,
+    /// else JSON.
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("shard state serializes")
+        encode_state_binary(self)
+            .unwrap_or_else(|| serde_json::to_vec(self).expect("shard state serializes"))
     }
 
     /// Reads a stored state; `key` names the object in the error.
@@ -442,22 +453,42 @@ impl ShardState {
     /// `Determinate(Corrupted)` naming the key if the bytes are not a state
     /// of a known format.
     pub(crate) fn from_bytes(key: &str, bytes: &[u8]) -> Result<Self, BackendError> {
-        let state: ShardState = serde_json::from_slice(bytes).map_err(|err| {
+        fn not_valid(
+            key: &str,
+            err: impl std::error::Error + Send + Sync + 'static,
+        ) -> BackendError {
             BackendError::determinate(
                 DeterminateKind::Corrupted,
                 format!("shard state object is not valid: key={key} error={err}"),
             )
             .caused_by(err)
-        })?;
-        if !(OLDEST_READABLE_FORMAT..=NEWEST_READABLE_FORMAT).contains(&state.format) {
-            return Err(BackendError::determinate(
+        }
+        fn unknown_format(key: &str, format: u32) -> BackendError {
+            BackendError::determinate(
                 DeterminateKind::Corrupted,
                 format!(
-                    "shard state has an unknown format: key={key} format={} supported={OLDEST_READABLE_FORMAT}..={NEWEST_READABLE_FORMAT}",
-                    state.format
+                    "shard state has an unknown format: key={key} format={format} supported={OLDEST_READABLE_FORMAT}..={NEWEST_READABLE_FORMAT}"
                 ),
-            ));
+            )
         }
+        let state: ShardState = if bytes.starts_with(&BINARY_STATE_MAGIC) {
+            // The binary encoding holds only plain states of its format. The
+            // format is checked before the fields are read: a later one may
+            // lay them out otherwise.
+            match binary_state_format(bytes) {
+                Some(format) if format != STATE_FORMAT => {
+                    return Err(unknown_format(key, format));
+                }
+                _ => decode_state_binary(bytes).map_err(|err| not_valid(key, err))?,
+            }
+        } else {
+            let state: ShardState =
+                serde_json::from_slice(bytes).map_err(|err| not_valid(key, err))?;
+            if !(OLDEST_READABLE_FORMAT..=NEWEST_READABLE_FORMAT).contains(&state.format) {
+                return Err(unknown_format(key, state.format));
+            }
+            state
+        };
         // Only log-mode states are written in the log format, and only they
         // carry a log link: anything else was not written by this code.
         if (state.format == LOG_FORMAT) != state.log.is_some() {
@@ -472,6 +503,20 @@ impl ShardState {
         }
         Ok(state)
     }
+}
+
+/// A stored shard state, in either encoding, in its JSON form: for tools and
+/// tests that inspect or edit a state object (the JSON form of every format
+/// reads back).
+///
+/// # Errors
+///
+/// `Determinate(Corrupted)` naming `key` if the bytes are not a state of a
+/// known format.
+#[doc(hidden)]
+pub fn stored_state_as_json(key: &str, bytes: &[u8]) -> Result<Vec<u8>, BackendError> {
+    let state = ShardState::from_bytes(key, bytes)?;
+    Ok(serde_json::to_vec(&state).expect("shard state serializes"))
 }
 
 #[cfg(test)]
@@ -556,6 +601,167 @@ mod tests {
         assert!(err.to_string().contains("unknown format"), "{err}");
     }
 
+    /// A plain state with a full token window, inline and object parts,
+    /// retired parts and every kind of frontier.
+    fn busy_state() -> ShardState {
+        let mut state = ShardState::new_shard::<u64>().successor();
+        state.seqno = 41;
+        state.since = Some(-3);
+        state.upper = None;
+        state.finalized = false;
+        state.writer_epoch = 7;
+        for time in 0..20 {
+            let inline = (time % 2 == 0).then(|| Bytes::from(vec![time as u8; 30 + time]));
+            state.batches.push(BatchRef {
+                lower: Some(time as i64),
+                upper: Some(time as i64 + 1),
+                since: if time == 0 { None } else { Some(0) },
+                parts: vec![PartRef {
+                    id: Uuid::new_v4(),
+                    updates: time as u64,
+                    bytes: 30 + time as u64,
+                    buckets: if time == 3 { ALL_BUCKETS } else { 1 << time },
+                    run: time as u32 % 3,
+                    inline,
+                }],
+            });
+        }
+        for time in 0..REMEMBERED_TOKENS as i64 {
+            state.remember_token(IdempotencyToken::new(), Some(time), Some(time + 1));
+        }
+        state.retired.push(RetiredPart {
+            id: Uuid::new_v4(),
+            retired_at_ms: 1_700_000_000_000,
+        });
+        state
+    }
+
+    #[test]
+    fn plain_states_are_stored_binary_and_read_back() {
+        let state = busy_state();
+        let bytes = state.to_bytes();
+        assert!(
+            bytes.starts_with(&BINARY_STATE_MAGIC),
+            "a plain state is binary"
+        );
+        assert_eq!(ShardState::from_bytes("k", &bytes).unwrap(), state);
+        let json = serde_json::to_vec(&state).unwrap();
+        assert!(
+            bytes.len() * 2 < json.len(),
+            "binary {} bytes, JSON {} bytes",
+            bytes.len(),
+            json.len()
+        );
+        // The JSON form of the same state still reads, and so does the
+        // form `stored_state_as_json` gives of the binary one.
+        assert_eq!(ShardState::from_bytes("k", &json).unwrap(), state);
+        let converted = stored_state_as_json("k", &bytes).unwrap();
+        assert_eq!(ShardState::from_bytes("k", &converted).unwrap(), state);
+        // A finalized, sealed, empty state too.
+        let mut sealed = ShardState::new_shard::<u64>().successor();
+        sealed.finalized = true;
+        sealed.since = None;
+        sealed.upper = None;
+        let bytes = sealed.to_bytes();
+        assert!(bytes.starts_with(&BINARY_STATE_MAGIC));
+        assert_eq!(ShardState::from_bytes("k", &bytes).unwrap(), sealed);
+    }
+
+    #[test]
+    fn states_of_earlier_formats_read_and_are_rewritten_binary() {
+        // A plain state as format 3 wrote it: JSON, with inline parts and
+        // the writer epoch.
+        let mut format_3 = busy_state();
+        format_3.format = 3;
+        let json = serde_json::to_vec(&format_3).unwrap();
+        assert_eq!(json.first(), Some(&b'{'));
+        let read = ShardState::from_bytes("k", &json).unwrap();
+        assert_eq!(read, format_3);
+        let next = read.successor();
+        assert_eq!(next.format, STATE_FORMAT);
+        let bytes = next.to_bytes();
+        assert!(bytes.starts_with(&BINARY_STATE_MAGIC));
+        assert_eq!(ShardState::from_bytes("k", &bytes).unwrap(), next);
+        // A state of an old format that is written without being made a
+        // successor keeps its format, so it stays JSON.
+        assert_eq!(format_3.to_bytes().first(), Some(&b'{'));
+        // States with an intent or a log link are JSON in their formats.
+        let mut intent = busy_state();
+        intent.pending = Some(Box::new(Intent {
+            txn: Uuid::new_v4(),
+            batch: None,
+            token: Uuid::new_v4(),
+            expected_upper: Some(1),
+            new_upper: Some(2),
+            writer_epoch: 0,
+        }));
+        intent.format = intent.format_to_write();
+        assert_eq!(intent.format, INTENT_FORMAT);
+        let bytes = intent.to_bytes();
+        assert_eq!(bytes.first(), Some(&b'{'));
+        assert_eq!(ShardState::from_bytes("k", &bytes).unwrap(), intent);
+        let mut logged = busy_state();
+        logged.log = Some(LogLink { applied: 9 });
+        logged.format = logged.format_to_write();
+        let bytes = logged.to_bytes();
+        assert_eq!(bytes.first(), Some(&b'{'));
+        assert_eq!(ShardState::from_bytes("k", &bytes).unwrap(), logged);
+    }
+
+    #[test]
+    fn corrupted_binary_states_are_refused_naming_the_key() {
+        let bytes = busy_state().to_bytes();
+        let corrupted = |bytes: &[u8], expected: &str| {
+            let err = ShardState::from_bytes("some/state", bytes).unwrap_err();
+            assert_eq!(err.determinate_kind(), Some(DeterminateKind::Corrupted));
+            let text = err.to_string();
+            assert!(text.contains("some/state"), "{text}");
+            assert!(text.contains(expected), "{text}");
+        };
+        // One flipped bit anywhere after the format: the checksum.
+        for at in [8, bytes.len() / 2, bytes.len() - 5, bytes.len() - 1] {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 0x10;
+            corrupted(&flipped, "checksum");
+        }
+        // Cut short, at every length from the magic to the last byte.
+        for len in 4..bytes.len() {
+            let err = ShardState::from_bytes("some/state", &bytes[..len]).unwrap_err();
+            assert_eq!(
+                err.determinate_kind(),
+                Some(DeterminateKind::Corrupted),
+                "len={len}"
+            );
+        }
+        corrupted(&bytes[..6], "truncated");
+        // A later binary format is named as such, whatever follows.
+        let mut future = bytes.clone();
+        future[4..8].copy_from_slice(&7u32.to_le_bytes());
+        corrupted(&future, "unknown format");
+        // Fields that are not what the format allows, behind a valid
+        // checksum: a bad frontier tag, a count past the end, trailing bytes.
+        let resealed = |mut body: Vec<u8>| {
+            let checksum = crc32fast::hash(&body);
+            body.extend_from_slice(&checksum.to_le_bytes());
+            body
+        };
+        let body = bytes[..bytes.len() - 4].to_vec();
+        let mut bad_tag = body.clone();
+        bad_tag[16] = 2; // the since's tag (after magic, format, seqno)
+        corrupted(&resealed(bad_tag), "frontier tag");
+        let mut huge_count = body.clone();
+        // The batch count follows since, upper, finalized and the epoch.
+        let batch_count_at = 16 + 2 * FRONTIER + 1 + 8;
+        huge_count[batch_count_at..batch_count_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        corrupted(&resealed(huge_count), "count");
+        let mut trailing = body;
+        trailing.push(0);
+        corrupted(&resealed(trailing), "after its last field");
+    }
+
+    /// Bytes of a frontier in the binary encoding.
+    const FRONTIER: usize = 9;
+
     #[test]
     fn inline_parts_round_trip_and_count_apart_from_objects() {
         let mut state = ShardState::new_shard::<u64>().successor();
@@ -586,8 +792,8 @@ mod tests {
         assert_eq!(read.batches[0].parts[0].inline.as_ref(), Some(&body));
         assert_eq!(read.inline_bytes(), 17);
         assert_eq!(read.referenced_parts().count(), 1, "only the object part");
-        // An inline body that is not base64 is a corrupted state.
-        let text = String::from_utf8(bytes).unwrap();
+        // An inline body that is not base64 is a corrupted JSON state.
+        let text = String::from_utf8(serde_json::to_vec(&state).unwrap()).unwrap();
         let encoded = aws_smithy_types::base64::encode(&body);
         let broken = text.replace(&encoded, "not base64!");
         let err = ShardState::from_bytes("some/state", broken.as_bytes()).unwrap_err();

@@ -45,7 +45,8 @@ fn stored_upper(time: u64) -> String {
     format!("\"upper\":{}", (time ^ (1 << 63)) as i64)
 }
 
-/// The raw state object of a shard, as text.
+/// The raw state object of a shard, as JSON text (a plain state is stored
+/// binary: its JSON form).
 async fn raw_state(factory: &S3Factory, shard: ShardId) -> String {
     let client = raw_client(factory.config.endpoint().expect("endpoint"));
     let key = format!("{}/shards/{shard}/state", factory.config.prefix());
@@ -57,7 +58,8 @@ async fn raw_state(factory: &S3Factory, shard: ShardId) -> String {
         .await
         .expect("get state");
     let bytes = object.body.collect().await.expect("body").into_bytes();
-    String::from_utf8(bytes.to_vec()).expect("utf-8 state")
+    let json = tidemark_backend_s3::stored_state_as_json(&key, &bytes).expect("a readable state");
+    String::from_utf8(json).expect("utf-8 state")
 }
 
 async fn log_keys(factory: &S3Factory) -> Vec<String> {

@@ -13,7 +13,7 @@ use support::{
     S3Factory, config_for, make_factory, make_factory_with_clock, raw_client, test_endpoint,
 };
 use tidemark_backend_conformance::BackendFactory;
-use tidemark_backend_s3::{ManualClock, S3Backend, S3Config};
+use tidemark_backend_s3::{ManualClock, S3Backend, S3Config, stored_state_as_json};
 use tidemark_storage_types::{
     BackendError, Datum, DeterminateKind, IdempotencyToken, PersistBackend, ReadShare, Row,
     ShardId, Update,
@@ -99,8 +99,8 @@ fn state_key(backend: &S3Backend, shard: ShardId) -> String {
     )
 }
 
-/// A shard's state object as JSON, read directly from the bucket.
-async fn raw_state(endpoint: &str, backend: &S3Backend, shard: ShardId) -> serde_json::Value {
+/// A shard's state object as stored, read directly from the bucket.
+async fn raw_state_bytes(endpoint: &str, backend: &S3Backend, shard: ShardId) -> Vec<u8> {
     let object = raw_client(endpoint)
         .get_object()
         .bucket(backend.config().bucket())
@@ -108,8 +108,15 @@ async fn raw_state(endpoint: &str, backend: &S3Backend, shard: ShardId) -> serde
         .send()
         .await
         .expect("get state");
-    let bytes = object.body.collect().await.unwrap().into_bytes();
-    serde_json::from_slice(&bytes).expect("state is JSON")
+    object.body.collect().await.unwrap().into_bytes().to_vec()
+}
+
+/// A shard's state object in its JSON form (a plain state is stored
+/// binary), read directly from the bucket.
+async fn raw_state(endpoint: &str, backend: &S3Backend, shard: ShardId) -> serde_json::Value {
+    let bytes = raw_state_bytes(endpoint, backend, shard).await;
+    let json = stored_state_as_json(&state_key(backend, shard), &bytes).expect("a readable state");
+    serde_json::from_slice(&json).expect("state is JSON")
 }
 
 /// Writes a shard's state object directly (unconditionally).
@@ -818,8 +825,14 @@ async fn states_written_before_parts_had_buckets_read_as_every_bucket() {
     }
     // Rewrite the state as format 1 stored it before parts recorded their
     // buckets and runs (format 1 had no inline parts either).
+    assert!(
+        raw_state_bytes(&endpoint, &backend, shard)
+            .await
+            .starts_with(b"TMSB"),
+        "a plain state is stored binary"
+    );
     let mut state = raw_state(&endpoint, &backend, shard).await;
-    assert_eq!(state["format"], 3, "the current format is written");
+    assert_eq!(state["format"], 6, "the current format is written");
     state["format"] = 1.into();
     let mut stripped = 0;
     for batch in state["batches"].as_array_mut().unwrap() {
@@ -855,8 +868,14 @@ async fn states_written_before_parts_had_buckets_read_as_every_bucket() {
     assert_eq!(backend.snapshot(shard, &4).await.unwrap().len(), 401);
     assert_eq!(
         raw_state(&endpoint, &backend, shard).await["format"],
-        3,
+        6,
         "a format 1 state is rewritten in the current format"
+    );
+    assert!(
+        raw_state_bytes(&endpoint, &backend, shard)
+            .await
+            .starts_with(b"TMSB"),
+        "and stored binary"
     );
 }
 
