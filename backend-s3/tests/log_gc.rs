@@ -100,7 +100,8 @@ async fn stored_applied(factory: &S3Factory, shard: ShardId) -> u64 {
         .await
         .expect("get state");
     let bytes = object.body.collect().await.expect("body").into_bytes();
-    let state: serde_json::Value = serde_json::from_slice(&bytes).expect("a json state");
+    let json = tidemark_backend_s3::stored_state_as_json(&key, &bytes).expect("a readable state");
+    let state: serde_json::Value = serde_json::from_slice(&json).expect("a json state");
     state["log"]["applied"].as_u64().expect("a log-mode state")
 }
 
