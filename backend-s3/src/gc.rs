@@ -119,7 +119,7 @@ impl S3Backend {
     }
 
     /// One pass of commit log gc (decision 120): deletes, among the oldest
-    /// [`LOG_GC_ENTRIES_PER_PASS`] entries, each entry `seq` that
+    /// 1,000 entries, each entry `seq` that
     /// - is not the highest entry (a committer finds where the log ends by
     ///   it),
     /// - is older than the grace period, by its `LastModified` and by the
@@ -128,7 +128,7 @@ impl S3Backend {
     ///
     /// A shard whose stored state is behind an entry that is otherwise
     /// deletable is folded forward first (one state CAS, at most
-    /// [`LOG_GC_FOLDS_PER_PASS`] a pass; not while the applier is held):
+    /// 64 a pass; not while the applier is held):
     /// a writer that stopped before folding its entries in, or a shard
     /// finalized through the log and never written since, would otherwise
     /// keep them forever. With nothing deletable the pass is one listing
