@@ -922,9 +922,7 @@ impl S3Backend {
             return;
         }
         if let Err(err) = self.align(committer).await {
-            for request in pending {
-                request.answer(Err(err.clone()));
-            }
+            answer_all_with(pending, &err);
             return;
         }
 
@@ -943,11 +941,9 @@ impl S3Backend {
             // SUBTLE: an answer without a write must come from a fresh read
             // of the log: read the tail first and judge again.
             if refused_any && !fresh {
-                if let Err(err) = self.catch_up(committer).await {
-                    for request in pending {
-                        request.answer(Err(err.clone()));
-                    }
-                    return;
+                match self.caught_up_for(committer, pending).await {
+                    Some(requests) => pending = requests,
+                    None => return,
                 }
                 fresh = true;
                 continue;
@@ -973,12 +969,9 @@ impl S3Backend {
             // handle knows exists, and within half the grace period of
             // verifying where the log ended (decision 120).
             if !self.may_write_entry(seq) {
-                pending = accepted.into_iter().map(|(request, _)| request).collect();
-                if let Err(err) = self.catch_up(committer).await {
-                    for request in pending {
-                        request.answer(Err(err.clone()));
-                    }
-                    return;
+                match self.caught_up_for(committer, requests_of(accepted)).await {
+                    Some(requests) => pending = requests,
+                    None => return,
                 }
                 fresh = true;
                 continue;
@@ -993,10 +986,7 @@ impl S3Backend {
             };
             match self.put_log_entry(&entry).await {
                 Ok(true) => {
-                    self.committed(committer, entry, sent_at);
-                    for (request, answer) in accepted {
-                        request.answer(Ok(answer));
-                    }
+                    self.acknowledge(committer, entry, sent_at, accepted);
                     return;
                 }
                 // Another handle wrote this seq: read the tail, judge again.
@@ -1007,20 +997,13 @@ impl S3Backend {
                     } else {
                         match self.resolve_entry_put(&entry).await {
                             Ok(true) => {
-                                self.committed(committer, entry, sent_at);
-                                for (request, answer) in accepted {
-                                    request.answer(Ok(answer));
-                                }
+                                self.acknowledge(committer, entry, sent_at, accepted);
                                 return;
                             }
                             Ok(false) => {
-                                pending =
-                                    accepted.into_iter().map(|(request, _)| request).collect();
-                                if let Err(err) = self.catch_up(committer).await {
-                                    for request in pending {
-                                        request.answer(Err(err.clone()));
-                                    }
-                                    return;
+                                match self.caught_up_for(committer, requests_of(accepted)).await {
+                                    Some(requests) => pending = requests,
+                                    None => return,
                                 }
                                 fresh = true;
                                 continue;
@@ -1037,12 +1020,9 @@ impl S3Backend {
                     return;
                 }
             }
-            pending = accepted.into_iter().map(|(request, _)| request).collect();
-            if let Err(err) = self.catch_up(committer).await {
-                for request in pending {
-                    request.answer(Err(err.clone()));
-                }
-                return;
+            match self.caught_up_for(committer, requests_of(accepted)).await {
+                Some(requests) => pending = requests,
+                None => return,
             }
             fresh = true;
         }
@@ -1091,6 +1071,37 @@ impl S3Backend {
     ///
     /// `sent_at` is when its PUT was sent: the seq was free then, so no
     /// entry above it existed.
+    /// Records `entry` as committed and answers each accepted call.
+    fn acknowledge(
+        &self,
+        committer: &mut Committer,
+        entry: LogEntry,
+        sent_at: SystemTime,
+        accepted: Vec<(Request, Answer)>,
+    ) {
+        self.committed(committer, entry, sent_at);
+        for (request, answer) in accepted {
+            request.answer(Ok(answer));
+        }
+    }
+
+    /// Reads the log's tail into `committer` so that `requests` can be
+    /// judged again: the requests back, or `None` when the read failed and
+    /// each of them was answered with its error.
+    async fn caught_up_for(
+        &self,
+        committer: &mut Committer,
+        requests: Vec<Request>,
+    ) -> Option<Vec<Request>> {
+        match self.catch_up(committer).await {
+            Ok(()) => Some(requests),
+            Err(err) => {
+                answer_all_with(requests, &err);
+                None
+            }
+        }
+    }
+
     fn committed(&self, committer: &mut Committer, entry: LogEntry, sent_at: SystemTime) {
         let entry = Arc::new(entry);
         lock(&self.inner.log).verified_end(entry.seq, sent_at);
@@ -1422,6 +1433,18 @@ fn judge(
             )
         }
     }
+}
+
+/// Answers every request with `err`.
+fn answer_all_with(requests: Vec<Request>, err: &BackendError) {
+    for request in requests {
+        request.answer(Err(err.clone()));
+    }
+}
+
+/// The requests of accepted calls, their answers set aside.
+fn requests_of(accepted: Vec<(Request, Answer)>) -> Vec<Request> {
+    accepted.into_iter().map(|(request, _)| request).collect()
 }
 
 fn fence_epoch(fence: WriteFence) -> Option<u64> {
