@@ -8,70 +8,25 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::num::NonZeroUsize;
-use std::time::Duration;
 
 use futures::StreamExt;
-use support::{PostgresFactory, test_url};
+use support::reads::{append, at, backend_with, limit};
+use support::test_url;
 use tidemark_backend_postgres::PostgresBackend;
 use tidemark_storage_types::{
-    BackendError, ChunkEntry, ChunkLimit, Codec64, Datum, DeterminateKind, Diff, IdempotencyToken,
-    InvalidUsage, PersistBackend, ReadShare, Row, ShardId, Update, WriteFence, collect_stream,
+    BackendError, ChunkEntry, ChunkLimit, Codec64, Datum, DeterminateKind, Diff, InvalidUsage,
+    PersistBackend, ReadShare, Row, ShardId, Update, WriteFence, collect_stream,
 };
-use timely::progress::Antichain;
 
 /// More stored updates than a `Vec` read answers from its first statement
 /// (8,192), so the large shard goes on to the cursor.
 const LARGE_BATCH_UPDATES: i64 = 9_000;
 
-fn at(time: u64) -> Antichain<u64> {
-    Antichain::from_elem(time)
-}
+/// Appends of at least this many updates are stored as batch rows.
+const SMALL_READ_BATCH_THRESHOLD: usize = 10;
 
 fn row(value: i64) -> Row {
     Row::pack([Datum::Int64(value), Datum::String("small read payload")])
-}
-
-fn limit(entries: usize, bytes: usize) -> ChunkLimit {
-    ChunkLimit::new(
-        NonZeroUsize::new(entries).unwrap(),
-        NonZeroUsize::new(bytes).unwrap(),
-    )
-}
-
-/// A backend on a fresh schema: appends of at least 10 updates are batch
-/// rows.
-async fn backend_with(
-    url: &str,
-    prefix: &str,
-    pool_size: u32,
-    max_open_streams: u32,
-) -> (PostgresFactory, PostgresBackend) {
-    let mut factory = PostgresFactory::new(url, prefix);
-    factory.config = factory
-        .config
-        .clone()
-        .with_batch_threshold(10)
-        .with_pool_size(pool_size)
-        .with_max_open_streams(max_open_streams)
-        .with_connect_timeout(Duration::from_secs(2));
-    let backend = factory.handle().await;
-    (factory, backend)
-}
-
-async fn append(backend: &PostgresBackend, shard: ShardId, time: u64, updates: &[Update<u64>]) {
-    backend
-        .compare_and_append(
-            shard,
-            updates.to_vec(),
-            at(time),
-            at(time + 1),
-            IdempotencyToken::new(),
-            WriteFence::Unfenced,
-        )
-        .await
-        .expect("append")
-        .expect("the expected upper");
 }
 
 /// A shard with a batch row of `batch_updates` updates at time 0 (with
@@ -225,7 +180,7 @@ async fn reads_agree_on_both_sides_of_the_first_statements_bound() {
     let Some(url) = test_url("small and large reads") else {
         return;
     };
-    let (_factory, backend) = backend_with(&url, "tmsmall", 4, 2).await;
+    let (_factory, backend) = backend_with(&url, "tmsmall", SMALL_READ_BATCH_THRESHOLD, 4, 2).await;
     let small = ShardId::new();
     let small_updates = fill(&backend, small, 40).await;
     check_reads(&backend, small, &small_updates, "small shard").await;
@@ -241,7 +196,7 @@ async fn a_small_stream_holds_its_slot_but_no_connection() {
     };
     // As many slots as connections: streams holding connections would
     // leave none for the reads below, which would fail to acquire one.
-    let (_factory, backend) = backend_with(&url, "tmslot", 2, 2).await;
+    let (_factory, backend) = backend_with(&url, "tmslot", SMALL_READ_BATCH_THRESHOLD, 2, 2).await;
     let shard = ShardId::new();
     let all = fill(&backend, shard, 40).await;
     let expected = expected_snapshot(&all, 3);
@@ -290,7 +245,8 @@ async fn a_small_read_checks_its_arguments_and_ends_at_a_corrupt_row() {
     let Some(url) = test_url("small read errors") else {
         return;
     };
-    let (_factory, backend) = backend_with(&url, "tmsmallerr", 4, 2).await;
+    let (_factory, backend) =
+        backend_with(&url, "tmsmallerr", SMALL_READ_BATCH_THRESHOLD, 4, 2).await;
     let shard = ShardId::new();
     PersistBackend::<u64>::open(&backend, shard).await.unwrap();
     let rows: Vec<Update<u64>> = (0..6)

@@ -7,67 +7,20 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::num::NonZeroUsize;
 
 use futures::StreamExt;
 use sqlx::Connection;
+use support::reads::{append, at, backend_with, limit};
 use support::{PostgresFactory, test_url};
 use tidemark_backend_postgres::PostgresBackend;
 use tidemark_backend_postgres::schema::{MIGRATIONS, latest_version};
 use tidemark_storage_types::{
-    ChunkEntry, ChunkLimit, Codec64, Datum, DeterminateKind, Diff, IdempotencyToken,
-    PersistBackend, ReadShare, Row, ShardId, Update, WriteFence, collect_stream,
+    ChunkEntry, ChunkLimit, Codec64, Datum, DeterminateKind, Diff, PersistBackend, ReadShare, Row,
+    ShardId, Update, WriteFence, collect_stream,
 };
-use timely::progress::Antichain;
-
-fn at(time: u64) -> Antichain<u64> {
-    Antichain::from_elem(time)
-}
 
 fn row(value: i64) -> Row {
     Row::pack([Datum::Int64(value), Datum::String("streamed payload")])
-}
-
-fn limit(entries: usize, bytes: usize) -> ChunkLimit {
-    ChunkLimit::new(
-        NonZeroUsize::new(entries).unwrap(),
-        NonZeroUsize::new(bytes).unwrap(),
-    )
-}
-
-/// A backend on a fresh schema whose appends of at least `batch_threshold`
-/// updates are stored as batch rows.
-async fn backend_with(
-    url: &str,
-    prefix: &str,
-    batch_threshold: usize,
-    pool_size: u32,
-    max_open_streams: u32,
-) -> (PostgresFactory, PostgresBackend) {
-    let mut factory = PostgresFactory::new(url, prefix);
-    factory.config = factory
-        .config
-        .clone()
-        .with_batch_threshold(batch_threshold)
-        .with_pool_size(pool_size)
-        .with_max_open_streams(max_open_streams);
-    let backend = factory.handle().await;
-    (factory, backend)
-}
-
-async fn append(backend: &PostgresBackend, shard: ShardId, time: u64, updates: Vec<Update<u64>>) {
-    backend
-        .compare_and_append(
-            shard,
-            updates,
-            at(time),
-            at(time + 1),
-            IdempotencyToken::new(),
-            WriteFence::Unfenced,
-        )
-        .await
-        .expect("append")
-        .expect("the expected upper");
 }
 
 /// How many rows each table stores for the shard: `(updates, batches)`.
@@ -99,7 +52,7 @@ async fn fill_both_layouts(backend: &PostgresBackend, shard: ShardId) -> Vec<Upd
                 .collect()
         };
         all.extend(updates.iter().cloned());
-        append(backend, shard, time, updates).await;
+        append(backend, shard, time, &updates).await;
     }
     let (rows, batches) = stored_rows(backend, shard).await;
     assert!(
@@ -301,10 +254,12 @@ async fn a_stream_reads_the_state_of_its_call() {
         &backend,
         shard,
         6,
-        (0..40).map(|value| Update::new(row(value), 6, 5)).collect(),
+        &(0..40)
+            .map(|value| Update::new(row(value), 6, 5))
+            .collect::<Vec<_>>(),
     )
     .await;
-    append(&backend, shard, 7, vec![Update::new(row(1000), 7, 1)]).await;
+    append(&backend, shard, 7, &[Update::new(row(1000), 7, 1)]).await;
     PersistBackend::<u64>::downgrade_since(&backend, shard, &at(7), WriteFence::Unfenced)
         .await
         .unwrap();
@@ -348,7 +303,7 @@ async fn dropped_streams_give_their_connections_back() {
         backend.snapshot(shard, &5).await.unwrap(),
         expected_snapshot(&all, 5)
     );
-    append(&backend, shard, 6, vec![Update::new(row(1), 6, 1)]).await;
+    append(&backend, shard, 6, &[Update::new(row(1), 6, 1)]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -530,7 +485,9 @@ async fn a_schema_of_the_previous_version_migrates_with_its_data() {
         &backend,
         shard,
         1,
-        (0..20).map(|value| Update::new(row(value), 1, 1)).collect(),
+        &(0..20)
+            .map(|value| Update::new(row(value), 1, 1))
+            .collect::<Vec<_>>(),
     )
     .await;
     let (rows, batches) = stored_rows(&backend, shard).await;

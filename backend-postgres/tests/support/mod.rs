@@ -7,6 +7,8 @@ use tidemark_backend_conformance::{BackendFactory, service_env};
 use tidemark_backend_postgres::{PostgresBackend, PostgresConfig};
 use uuid::Uuid;
 
+pub mod reads;
+
 /// The test server's URL, or `None` (after a loud SKIPPED line) when it is
 /// not configured outside CI.
 pub fn test_url(test_name: &str) -> Option<String> {
