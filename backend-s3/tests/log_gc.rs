@@ -132,6 +132,9 @@ async fn gc_deletes_folded_old_entries_and_keeps_the_highest_and_unfolded_ones()
     append(&stopped_writer, unfolded, 0, &[row(1, 0)]).await;
     append(&busy_writer, busy, 3, &[row(0, 3)]).await;
     busy_writer.wait_for_background_writes().await;
+    // Folded now; held from here on so that its background passes (after a
+    // commit, or when its committer idles) do not race the passes below.
+    busy_writer.hold_log_applier(true);
     assert_eq!(log_seqs(&factory).await, vec![1, 2, 3, 4, 5]);
     assert_eq!(stored_applied(&factory, busy).await, 5);
     let behind = stored_applied(&factory, unfolded).await;
@@ -188,7 +191,6 @@ async fn gc_deletes_folded_old_entries_and_keeps_the_highest_and_unfolded_ones()
     append(&busy_writer, busy, 4, &[row(0, 4)]).await;
     append(&busy_writer, busy, 5, &[row(0, 5)]).await;
     busy_writer.wait_for_background_writes().await;
-    // (The writer's own background pass may have been first.)
     gc.gc_log().await.unwrap();
     assert_eq!(log_seqs(&factory).await, vec![6, 7]);
 
@@ -197,7 +199,6 @@ async fn gc_deletes_folded_old_entries_and_keeps_the_highest_and_unfolded_ones()
     assert_eq!(rows_at(&cold, unfolded, 0).await, rows_of(1, [0]));
     // `gc` runs the log pass too (the writer held: no background pass).
     clock.advance(2 * GRACE);
-    busy_writer.hold_log_applier(true);
     append(&busy_writer, busy, 6, &[row(0, 6)]).await;
     let all = cold.gc().await.unwrap();
     assert_eq!(all.log.entries_deleted, 2, "{all:?}");
@@ -257,6 +258,9 @@ async fn cold_readers_after_gc_see_exactly_what_was_committed() {
         }
     }
     writer.wait_for_background_writes().await;
+    // Held from here on: a background pass of the writer's own would fold
+    // the held handle's shard and race the pass below.
+    writer.hold_log_applier(true);
     clock.advance(2 * GRACE);
     let stats = gc.gc_log().await.unwrap();
     let left = log_seqs(&factory).await;
@@ -344,6 +348,9 @@ async fn a_stale_committer_neither_loses_nor_misjudges_an_append() {
     assert!(refused.is_err(), "the quiet shard's upper is 1");
     other.wait_for_background_writes().await;
     assert_eq!(stored_applied(&factory, quiet).await, 5);
+    // Held while the log is checked: its background passes would race the
+    // explicit ones.
+    other.hold_log_applier(true);
     clock.advance(2 * GRACE);
     gc.gc_log().await.unwrap();
     assert_eq!(log_seqs(&factory).await, vec![5]);
@@ -366,9 +373,11 @@ async fn a_stale_committer_neither_loses_nor_misjudges_an_append() {
     // too. The stale committer's cached view says upper 2, the shard's is
     // 3: it must find that out (a probe of the deleted seq 7 would say the
     // log ends at 6) and commit, not answer a mismatch.
+    other.hold_log_applier(false);
     append(&other, quiet, 2, &[row(1, 2)]).await;
     append(&other, busy, 4, &[row(1, 4)]).await;
     other.wait_for_background_writes().await;
+    other.hold_log_applier(true);
     clock.advance(2 * GRACE);
     gc.gc_log().await.unwrap();
     assert_eq!(log_seqs(&factory).await, vec![8]);
